@@ -1,0 +1,185 @@
+"""
+Value objects shared by the store, the domain services and the edges (REST, STOMP).
+
+Times are integer microseconds since the POSIX epoch (UTC) inside medichat, so that a time
+survives a round trip through RFC 3339 text exactly (a client's C{created=ge=} recovery query
+must find the very message it took the time from).  They are only turned into RFC 3339
+strings at the edges, by L{format_time}, and read back by L{parse_time}.  Ids are UUID strings (lower case, with
+hyphens).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import uuid
+from typing import Literal
+
+from attrs import frozen
+
+Role = Literal["customer", "employee"]
+
+ROLES: tuple[Role, ...] = ("customer", "employee")
+
+
+@frozen
+class User:
+    """
+    An authenticated person: the avatar that the realm hands to the STOMP session and REST.
+
+    @ivar user_id: stable id of the person (the JWT C{sub}, or the employee's id).
+    @ivar user_name: display name.
+    @ivar user_role: C{"customer"} or C{"employee"}.
+    @ivar expires_at: time (microseconds) when the credential that proved this identity expires, or
+        L{None} if it does not expire by itself.
+    @ivar session_id: for cookie-authenticated employees, the id of the login session, so
+        that logout or disablement can end live connections; L{None} otherwise.
+    """
+
+    user_id: str
+    user_name: str
+    user_role: Role
+    expires_at: int | None = None
+    session_id: str | None = None
+
+    @property
+    def is_employee(self) -> bool:
+        """C{True} for employees (nurses)."""
+        return self.user_role == "employee"
+
+    def as_json(self) -> dict[str, str]:
+        """The C{/v1/me} shape: C{userId}, C{userName}, C{userRole}."""
+        return {"userId": self.user_id, "userName": self.user_name, "userRole": self.user_role}
+
+
+@frozen
+class Conversation:
+    """
+    A conversation between one customer and the care team.
+    """
+
+    id: str
+    created: int
+    customer_id: str
+    customer_name: str
+
+
+@frozen
+class Message:
+    """
+    One chat message, exactly the object inside the seed's C{message} event.
+
+    @ivar seq: store-assigned, strictly increasing commit sequence; breaks ties between
+        messages with the same C{created} and gives the paging cursor.
+    """
+
+    id: str
+    conversation_id: str
+    created: int
+    user_id: str
+    user_name: str
+    user_role: Role
+    message: str
+    seq: int = 0
+
+    def as_json(self) -> dict[str, str]:
+        """The seed's message object (key order as in the seed)."""
+        return {
+            "userId": self.user_id,
+            "userName": self.user_name,
+            "userRole": self.user_role,
+            "id": self.id,
+            "created": format_time(self.created),
+            "message": self.message,
+        }
+
+
+@frozen
+class Receipt:
+    """
+    When a user last read, or last received, a conversation.
+    """
+
+    conversation_id: str
+    user_id: str
+    at: int
+
+
+@frozen
+class Employee:
+    """
+    An employee account.  The password hash never leaves the store and the auth module.
+    """
+
+    id: str
+    email: str
+    name: str
+    password_hash: str
+    disabled: bool
+    created: int
+    last_login: int | None
+
+
+@frozen
+class LoginSession:
+    """
+    An employee's login session; only the hash of its token is stored.
+    """
+
+    id: str
+    employee_id: str
+    token_hash: str
+    created: int
+    expires_at: int
+    revoked: bool
+
+
+def new_id() -> str:
+    """A fresh random UUID string."""
+    return str(uuid.uuid4())
+
+
+def micros(seconds: float) -> int:
+    """Convert POSIX seconds (as from C{IReactorTime.seconds()}) to integer microseconds."""
+    return int(round(seconds * 1_000_000))
+
+
+def format_time(us: int) -> str:
+    """
+    RFC 3339 UTC with C{Z}; microseconds only when non-zero (as in the seed's examples).
+    """
+    dt = _EPOCH + datetime.timedelta(microseconds=us)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> int:
+    """
+    Parse an RFC 3339 timestamp (C{Z} or a numeric offset; up to 6 fractional digits) into
+    microseconds.
+
+    @raise ValueError: if C{text} is not such a timestamp.
+    """
+    t = text.strip()
+    if not _RFC3339.match(t):
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    if t[-1] in "zZ":
+        t = t[:-1] + "+00:00"
+    dt = datetime.datetime.fromisoformat(t.replace("t", "T"))
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def is_uuid(text: str) -> bool:
+    """C{True} if C{text} is a UUID in its canonical hyphenated form (any case)."""
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False
