@@ -6,7 +6,8 @@ Data flows one way: transport adapter -> STOMP session -> hub / domain -> store.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.cred.credentials import ICredentials
 from twisted.internet.defer import Deferred
@@ -83,9 +84,9 @@ class ISubscriber(Interface):
 
     user_id = Attribute("The subscribing user's id (C{str}).")
 
-    def deliver(destination: str, body: bytes, message_id: str) -> None:
+    def deliver(publication: Any) -> None:
         """
-        Deliver one event whose JSON body is already encoded.
+        Deliver one L{medichat.hub.Publication}: an event encoded once for every subscriber.
         """
 
 
@@ -98,14 +99,19 @@ class IHub(Interface):
     subscription.
     """
 
-    def subscribe(destination: str, subscriber: ISubscriber) -> None:
+    def subscribe(destination: str, subscriber: ISubscriber) -> bool:
         """
         Add C{subscriber} to C{destination}.
+
+        @return: C{True} if this is the subscriber's user's first live subscription to
+            C{destination}.
         """
 
-    def unsubscribe(destination: str, subscriber: ISubscriber) -> None:
+    def unsubscribe(destination: str, subscriber: ISubscriber) -> bool:
         """
         Remove C{subscriber} from C{destination}; unknown pairs are ignored.
+
+        @return: C{True} if that was the user's last live subscription to C{destination}.
         """
 
     def publish(destination: str, event: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ Value objects shared by the store, the domain services and the edges (REST, STOM
 Times are integer microseconds since the POSIX epoch (UTC) inside medichat, so that a time
 survives a round trip through RFC 3339 text exactly (a client's C{created=ge=} recovery query
 must find the very message it took the time from).  They are only turned into RFC 3339
-strings at the edges, by L{format_time}, and read back by L{parse_time}.  Ids are UUID strings (lower case, with
-hyphens).
+strings at the edges, by L{format_time}, and read back by L{parse_time}.  Ids are UUID
+strings (lower case, with hyphens).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def parse_time(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$"
 )

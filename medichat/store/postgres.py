@@ -1,0 +1,314 @@
+"""
+The clustered store: PostgreSQL through txpostgres, which drives psycopg2's asynchronous
+connections from the reactor (no threads).
+
+A pool of a few connections serves every operation, each in its own transaction.  A
+connection that PostgreSQL drops (a restart, a fail-over, an idle timeout) fails what was
+running on it and is opened again when it is next used; nothing is retried on its own,
+since a write may or may not have committed.  libpq does not time out asynchronous
+connection attempts, so L{PostgreSQLStore} does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import txpostgres
+from zope.interface import implementer
+
+from medichat.interfaces import DuplicateError, IStore, StoreError
+from medichat.store._common import POSTGRESQL, Migration, Result, Script, SQLStore
+
+T = TypeVar("T")
+
+_log = Logger()
+
+DEFAULT_POOL_SIZE = 4
+"""Connections per process; each runs one transaction at a time."""
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a connection to PostgreSQL before giving up."""
+
+
+def redact(url: str) -> str:
+    """
+    A PostgreSQL URL fit for logs and error messages: without its password.
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            port = f":{parts.port}" if parts.port is not None else ""
+            parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+        # libpq also takes the password as a query parameter.
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "password" for key, _ in query):
+            hidden = [(key, "***" if key == "password" else value) for key, value in query]
+            parts = parts._replace(query=urlencode(hidden, safe="*"))
+        return parts.geturl()
+    except ValueError:
+        return "(unparseable URL)"
+
+
+@implementer(IStore)
+class PostgreSQLStore(SQLStore):
+    """
+    L{IStore} in a PostgreSQL database, which any number of medichat processes may share.
+
+    @ivar url: the C{postgresql://} URL (libpq connection URI) connected to; the hub
+        opens its own C{LISTEN} connection with it.
+    """
+
+    kind = "postgresql"
+    _dialect = POSTGRESQL
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        """
+        @param url: a libpq connection URI, C{postgresql://user@host:port/dbname}.
+        @param reactor: provides C{IReactorTime} and C{IReactorFDSet}.
+        @param pool_size: how many connections to keep.
+        @param connect_timeout: seconds to wait for each connection to open.
+        @param migrations: the migrations to apply at start; all that ship with medichat
+            unless given (tests pass fewer, to make an older database).
+        """
+        super().__init__(reactor, migrations)
+        self.url = url
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: _Pool | None = None
+
+    def start(self) -> Deferred[None]:
+        """See L{IStore.start}."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self._pool is not None:
+            raise StoreError("the PostgreSQL store was started already")
+        pool = _Pool(self._reactor, self.url, self._pool_size, self._connect_timeout)
+        self._pool = pool
+        try:
+            try:
+                await pool.start()
+            except Exception as e:
+                raise StoreError(
+                    f"cannot connect to PostgreSQL at {redact(self.url)}: {_reason(e)}"
+                ) from e
+            outcome = await self._start_running()
+        except BaseException:
+            self._pool = None
+            pool.close()
+            raise
+        _log.info(
+            "PostgreSQL store {url} at schema version {version}",
+            url=redact(self.url),
+            version=outcome.after,
+        )
+
+    def stop(self) -> Deferred[None]:
+        """See L{IStore.stop}: waits for operations in flight, then disconnects."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        await self._stop_running()
+        pool.close()
+
+    def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
+        assert self._pool is not None
+        d: Deferred[T] = self._pool.runInteraction(_run_script, script)
+        return d.addErrback(self._translate)
+
+    def _translate(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, psycopg2.errors.UniqueViolation):
+            detail = (error.diag.message_detail or error.diag.message_primary or "").strip()
+            raise DuplicateError(f"already taken: {detail}") from error
+        if isinstance(error, psycopg2.Error | txpostgres.RollbackFailed):
+            raise StoreError(f"PostgreSQL at {redact(self.url)}: {_reason(error)}") from error
+        return failure
+
+
+def _reason(error: BaseException) -> str:
+    """
+    The gist of a driver error, on one line.
+    """
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _run_script(cursor: Any, script: Script[T]) -> Deferred[T]:
+    """
+    The interaction handed to txpostgres, which calls it with a cursor inside C{BEGIN},
+    commits when the returned L{Deferred} fires and rolls back when it fails.
+    """
+    return Deferred.fromCoroutine(_drive(cursor, script))
+
+
+async def _drive(cursor: Any, script: Script[T]) -> T:
+    """
+    Run a transaction script on a txpostgres cursor.
+    """
+    try:
+        statement = next(script)
+        while True:
+            try:
+                # Without parameters psycopg2 leaves the text alone (a literal % stays).
+                await cursor.execute(statement.sql, statement.params or None)
+            except ValueError as e:
+                # psycopg2 refuses some values before sending anything (a NUL in text).
+                raise StoreError(f"PostgreSQL cannot store this value: {e}") from e
+            rows = cursor.fetchall() if cursor.description is not None else []
+            statement = script.send(Result(rows, cursor.rowcount))
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+# --------------------------------------------------------------------------------------
+# Connections
+
+
+class _Connection(txpostgres.Connection):
+    """
+    A txpostgres connection that reports its loss once, as a warning, rather than as an
+    unhandled error from the reactor.
+    """
+
+    @property
+    def is_open(self) -> bool:
+        """C{True} if connected and not known to be lost."""
+        return self._connection is not None and not self._connection.closed
+
+    def doRead(self) -> None:
+        """Read; an error while idle means the server has gone."""
+        try:
+            super().doRead()
+        except psycopg2.Error as e:
+            _log.warn("PostgreSQL connection lost: {reason}", reason=_reason(e))
+
+    def close(self) -> None:
+        """Close, even if the connection never opened."""
+        if self._connection is not None:
+            super().close()
+
+
+class _Slot:
+    """
+    One place in the pool: a connection that is opened again, on its next use, after it
+    was lost.  Only one operation uses a slot at a time (the pool sees to that).
+    """
+
+    def __init__(self, reactor: Any, cooperator: Any = None, *, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._connection: _Connection | None = None
+        self._args: tuple[Any, ...] = ()
+        self._kwargs: dict[str, Any] = {}
+        self._opening: Deferred[None] | None = None
+        self._timer: Any = None
+
+    def connect(self, *args: Any, **kwargs: Any) -> Deferred[None]:
+        """
+        Open the connection; remember the arguments for reopening it.
+        """
+        self._args, self._kwargs = args, kwargs
+        return self._open()
+
+    def _open(self) -> Deferred[None]:
+        """
+        Open a new connection, giving up after the timeout.
+        """
+        self.close()
+        connection = self._connection = _Connection(self._reactor)
+        opening = self._opening = Deferred()
+        self._timer = self._reactor.callLater(
+            self._timeout,
+            self._settle,
+            Failure(StoreError(f"no answer from PostgreSQL within {self._timeout:g} seconds")),
+        )
+        connecting: Deferred[Any] = connection.connect(*self._args, **self._kwargs)
+        connecting.addBoth(self._settle)
+        return opening
+
+    def _settle(self, outcome: object) -> None:
+        """
+        End the current attempt to open, with success or a failure; later outcomes of the
+        same attempt (a timeout after success, an answer after the timeout) are ignored.
+        """
+        opening, self._opening = self._opening, None
+        if opening is None:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if isinstance(outcome, Failure):
+            # An attempt that failed, or that was given up, leaves nothing open.
+            if self._connection is not None:
+                self._connection.close()
+            opening.errback(outcome)
+        else:
+            opening.callback(None)
+
+    def runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{interaction} in a transaction, reconnecting first if the connection was lost.
+        """
+        if self._connection is not None and self._connection.is_open:
+            return self._connection.runInteraction(interaction, *args, **kwargs)
+        _log.info("reconnecting to PostgreSQL")
+
+        def run(_: None) -> Any:
+            assert self._connection is not None
+            return self._connection.runInteraction(interaction, *args, **kwargs)
+
+        return self._open().addCallback(run)
+
+    def close(self) -> None:
+        """
+        Disconnect; an attempt to open still under way fails.
+        """
+        if self._opening is not None:
+            self._settle(Failure(StoreError("the connection was closed while opening")))
+        if self._connection is not None:
+            self._connection.close()
+
+
+class _Pool(txpostgres.ConnectionPool):
+    """
+    txpostgres's pool of L{_Slot}s, on a given reactor.
+    """
+
+    def __init__(self, reactor: Any, url: str, size: int, timeout: float) -> None:
+        # txpostgres reads these while constructing the pool's connections.
+        self.reactor = reactor
+        self.connectionFactory = functools.partial(_Slot, timeout=timeout)
+        super().__init__(None, url, min=size)
+
+    def close(self) -> None:
+        """Disconnect every connection."""
+        for slot in self.connections:
+            slot.close()
+
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_POOL_SIZE", "PostgreSQLStore", "redact"]

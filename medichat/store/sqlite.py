@@ -1,0 +1,203 @@
+"""
+The embedded store: one SQLite file, through L{twisted.enterprise.adbapi}.
+
+The pool holds exactly one connection in one thread, so there is one writer and every
+operation runs in order, off the reactor thread.  The connection is in WAL mode (readers
+never wait for the writer), with foreign keys enforced and a busy timeout for other
+processes (C{medichat-admin}) that write the same file.  Python's C{sqlite3} opens no
+transactions of its own here (C{isolation_level=None}); each operation begins one
+explicitly, C{BEGIN IMMEDIATE} when it writes, so that it holds the write lock from its
+first statement and cannot deadlock on upgrading a read lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from medichat.interfaces import DuplicateError, IStore, StoreError
+from medichat.store._common import SQLITE, Migration, Result, Script, SQLStore
+
+T = TypeVar("T")
+
+_log = Logger()
+
+SQLITE_FILE_NAME = "medichat.sqlite3"
+"""The database file that L{medichat.store.open_store} uses in the data directory."""
+
+MINIMUM_SQLITE_VERSION = (3, 35, 0)
+"""The oldest SQLite with everything used here (upserts with C{WHERE}, C{RETURNING})."""
+
+_UNIQUE_VIOLATIONS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+
+@implementer(IStore)
+class SQLiteStore(SQLStore):
+    """
+    L{IStore} in one SQLite file.
+
+    @ivar path: the database file.
+    """
+
+    kind = "sqlite"
+    _dialect = SQLITE
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any,
+        *,
+        busy_timeout: float = 10.0,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        """
+        @param path: the database file; it and its directory are created if missing.
+        @param reactor: provides C{IReactorTime}, C{IReactorCore} and C{IReactorThreads}.
+        @param busy_timeout: how long, in seconds, to wait for another process's write
+            lock before failing.
+        @param migrations: the migrations to apply at start; all that ship with medichat
+            unless given (tests pass fewer, to make an older database).
+        """
+        super().__init__(reactor, migrations)
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._pool: adbapi.ConnectionPool | None = None
+
+    def start(self) -> Deferred[None]:
+        """See L{IStore.start}."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self._pool is not None:
+            raise StoreError("the SQLite store was started already")
+        if sqlite3.sqlite_version_info < MINIMUM_SQLITE_VERSION:
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old; medichat needs "
+                + ".".join(map(str, MINIMUM_SQLITE_VERSION))
+                + " or newer"
+            )
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the data directory {directory}: {e}") from e
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            isolation_level=None,
+            cp_min=1,
+            cp_max=1,
+            cp_reactor=self._reactor,
+            cp_openfun=self._configure,
+        )
+        self._pool.start()
+        try:
+            outcome = await self._start_running()
+        except BaseException:
+            pool, self._pool = self._pool, None
+            pool.close()
+            raise
+        _log.info(
+            "SQLite store {path} at schema version {version}",
+            path=self.path,
+            version=outcome.after,
+        )
+
+    def _configure(self, connection: sqlite3.Connection) -> None:
+        """
+        Set up a new connection (in the database thread, before its first use).
+        """
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode.lower() != "wal":
+            _log.warn(
+                "SQLite store {path}: journal mode is {mode}, not WAL", path=self.path, mode=mode
+            )
+        connection.execute("PRAGMA foreign_keys = ON")
+        # PRAGMA takes no parameters; this is an int we computed.
+        connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    def stop(self) -> Deferred[None]:
+        """See L{IStore.stop}: waits for operations in flight, then closes the file."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        await self._stop_running()
+        try:
+            # SQLite's advice for long-lived connections: let it refresh its statistics
+            # before closing.  Not worth failing a shutdown over.
+            await pool.runOperation("PRAGMA optimize")
+        except sqlite3.Error as e:
+            _log.warn("SQLite store {path}: PRAGMA optimize failed: {e}", path=self.path, e=e)
+        pool.close()
+
+    def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
+        assert self._pool is not None
+        d: Deferred[T] = self._pool.runInteraction(_drive, script, write)
+        return d.addErrback(self._translate)
+
+    def _translate(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, sqlite3.IntegrityError) and (
+            getattr(error, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
+        ):
+            raise DuplicateError(f"already taken: {error}") from error
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"SQLite store {self.path}: {error}") from error
+        return failure
+
+
+def _drive(cursor: Any, script: Script[T], write: bool) -> T:
+    """
+    Run a transaction script on an adbapi transaction (in the database thread).
+
+    adbapi commits when this returns and rolls back when it raises.
+    """
+    cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        statement = next(script)
+        while True:
+            if statement.several:
+                for sql in split_statements(statement.sql):
+                    cursor.execute(sql)
+                result = Result([], -1)
+            else:
+                cursor.execute(statement.sql, statement.params)
+                rows = cursor.fetchall() if cursor.description is not None else []
+                result = Result(rows, cursor.rowcount)
+            statement = script.send(result)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+def split_statements(sql: str) -> list[str]:
+    """
+    Split an SQL script into its statements, as SQLite's own shell does: a statement ends
+    at the line where it is complete.  (C{executescript} would commit first, and
+    migrations run inside a transaction.)
+
+    @raise ValueError: if the script ends inside a statement.
+    """
+    statements = []
+    pending = ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    leftover = [line for line in pending.splitlines() if line.strip()]
+    if any(not line.lstrip().startswith("--") for line in leftover):
+        raise ValueError(f"SQL script ends inside a statement: {pending.strip()[:80]!r}")
+    return statements
