@@ -7,7 +7,8 @@ from __future__ import annotations
 from attrs import frozen
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from medichat.interfaces import IBearerToken, ISessionCookie
@@ -53,7 +54,6 @@ class SessionCookie:
     token: str
 
 
-@inlineCallbacks
 def authenticate(portal: Portal, credentials: object) -> Deferred[User]:
     """
     Log C{credentials} in through C{portal}.
@@ -61,10 +61,16 @@ def authenticate(portal: Portal, credentials: object) -> Deferred[User]:
     @return: a L{Deferred} that fires with the L{User}, or fails with
         L{AuthenticationFailed} (any other L{UnauthorizedLogin} is wrapped in one).
     """
-    try:
-        _iface, avatar, _logout = yield portal.login(credentials, None, IUserAvatar)
-    except AuthenticationFailed:
-        raise
-    except UnauthorizedLogin as e:
-        raise AuthenticationFailed(str(e) or "invalid credentials") from e
-    return avatar
+
+    def avatar(result: tuple[object, User, object]) -> User:
+        return result[1]
+
+    def failed(failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, UnauthorizedLogin) and not isinstance(error, AuthenticationFailed):
+            return Failure(AuthenticationFailed(str(error) or "invalid credentials"))
+        return failure
+
+    login = portal.login(credentials, None, IUserAvatar)  # type: ignore[arg-type]
+    d: Deferred[User] = login.addCallbacks(avatar, failed)
+    return d
