@@ -1,0 +1,142 @@
+"""
+Errors as HTTP responses: RFC 9457 "problem details" (C{application/problem+json}).
+
+Every error the REST API answers with goes through this module, so they all look alike::
+
+    {"type": "https://medichat.invalid/problems/not-found", "title": "Not Found",
+     "status": 404, "detail": "no such conversation"}
+
+C{type} is a stable identifier per kind of problem (it names no real web page); clients may
+switch on it.  Unexpected failures become a 500 whose C{detail} says nothing about the
+cause: the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from attrs import frozen
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from medichat.errors import DomainError, RateLimited
+
+__all__ = [
+    "CONTENT_TYPE",
+    "PROBLEM_TYPE_BASE",
+    "Problem",
+    "problem_for",
+    "render_failure",
+    "write_problem",
+]
+
+CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://medichat.invalid/problems/"
+
+_log = Logger()
+
+_KINDS: dict[int, tuple[str, str]] = {
+    400: ("bad-request", "Bad Request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not Found"),
+    405: ("method-not-allowed", "Method Not Allowed"),
+    413: ("payload-too-large", "Payload Too Large"),
+    415: ("unsupported-media-type", "Unsupported Media Type"),
+    429: ("rate-limited", "Too Many Requests"),
+    500: ("internal-error", "Internal Server Error"),
+    503: ("unavailable", "Service Unavailable"),
+}
+
+
+@frozen
+class Problem:
+    """
+    One problem-details response.
+
+    @ivar status: the HTTP status code.
+    @ivar title: a short summary that depends only on the kind of problem.
+    @ivar detail: what went wrong this time (safe to show to the client).
+    @ivar type: a URI naming the kind of problem.
+    @ivar headers: extra response headers, as C{(name, value)} pairs.
+    """
+
+    status: int
+    title: str
+    detail: str
+    type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> Problem:
+        """
+        A problem of a known status, with the standard type and title for it.
+        """
+        slug, title = _KINDS.get(status, ("about:blank", ""))
+        problem_type = f"{PROBLEM_TYPE_BASE}{slug}" if title else "about:blank"
+        if status == 401:
+            headers = (("WWW-Authenticate", 'Bearer realm="medichat"'), *headers)
+        return cls(status, title or "Error", detail, problem_type, headers)
+
+    def as_json(self) -> dict[str, object]:
+        """
+        The JSON body: C{type}, C{title}, C{status}, C{detail}.
+        """
+        return {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+def problem_for(error: BaseException) -> Problem:
+    """
+    The problem for an exception: a L{DomainError} says what it is; anything else is an
+    internal error whose details stay secret.
+    """
+    if isinstance(error, DomainError):
+        headers: tuple[tuple[str, str], ...] = ()
+        if isinstance(error, RateLimited):
+            headers = (("Retry-After", str(max(1, math.ceil(error.retry_after)))),)
+        problem = Problem.of(error.status, error.detail, headers)
+        return problem
+    return Problem.of(500, "the server failed to handle this request; it has been logged")
+
+
+def write_problem(request: IRequest, problem: Problem) -> bytes:
+    """
+    Set C{request}'s status and headers for C{problem}.
+
+    @return: the body to write.
+    """
+    request.setResponseCode(problem.status)
+    request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+    for name, value in problem.headers:
+        request.setHeader(name.encode("ascii"), value.encode("latin-1"))
+    return json.dumps(problem.as_json(), ensure_ascii=False).encode("utf-8")
+
+
+def render_failure(request: IRequest, failure: Failure) -> bytes:
+    """
+    Answer C{request} with the problem for C{failure}, logging unexpected failures with
+    their traceback.
+
+    @return: the body to write.
+    """
+    error = failure.value if failure.value is not None else Exception()
+    problem = problem_for(error)
+    if problem.status >= 500:
+        _log.failure(
+            "unhandled error answering {method} {uri}",
+            failure=failure,
+            method=_text(request.method),
+            uri=_text(request.uri),
+        )
+    return write_problem(request, problem)
+
+
+def _text(value: bytes | None) -> str:
+    return (value or b"").decode("utf-8", "replace")
