@@ -228,6 +228,9 @@ def _show(raw: bytes, limit: int = 24) -> str:
     @return: a quoted, shortened rendering.
     """
     shown = ascii(raw[:limit].decode("utf-8", "replace"))
+    if len(shown) > 64:
+        # Escapes (\x00, \ufffd) can make a few octets long; keep messages short.
+        return shown[:60] + "'..."
     return shown + "..." if len(raw) > limit else shown
 
 

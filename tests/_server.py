@@ -1,0 +1,72 @@
+"""
+Test helper: the real medichat server, assembled by L{medichat.tap.makeService}, on
+loopback ports of the real reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from medichat.devsecret import load_or_create_dev_secret
+from medichat.tap import MedichatService, Options, makeService
+
+
+@frozen
+class RunningServer:
+    """
+    Where a test server listens, and the means to make credentials for it.
+    """
+
+    service: MedichatService
+    http_port: int
+    stomp_port: int
+    data_dir: str
+    secret: bytes
+
+    @property
+    def base_url(self) -> str:
+        """The HTTP base, including the base path."""
+        return f"http://127.0.0.1:{self.http_port}/api"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint."""
+        return f"ws://127.0.0.1:{self.http_port}/api/v1/chat"
+
+
+@inlineCallbacks
+def start_server(testcase: TestCase, *args: str) -> Any:
+    """
+    Start a server with C{args} as extra options; stopped in the test's cleanup.
+
+    @return: a L{Deferred} firing with a L{RunningServer}.
+    """
+    data_dir = testcase.mktemp()
+    options = Options()
+    options.parseOptions(
+        [
+            "--data-dir", data_dir,
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--stomp-listen", "tcp:0:interface=127.0.0.1",
+            *args,
+        ]
+    )
+    service: Any = makeService(options, reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    yield service.ready
+    http, stomp = (listener.port.getHost().port for listener in service.listeners)
+    secret = load_or_create_dev_secret(data_dir)
+    return RunningServer(service, http, stomp, data_dir, secret)
+
+
+def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """Run a blocking client function in a thread, off the reactor that serves it."""
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(fn, *args, **kwargs)
