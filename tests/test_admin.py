@@ -22,6 +22,8 @@ from medichat.model import User
 from medichat.store import open_store
 from medichat.store.sqlite import SQLITE_FILE_NAME
 
+from ._pg import create_test_database
+
 PASSWORD = "correct horse"
 
 
@@ -29,6 +31,8 @@ class AdminTestCase(TestCase):
     """
     Runs C{medichat-admin} commands with captured streams.
     """
+
+    database: str | None = None
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
@@ -41,12 +45,14 @@ class AdminTestCase(TestCase):
         self.stderr.seek(0)
         self.stderr.truncate()
         args = ["--data-dir", self.data_dir, *argv]
+        if self.database is not None and argv and argv[0] != "token":
+            args[2:2] = ["--database", self.database]
         status: int = await run(reactor, args, io.StringIO(stdin), self.stdout, self.stderr)
         return status
 
     async def login(self, email: str, password: str) -> User:
         """Log in on the data directory's store, as the server would."""
-        store = open_store(None, self.data_dir, reactor)
+        store = open_store(self.database, self.data_dir, reactor)
         await store.start()
         try:
             _, user = await Accounts(store, reactor).login(email, password, "127.0.0.1")
@@ -57,14 +63,15 @@ class AdminTestCase(TestCase):
 
 class StoreCommandTests(AdminTestCase):
     """
-    The commands that work on the store.
+    The commands that work on the store (the embedded SQLite one here; PostgreSQL below).
     """
 
     async def test_migrate(self) -> None:
         """migrate makes the database and says its schema version."""
         self.assertEqual(await self.admin("migrate"), 0)
         self.assertIn("database schema at version", self.stdout.getvalue())
-        self.assertTrue(os.path.exists(os.path.join(self.data_dir, SQLITE_FILE_NAME)))
+        if self.database is None:
+            self.assertTrue(os.path.exists(os.path.join(self.data_dir, SQLITE_FILE_NAME)))
 
     async def test_add_employee(self) -> None:
         """add-employee reads the password from standard input; the employee can log in."""
@@ -164,11 +171,14 @@ class StoreCommandTests(AdminTestCase):
         await self.login("b@example.org", PASSWORD)
 
     async def test_unusable_database(self) -> None:
-        """A data directory that cannot hold the database fails with exit status 1."""
-        blocker = self.mktemp()
-        with open(blocker, "w") as f:
-            f.write("not a directory")
-        self.data_dir = os.path.join(blocker, "data")
+        """A database that cannot be opened or reached fails with exit status 1."""
+        if self.database is None:
+            blocker = self.mktemp()
+            with open(blocker, "w") as f:
+                f.write("not a directory")
+            self.data_dir = os.path.join(blocker, "data")
+        else:
+            self.database = "postgresql://postgres@127.0.0.1:1/unreachable"
         self.assertEqual(await self.admin("list-employees"), 1)
         self.assertIn("cannot open the database", self.stderr.getvalue())
         self.assertEqual(len(self.stderr.getvalue().splitlines()), 1)
@@ -275,3 +285,13 @@ class TokenTests(AdminTestCase):
             self.assertEqual(self.stdout.getvalue(), "")
         await self.admin("token", "--user-id", "u", "--name", "U", "--role", "admin")
         self.assertIn("--role must be one of customer, employee", self.stderr.getvalue())
+
+
+class PostgreSQLStoreCommandTests(StoreCommandTests):
+    """
+    The same commands against PostgreSQL (--database).
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        self.database = await create_test_database(self)
