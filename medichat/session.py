@@ -674,8 +674,9 @@ class StompSession:
             self._prune_timers()
 
         def invalid(failure: Failure) -> None:
-            if failure.check(AuthenticationFailed):
-                self.end(failure.value.reason)
+            error = failure.value
+            if isinstance(error, AuthenticationFailed):
+                self.end(error.reason)
             else:
                 # The store is unreachable: keep the session and try again later.
                 self._log.failure("re-checking session {session} failed", failure,

@@ -127,6 +127,6 @@ def make_site(root: IResource, max_body: int) -> Site:
     The HTTP site: bounded request bodies, no tracebacks shown.
     """
     site = Site(root)
-    site.requestFactory = partial(BoundedRequest, max_body=max_body)
+    site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False
     return site
