@@ -33,6 +33,7 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from medichat._ratelimit import TokenBuckets
 from medichat.accounts import Accounts
 from medichat.auth import parse_bearer
 from medichat.conversations import MAX_LIMIT, ConversationService, conversation_json
@@ -52,7 +53,7 @@ from medichat.model import User
 from medichat.origins import OriginPolicy
 from medichat.problems import Problem, problem_for, render_failure, write_problem
 
-__all__ = ["COOKIE_NAME", "RestAPI", "TokenBuckets"]
+__all__ = ["COOKIE_NAME", "RestAPI"]
 
 COOKIE_NAME = "medichat_session"
 """The name of the employee session cookie."""
@@ -66,49 +67,6 @@ _JSON_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
 
 _log = Logger()
-
-
-# ----------------------------------------------------------------------------------------
-# Rate limiting
-
-
-@define
-class TokenBuckets:
-    """
-    A token bucket per key: C{capacity} requests at once, refilled at C{capacity} per
-    C{window} seconds.  Memory stays bounded: full buckets are forgotten when there are
-    many keys.
-    """
-
-    capacity: int
-    window: float
-    max_keys: int = 10_000
-    _buckets: dict[str, tuple[float, float]] = field(factory=dict, init=False)
-
-    def take(self, key: str, now: float) -> float | None:
-        """
-        Take a token for C{key}.
-
-        @return: L{None} if one was taken, else the seconds until one is available.
-        """
-        rate = self.capacity / self.window
-        tokens, last = self._buckets.get(key, (float(self.capacity), now))
-        tokens = min(float(self.capacity), tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
-        self._buckets[key] = (tokens - 1.0, now)
-        if len(self._buckets) > self.max_keys:
-            self._prune(now)
-        return None
-
-    def _prune(self, now: float) -> None:
-        rate = self.capacity / self.window
-        for key, (tokens, last) in list(self._buckets.items()):
-            if tokens + (now - last) * rate >= self.capacity:
-                del self._buckets[key]
-        while len(self._buckets) > self.max_keys:
-            del self._buckets[next(iter(self._buckets))]
 
 
 # ----------------------------------------------------------------------------------------

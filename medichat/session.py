@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from medichat import __version__
+from medichat._ratelimit import TokenBucket
 from medichat._timers import Timer, TimerWheel
 from medichat.auth import credentials_from_stomp
 from medichat.codec import (
@@ -164,28 +165,6 @@ class _Subscription:
         self.session.deliver(self, publication)
 
 
-class _TokenBucket:
-    """
-    A token bucket read off a clock.
-    """
-
-    __slots__ = ("_rate", "_burst", "_tokens", "_stamp")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 _AWAITING_CONNECT = 0
 _CONNECTING = 1
 _CONNECTED = 2
@@ -241,7 +220,7 @@ class StompSession:
         self._last_write = now
         self._send_every = 0.0
         self._expect_every = 0.0
-        self._sends = _TokenBucket(self._config.send_rate, self._config.send_burst, now)
+        self._sends = TokenBucket(self._config.send_rate, self._config.send_burst, now)
 
     # ---------------------------------------------------------------- carrier interface
 
@@ -525,7 +504,7 @@ class StompSession:
 
     def _on_send(self, frame: Frame) -> Deferred[None] | None:
         destination = _required(frame, "destination")
-        if not self._sends.take(self._clock.seconds()):
+        if self._sends.take(self._clock.seconds()) is not None:
             raise StompError("rate limit exceeded", "too many SEND frames", CLOSE_POLICY)
         transaction = frame.get("transaction")
         if transaction is not None:

@@ -70,3 +70,27 @@ def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
     from twisted.internet.threads import deferToThread
 
     return deferToThread(fn, *args, **kwargs)
+
+
+def run_admin(data_dir: str, *argv: str, database: str | None = None, stdin: str = "") -> str:
+    """
+    Run the real C{medichat-admin} command (installed, or from this checkout) and return
+    what it printed; fails the calling test if it exits non-zero.  It blocks: call it from
+    a thread (L{in_thread}) while a server runs.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import medichat
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    args = [sys.executable, "-m", "medichat.admin", "--data-dir", data_dir]
+    if database:
+        args += ["--database", database]
+    result = subprocess.run([*args, *argv], input=stdin, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -71,3 +71,13 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+def disconnect_all(connections: list[Any]) -> None:
+    """Disconnect every client still connected (the server may have closed some first)."""
+    for conn in connections:
+        if conn.is_connected():
+            try:
+                conn.disconnect()
+            except OSError:
+                pass

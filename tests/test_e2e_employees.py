@@ -8,42 +8,22 @@ customer.  Cross-site protection of the handshake.  On SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import jwt
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-import medichat
-
 from ._pg import create_test_database
-from ._server import in_thread, start_server
-from ._stompclient import wait_for, wait_until, ws_connection
+from ._server import in_thread, run_admin, start_server
+from ._stompclient import disconnect_all, wait_for, wait_until, ws_connection
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 EMAIL = "nurse@example.org"
 PASSWORD = "correct horse battery"
-
-
-def _admin(data_dir: str, database: str | None, *argv: str, stdin: str = "") -> str:
-    """Run the real medichat-admin command (installed or from this checkout)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    args = [sys.executable, "-m", "medichat.admin", "--data-dir", data_dir]
-    if database:
-        args += ["--database", database]
-    result = subprocess.run([*args, *argv], input=stdin, capture_output=True, text=True,
-                            timeout=60, env=env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 class EmployeeMixin:
@@ -67,21 +47,10 @@ class EmployeeMixin:
         self.server = yield start_server(self, *args)  # type: ignore[arg-type]
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.clients: list[Any] = []
-        self.addCleanup(self._close_clients)  # type: ignore[attr-defined]
+        self.addCleanup(in_thread, disconnect_all, self.clients)  # type: ignore[attr-defined]
         # The operator adds the employee while the server runs.
-        yield deferToThread(_admin, self.server.data_dir, self.database, "add-employee",
-                            EMAIL, "--name", "Nurse Ann", stdin=PASSWORD + "\n")
-
-    def _close_clients(self) -> Any:
-        def close_all() -> None:
-            for conn in self.clients:
-                if conn.is_connected():
-                    try:
-                        conn.disconnect()
-                    except OSError:
-                        pass
-
-        return in_thread(close_all)
+        yield in_thread(run_admin, self.server.data_dir, "add-employee", EMAIL,
+                        "--name", "Nurse Ann", database=self.database, stdin=PASSWORD + "\n")
 
     @inlineCallbacks
     def login(self, origin: str | None = None) -> Any:

@@ -20,7 +20,7 @@ from medichat.model import parse_time
 
 from ._pg import create_test_database
 from ._server import in_thread, start_server
-from ._stompclient import wait_for, ws_connection
+from ._stompclient import disconnect_all, wait_for, ws_connection
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 EMPLOYEE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
@@ -45,18 +45,7 @@ class FlowMixin:
         self.server = yield start_server(self, *args)  # type: ignore[arg-type]
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.clients: list[Any] = []
-        self.addCleanup(self._close_clients)  # type: ignore[attr-defined]
-
-    def _close_clients(self) -> Any:
-        def close_all() -> None:
-            for conn in self.clients:
-                if conn.is_connected():
-                    try:
-                        conn.disconnect()
-                    except OSError:
-                        pass  # the server closed it first (after an ERROR)
-
-        return in_thread(close_all)
+        self.addCleanup(in_thread, disconnect_all, self.clients)  # type: ignore[attr-defined]
 
     def token(self, sub: str, name: str, role: str) -> str:
         return jwt.encode({"sub": sub, "name": name, "role": role}, self.server.secret,

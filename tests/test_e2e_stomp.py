@@ -14,30 +14,15 @@ import stomp.exception
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from ._server import in_thread, start_server
+from ._server import in_thread, run_admin, start_server
 from ._stompclient import tcp_connection, wait_for, wait_until, ws_connection
 
 USER = "0be8c544-9518-4bce-8519-0eee0356989f"
 
 
-def _token_from_admin(data_dir: str, *args: str) -> str:
+def _token_from_admin(data_dir: str) -> str:
     """Mint a token the way the README says: the medichat-admin token command."""
-    import os
-    import subprocess
-    import sys
-
-    import medichat
-
-    # Found whether medichat is installed or run from a checkout.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    result = subprocess.run(
-        [sys.executable, "-m", "medichat.admin", "--data-dir", data_dir, "token",
-         "--user-id", USER, "--name", "c1", *args],
-        capture_output=True, text=True, timeout=60, check=True, env=env,
-    )
-    return result.stdout.strip()
+    return run_admin(data_dir, "token", "--user-id", USER, "--name", "c1").strip()
 
 
 class CarrierMixin:

@@ -27,6 +27,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from zope.interface import implementer
 
+from medichat._ratelimit import TokenBuckets
 from medichat.accounts import Accounts
 from medichat.auth import JWTChecker, SessionCookieChecker, build_portal
 from medichat.conversations import ConversationService
@@ -36,7 +37,7 @@ from medichat.hub import InProcessHub, Publication
 from medichat.interfaces import ISubscriber, StoreError
 from medichat.model import Conversation, micros
 from medichat.origins import OriginPolicy
-from medichat.rest import RestAPI, TokenBuckets, query_params
+from medichat.rest import RestAPI, query_params
 from medichat.store import open_store
 from medichat.web import build_root
 
