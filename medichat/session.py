@@ -212,6 +212,7 @@ class StompSession:
         self._parser = FrameParser(self._config.preauth_limits)
         self._queue: deque[Frame] = deque()
         self._busy = False
+        self._pumping = False
         self._subscriptions: dict[str, _Subscription] = {}
         self._transactions: dict[str, list[Frame]] = {}
         self._timers: list[Timer] = []
@@ -306,17 +307,25 @@ class StompSession:
     # ---------------------------------------------------------------- frame pump
 
     def _pump(self) -> None:
-        while self._queue and not self._busy and self._state != _CLOSED:
-            frame = self._queue.popleft()
-            try:
-                result = self._dispatch(frame)
-            except Exception:
-                self._handled_error(Failure(), frame)
-                continue
-            if isinstance(result, Deferred):
-                self._busy = True
-                result.addCallbacks(self._resume, self._resume_after_error,
-                                    callbackArgs=(frame,), errbackArgs=(frame,))
+        # Not re-entrant: a handler's Deferred that has already fired resumes the loop
+        # below instead of recursing, however many frames are pipelined.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and not self._busy and self._state != _CLOSED:
+                frame = self._queue.popleft()
+                try:
+                    result = self._dispatch(frame)
+                except Exception:
+                    self._handled_error(Failure(), frame)
+                    continue
+                if isinstance(result, Deferred):
+                    self._busy = True
+                    result.addCallbacks(self._resume, self._resume_after_error,
+                                        callbackArgs=(frame,), errbackArgs=(frame,))
+        finally:
+            self._pumping = False
 
     def _resume(self, _: object, frame: Frame) -> None:
         self._busy = False

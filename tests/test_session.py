@@ -513,6 +513,31 @@ class RobustnessTests(SynchronousTestCase):
         self.assertEqual(len(calls), 5)
         self.assertEqual(client.frames()[-1].get("message"), "rate limit exceeded")
 
+    def test_pipelined_frames_do_not_recurse(self) -> None:
+        """Many pipelined frames whose handlers answer at once are handled in order."""
+        from twisted.internet.defer import succeed
+
+        calls: list[bool] = []
+
+        class Immediate:
+            def typing(self, user: object, conversation_id: str, started: bool) -> object:
+                calls.append(started)
+                return succeed(None)
+
+        services = make_services(self.clock, conversations=Immediate(), send_rate=1e6,
+                                 send_burst=1e6, max_pending_frames=10_000)
+        client = Client(services)
+        client.connect()
+        destination = "/v1/app/conversation/6b92c178-c22b-4bbb-8dec-8d497660b5bf/typing/"
+        frames = b"".join(
+            b"SEND\ndestination:%s\nreceipt:%d\n\n\x00" % ((destination + "start").encode(), i)
+            for i in range(3000)
+        )
+        client.raw(frames)
+        receipts = [f.get("receipt-id") for f in client.frames()]
+        self.assertEqual(receipts, [str(i) for i in range(3000)])
+        self.assertEqual(len(calls), 3000)
+
     def test_unexpected_error_logged(self) -> None:
         """A failure inside a handler becomes ERROR 'internal server error' and is logged."""
         from twisted.internet.testing import EventLoggingObserver
