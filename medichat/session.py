@@ -254,6 +254,12 @@ class StompSession:
         self._queue.extend(frames)
         self._pump()
 
+    def heartbeat_received(self) -> None:
+        """
+        The carrier saw a heart-beat and consumed it itself: note the sign of life.
+        """
+        self._last_read = self._clock.seconds()
+
     def connection_lost(self, reason: str = "") -> None:
         """
         The connection is gone: release subscriptions, presence and timers.

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from medichat._carrier import DEFAULT_MAX_BUFFER, WriteBudget
+from medichat._carrier import DEFAULT_MAX_BUFFER, WriteBudget, send_now, socket_of
 from medichat.interfaces import IFrameTransport
 from medichat.session import StompServices, StompSession
 
@@ -27,9 +27,11 @@ class StompTCPProtocol(Protocol):
     transport: Any
     _session: StompSession | None = None
     _budget: WriteBudget | None = None
+    _socket: Any = None
 
     def connectionMade(self) -> None:
         self._budget = WriteBudget(self.transport, self.factory.max_buffer)
+        self._socket = socket_of(self.transport)
         peer = self.transport.getPeer()
         self._session = StompSession(self, self.factory.services, peer=_describe(peer))
         self._session.connection_made()
@@ -46,7 +48,7 @@ class StompTCPProtocol(Protocol):
     # IFrameTransport
 
     def send(self, data: bytes) -> None:
-        self.transport.write(data)
+        send_now(self.transport, self._socket, data)
         if self._budget is not None:
             self._budget.written(len(data))
 

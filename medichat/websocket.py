@@ -21,7 +21,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from medichat._carrier import DEFAULT_MAX_BUFFER, WriteBudget
+from medichat._carrier import DEFAULT_MAX_BUFFER, WriteBudget, send_now, socket_of
 from medichat.auth import parse_bearer
 from medichat.credentials import AuthenticationFailed, SessionCookie
 from medichat.interfaces import IFrameTransport
@@ -76,6 +76,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _session: StompSession | None = None
     _budget: WriteBudget | None = None
     _credentials: object | None = None
+    _socket: Any = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         factory = self.factory
@@ -99,6 +100,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._budget = WriteBudget(self.transport, self.factory.max_buffer)
+        self._socket = socket_of(self.transport)
         credentials, self._credentials = self._credentials, None
         # Autobahn keeps the raw handshake; an idle session need not.
         self.http_request_data = b""
@@ -107,6 +109,27 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             self, self.factory.services, credentials=credentials, peer=self.peer or ""
         )
         self._session.connection_made()
+
+    def dataReceived(self, data: bytes) -> None:
+        # A client heart-beat is a one-byte masked frame holding "\n": 7 bytes on the wire
+        # (flags and opcode, mask bit and length 1, a 4-byte mask, the masked byte).
+        # At thousands of idle sessions these are most of what arrives, and Autobahn's
+        # general frame machinery costs several times what the heart-beat is worth; when
+        # no frame is in progress, recognise it here and only note the sign of life.
+        if (
+            len(data) == 7
+            and data[1] == 0x81
+            and data[0] in (0x81, 0x82)
+            and data[6] ^ data[2] == 0x0A
+            and self.state == WebSocketServerProtocol.STATE_OPEN
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.data
+            and self._session is not None
+        ):
+            self._session.heartbeat_received()
+            return
+        super().dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._session is not None:
@@ -129,7 +152,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         # Frame the message ourselves: no compression is negotiated, so a text frame is a
         # header and the payload, and this is the hot path of every delivery.
         size = len(data)
-        self.transport.write(_frame_header(size) + data)
+        send_now(self.transport, self._socket, _frame_header(size) + data)
         budget = self._budget
         if budget is not None:
             budget.written(size)
