@@ -1,0 +1,727 @@
+"""
+What the medichat benchmarks share: the real server as a child process, readings of
+/proc, JWTs signed with the server's development secret, and a population of cheap STOMP
+over WebSocket clients living in one Twisted process.
+
+The benchmarks (C{idle.py}, C{fanout.py}, C{conversations.py}) import this module from
+their own directory; nothing here is part of the medichat package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import ClientFactory
+from twisted.internet.task import LoopingCall
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the final JSON."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ the machine
+
+
+def raise_nofile() -> dict[str, int]:
+    """
+    Lift this process's open-file limit to the hard limit; the server, started later as a
+    child, inherits it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        with open("/proc/sys/fs/nr_open") as f:
+            target = int(f.read())
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"soft": soft, "hard": hard}
+
+
+def process_times(pid: int) -> tuple[float, float]:
+    """utime and stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name may hold spaces and parentheses; the fields follow the last ")".
+    fields = data[data.rindex(b")") + 2:].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15.
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    user, system = process_times(pid)
+    return user + system
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                found[name] = int(value.split()[0])
+    return {"rss_kib": found.get("VmRSS", 0), "hwm_kib": found.get("VmHWM", 0)}
+
+
+def open_files_limit(pid: int) -> int | None:
+    """The soft open-files limit a process runs with."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """Busy and total clock ticks of all CPUs since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    total = sum(values[:8])
+    busy = total - values[3] - values[4]
+    return busy, total
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(v) for v in f.read().split()[:3]]
+
+
+def own_cpu() -> float:
+    """This process's CPU time (the load generator), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Snapshot:
+    """
+    Counters read at one instant: the server's CPU and memory, the generator's CPU, the
+    machine's busy ticks, and the CPU of further processes (PostgreSQL backends).
+    """
+
+    def __init__(self, server_pid: int, extra_pids: tuple[int, ...] = ()) -> None:
+        self.at = time.monotonic()
+        self.server_user, self.server_system = process_times(server_pid)
+        self.server_cpu = self.server_user + self.server_system
+        self.memory = process_memory(server_pid)
+        self.generator_cpu = own_cpu()
+        self.busy, self.total = machine_jiffies()
+        self.loadavg = loadavg()
+        extra = 0.0
+        for pid in extra_pids:
+            try:
+                extra += process_cpu(pid)
+            except OSError:
+                pass
+        self.extra_cpu = extra
+
+
+def window_figures(a: Snapshot, b: Snapshot, extra_name: str | None = None) -> dict[str, Any]:
+    """
+    What happened between two snapshots: CPU of the server, of the generator, of the
+    rest of the machine (the noise), and the server's memory at the end.
+    """
+    elapsed = b.at - a.at
+    server = b.server_cpu - a.server_cpu
+    generator = b.generator_cpu - a.generator_cpu
+    extra = b.extra_cpu - a.extra_cpu
+    machine_cores = (b.busy - a.busy) / CLOCK_TICKS / elapsed
+    figures: dict[str, Any] = {
+        "seconds": round(elapsed, 3),
+        "server_cpu_s": round(server, 3),
+        "server_cpu_pct_of_core": round(100 * server / elapsed, 2),
+        "server_system_cpu_s": round(b.server_system - a.server_system, 3),
+        "server_rss_kib": b.memory["rss_kib"],
+        "generator_cpu_s": round(generator, 3),
+        "machine_busy_cores": round(machine_cores, 3),
+        "other_processes_busy_cores": round(
+            machine_cores - (server + generator + extra) / elapsed, 3
+        ),
+        "loadavg_end": b.loadavg,
+    }
+    if extra_name is not None:
+        figures[f"{extra_name}_cpu_s"] = round(extra, 3)
+    return figures
+
+
+def median_of(windows: list[dict[str, Any]], key: str) -> float | None:
+    values = [w[key] for w in windows if w.get(key) is not None]
+    if not values:
+        return None
+    return round(statistics.median(values), 3)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-int(fraction * 1000) * len(sorted_values) // 1000))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def noise_figures(idle: dict[str, Any]) -> dict[str, Any]:
+    """The machine's noise as reported by every benchmark."""
+    return {
+        "cpus": CPUS,
+        "cpu_time_resolution_s": 1 / CLOCK_TICKS,
+        "loadavg_at_start": loadavg(),
+        "server_idle_window": idle,
+    }
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in C{text}."""
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]*@", r"\1:***@", text)
+
+
+def make_token(secret: bytes, sub: str, name: str, role: str, ttl: int = 3600) -> str:
+    """An HS256 JWT as the server's development checker accepts it."""
+    claims = {"sub": sub, "name": name, "role": role, "exp": int(time.time()) + ttl}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class Server:
+    """
+    C{twistd -n medichat} as a child process on a loopback port of its own choosing, with a
+    fresh data directory and a development secret written beforehand.
+
+    The secret file holds 64 hex digits and a newline; the server's
+    C{load_or_create_dev_secret} uses the file's bytes without surrounding whitespace as the
+    HMAC key, so the key here is those 64 ASCII digits, not the 32 bytes they spell.
+    """
+
+    def __init__(self, options: list[str], *, keep: bool = False) -> None:
+        self.options = options
+        self.keep = keep
+        self.directory = tempfile.mkdtemp(prefix="medichat-bench-")
+        self.data_dir = os.path.join(self.directory, "data")
+        os.makedirs(self.data_dir, mode=0o700)
+        self.secret = secrets.token_hex(32).encode("ascii")
+        descriptor = os.open(
+            os.path.join(self.data_dir, "jwt-dev.secret"),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600,
+        )
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(self.secret + b"\n")
+        self.log_path = os.path.join(self.directory, "server.log")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.command: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def token(self, sub: str, name: str, role: str = "customer") -> str:
+        return make_token(self.secret, sub, name, role)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it logs that it is ready."""
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            twistd = shutil.which("twistd") or "twistd"
+        self.command = [
+            twistd, "-n", "--pidfile", "", "medichat",
+            "--data-dir", self.data_dir,
+            "--listen", "tcp:0:interface=127.0.0.1:backlog=1024",
+            *self.options,
+        ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.directory, env=env,
+            )
+        log(f"server pid {self.process.pid}: {redact(' '.join(self.command[1:]))}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+            if port and re.search(r"medichat \S+ ready", text):
+                self.port = int(port.group(1))
+                log(f"server ready on port {self.port}")
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_summary(self) -> dict[str, Any]:
+        """Counts of warnings and errors in the server log, and the first few of them."""
+        counts = {"warn": 0, "error": 0, "critical": 0}
+        samples: list[str] = []
+        for line in self.log_text().splitlines():
+            match = re.search(r"#(warn|error|critical)\]", line)
+            if match:
+                counts[match.group(1)] += 1
+                if len(samples) < 8:
+                    samples.append(line[:400])
+        return {**counts, "first": samples, "log": self.log_path if self.keep else None}
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s; remove the directory unless kept."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                log("server did not stop within 15 s of SIGTERM: killing it")
+                process.kill()
+                process.wait(5)
+        if not self.keep:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+class BenchClient(WebSocketClientProtocol):
+    """
+    One STOMP session over WebSocket that hardly parses anything: it tells frames apart by
+    their first bytes and hands them to its L{Population}.
+    """
+
+    population: Population
+    spec: ClientSpec
+    ready = False
+    closed = False
+    seen: list[int] | None = None  # for the benchmark's own bookkeeping
+
+    def onOpen(self) -> None:
+        self.sendMessage(self.spec.connect_frame)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if payload.startswith(b"MESSAGE\n"):
+            self.population.on_message(self, payload)
+        elif payload == b"\n":
+            self.population.heartbeats_received += 1
+        elif payload.startswith(b"CONNECTED\n"):
+            self.population.on_connected(self, payload)
+        elif payload.startswith(b"RECEIPT\n"):
+            self.population.on_receipt(self, payload)
+        elif payload.startswith(b"ERROR\n"):
+            self.population.on_error(self, payload)
+        else:
+            self.population.other_frames += 1
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.population.on_close(self, code, reason)
+
+
+class ClientSpec:
+    """
+    Who one client is and what it does once connected: the C{CONNECT} frame, and the
+    C{SUBSCRIBE} frames to send (the last one carrying a receipt, awaited before the client
+    counts as ready).
+    """
+
+    __slots__ = ("connect_frame", "subscribe_frames", "tag")
+
+    def __init__(self, token: str, heartbeat_ms: int, subscribe_frames: tuple[bytes, ...] = (),
+                 tag: Any = None) -> None:
+        self.connect_frame = (
+            b"CONNECT\naccept-version:1.2\nheart-beat:%d,%d\nAuthorization:Bearer %s\n\n\x00"
+            % (heartbeat_ms, heartbeat_ms, token.encode("ascii"))
+        )
+        self.subscribe_frames = subscribe_frames
+        self.tag = tag
+
+
+def subscribe_frame(destination: str, sub_id: str = "0", receipt: str | None = "r") -> bytes:
+    frame = b"SUBSCRIBE\nid:%s\ndestination:%s\n" % (sub_id.encode(), destination.encode())
+    if receipt is not None:
+        frame += b"receipt:%s\n" % receipt.encode()
+    return frame + b"\n\x00"
+
+
+class _Connector(ClientFactory):
+    """Builds the one protocol of one connection attempt, with its spec attached."""
+
+    noisy = False
+
+    def __init__(self, population: Population, spec: ClientSpec) -> None:
+        self.population = population
+        self.spec = spec
+
+    def buildProtocol(self, addr: Any) -> BenchClient:
+        protocol: BenchClient = self.population.factory.buildProtocol(addr)
+        protocol.population = self.population
+        protocol.spec = self.spec
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.population.on_failed(None, f"TCP connect failed: {reason.getErrorMessage()}")
+
+
+class Population:
+    """
+    Many L{BenchClient}s in this process: opened with bounded concurrency, kept alive with
+    heart-beats sent from one L{LoopingCall}, counted.
+
+    @ivar message_handler: called with C{(client, payload, now)} for each C{MESSAGE}.
+    """
+
+    def __init__(self, reactor: Any, port: int, *, concurrency: int = 200,
+                 path: str = "/api/v1/chat") -> None:
+        self.reactor = reactor
+        self.port = port
+        self.concurrency = concurrency
+        url = f"ws://127.0.0.1:{port}{path}"
+        self.factory = WebSocketClientFactory(url, protocols=["v12.stomp"])
+        self.factory.protocol = BenchClient
+        self.factory.setProtocolOptions(
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=1,
+            utf8validateIncoming=False,
+            failByDrop=False,
+        )
+        self.clients: list[BenchClient] = []
+        self.message_handler: Callable[[BenchClient, bytes, float], None] | None = None
+        self.messages = 0
+        self.heartbeats_received = 0
+        self.heartbeats_sent = 0
+        self.other_frames = 0
+        self.errors: list[str] = []
+        self.closes_after_ready = 0
+        self.close_reasons: dict[str, int] = {}
+        self.failures = 0
+        self.failure_reasons: dict[str, int] = {}
+        self.server_heartbeat: tuple[int, int] | None = None
+        self._queue: list[ClientSpec] = []
+        self._in_flight = 0
+        self._done: Deferred[None] | None = None
+        self._beats: LoopingCall | None = None
+        self._slice = 0
+        self._slices = 10
+
+    # -- opening
+
+    def open(self, specs: list[ClientSpec]) -> Deferred[None]:
+        """
+        Open one session per spec, at most C{concurrency} handshakes at a time; fires when
+        every one is ready (connected and subscribed) or has failed.
+        """
+        self._queue = list(reversed(specs))
+        self._done = Deferred()
+        self._fill()
+        return self._done
+
+    def _fill(self) -> None:
+        while self._queue and self._in_flight < self.concurrency:
+            spec = self._queue.pop()
+            self._in_flight += 1
+            self.reactor.connectTCP("127.0.0.1", self.port, _Connector(self, spec), timeout=30)
+        if not self._queue and self._in_flight == 0 and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def _finished_one(self) -> None:
+        self._in_flight -= 1
+        self._fill()
+
+    def on_connected(self, client: BenchClient, payload: bytes) -> None:
+        if self.server_heartbeat is None:
+            match = re.search(rb"\nheart-beat:(\d+),(\d+)\n", payload)
+            if match:
+                self.server_heartbeat = (int(match.group(1)), int(match.group(2)))
+        frames = client.spec.subscribe_frames
+        if not frames:
+            self._ready(client)
+            return
+        for frame in frames:
+            client.sendMessage(frame)
+
+    def on_receipt(self, client: BenchClient, payload: bytes) -> None:
+        if not client.ready:
+            self._ready(client)
+
+    def _ready(self, client: BenchClient) -> None:
+        client.ready = True
+        self.clients.append(client)
+        self._finished_one()
+
+    def on_message(self, client: BenchClient, payload: bytes) -> None:
+        self.messages += 1
+        handler = self.message_handler
+        if handler is not None:
+            handler(client, payload, time.monotonic())
+
+    def on_error(self, client: BenchClient, payload: bytes) -> None:
+        if len(self.errors) < 10:
+            self.errors.append(payload[:300].decode("utf-8", "replace"))
+
+    def on_failed(self, client: BenchClient | None, reason: str) -> None:
+        self.failures += 1
+        self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+        self._finished_one()
+
+    def on_close(self, client: BenchClient, code: int | None, reason: str | None) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        if client.ready:
+            self.closes_after_ready += 1
+            key = f"{code} {reason}"
+            self.close_reasons[key] = self.close_reasons.get(key, 0) + 1
+        else:
+            self.on_failed(client, f"closed before ready: {code} {reason}")
+
+    # -- heart-beats
+
+    def client_send_interval(self, requested_ms: int) -> float | None:
+        """
+        Seconds between our heart-beats as negotiated: max(our cx, the server's sy) when
+        both are non-zero, else none.
+        """
+        if requested_ms == 0 or self.server_heartbeat is None:
+            return None
+        server_wants = self.server_heartbeat[1]
+        if server_wants == 0:
+            return None
+        return max(requested_ms, server_wants) / 1000.0
+
+    def start_heartbeats(self, interval: float | None, slices: int = 10) -> None:
+        """
+        Send each ready client a lone EOL every C{interval} seconds from one timer: each
+        tick serves one of C{slices} interleaved slices of the clients, so the load is
+        spread evenly rather than arriving all at once.
+        """
+        if interval is None:
+            return
+        self._slices = slices
+        self._beats = LoopingCall(self._beat)
+        self._beats.clock = self.reactor
+        self._beats.start(interval / slices, now=False)
+
+    def _beat(self) -> None:
+        slices = self._slices
+        clients = self.clients
+        sent = 0
+        for index in range(self._slice, len(clients), slices):
+            client = clients[index]
+            if not client.closed:
+                client.sendMessage(b"\n")
+                sent += 1
+        self.heartbeats_sent += sent
+        self._slice = (self._slice + 1) % slices
+
+    def stop_heartbeats(self) -> None:
+        if self._beats is not None and self._beats.running:
+            self._beats.stop()
+
+    @property
+    def live(self) -> int:
+        return sum(1 for c in self.clients if not c.closed)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ready": len(self.clients),
+            "live": self.live,
+            "failed": self.failures,
+            "failure_reasons": dict(self.failure_reasons),
+            "closed_after_ready": self.closes_after_ready,
+            "close_reasons": dict(self.close_reasons),
+            "error_frames": list(self.errors),
+            "server_heartbeats_received": self.heartbeats_received,
+            "heartbeats_sent": self.heartbeats_sent,
+            "other_frames": self.other_frames,
+            "server_heart_beat_header": self.server_heartbeat,
+        }
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(max(0.0, seconds), d.callback, None)
+    return d
+
+
+async def open_population(reactor: Any, population: Population, specs: list[ClientSpec],
+                          server: Server) -> dict[str, Any]:
+    """Open the sessions, logging progress, and return figures about the opening."""
+    before = Snapshot(server.pid)
+    progress = LoopingCall(
+        lambda: log(f"  {len(population.clients)} ready, {population.failures} failed")
+    )
+    progress.clock = reactor
+    progress.start(5.0, now=False)
+    try:
+        await population.open(specs)
+    finally:
+        progress.stop()
+    after = Snapshot(server.pid)
+    elapsed = after.at - before.at
+    figures = {
+        "seconds": round(elapsed, 2),
+        "sessions_per_s": round(len(population.clients) / elapsed, 1) if elapsed else None,
+        "server_cpu_s": round(after.server_cpu - before.server_cpu, 3),
+        "generator_cpu_s": round(after.generator_cpu - before.generator_cpu, 3),
+        "ready": len(population.clients),
+        "failed": population.failures,
+    }
+    log(f"opened {len(population.clients)} sessions in {elapsed:.1f}s "
+        f"({population.failures} failed)")
+    return figures
+
+
+async def idle_window(reactor: Any, server: Server, seconds: float) -> dict[str, Any]:
+    """Server CPU and machine noise while nothing talks to the server."""
+    log(f"idle window: {seconds:g}s with no clients")
+    before = Snapshot(server.pid)
+    await sleep(reactor, seconds)
+    return window_figures(before, Snapshot(server.pid))
+
+
+def common_arguments(parser: argparse.ArgumentParser, *, duration: float,
+                     timeout: float) -> None:
+    parser.add_argument("--duration", type=float, default=duration,
+                        help="seconds of each measured window (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="measured windows, back to back (default %(default)s)")
+    parser.add_argument("--idle-window", type=float, default=5.0,
+                        help="seconds of server CPU measured with no clients, before the "
+                             "load (default %(default)s)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds to wait after the server starts and after the "
+                             "sessions open (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=200,
+                        help="WebSocket handshakes in flight at once (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help="hard limit on the whole run, in seconds (default %(default)s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the server's data directory and log")
+
+
+def run(options: argparse.Namespace, server: Server,
+        measure: Callable[[Any, dict[str, Any]], Awaitable[None]],
+        report: dict[str, Any], cleanup: Callable[[], None] | None = None) -> int:
+    """
+    Start the server, run C{measure(reactor, report)} in the reactor under the hard
+    timeout, stop the server, call C{cleanup}, print C{report} as JSON.  Returns the exit
+    status.
+    """
+    from twisted.internet import reactor
+
+    status = {"code": 0}
+    # A backstop in case the reactor itself is wedged: no run outlives its timeout by much.
+    signal.signal(signal.SIGALRM, lambda *_: _wedged(server, report, cleanup))
+    signal.alarm(int(options.timeout) + 30)
+    started = time.monotonic()
+    try:
+        server.start()
+        report["server"] = {
+            "command": [redact(part) for part in server.command[1:]],
+            "pid": server.pid,
+            "port": server.port,
+            "open_files_limit": open_files_limit(server.pid),
+        }
+
+        def finished(failure: Any = None) -> None:
+            if failure is not None:
+                status["code"] = 1
+                report["error"] = failure.getErrorMessage() or repr(failure.value)
+                report["traceback"] = failure.getTraceback()[-3000:]
+                log(f"failed: {report['error']}")
+            if reactor.running:  # type: ignore[attr-defined]
+                reactor.stop()  # type: ignore[attr-defined]
+
+        def timed_out() -> None:
+            status["code"] = 2
+            report["error"] = f"timed out after {options.timeout:g}s"
+            log(report["error"])
+            reactor.stop()  # type: ignore[attr-defined]
+
+        def go() -> None:
+            d = ensureDeferred(measure(reactor, report))
+            d.addCallbacks(lambda _: finished(), finished)
+
+        reactor.callWhenRunning(go)  # type: ignore[attr-defined]
+        watchdog = reactor.callLater(  # type: ignore[attr-defined]
+            options.timeout - (time.monotonic() - started), timed_out
+        )
+        reactor.run()  # type: ignore[attr-defined]
+        if watchdog.active():
+            watchdog.cancel()
+    except Exception as e:  # the server did not start
+        status["code"] = 1
+        report["error"] = str(e)
+        log(f"failed: {e}")
+    finally:
+        if server.process is not None:
+            report["server_alive_at_end"] = server.alive()
+            report["server_log"] = server.log_summary()
+        server.stop()
+        if cleanup is not None:
+            _cleanup(cleanup)
+        signal.alarm(0)
+    print(json.dumps(report, indent=2))
+    return status["code"]
+
+
+def _cleanup(cleanup: Callable[[], None]) -> None:
+    try:
+        cleanup()
+    except Exception as e:
+        log(f"cleanup failed: {e}")
+
+
+def _wedged(server: Server, report: dict[str, Any],
+            cleanup: Callable[[], None] | None) -> None:
+    report["error"] = "hard timeout: the generator's reactor was wedged"
+    try:
+        server.stop()
+        if cleanup is not None:
+            _cleanup(cleanup)
+    finally:
+        print(json.dumps(report, indent=2), flush=True)
+        os._exit(3)
