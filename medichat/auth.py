@@ -181,6 +181,21 @@ _HMAC_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _MAX_ID_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain_text(text: str) -> bool:
+    """
+    C{True} for text without control characters or lone surrogates: ids and names end up
+    in STOMP headers, JSON and the store (PostgreSQL refuses NUL).
+    """
+    if _CONTROL.search(text):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 _LATEST_TIME = 253_402_300_799
 """9999-12-31T23:59:59Z."""
 
@@ -465,12 +480,13 @@ class JWTChecker:
             raise AuthenticationFailed(WRONG_AUDIENCE)
 
         sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > _MAX_ID_LENGTH:
+        if (not isinstance(sub, str) or not sub or len(sub) > _MAX_ID_LENGTH
+                or not _plain_text(sub)):
             raise AuthenticationFailed(INVALID_CLAIMS)
         name = payload.get("name")
         if name is None or (isinstance(name, str) and not name.strip()):
             name = sub
-        if not isinstance(name, str) or len(name) > _MAX_ID_LENGTH:
+        if not isinstance(name, str) or len(name) > _MAX_ID_LENGTH or not _plain_text(name):
             raise AuthenticationFailed(INVALID_CLAIMS)
         role = payload.get("role", "customer")
         if role not in ROLES:

@@ -408,7 +408,7 @@ class ConversationService:
         Check a chat message's text.
 
         @return: C{text}, if it is a string that is neither empty nor blank, at most
-            L{max_message_length} characters long, and valid Unicode.
+            L{max_message_length} characters long, valid Unicode, and free of NUL.
         @raise BadRequest: saying which rule it breaks.
         """
         if not isinstance(text, str):
@@ -419,6 +419,9 @@ class ConversationService:
             raise BadRequest(f"message: longer than {self.max_message_length} characters")
         if not _is_unicode(text):
             raise BadRequest("message: not valid Unicode (lone surrogate)")
+        if "\x00" in text:
+            # PostgreSQL cannot store NUL in text; refuse it on every store alike.
+            raise BadRequest("message: must not contain NUL characters")
         if text.strip() == "":
             raise BadRequest("message: must not be blank")
         return text

@@ -302,6 +302,13 @@ class ClaimTests(JWTCheckerTestCase):
         checker, _ = self.make(secret=SECRET)
         self.assertReason(checker, self.token(sub=""), "invalid claims")
 
+    def test_control_characters(self) -> None:
+        """A sub or name with NUL, a line break or a lone surrogate is an invalid claim."""
+        checker, _ = self.make(secret=SECRET)
+        for claims in [{"sub": "a\x00b"}, {"sub": "a\nb"}, {"name": "Ann\r\nX: y"},
+                       {"name": "\ud800"}]:
+            self.assertReason(checker, self.token(**claims), "invalid claims")
+
     def test_sub_not_string(self) -> None:
         """A numeric sub is an invalid claim."""
         checker, _ = self.make(secret=SECRET)

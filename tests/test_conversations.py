@@ -325,6 +325,7 @@ class PostMessageTests(ServiceTestCase):
             (" \t\n\u3000", "message: must not be blank"),
             ("x" * 4001, "message: longer than 4000 characters"),
             ("\ud800", "message: not valid Unicode (lone surrogate)"),
+            ("a\x00b", "message: must not contain NUL characters"),
         ]
         for text, expected in cases:
             d = self.service.post_message(CUSTOMER, conversation.id, text)

@@ -823,6 +823,7 @@ class ErrorTests(APITestCase):
             (b'{"message": "a", "message": "b"}', "body: duplicate key 'message'"),
             (b'{"message": "\xff"}', "body: not UTF-8 at byte 13"),
             (b'{"message": "\\ud800"}', "message: not valid Unicode (lone surrogate)"),
+            (b'{"message": "a\\u0000b"}', "message: must not contain NUL characters"),
             (b"[" * 5000 + b"]" * 5000, "body: JSON nested too deeply"),
             (b'{"message": 1' + b"0" * 5000 + b"}", ""),
         ]
