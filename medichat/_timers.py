@@ -86,13 +86,6 @@ class TimerWheel:
         """
         return self.call_at(self._clock.seconds() + delay, fn)
 
-    def __len__(self) -> int:
-        """
-        The number of timers still held (fired or cancelled ones may be counted until
-        their bucket comes up).
-        """
-        return sum(len(b) for b in self._buckets.values())
-
     def stop(self) -> None:
         """
         Drop every timer and the reactor call.

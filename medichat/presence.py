@@ -50,10 +50,6 @@ class SessionRegistry:
         """The number of distinct employees with a live session."""
         return len(self._online_employees)
 
-    def __len__(self) -> int:
-        """The number of live authenticated sessions."""
-        return sum(len(s) for s in self._by_user.values())
-
     def add(self, session: LiveSession) -> None:
         """
         Register a session that has just been authenticated.

@@ -290,11 +290,6 @@ class StompSession:
             return
         self._fail(StompError("server shutting down", code=CLOSE_GOING_AWAY), None)
 
-    @property
-    def subscription_count(self) -> int:
-        """How many subscriptions this session holds."""
-        return len(self._subscriptions)
-
     # ---------------------------------------------------------------- delivery
 
     def deliver(self, subscription: _Subscription, publication: Publication) -> None:

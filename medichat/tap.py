@@ -8,12 +8,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -294,7 +296,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         data_dir, config["session-ttl"]
     )
     for checker in checkers:
-        if IStoreBound.providedBy(checker) or hasattr(checker, "attach"):
+        if IStoreBound.providedBy(checker):
             checker.attach(store, clock)
     portal = build_portal(checkers)
     # Logins make sessions that the cookie checker accepts: one ttl for both, and no
@@ -308,8 +310,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     threadpool = ThreadPool(minthreads=1, maxthreads=4, name="medichat-kdf")
 
     def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        from twisted.internet.threads import deferToThreadPool
-
         return deferToThreadPool(reactor, threadpool, fn, *args, **kwargs)
 
     accounts = Accounts(store, clock, session_ttl=session_ttl, run_blocking=run_blocking)
@@ -358,9 +358,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         services, origins, max_buffer=config["max-write-buffer"],
         max_message=max(4 * limits.max_frame_bytes, 256 * 1024),
     )
-    ws_factory.setProtocolOptions()
-    from autobahn.twisted.resource import WebSocketResource
-
     rest = RestAPI(
         conversations=conversations,
         portal=portal,
