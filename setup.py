@@ -12,9 +12,21 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["medichat", "medichat.store", "twisted.plugins"],
+    packages=[
+        "medichat",
+        "medichat.app",
+        "medichat.auth",
+        "medichat.carriers",
+        "medichat.domain",
+        "medichat.http",
+        "medichat.pubsub",
+        "medichat.stomp",
+        "medichat.store",
+        "twisted.plugins",
+    ],
     package_data={
-        "medichat": ["openapi.json", "py.typed"],
+        "medichat": ["py.typed"],
+        "medichat.http": ["openapi.json"],
         "medichat.store": ["migrations/*/*.sql"],
     },
     include_package_data=True,
@@ -45,7 +57,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["medichat-admin = medichat.admin:main"],
+        "console_scripts": ["medichat-admin = medichat.app.admin:main"],
     },
     zip_safe=False,
 )

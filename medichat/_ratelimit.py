@@ -4,6 +4,8 @@ Token buckets read off a clock: the rate limits of STOMP SENDs and message POSTs
 
 from __future__ import annotations
 
+from collections import deque
+
 
 class TokenBucket:
     """
@@ -76,3 +78,90 @@ class TokenBuckets:
                 del self._buckets[key]
         while len(self._buckets) > self.max_keys:
             del self._buckets[next(iter(self._buckets))]
+
+
+class SlidingWindowLimiter:
+    """
+    Counts events per key over a sliding window, in bounded memory.
+
+    Only the last C{limit} events of each key are kept, which is all it takes to know when
+    the window frees up; at most C{max_keys} keys are tracked, dropping idle ones first and
+    then the oldest.
+    """
+
+    def __init__(self, limit: int, window: float, max_keys: int = 10_000) -> None:
+        """
+        @param limit: events allowed per key within C{window}.
+        @param window: the window in seconds.
+        @param max_keys: keys tracked at most.
+        """
+        if limit < 1 or window <= 0:
+            raise ValueError("a rate limit needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self._max_keys = max_keys
+        self._events: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: float) -> float | None:
+        """
+        Seconds until C{key} may try again, or L{None} if it may now.
+        """
+        events = self._recent(key, now)
+        if events is None or len(events) < self.limit:
+            return None
+        return events[0] + self.window - now
+
+    def hit(self, key: str, now: float) -> None:
+        """
+        Count one event of C{key} at C{now}.
+        """
+        events = self._recent(key, now)
+        if events is not None:
+            events.append(now)
+            return
+        self._events[key] = deque([now], maxlen=self.limit)
+        if len(self._events) > self._max_keys:
+            self._prune(now)
+
+    def reset(self, key: str) -> None:
+        """
+        Forget C{key}'s events.
+        """
+        self._events.pop(key, None)
+
+    def forgive(self, key: str, at: float) -> None:
+        """
+        Take back one event of C{key} counted at C{at}, if it is still counted.
+        """
+        events = self._events.get(key)
+        if events is None:
+            return
+        try:
+            events.remove(at)
+        except ValueError:
+            return
+        if not events:
+            del self._events[key]
+
+    def __len__(self) -> int:
+        """The number of keys tracked."""
+        return len(self._events)
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        events = self._events.get(key)
+        if events is None:
+            return None
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if not events:
+            del self._events[key]
+            return None
+        return events
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        for key in [k for k, events in self._events.items() if events[-1] <= horizon]:
+            del self._events[key]
+        # Dicts keep insertion order, so the first keys are the longest tracked.
+        while len(self._events) > self._max_keys:
+            del self._events[next(iter(self._events))]

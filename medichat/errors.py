@@ -1,9 +1,11 @@
 """
 Domain errors.  Domain services raise these; each edge turns them into its own shape in
-one place: problem+json for REST (L{medichat.problems}), an C{ERROR} frame for STOMP.
+one place: problem+json for REST (L{medichat.http.problems}), an C{ERROR} frame for STOMP.
 """
 
 from __future__ import annotations
+
+from twisted.cred.error import UnauthorizedLogin
 
 
 class DomainError(Exception):
@@ -75,3 +77,28 @@ class RateLimited(DomainError):
     def __init__(self, detail: str, retry_after: float = 1.0) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class StoreError(Exception):
+    """
+    The store could not do what was asked (connection lost, constraint violated).
+    """
+
+
+class DuplicateError(StoreError):
+    """
+    A unique value (an employee's email, say) is taken already.
+    """
+
+
+class AuthenticationFailed(UnauthorizedLogin):
+    """
+    Credentials were missing or did not check out.
+
+    @ivar reason: a short human reason, safe to show to the client ("missing credentials",
+        "malformed token", "credential expired", "bad signature", ...).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -37,7 +37,7 @@ class IStoreBound(Interface):
     """
     A credential checker that needs the store and the clock, which a
     L{twisted.cred.strcred.ICheckerFactory} cannot give it when it is made from an
-    C{--auth} argument string.  L{medichat.tap.makeService} calls L{attach} before use.
+    C{--auth} argument string.  L{medichat.app.tap.makeService} calls L{attach} before use.
     """
 
     def attach(store: IStore, clock: Any) -> None:
@@ -86,7 +86,7 @@ class ISubscriber(Interface):
 
     def deliver(publication: Any) -> None:
         """
-        Deliver one L{medichat.hub.Publication}: an event encoded once for every subscriber.
+        Deliver one L{medichat.pubsub.hub.Publication}: an event encoded once for every subscriber.
         """
 
 
@@ -127,18 +127,6 @@ class IHub(Interface):
 
 # --------------------------------------------------------------------------------------
 # Storage
-
-
-class StoreError(Exception):
-    """
-    The store could not do what was asked (connection lost, constraint violated).
-    """
-
-
-class DuplicateError(StoreError):
-    """
-    A unique value (an employee's email, say) is taken already.
-    """
 
 
 class IStore(Interface):

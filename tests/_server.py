@@ -1,5 +1,5 @@
 """
-Test helper: the real medichat server, assembled by L{medichat.tap.makeService}, on
+Test helper: the real medichat server, assembled by L{medichat.app.tap.makeService}, on
 loopback ports of the real reactor.
 """
 
@@ -12,8 +12,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from medichat.devsecret import load_or_create_dev_secret
-from medichat.tap import MedichatService, Options, makeService
+from medichat.app.tap import MedichatService, Options, makeService
+from medichat.auth.devsecret import load_or_create_dev_secret
 
 
 @frozen
@@ -87,7 +87,7 @@ def run_admin(data_dir: str, *argv: str, database: str | None = None, stdin: str
     root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    args = [sys.executable, "-m", "medichat.admin", "--data-dir", data_dir]
+    args = [sys.executable, "-m", "medichat.app.admin", "--data-dir", data_dir]
     if database:
         args += ["--database", database]
     result = subprocess.run([*args, *argv], input=stdin, capture_output=True, text=True,

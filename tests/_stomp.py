@@ -10,11 +10,12 @@ import jwt
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from medichat.auth import JWTChecker, build_portal
-from medichat.codec import SERVER_COMMANDS, Frame, FrameParser, Limits, encode_frame
-from medichat.hub import InProcessHub
-from medichat.session import StompConfig, StompServices
-from medichat.tcp import StompTCPFactory, StompTCPProtocol
+from medichat.auth.checkers import JWTChecker
+from medichat.auth.realm import build_portal
+from medichat.carriers.tcp import StompTCPFactory, StompTCPProtocol
+from medichat.pubsub.hub import InProcessHub
+from medichat.stomp.codec import SERVER_COMMANDS, Frame, FrameParser, Limits, encode_frame
+from medichat.stomp.session import StompConfig, StompServices
 
 SECRET = b"s" * 32
 

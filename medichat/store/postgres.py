@@ -24,8 +24,9 @@ from twisted.python.failure import Failure
 from txpostgres import txpostgres
 from zope.interface import implementer
 
-from medichat.interfaces import DuplicateError, IStore, StoreError
-from medichat.store._common import POSTGRESQL, Migration, Result, Script, SQLStore
+from medichat.errors import DuplicateError, StoreError
+from medichat.interfaces import IStore
+from medichat.store.scripts import POSTGRESQL, Migration, Result, Script, SQLStore
 
 T = TypeVar("T")
 

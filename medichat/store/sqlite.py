@@ -23,8 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from medichat.interfaces import DuplicateError, IStore, StoreError
-from medichat.store._common import SQLITE, Migration, Result, Script, SQLStore
+from medichat.errors import DuplicateError, StoreError
+from medichat.interfaces import IStore
+from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 
 T = TypeVar("T")
 

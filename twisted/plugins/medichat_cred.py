@@ -18,8 +18,8 @@ from twisted.cred.strcred import ICheckerFactory, InvalidAuthArgumentString
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from medichat.auth import DEFAULT_SESSION_TTL, JWTChecker, SessionCookieChecker
-from medichat.devsecret import SecretFileError, read_secret
+from medichat.auth.checkers import DEFAULT_SESSION_TTL, JWTChecker, SessionCookieChecker
+from medichat.auth.devsecret import SecretFileError, read_secret
 from medichat.interfaces import IBearerToken, ISessionCookie
 
 _OPTION = re.compile(r"([a-z][a-z-]*)=(.*)", re.DOTALL)

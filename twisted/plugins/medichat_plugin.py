@@ -6,7 +6,7 @@ from twisted.application.service import ServiceMaker
 
 medichat = ServiceMaker(
     "medichat",
-    "medichat.tap",
+    "medichat.app.tap",
     "Chat between customers and nurses over STOMP/WebSocket and a JSON REST API.",
     "medichat",
 )

@@ -1,0 +1,436 @@
+"""
+C{medichat-admin}: the operator's command line.
+
+    medichat-admin [--database postgresql://...] [--data-dir DIR] COMMAND ...
+
+Commands: C{migrate}, C{add-employee}, C{set-password}, C{disable}, C{enable},
+C{list-employees}, C{token}.  It opens the same store as C{twistd medichat} given the same
+C{--database} and C{--data-dir}.  Exit status: 0 done, 1 the command failed (a taken email,
+an unknown account, an unreachable database), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import getopt
+import getpass
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO, Any
+
+import jwt
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import react
+from twisted.python import usage
+
+from medichat.auth.devsecret import SecretFileError, dev_secret_path, load_dev_secret, read_secret
+from medichat.domain.accounts import Accounts, normalise_email
+from medichat.errors import DomainError, DuplicateError, StoreError
+from medichat.interfaces import IStore
+from medichat.model import ROLES, format_time
+from medichat.store import open_store
+
+DEFAULT_DATA_DIR = "./medichat-data"
+DEFAULT_TOKEN_TTL = 3600
+
+
+class _Usage(Exception):
+    """A usage error found after option parsing: exit status 2."""
+
+
+class _Failed(Exception):
+    """The command could not be done: exit status 1."""
+
+
+class _InterspersedOptions(usage.Options):
+    """
+    Options that may follow the positional arguments (C{add-employee EMAIL --name NAME}),
+    which L{usage.Options}, built on C{getopt.getopt}, does not allow by itself.
+    """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Move the positional arguments after the options, then parse as usual."""
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            found, positional = getopt.gnu_getopt(list(options), self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from e
+        reordered: list[str] = []
+        for flag, value in found:
+            reordered.append(flag)
+            takes_value = (
+                flag[2:] + "=" in self.longOpt
+                if flag.startswith("--")
+                else flag[1:] + ":" in self.shortOpt
+            )
+            if takes_value:
+                reordered.append(value)
+        super().parseOptions(reordered + ["--"] + positional)
+
+
+class _EmailOptions(_InterspersedOptions):
+    """Options of a command about one employee, named by email."""
+
+    longdesc = "EMAIL names the employee (in any case)."
+
+    def parseArgs(self, email: str) -> None:  # type: ignore[override]
+        """Take the employee's email."""
+        self["email"] = email
+
+
+class _PasswordOptions(_EmailOptions):
+    optParameters = [
+        [
+            "password-file",
+            None,
+            None,
+            "Read the password from the first line of this file "
+            "(default: one line of standard input, or a prompt on a terminal).",
+        ],
+    ]
+
+
+class AddEmployeeOptions(_PasswordOptions):
+    """C{add-employee EMAIL --name NAME [--password-file FILE]}."""
+
+    synopsis = "EMAIL --name NAME [--password-file FILE]"
+    optParameters = _PasswordOptions.optParameters + [
+        ["name", None, None, "The employee's display name (required)."],
+    ]
+
+    def postOptions(self) -> None:
+        """Require C{--name}."""
+        if not self["name"]:
+            raise usage.UsageError("--name is required")
+
+
+class SetPasswordOptions(_PasswordOptions):
+    """C{set-password EMAIL [--password-file FILE]}."""
+
+    synopsis = "EMAIL [--password-file FILE]"
+
+
+class DisableOptions(_EmailOptions):
+    """C{disable EMAIL}."""
+
+    synopsis = "EMAIL"
+
+
+class EnableOptions(_EmailOptions):
+    """C{enable EMAIL}."""
+
+    synopsis = "EMAIL"
+
+
+class NoArgsOptions(usage.Options):
+    """A command without options (C{migrate}, C{list-employees})."""
+
+    longdesc = ""
+
+
+class TokenOptions(_InterspersedOptions):
+    """C{token --user-id ID --name NAME [--role ROLE] [--ttl SECONDS] [--secret-file F]}."""
+
+    synopsis = "--user-id ID --name NAME [--role customer|employee] [--ttl SECONDS]"
+    longdesc = (
+        "Print an HS256 JWT for the given user, signed with the development secret of "
+        "--data-dir (or --secret-file), for trying the server out. Never creates a secret."
+    )
+    optParameters = [
+        ["user-id", None, None, "The sub claim: the user's id (required)."],
+        ["name", None, None, "The name claim: the user's display name (required)."],
+        ["role", None, "customer", "The role claim: customer or employee."],
+        ["ttl", None, DEFAULT_TOKEN_TTL, "Seconds until the token expires.", int],
+        [
+            "secret-file",
+            None,
+            None,
+            "Sign with the HMAC secret in this file (default: the development secret "
+            "in --data-dir, which the server made when started without --auth).",
+        ],
+        ["issuer", None, None, "An iss claim, for a server started with issuer=."],
+        ["audience", None, None, "An aud claim, for a server started with audience=."],
+    ]
+
+    def postOptions(self) -> None:
+        """Check the claims' values."""
+        for name in ("user-id", "name"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name} is required")
+        if self["role"] not in ROLES:
+            raise usage.UsageError(f"--role must be one of {', '.join(ROLES)}")
+        if self["ttl"] <= 0:
+            raise usage.UsageError("--ttl must be a positive number of seconds")
+
+
+class Options(usage.Options):
+    """
+    The command line of C{medichat-admin}.
+    """
+
+    synopsis = "Usage: medichat-admin [--database URL] [--data-dir DIR]"
+    longdesc = (
+        "Manage the employee accounts of a medichat server, migrate its database, and "
+        "mint development tokens. 'medichat-admin COMMAND --help' shows a command's "
+        "options. Exit status: 0 done, 1 the command failed, 2 a usage error."
+    )
+    optParameters = [
+        [
+            "database",
+            None,
+            None,
+            "postgresql://user@host:port/db (default: the embedded SQLite store in --data-dir).",
+        ],
+        ["data-dir", None, DEFAULT_DATA_DIR, "The server's data directory."],
+    ]
+    subCommands = [
+        ["migrate", None, NoArgsOptions, "Apply pending schema migrations."],
+        ["add-employee", None, AddEmployeeOptions, "Add an employee account."],
+        ["set-password", None, SetPasswordOptions, "Set a password; ends the sessions."],
+        ["disable", None, DisableOptions, "Disable an account; ends its sessions."],
+        ["enable", None, EnableOptions, "Enable a disabled account again."],
+        ["list-employees", None, NoArgsOptions, "List the employee accounts."],
+        ["token", None, TokenOptions, "Mint a JWT signed with the development secret."],
+    ]
+
+    def postOptions(self) -> None:
+        """Require a command."""
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required")
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _read_new_password(options: usage.Options, stdin: IO[str]) -> str:
+    path = options["password-file"]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _Failed(f"cannot read password file {path}: {e}") from e
+        password = line.rstrip("\r\n")
+        if not password:
+            raise _Failed(f"password file {path} holds no password on its first line")
+        return password
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise _Failed("the passwords differ")
+        return password
+    password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _Failed("no password on standard input")
+    return password
+
+
+async def _migrate(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    version = await store.schema_version()
+    io.out(f"database schema at version {version}")
+
+
+async def _add_employee(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    password = _read_new_password(options, io.stdin)
+    try:
+        employee = await accounts.add_employee(options["email"], options["name"], password)
+    except DuplicateError as e:
+        raise _Failed(f"an employee with email {normalise_email(options['email'])} exists") from e
+    io.out(f"added employee {employee.email} ({employee.id})")
+
+
+async def _set_password(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    password = _read_new_password(options, io.stdin)
+    await accounts.set_password(options["email"], password)
+    io.out(f"password set for {normalise_email(options['email'])}; their sessions are ended")
+
+
+async def _disable(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    await accounts.set_disabled(options["email"], True)
+    io.out(f"disabled {normalise_email(options['email'])}; their sessions are ended")
+
+
+async def _enable(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    await accounts.set_disabled(options["email"], False)
+    io.out(f"enabled {normalise_email(options['email'])}")
+
+
+async def _list_employees(store: IStore, accounts: Accounts, options: Any, io: _IO) -> None:
+    io.out("email\tname\tstatus\tlast login")
+    for employee in await accounts.list_employees():
+        status = "disabled" if employee.disabled else "enabled"
+        last = format_time(employee.last_login) if employee.last_login is not None else "never"
+        io.out(f"{employee.email}\t{employee.name}\t{status}\t{last}")
+
+
+_StoreCommand = Callable[[IStore, Accounts, Any, "_IO"], Awaitable[None]]
+
+_STORE_COMMANDS: dict[str, _StoreCommand] = {
+    "migrate": _migrate,
+    "add-employee": _add_employee,
+    "set-password": _set_password,
+    "disable": _disable,
+    "enable": _enable,
+    "list-employees": _list_employees,
+}
+
+
+def mint_token(
+    secret: bytes,
+    now: float,
+    user_id: str,
+    name: str,
+    role: str = "customer",
+    ttl: int = DEFAULT_TOKEN_TTL,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """
+    An HS256 JWT for C{user_id}, as L{medichat.auth.checkers.JWTChecker} reads it.
+    """
+    issued = int(now)
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "name": name,
+        "role": role,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _token(clock: IReactorTime, options: usage.Options, io: _IO) -> None:
+    command = options.subOptions
+    try:
+        if command["secret-file"] is not None:
+            secret = read_secret(command["secret-file"])
+        else:
+            found = load_dev_secret(options["data-dir"])
+            if found is None:
+                raise _Usage(
+                    f"no development secret at {dev_secret_path(options['data-dir'])}: start "
+                    "the server once without --auth, or give --secret-file"
+                )
+            secret = found
+    except SecretFileError as e:
+        raise _Usage(str(e)) from e
+    io.out(
+        mint_token(
+            secret,
+            clock.seconds(),
+            command["user-id"],
+            command["name"],
+            command["role"],
+            command["ttl"],
+            command["issuer"],
+            command["audience"],
+        )
+    )
+
+
+class _IO:
+    """The streams a command talks through."""
+
+    def __init__(self, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def out(self, line: str) -> None:
+        """Write a line of output."""
+        self.stdout.write(line + "\n")
+        self.stdout.flush()
+
+    def error(self, line: str) -> None:
+        """Write a one-line error message."""
+        self.stderr.write(f"medichat-admin: {line}\n")
+        self.stderr.flush()
+
+
+async def _run(reactor: Any, options: Options, io: _IO) -> int:
+    if options.subCommand == "token":
+        _token(reactor, options, io)
+        return 0
+    try:
+        store = open_store(options["database"], options["data-dir"], reactor)
+    except ValueError as e:
+        raise _Usage(str(e)) from e
+    try:
+        await store.start()
+    except Exception as e:
+        raise _Failed(f"cannot open the database: {e}") from e
+    try:
+        accounts = Accounts(store, reactor)
+        assert options.subCommand is not None
+        await _STORE_COMMANDS[options.subCommand](store, accounts, options.subOptions, io)
+    finally:
+        await store.stop()
+    return 0
+
+
+def run(
+    reactor: Any,
+    argv: Sequence[str],
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> Deferred[int]:
+    """
+    Run C{medichat-admin} with the arguments C{argv} (without the program name).
+
+    @param reactor: the reactor, for the store and as the clock.
+    @return: a L{Deferred} firing with the exit status.
+    """
+    io = _IO(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr)
+    options = Options()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as e:
+        io.error(f"{e}")
+        io.error("try: medichat-admin --help")
+        return succeed(2)
+    except SystemExit as e:
+        # --help and --version print and exit.
+        return succeed(e.code if isinstance(e.code, int) else 0)
+
+    async def running() -> int:
+        try:
+            return await _run(reactor, options, io)
+        except _Usage as e:
+            io.error(str(e))
+            return 2
+        except _Failed as e:
+            io.error(str(e))
+            return 1
+        except DomainError as e:
+            io.error(e.detail)
+            return 1
+        except StoreError as e:
+            io.error(f"database error: {e}")
+            return 1
+
+    return Deferred.fromCoroutine(running())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    The C{medichat-admin} console script: run a command on the real reactor and exit with
+    its status.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+
+    async def react_main(reactor: Any) -> None:
+        status = await run(reactor, args)
+        if status:
+            raise SystemExit(status)
+
+    react(react_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,534 @@
+"""
+Conversations: the domain service behind both the REST API and the STOMP session.
+
+It knows neither HTTP nor STOMP.  It checks who may do what, validates input, commits
+through the store and, only after a commit, publishes the conversation's events on its
+topic (C{/v1/topic/conversation/{id}}) through the hub, in the seed's exact shapes::
+
+    {"message": {"userId", "userName", "userRole", "id", "created", "message"}}
+    {"read": {"userId", "readAt"}}
+    {"received": {"userId", "receivedAt"}}
+    {"startTyping": {"userId"}}  {"stopTyping": {"userId"}}
+
+Everything that writes and publishes for one conversation runs under that conversation's
+own L{DeferredLock}, so that its events leave this process in commit order; the lock is
+dropped as soon as nobody holds or waits for it, so memory stays bounded by the number of
+conversations busy at this moment.
+
+A participant is the conversation's customer, or any employee.  To anyone else a
+conversation does not exist: asking for it, or for an id that is malformed or unknown,
+raises L{NotFound} alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from medichat import rsql
+from medichat.errors import BadRequest, Forbidden, NotFound
+from medichat.interfaces import IHub, IStore
+from medichat.model import (
+    Conversation,
+    Message,
+    Receipt,
+    User,
+    format_time,
+    is_uuid,
+    micros,
+    new_id,
+    parse_time,
+)
+from medichat.pubsub.topics import conversation_topic
+
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIMIT",
+    "MAX_MESSAGE_LENGTH",
+    "ORDERS",
+    "ConversationService",
+    "conversation_json",
+    "conversation_summary",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+MAX_MESSAGE_LENGTH = 4000
+"""The default limit on a chat message's length, in characters (code points)."""
+
+MAX_LIMIT = 1000
+"""The largest C{limit} a listing accepts."""
+
+DEFAULT_LIST_LIMIT = 50
+"""How many conversations one page of the list holds when no C{limit} is given."""
+
+ORDERS = ("created", "-created")
+"""The accepted C{order} values: oldest first, or newest first."""
+
+_T = TypeVar("_T")
+_log = Logger()
+
+_VALUE_CHECKS: dict[str, Callable[[str], object]] = {"created": parse_time}
+
+
+# ----------------------------------------------------------------------------------------
+# JSON shapes
+
+
+def _receipt_json(receipt: Receipt, key: str) -> dict[str, str]:
+    return {"userId": receipt.user_id, key: format_time(receipt.at)}
+
+
+def conversation_summary(conversation: Conversation) -> dict[str, Any]:
+    """
+    A conversation without messages or receipts, as listed by C{GET /v1/conversation}:
+    C{id}, C{created}, C{customerId}, C{customerName}.
+    """
+    return {
+        "id": conversation.id,
+        "created": format_time(conversation.created),
+        "customerId": conversation.customer_id,
+        "customerName": conversation.customer_name,
+    }
+
+
+def conversation_json(
+    conversation: Conversation,
+    messages: Sequence[Message] = (),
+    read: Sequence[Receipt] = (),
+    received: Sequence[Receipt] = (),
+) -> dict[str, Any]:
+    """
+    The full conversation of SPEC section 3: C{id}, C{created}, C{customerId},
+    C{customerName}, C{messages}, C{read} (C{userId}, C{readAt}) and C{received}
+    (C{userId}, C{receivedAt}).
+    """
+    result = conversation_summary(conversation)
+    result["messages"] = [m.as_json() for m in messages]
+    result["read"] = [_receipt_json(r, "readAt") for r in read]
+    result["received"] = [_receipt_json(r, "receivedAt") for r in received]
+    return result
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    """
+    The opaque paging cursor that points just after C{conversation}: URL-safe base64,
+    unpadded, of C{"<created microseconds>.<id>"}.
+    """
+    raw = f"{conversation.created}.{conversation.id}".encode("ascii")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """
+    The C{(created, id)} a cursor from L{encode_cursor} points after.
+
+    @raise BadRequest: if C{cursor} did not come from L{encode_cursor}.
+    """
+    malformed = BadRequest("cursor: malformed; use the 'next' value of the previous page")
+    if not cursor or len(cursor) > 200 or not cursor.isascii():
+        raise malformed
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise malformed from None
+    created_text, _, conversation_id = raw.partition(".")
+    if not created_text.isdigit() or not created_text.isascii() or not is_uuid(conversation_id):
+        raise malformed
+    return int(created_text), conversation_id.lower()
+
+
+# ----------------------------------------------------------------------------------------
+# Validation
+
+
+def _parse_query(text: str | None, allowed: Sequence[str]) -> rsql.Node | None:
+    """
+    Parse and check an RSQL filter; an absent or empty one means "everything".
+    """
+    if text is None or text == "":
+        return None
+    try:
+        node = rsql.parse(text)
+        rsql.check_fields(node, allowed)
+        rsql.check_values(node, _VALUE_CHECKS)
+    except rsql.RSQLError as e:
+        raise BadRequest(f"query: {e}") from None
+    return node
+
+
+def _descending(order: str) -> bool:
+    if order not in ORDERS:
+        raise BadRequest("order: must be 'created' or '-created'")
+    return order == "-created"
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+
+
+def _is_unicode(text: str) -> bool:
+    """
+    C{False} if C{text} holds lone surrogates (which JSON's C{\\ud800} escapes can make),
+    which no database or client could store or show.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------
+# The service
+
+
+@define
+class _LockEntry:
+    lock: DeferredLock = field(factory=DeferredLock)
+    users: int = 0
+
+
+@define
+class ConversationService:
+    """
+    Conversations, messages and receipts, for customers and employees.
+
+    @ivar store: where conversations live.
+    @ivar hub: where their events are published.
+    @ivar clock: the source of every time stamp.
+    @ivar max_message_length: the longest chat message accepted, in characters.
+    """
+
+    store: IStore
+    hub: IHub
+    clock: IReactorTime
+    max_message_length: int = MAX_MESSAGE_LENGTH
+    _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return micros(self.clock.seconds())
+
+    def _serialised(
+        self, conversation_id: str, work: Callable[[], Coroutine[Any, Any, _T]]
+    ) -> Deferred[_T]:
+        """
+        Run C{work} while holding the conversation's lock, creating the lock on first use
+        and dropping it when the last holder or waiter is done.
+        """
+        entry = self._locks.get(conversation_id)
+        if entry is None:
+            entry = self._locks[conversation_id] = _LockEntry()
+        entry.users += 1
+
+        def done(result: object) -> object:
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(conversation_id) is entry:
+                del self._locks[conversation_id]
+            return result
+
+        d: Deferred[_T] = entry.lock.run(lambda: Deferred.fromCoroutine(work()))
+        d.addBoth(done)
+        return d
+
+    def _publish(self, conversation_id: str, event: dict[str, Any]) -> None:
+        """
+        Publish after a commit; a failing hub must not turn a committed write into an
+        error for the writer, so the failure is logged.
+        """
+        try:
+            self.hub.publish(conversation_topic(conversation_id), event)
+        except Exception:
+            _log.failure(
+                "publishing {kind} to conversation {conversation} failed",
+                kind=next(iter(event)),
+                conversation=conversation_id,
+            )
+
+    async def _participant(self, user: User, conversation_id: str) -> Conversation:
+        if not isinstance(conversation_id, str) or not is_uuid(conversation_id):
+            raise NotFound("no such conversation")
+        conversation = await self.store.get_conversation(conversation_id.lower())
+        if conversation is None:
+            raise NotFound("no such conversation")
+        if not user.is_employee and conversation.customer_id != user.user_id:
+            raise NotFound("no such conversation")
+        return conversation
+
+    async def _mark(self, user_id: str, conversation_id: str, kind: str) -> bool:
+        """
+        Move the user's C{read} or C{received} time forward to now and publish the event
+        if the stored value changed.  Call with the conversation's lock held.
+        """
+        at = self._now()
+        if kind == "read":
+            changed = await self.store.mark_read(conversation_id, user_id, at)
+            key = "readAt"
+        else:
+            changed = await self.store.mark_received(conversation_id, user_id, at)
+            key = "receivedAt"
+        if changed:
+            self._publish(conversation_id, {kind: {"userId": user_id, key: format_time(at)}})
+        return bool(changed)
+
+    # -- conversations --------------------------------------------------------------------
+
+    def check_participant(self, user: User, conversation_id: str) -> Deferred[Conversation]:
+        """
+        The conversation, if C{user} takes part in it (the STOMP session calls this on
+        C{SUBSCRIBE}).
+
+        @raise NotFound: (asynchronously) for a malformed or unknown id, or a conversation
+            of another customer.
+        """
+        return Deferred.fromCoroutine(self._participant(user, conversation_id))
+
+    def create(self, user: User) -> Deferred[Conversation]:
+        """
+        Open a new conversation for a customer.
+
+        Employees answer conversations but do not open them: a conversation belongs to
+        exactly one customer.
+
+        @raise Forbidden: (asynchronously) if C{user} is an employee.
+        """
+
+        async def create() -> Conversation:
+            if user.is_employee:
+                raise Forbidden("only customers open conversations")
+            conversation = Conversation(
+                id=new_id(),
+                created=self._now(),
+                customer_id=user.user_id,
+                customer_name=user.user_name,
+            )
+            await self.store.create_conversation(conversation)
+            return conversation
+
+        return Deferred.fromCoroutine(create())
+
+    def get(
+        self,
+        user: User,
+        conversation_id: str,
+        *,
+        order: str = "created",
+        limit: int | None = None,
+        query: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        The conversation with its messages and receipts (see L{conversation_json}); marks
+        it received for C{user} first, publishing C{received} if that changed anything.
+
+        @param order: C{"created"} (oldest first) or C{"-created"}.
+        @param limit: at most this many messages (1 to L{MAX_LIMIT}); all when L{None}.
+        @param query: an RSQL filter over the messages' C{created}, C{userId},
+            C{userRole} and C{id}; all messages when L{None} or empty.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        @raise BadRequest: (asynchronously) for a bad C{order}, C{limit} or C{query}.
+        """
+
+        async def get() -> dict[str, Any]:
+            conversation = await self._participant(user, conversation_id)
+            descending = _descending(order)
+            _check_limit(limit)
+            node = _parse_query(query, rsql.MESSAGE_FIELD_NAMES)
+            await self._serialised(
+                conversation.id, lambda: self._mark(user.user_id, conversation.id, "received")
+            )
+            try:
+                messages = await self.store.list_messages(conversation.id, node, descending, limit)
+            except rsql.RSQLError as e:
+                raise BadRequest(f"query: {e}") from None
+            read, received = await self.store.receipts(conversation.id)
+            return conversation_json(conversation, messages, read, received)
+
+        return Deferred.fromCoroutine(get())
+
+    def list_conversations(
+        self,
+        user: User,
+        query: str | None = None,
+        order: str = "created",
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        One page of the conversations C{user} takes part in: a customer's own, or every
+        conversation for an employee.
+
+        @param query: an RSQL filter over C{created} and C{customerId}.
+        @param order: C{"created"} (oldest first) or C{"-created"}.
+        @param limit: the page size, 1 to L{MAX_LIMIT}; L{DEFAULT_LIST_LIMIT} when L{None}.
+        @param cursor: the C{next} value of the previous page, or L{None} for the first.
+        @return: C{{"conversations": [summary, ...], "next": cursor or None}}, each summary
+            as L{conversation_summary}; C{next} is L{None} on the last page.
+        @raise BadRequest: (asynchronously) for a bad C{query}, C{order}, C{limit} or
+            C{cursor}.
+        """
+
+        async def list_() -> dict[str, Any]:
+            descending = _descending(order)
+            _check_limit(limit)
+            page = DEFAULT_LIST_LIMIT if limit is None else limit
+            node = _parse_query(query, rsql.CONVERSATION_FIELD_NAMES)
+            after = None if cursor is None else decode_cursor(cursor)
+            customer_id = None if user.is_employee else user.user_id
+            try:
+                rows = await self.store.list_conversations(
+                    customer_id, node, descending, page + 1, after
+                )
+            except rsql.RSQLError as e:
+                raise BadRequest(f"query: {e}") from None
+            rows = list(rows)
+            next_cursor = encode_cursor(rows[page - 1]) if len(rows) > page else None
+            return {
+                "conversations": [conversation_summary(c) for c in rows[:page]],
+                "next": next_cursor,
+            }
+
+        return Deferred.fromCoroutine(list_())
+
+    # -- messages and receipts ------------------------------------------------------------
+
+    def validate_message(self, text: object) -> str:
+        """
+        Check a chat message's text.
+
+        @return: C{text}, if it is a string that is neither empty nor blank, at most
+            L{max_message_length} characters long, valid Unicode, and free of NUL.
+        @raise BadRequest: saying which rule it breaks.
+        """
+        if not isinstance(text, str):
+            raise BadRequest("message: must be a string")
+        if text == "":
+            raise BadRequest("message: must not be empty")
+        if len(text) > self.max_message_length:
+            raise BadRequest(f"message: longer than {self.max_message_length} characters")
+        if not _is_unicode(text):
+            raise BadRequest("message: not valid Unicode (lone surrogate)")
+        if "\x00" in text:
+            # PostgreSQL cannot store NUL in text; refuse it on every store alike.
+            raise BadRequest("message: must not contain NUL characters")
+        if text.strip() == "":
+            raise BadRequest("message: must not be blank")
+        return text
+
+    def post_message(
+        self, user: User, conversation_id: str, text: object, idempotency_key: str | None = None
+    ) -> Deferred[Message]:
+        """
+        Add a message to a conversation.
+
+        After the commit, publishes the C{message} event and then, for every other user
+        subscribed to the conversation's topic at that moment, marks it received (with a
+        C{received} event where that changed anything).  A replay, with an
+        C{idempotency_key} used before by this user in this conversation, stores and
+        publishes nothing and returns the first message.
+
+        @raise BadRequest: (asynchronously) if C{text} breaks a rule of
+            L{validate_message}.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def post() -> Message:
+            valid = self.validate_message(text)
+            conversation = await self._participant(user, conversation_id)
+            return await self._serialised(
+                conversation.id,
+                lambda: self._commit_message(user, conversation, valid, idempotency_key),
+            )
+
+        return Deferred.fromCoroutine(post())
+
+    async def _commit_message(
+        self, user: User, conversation: Conversation, text: str, idempotency_key: str | None
+    ) -> Message:
+        message = Message(
+            id=new_id(),
+            conversation_id=conversation.id,
+            created=self._now(),
+            user_id=user.user_id,
+            user_name=user.user_name,
+            user_role=user.user_role,
+            message=text,
+        )
+        stored, created = await self.store.add_message(message, idempotency_key)
+        if not created:
+            return stored  # type: ignore[no-any-return]
+        self._publish(conversation.id, {"message": stored.as_json()})
+        topic = conversation_topic(conversation.id)
+        for other in sorted(self.hub.subscribed_users(topic) - {user.user_id}):
+            try:
+                await self._mark(other, conversation.id, "received")
+            except Exception:
+                # The message is committed and must be answered as such; the receipt is a
+                # courtesy that a later GET or POST .../received makes up for.
+                _log.failure(
+                    "auto-received for {user} in {conversation} failed",
+                    user=other,
+                    conversation=conversation.id,
+                )
+        return stored  # type: ignore[no-any-return]
+
+    def mark_read(self, user: User, conversation_id: str) -> Deferred[bool]:
+        """
+        Mark the conversation read by C{user} now; publishes C{read} if the stored time
+        moved (it only moves forward).
+
+        @return: whether it changed.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+        return self._mark_as(user, conversation_id, "read")
+
+    def mark_received(self, user: User, conversation_id: str) -> Deferred[bool]:
+        """
+        Mark the conversation received by C{user} now; publishes C{received} if the stored
+        time moved (it only moves forward).
+
+        @return: whether it changed.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+        return self._mark_as(user, conversation_id, "received")
+
+    def _mark_as(self, user: User, conversation_id: str, kind: str) -> Deferred[bool]:
+        async def mark() -> bool:
+            conversation = await self._participant(user, conversation_id)
+            return await self._serialised(
+                conversation.id, lambda: self._mark(user.user_id, conversation.id, kind)
+            )
+
+        return Deferred.fromCoroutine(mark())
+
+    def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
+        """
+        Tell the conversation that C{user} started or stopped typing (C{startTyping} /
+        C{stopTyping}); nothing is stored.
+
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def typing() -> None:
+            conversation = await self._participant(user, conversation_id)
+            kind = "startTyping" if started else "stopTyping"
+
+            async def publish() -> None:
+                self._publish(conversation.id, {kind: {"userId": user.user_id}})
+
+            await self._serialised(conversation.id, publish)
+
+        return Deferred.fromCoroutine(typing())
+
+    list = list_conversations

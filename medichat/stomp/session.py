@@ -1,0 +1,766 @@
+"""
+The STOMP server session: one state machine per connection, carried by anything that can
+send bytes (L{medichat.interfaces.IFrameTransport}): a WebSocket or a TCP stream.
+
+STOMP (1.0, 1.1, 1.2) in one paragraph: the client opens with C{CONNECT} (or C{STOMP}),
+naming the versions it accepts and its heart-beat wishes; the server answers C{CONNECTED}
+with the chosen version and its own heart-beat settings.  The client then C{SUBSCRIBE}s to
+destinations by a subscription C{id}, C{SEND}s to destinations, acknowledges messages
+(C{ACK}/C{NACK}), groups sends into transactions (C{BEGIN}/C{COMMIT}/C{ABORT}) and ends
+with C{DISCONNECT}.  Any frame with a C{receipt} header is answered with C{RECEIPT}.  The
+server delivers C{MESSAGE} frames, and on any error sends C{ERROR} and closes.  Between
+frames either side may send a bare end-of-line as a heart-beat.
+
+Frames are handled strictly one at a time: when a frame needs the store (authentication, a
+participant check) the frames after it wait, so receipts and errors keep their order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from medichat import __version__
+from medichat._ratelimit import TokenBucket
+from medichat._timers import Timer, TimerWheel
+from medichat.auth.credentials import authenticate, credentials_from_stomp
+from medichat.errors import AuthenticationFailed, DomainError
+from medichat.interfaces import IFrameTransport, ISubscriber
+from medichat.model import User
+from medichat.pubsub.hub import InProcessHub, Publication
+from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC, TOPIC_PREFIX
+from medichat.stomp.codec import (
+    Frame,
+    FrameError,
+    FrameParser,
+    FrameTooLarge,
+    Limits,
+    encode_frame,
+    escape_header,
+)
+from medichat.stomp.destinations import Route, route_send, route_subscription
+from medichat.stomp.registry import SessionRegistry
+
+SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
+
+# WebSocket close codes used when a session ends.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+
+
+@define(frozen=True)
+class StompConfig:
+    """
+    Tunables of STOMP sessions; defaults are those of SPEC section 6.
+
+    @ivar heartbeat: the server's C{(cx, cy)} in milliseconds: the interval at which it can
+        send heart-beats, and the one at which it wants to receive them.
+    @ivar grace: a client is dropped after C{grace} times the negotiated receive interval
+        without a byte (browsers throttle timers in background tabs, so be generous).
+    @ivar preauth_limits: the smaller frame budget before the session is authenticated.
+    @ivar send_rate: SEND frames a session may send per second on average.
+    @ivar send_burst: and in one burst.
+    @ivar max_pending_frames: frames waiting behind one that awaits the store; more is a
+        flood.
+    @ivar revalidate_interval: seconds between re-checks of a cookie-authenticated
+        session's login session, so that logout, a password change or disablement (from
+        any process) ends it, and its sliding expiry follows.
+    """
+
+    limits: Limits = Limits()
+    preauth_limits: Limits = Limits(max_frame_bytes=16384, max_headers=32, max_header_line=8192)
+    heartbeat: tuple[int, int] = (10000, 10000)
+    grace: float = 3.0
+    connect_timeout: float = 10.0
+    max_subscriptions: int = 1000
+    max_transactions: int = 10
+    max_transaction_frames: int = 100
+    send_rate: float = 20.0
+    send_burst: float = 40.0
+    max_pending_frames: int = 100
+    revalidate_interval: float = 30.0
+    server_name: str = f"medichat/{__version__}"
+
+
+@define
+class StompServices:
+    """
+    What sessions share: the hub, the registry of live sessions, authentication, the
+    conversation service, and time.
+    """
+
+    hub: InProcessHub
+    portal: Portal
+    clock: IReactorTime
+    conversations: Any = None
+    registry: SessionRegistry = field(default=None)
+    wheel: TimerWheel = field(default=None)
+    config: StompConfig = StompConfig()
+
+    def __attrs_post_init__(self) -> None:
+        if self.registry is None:
+            self.registry = SessionRegistry(self.hub)
+        if self.wheel is None:
+            self.wheel = TimerWheel(self.clock)
+
+
+class StompError(Exception):
+    """
+    A protocol error: the session sends C{ERROR} with this message and closes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        detail: str = "",
+        code: int = CLOSE_PROTOCOL_ERROR,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.code = code
+        self.headers = headers
+
+
+@implementer(ISubscriber)
+class _Subscription:
+    """
+    One SUBSCRIBE of one session.
+    """
+
+    __slots__ = ("session", "id", "id_bytes", "route", "ack", "user_id", "__weakref__")
+
+    def __init__(self, session: StompSession, sub_id: str, route: Route, ack: str) -> None:
+        self.session = session
+        self.id = sub_id
+        self.id_bytes = escape_header(sub_id, session.version).encode("utf-8")
+        self.route = route
+        self.ack = ack
+        assert session.user is not None
+        self.user_id = session.user.user_id
+
+    def deliver(self, publication: Publication) -> None:
+        self.session.deliver(self, publication)
+
+
+_AWAITING_CONNECT = 0
+_CONNECTING = 1
+_CONNECTED = 2
+_CLOSED = 3
+
+_ACK_MODES = ("auto", "client", "client-individual")
+
+
+class StompSession:
+    """
+    The server side of one STOMP connection.
+
+    The carrier calls L{connection_made}, then L{data_received} with whatever bytes arrive
+    (in any chunking), and L{connection_lost} at the end.
+
+    @param credentials: from the carrier's handshake, used when C{CONNECT} brings none; an
+        L{AuthenticationFailed} if the handshake's were malformed.
+    @param peer: the client's address, for logs.
+
+    @ivar user: the authenticated user, once C{CONNECT} has been accepted.
+    @ivar version: the negotiated STOMP version (C{"1.2"} until negotiated).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        transport: IFrameTransport,
+        services: StompServices,
+        *,
+        credentials: object | None = None,
+        peer: str = "",
+    ) -> None:
+        self._transport = transport
+        self._services = services
+        self._config = services.config
+        self._clock = services.clock
+        self._handshake_credentials = credentials
+        self._credentials: object | None = None
+        self.peer = peer
+        self.session_id = os.urandom(8).hex()
+        self.user: User | None = None
+        self.version = "1.2"
+        self._state = _AWAITING_CONNECT
+        self._parser = FrameParser(self._config.preauth_limits)
+        self._queue: deque[Frame] = deque()
+        self._busy = False
+        self._pumping = False
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._transactions: dict[str, list[Frame]] = {}
+        self._timers: list[Timer] = []
+        now = self._clock.seconds()
+        self._last_read = now
+        self._last_write = now
+        self._send_every = 0.0
+        self._expect_every = 0.0
+        self._sends = TokenBucket(self._config.send_rate, self._config.send_burst, now)
+
+    # ---------------------------------------------------------------- carrier interface
+
+    def connection_made(self) -> None:
+        """
+        The connection is open: start the CONNECT timeout.
+        """
+        self._timers.append(
+            self._services.wheel.call_later(self._config.connect_timeout, self._connect_timeout)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Bytes arrived (any inbound byte counts as life).
+        """
+        if self._state == _CLOSED:
+            return
+        self._last_read = self._clock.seconds()
+        try:
+            frames = self._parser.feed(data)
+        except FrameError as e:
+            code = CLOSE_TOO_BIG if isinstance(e, FrameTooLarge) else CLOSE_PROTOCOL_ERROR
+            self._fail(StompError(e.message, code=code), None)
+            return
+        if not frames:
+            return
+        if len(self._queue) + len(frames) > self._config.max_pending_frames:
+            self._fail(StompError("too many frames in flight", code=CLOSE_POLICY), None)
+            return
+        self._queue.extend(frames)
+        self._pump()
+
+    def heartbeat_received(self) -> None:
+        """
+        The carrier saw a heart-beat and consumed it itself: note the sign of life.
+        """
+        self._last_read = self._clock.seconds()
+
+    def connection_lost(self, reason: str = "") -> None:
+        """
+        The connection is gone: release subscriptions, presence and timers.
+        """
+        if self._state == _CLOSED:
+            self._cleanup()
+            return
+        self._log.debug(
+            "session {session} closed: {reason}", session=self.session_id, reason=reason
+        )
+        self._state = _CLOSED
+        self._cleanup()
+
+    def end(self, message: str, detail: str = "") -> None:
+        """
+        End the session from the server side with an C{ERROR} (credential expired, login
+        session revoked, server shutting down).
+        """
+        if self._state == _CLOSED:
+            return
+        self._fail(StompError(message, detail, code=CLOSE_POLICY), None)
+
+    def shutdown(self) -> None:
+        """
+        End the session because the server is stopping (WebSocket close code 1001).
+        """
+        if self._state == _CLOSED:
+            return
+        self._fail(StompError("server shutting down", code=CLOSE_GOING_AWAY), None)
+
+    # ---------------------------------------------------------------- delivery
+
+    def deliver(self, subscription: _Subscription, publication: Publication) -> None:
+        """
+        Send one publication to this session on one of its subscriptions.
+        """
+        if self._state != _CONNECTED:
+            return
+        if subscription.ack != "auto" and self.version == "1.2":
+            # STOMP 1.2 clients acknowledge by the MESSAGE's ack header.
+            ack = b"\nack:" + publication.message_id.encode("ascii")
+            self._send_raw(publication.frame(subscription.id_bytes, ack))
+        else:
+            self._send_raw(publication.frame(subscription.id_bytes))
+
+    # ---------------------------------------------------------------- frame pump
+
+    def _pump(self) -> None:
+        # Not re-entrant: a handler's Deferred that has already fired resumes the loop
+        # below instead of recursing, however many frames are pipelined.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and not self._busy and self._state != _CLOSED:
+                frame = self._queue.popleft()
+                try:
+                    result = self._dispatch(frame)
+                except Exception:
+                    self._handled_error(Failure(), frame)
+                    continue
+                if isinstance(result, Deferred):
+                    self._busy = True
+                    result.addCallbacks(self._resume, self._resume_after_error,
+                                        callbackArgs=(frame,), errbackArgs=(frame,))
+        finally:
+            self._pumping = False
+
+    def _resume(self, _: object, frame: Frame) -> None:
+        self._busy = False
+        self._receipt(frame)
+        self._pump()
+
+    def _resume_after_error(self, failure: Failure, frame: Frame) -> None:
+        self._busy = False
+        self._handled_error(failure, frame)
+        self._pump()
+
+    def _handled_error(self, failure: Failure, frame: Frame | None) -> None:
+        error = failure.value
+        if isinstance(error, StompError):
+            self._fail(error, frame)
+        elif isinstance(error, AuthenticationFailed):
+            self._fail(StompError(error.reason, code=CLOSE_POLICY), frame)
+        elif isinstance(error, DomainError):
+            self._fail(StompError(error.title.lower(), error.detail, CLOSE_POLICY), frame)
+        else:
+            self._log.failure(
+                "error handling {command} in session {session}",
+                failure,
+                command=frame.command if frame else "?",
+                session=self.session_id,
+            )
+            self._fail(StompError("internal server error", code=CLOSE_SERVER_ERROR), frame)
+
+    def _dispatch(self, frame: Frame) -> Deferred[Any] | None:
+        command = frame.command
+        if self._state == _AWAITING_CONNECT:
+            if command in ("CONNECT", "STOMP"):
+                return self._on_connect(frame)
+            raise StompError("expected CONNECT", f"received {command} before CONNECT")
+        if command in ("CONNECT", "STOMP"):
+            raise StompError("already connected")
+        handler = self._handlers.get(command)
+        if handler is None:
+            raise StompError(f"unexpected frame {command}")
+        result = handler(self, frame)
+        if not isinstance(result, Deferred):
+            self._receipt(frame)
+        return result
+
+    def _receipt(self, frame: Frame) -> None:
+        if frame.command in ("CONNECT", "STOMP", "DISCONNECT") or self._state != _CONNECTED:
+            return
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self._send_frame("RECEIPT", [("receipt-id", receipt)])
+
+    # ---------------------------------------------------------------- CONNECT
+
+    def _on_connect(self, frame: Frame) -> Deferred[None]:
+        accepted = frame.get("accept-version")
+        offered = [v.strip() for v in accepted.split(",")] if accepted else ["1.0"]
+        common = [v for v in SUPPORTED_VERSIONS if v in offered]
+        if not common:
+            supported = ",".join(SUPPORTED_VERSIONS)
+            raise StompError(
+                "unsupported STOMP version",
+                f"Supported protocol versions are {supported}",
+                headers=(("version", supported),),
+            )
+        version = common[-1]
+        # Frames pipelined behind CONNECT are read with the chosen version's escaping.
+        self._parser.version = version
+        client_hb = (0, 0)
+        if version != "1.0":
+            client_hb = _parse_heartbeat(frame.get("heart-beat"))
+        credentials = credentials_from_stomp(frame.get_ci) or self._handshake_credentials
+        if credentials is None:
+            raise StompError("missing credentials", code=CLOSE_POLICY)
+        if isinstance(credentials, AuthenticationFailed):
+            raise credentials
+        self._state = _CONNECTING
+        self._credentials = credentials
+        d: Deferred[Any] = authenticate(self._services.portal, credentials)
+        d.addCallback(self._connected, version, client_hb)
+        return d
+
+    def _connected(self, user: User, version: str, client_hb: tuple[int, int]) -> None:
+        if self._state == _CLOSED:
+            return
+        now = self._clock.seconds()
+        if user.expires_at is not None and user.expires_at <= now * 1_000_000:
+            raise StompError("credential expired", code=CLOSE_POLICY)
+        self.user = user
+        self.version = version
+        self._parser.limits = self._config.limits
+        self._state = _CONNECTED
+        self._cleanup_timers()  # the CONNECT timeout
+        sx, sy = self._config.heartbeat
+        cx, cy = client_hb
+        self._send_every = 0.0 if (sx == 0 or cy == 0) else max(sx, cy) / 1000.0
+        self._expect_every = 0.0 if (cx == 0 or sy == 0) else max(cx, sy) / 1000.0
+        headers = [
+            ("version", version),
+            ("heart-beat", f"{sx},{sy}"),
+            ("server", self._config.server_name),
+            ("session", self.session_id),
+            ("user-name", user.user_id),
+        ]
+        self._send_frame("CONNECTED", headers)
+        wheel = self._services.wheel
+        if self._send_every:
+            self._timers.append(wheel.call_at(now + self._send_every, self._heartbeat_due))
+        if self._expect_every:
+            self._timers.append(
+                wheel.call_at(now + self._expect_every * self._config.grace, self._read_due)
+            )
+        if user.expires_at is not None:
+            self._timers.append(wheel.call_at(user.expires_at / 1_000_000, self._expired))
+        if user.session_id is not None:
+            self._timers.append(
+                wheel.call_later(self._config.revalidate_interval, self._revalidate)
+            )
+        else:
+            self._credentials = None
+        self._services.registry.add(self)
+        self._log.info(
+            "session {session} connected: user {user_id} ({role}) STOMP {version} from {peer}",
+            session=self.session_id,
+            user_id=user.user_id,
+            role=user.user_role,
+            version=version,
+            peer=self.peer,
+        )
+
+    # ---------------------------------------------------------------- commands
+
+    def _on_subscribe(self, frame: Frame) -> Deferred[None] | None:
+        sub_id = _required(frame, "id")
+        destination = _required(frame, "destination")
+        if sub_id in self._subscriptions:
+            raise StompError("duplicate subscription id", f"subscription {sub_id!r} exists")
+        if len(self._subscriptions) >= self._config.max_subscriptions:
+            raise StompError(
+                "too many subscriptions",
+                f"at most {self._config.max_subscriptions} per session",
+                CLOSE_POLICY,
+            )
+        ack = frame.get("ack", "auto") or "auto"
+        if ack not in _ACK_MODES:
+            raise StompError("invalid ack mode", f"ack must be one of {', '.join(_ACK_MODES)}")
+        route = route_subscription(destination)
+        if route is None:
+            raise StompError("unknown destination", destination)
+        if route.kind == "conversation":
+            assert self.user is not None
+            d = self._services.conversations.check_participant(self.user, route.conversation_id)
+            d.addCallback(lambda _: self._subscribe(sub_id, route, ack))
+            return d
+        self._subscribe(sub_id, route, ack)
+        return None
+
+    def _subscribe(self, sub_id: str, route: Route, ack: str) -> None:
+        if self._state != _CONNECTED:
+            return
+        hub = self._services.hub
+        subscription = _Subscription(self, sub_id, route, ack)
+        self._subscriptions[sub_id] = subscription
+        first = hub.subscribe(route.destination, subscription)
+        if route.kind == "online-employees":
+            # The new subscriber learns the current value at once; the others only changes.
+            online = self._services.registry.online_employees
+            self.deliver(subscription, hub.prepare(ONLINE_EMPLOYEES_TOPIC, {"online": online}))
+        elif route.kind == "conversation" and first:
+            hub.publish(route.destination, {"userConnected": {"userId": subscription.user_id}})
+
+    def _unsubscribe(self, subscription: _Subscription) -> None:
+        hub = self._services.hub
+        last = hub.unsubscribe(subscription.route.destination, subscription)
+        if last and subscription.route.kind == "conversation":
+            hub.publish(
+                subscription.route.destination,
+                {"userDisconnected": {"userId": subscription.user_id}},
+            )
+
+    def _on_unsubscribe(self, frame: Frame) -> None:
+        sub_id = _required(frame, "id")
+        subscription = self._subscriptions.pop(sub_id, None)
+        if subscription is not None:
+            self._unsubscribe(subscription)
+
+    def _on_send(self, frame: Frame) -> Deferred[None] | None:
+        destination = _required(frame, "destination")
+        if self._sends.take(self._clock.seconds()) is not None:
+            raise StompError("rate limit exceeded", "too many SEND frames", CLOSE_POLICY)
+        transaction = frame.get("transaction")
+        if transaction is not None:
+            self._in_transaction(transaction, frame)
+            return None
+        return self._perform_send(frame, destination)
+
+    def _perform_send(self, frame: Frame, destination: str) -> Deferred[None] | None:
+        if destination.startswith(TOPIC_PREFIX):
+            raise StompError("cannot send to a topic", destination)
+        route = route_send(destination)
+        if route is None:
+            raise StompError("unknown destination", destination)
+        assert self.user is not None
+        return maybeDeferred(
+            self._services.conversations.typing, self.user, route.conversation_id, route.started
+        )
+
+    def _on_ack(self, frame: Frame) -> None:
+        if self.version == "1.2":
+            _required(frame, "id")
+        else:
+            _required(frame, "message-id")
+            if self.version == "1.1":
+                _required(frame, "subscription")
+        transaction = frame.get("transaction")
+        if transaction is not None:
+            self._in_transaction(transaction, frame)
+
+    def _on_begin(self, frame: Frame) -> None:
+        transaction = _required(frame, "transaction")
+        if transaction in self._transactions:
+            raise StompError("transaction already begun", transaction)
+        if len(self._transactions) >= self._config.max_transactions:
+            raise StompError("too many transactions", code=CLOSE_POLICY)
+        self._transactions[transaction] = []
+
+    def _on_commit(self, frame: Frame) -> Deferred[None] | None:
+        transaction = _required(frame, "transaction")
+        frames = self._transactions.pop(transaction, None)
+        if frames is None:
+            raise StompError("unknown transaction", transaction)
+        pending: list[Deferred[None]] = []
+        for queued in frames:
+            if queued.command == "SEND":
+                d = self._perform_send(queued, queued.get("destination") or "")
+                if d is not None:
+                    pending.append(d)
+        if not pending:
+            return None
+        # The sends are independent events; wait for all so COMMIT's receipt means done.
+        result: Deferred[Any] = gatherResults(pending, consumeErrors=True)
+        result.addErrback(_first_failure)
+        return result
+
+    def _on_abort(self, frame: Frame) -> None:
+        transaction = _required(frame, "transaction")
+        if self._transactions.pop(transaction, None) is None:
+            raise StompError("unknown transaction", transaction)
+
+    def _on_disconnect(self, frame: Frame) -> None:
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self._send_frame("RECEIPT", [("receipt-id", receipt)])
+        self._queue.clear()
+        self._close(CLOSE_NORMAL, "client disconnected")
+
+    def _in_transaction(self, transaction: str, frame: Frame) -> None:
+        frames = self._transactions.get(transaction)
+        if frames is None:
+            raise StompError("unknown transaction", transaction)
+        if len(frames) >= self._config.max_transaction_frames:
+            raise StompError("transaction too large", code=CLOSE_POLICY)
+        frames.append(frame)
+
+    _handlers: dict[str, Callable[[StompSession, Frame], Any]] = {
+        "SUBSCRIBE": _on_subscribe,
+        "UNSUBSCRIBE": _on_unsubscribe,
+        "SEND": _on_send,
+        "ACK": _on_ack,
+        "NACK": _on_ack,
+        "BEGIN": _on_begin,
+        "COMMIT": _on_commit,
+        "ABORT": _on_abort,
+        "DISCONNECT": _on_disconnect,
+    }
+
+    # ---------------------------------------------------------------- timers
+
+    def _connect_timeout(self) -> None:
+        if self._state in (_AWAITING_CONNECT, _CONNECTING):
+            self._fail(StompError("CONNECT timeout", code=CLOSE_POLICY), None)
+
+    def _heartbeat_due(self) -> None:
+        if self._state != _CONNECTED:
+            return
+        now = self._clock.seconds()
+        if now - self._last_write >= self._send_every - 0.5 * self._services.wheel.resolution:
+            self._send_raw(b"\n")
+        self._timers.append(
+            self._services.wheel.call_at(self._last_write + self._send_every, self._heartbeat_due)
+        )
+        self._prune_timers()
+
+    def _read_due(self) -> None:
+        if self._state != _CONNECTED:
+            return
+        limit = self._expect_every * self._config.grace
+        now = self._clock.seconds()
+        if now - self._last_read >= limit:
+            self._log.info(
+                "session {session} silent for {seconds:.1f}s: dropped",
+                session=self.session_id,
+                seconds=now - self._last_read,
+            )
+            self._state = _CLOSED
+            self._transport.abort()
+            self._cleanup()
+            return
+        self._timers.append(self._services.wheel.call_at(self._last_read + limit, self._read_due))
+        self._prune_timers()
+
+    def _expired(self) -> None:
+        if self._state != _CONNECTED or self.user is None:
+            return
+        expires_at = self.user.expires_at
+        if expires_at is not None and expires_at / 1_000_000 > self._clock.seconds():
+            # A sliding login session moved its expiry on since this timer was set.
+            self._timers.append(self._services.wheel.call_at(expires_at / 1e6, self._expired))
+            return
+        self.end("credential expired")
+
+    def _revalidate(self) -> None:
+        if self._state != _CONNECTED or self._credentials is None:
+            return
+        d = authenticate(self._services.portal, self._credentials)
+
+        def valid(user: User) -> None:
+            if self._state != _CONNECTED:
+                return
+            self.user = user
+            self._timers.append(
+                self._services.wheel.call_later(self._config.revalidate_interval,
+                                                self._revalidate)
+            )
+            self._prune_timers()
+
+        def invalid(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, AuthenticationFailed):
+                self.end(error.reason)
+            else:
+                # The store is unreachable: keep the session and try again later.
+                self._log.failure("re-checking session {session} failed", failure,
+                                  session=self.session_id)
+                valid(self.user)  # type: ignore[arg-type]
+
+        d.addCallbacks(valid, invalid)
+
+    def _prune_timers(self) -> None:
+        if len(self._timers) > 4:
+            self._timers = [t for t in self._timers if t.active]
+
+    # ---------------------------------------------------------------- output
+
+    def _send_raw(self, data: bytes) -> None:
+        self._last_write = self._clock.seconds()
+        self._transport.send(data)
+
+    def _send_frame(self, command: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self._send_raw(_encode(command, headers, body, self.version))
+
+    def _fail(self, error: StompError, frame: Frame | None) -> None:
+        if self._state == _CLOSED:
+            return
+        headers = [("message", error.message), *error.headers, ("content-type", "text/plain")]
+        if frame is not None:
+            receipt = frame.get("receipt")
+            if receipt is not None:
+                headers.append(("receipt-id", receipt))
+        body = (error.detail or error.message).encode("utf-8")
+        self._log.info(
+            "session {session} error: {message} ({detail})",
+            session=self.session_id,
+            message=error.message,
+            detail=error.detail,
+        )
+        self._send_raw(_encode("ERROR", headers, body, self.version))
+        self._close(error.code, error.message)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self._queue.clear()
+        self._cleanup()
+        self._transport.close(code, reason)
+
+    def _cleanup_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+
+    def _cleanup(self) -> None:
+        self._cleanup_timers()
+        subscriptions = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        self._transactions.clear()
+        for subscription in subscriptions:
+            self._unsubscribe(subscription)
+        self._services.registry.remove(self)
+
+
+def _first_failure(failure: Failure) -> Failure:
+    # gatherResults wraps the first failure in FirstError; the edge wants the original.
+    error = failure.value
+    if isinstance(error, FirstError):
+        sub: Failure = error.subFailure
+        return sub
+    return failure
+
+
+def _encode(command: str, headers: list[tuple[str, str]], body: bytes, version: str) -> bytes:
+    try:
+        return encode_frame(command, headers, body, version=version)
+    except ValueError:
+        # A value echoed from the client (a receipt id, a destination in an error) that this
+        # version cannot carry, such as a line break in STOMP 1.0: blank such characters.
+        cleaned = [(name, _BLANK.sub(" ", value)) for name, value in headers]
+        return encode_frame(command, cleaned, body, version=version)
+
+
+_BLANK = re.compile(r"[\r\n\x00]")
+
+
+def _required(frame: Frame, name: str) -> str:
+    value = frame.get(name)
+    if value is None or value == "":
+        raise StompError(f"missing {name} header", f"{frame.command} needs a {name} header")
+    return value
+
+
+def _parse_heartbeat(value: str | None) -> tuple[int, int]:
+    if value is None or value == "":
+        return (0, 0)
+    parts = value.split(",")
+    if len(parts) != 2:
+        raise StompError("invalid heart-beat header", value)
+    try:
+        cx, cy = int(parts[0].strip()), int(parts[1].strip())
+    except ValueError:
+        raise StompError("invalid heart-beat header", value) from None
+    if cx < 0 or cy < 0:
+        raise StompError("invalid heart-beat header", value)
+    return (cx, cy)

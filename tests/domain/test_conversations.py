@@ -1,0 +1,585 @@
+"""
+Tests for L{medichat.domain.conversations}: the domain service on the real embedded store and the
+real in-process hub.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from medichat.domain.conversations import (
+    ConversationService,
+    conversation_summary,
+    decode_cursor,
+    encode_cursor,
+)
+from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
+from medichat.interfaces import ISubscriber
+from medichat.model import Conversation, User, format_time
+from medichat.pubsub.hub import InProcessHub, Publication
+from medichat.pubsub.topics import conversation_topic
+from medichat.store import open_store
+
+# The seed's first message event happened at 2021-07-26T12:05:22Z.
+NOW = 1627301122.0
+CUSTOMER = User("0be8c544-9518-4bce-8519-0eee0356989f", "c1", "customer")
+OTHER_CUSTOMER = User("6f1c0f7e-32a4-4b0e-9a59-6a3f3c1f0a11", "c2", "customer")
+EMPLOYEE = User("3d43c23b-c637-4a7a-a780-28c2c29f1194", "Nurse Joy", "employee")
+UNKNOWN_ID = "28ccd489-f588-4d35-99a9-1e74ec2475b2"
+
+
+@implementer(ISubscriber)
+class Recorder:
+    """
+    A subscriber that keeps each event's JSON text, as a STOMP client would receive it.
+    """
+
+    def __init__(self, user: User) -> None:
+        self.user_id = user.user_id
+        self.bodies: list[str] = []
+
+    def deliver(self, publication: Publication) -> None:
+        self.bodies.append(publication.body.decode("utf-8"))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for body in self.bodies]
+
+
+def compact(value: object) -> str:
+    """JSON as the hub encodes it: compact, key order kept."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class ServiceTestCase(TestCase):
+    """
+    A L{ConversationService} on a fresh SQLite store, a real hub and a L{Clock}.
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = open_store(None, self.mktemp(), reactor)
+        await self.store.start()
+        self.addCleanup(self.store.stop)
+        self.hub = InProcessHub()
+        self.service = ConversationService(self.store, self.hub, self.clock)
+
+    async def conversation(self, user: User = CUSTOMER) -> Conversation:
+        conversation: Conversation = await self.service.create(user)
+        return conversation
+
+    def subscribe(self, conversation: Conversation, user: User) -> Recorder:
+        recorder = Recorder(user)
+        self.hub.subscribe(conversation_topic(conversation.id), recorder)
+        return recorder
+
+    async def fails(self, d: Deferred[Any], kind: type[DomainError]) -> str:
+        try:
+            await d
+        except kind as e:
+            return e.detail
+        raise self.failureException(f"{kind.__name__} not raised")
+
+
+class CreateTests(ServiceTestCase):
+    """
+    L{ConversationService.create} opens conversations for customers.
+    """
+
+    async def test_create(self) -> None:
+        """A customer's new conversation is theirs, stamped now, and stored."""
+        conversation = await self.conversation()
+        self.assertEqual(conversation.customer_id, CUSTOMER.user_id)
+        self.assertEqual(conversation.customer_name, "c1")
+        self.assertEqual(conversation.created, int(NOW * 1_000_000))
+        stored = await self.store.get_conversation(conversation.id)
+        self.assertEqual(stored, conversation)
+
+    async def test_employee(self) -> None:
+        """Employees do not open conversations."""
+        detail = await self.fails(self.service.create(EMPLOYEE), Forbidden)
+        self.assertEqual(detail, "only customers open conversations")
+
+
+class GetTests(ServiceTestCase):
+    """
+    L{ConversationService.get} shows a conversation to its participants and marks it
+    received for them.
+    """
+
+    async def test_new_conversation(self) -> None:
+        """A new conversation has no messages; the GET itself marks it received."""
+        conversation = await self.conversation()
+        result = await self.service.get(CUSTOMER, conversation.id)
+        self.assertEqual(
+            compact(result),
+            compact(
+                {
+                    "id": conversation.id,
+                    "created": "2021-07-26T12:05:22Z",
+                    "customerId": CUSTOMER.user_id,
+                    "customerName": "c1",
+                    "messages": [],
+                    "read": [],
+                    "received": [
+                        {"userId": CUSTOMER.user_id, "receivedAt": "2021-07-26T12:05:22Z"}
+                    ],
+                }
+            ),
+        )
+
+    async def test_received_event(self) -> None:
+        """GET publishes received when it moves the caller's received time, once."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, EMPLOYEE)
+        self.clock.advance(0.935376)
+        await self.service.get(CUSTOMER, conversation.id)
+        await self.service.get(CUSTOMER, conversation.id)
+        self.assertEqual(
+            recorder.bodies,
+            [
+                compact(
+                    {
+                        "received": {
+                            "userId": CUSTOMER.user_id,
+                            "receivedAt": "2021-07-26T12:05:22.935376Z",
+                        }
+                    }
+                )
+            ],
+        )
+
+    async def test_not_participant(self) -> None:
+        """Another customer's, an unknown and a malformed id are all simply not found."""
+        conversation = await self.conversation()
+        for user, conversation_id in [
+            (OTHER_CUSTOMER, conversation.id),
+            (CUSTOMER, UNKNOWN_ID),
+            (CUSTOMER, "not-a-uuid"),
+            (CUSTOMER, ""),
+            (EMPLOYEE, conversation.id + "x"),
+        ]:
+            detail = await self.fails(self.service.get(user, conversation_id), NotFound)
+            self.assertEqual(detail, "no such conversation")
+
+    async def test_not_participant_not_marked(self) -> None:
+        """A refused GET marks nothing received."""
+        conversation = await self.conversation()
+        await self.fails(self.service.get(OTHER_CUSTOMER, conversation.id), NotFound)
+        read, received = await self.store.receipts(conversation.id)
+        self.assertEqual((list(read), list(received)), ([], []))
+
+    async def test_employee_reads_all(self) -> None:
+        """Any employee may read any conversation."""
+        conversation = await self.conversation()
+        result = await self.service.get(EMPLOYEE, conversation.id)
+        self.assertEqual(result["id"], conversation.id)
+        self.assertEqual([r["userId"] for r in result["received"]], [EMPLOYEE.user_id])
+
+    async def test_upper_case_id(self) -> None:
+        """An id in upper case names the same conversation."""
+        conversation = await self.conversation()
+        result = await self.service.get(CUSTOMER, conversation.id.upper())
+        self.assertEqual(result["id"], conversation.id)
+
+    async def test_messages_query_order_limit(self) -> None:
+        """query, order and limit select and sort the messages."""
+        conversation = await self.conversation()
+        texts = []
+        for i in range(4):
+            self.clock.advance(60)
+            await self.service.post_message(CUSTOMER, conversation.id, f"m{i}")
+            texts.append(f"m{i}")
+        # Messages at 12:06:22, 12:07:22, 12:08:22, 12:09:22.
+        query = "created=le=2021-07-26T12:08:22Z;created=ge=2021-07-26T12:07:22Z"
+
+        async def messages(**kwargs: Any) -> list[str]:
+            result = await self.service.get(CUSTOMER, conversation.id, **kwargs)
+            return [m["message"] for m in result["messages"]]
+
+        self.assertEqual(await messages(), texts)
+        self.assertEqual(await messages(query=query), ["m1", "m2"])
+        self.assertEqual(await messages(query=query, order="-created"), ["m2", "m1"])
+        self.assertEqual(await messages(order="-created", limit=3), ["m3", "m2", "m1"])
+        self.assertEqual(await messages(query=""), texts)
+        self.assertEqual(await messages(query="userRole==employee"), [])
+        self.assertEqual(await messages(query=f"userId=={CUSTOMER.user_id}", limit=1), ["m0"])
+
+    async def test_bad_parameters(self) -> None:
+        """Bad query, order and limit values are BadRequests saying what is wrong."""
+        conversation = await self.conversation()
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"query": "created=le="}, "query: at position 11: expected value, found end of query"),
+            (
+                {"query": "1==1"},
+                "query: at position 0: unknown field '1'; allowed: created, userId, userRole, id",
+            ),
+            (
+                {"query": "created=ge=yesterday"},
+                "query: at position 0: bad value for created: not an RFC 3339 timestamp: "
+                "'yesterday'",
+            ),
+            (
+                {"query": "customerId==x"},
+                "query: at position 0: unknown field 'customerId'; "
+                "allowed: created, userId, userRole, id",
+            ),
+            ({"order": "created desc"}, "order: must be 'created' or '-created'"),
+            ({"limit": 0}, "limit: must be an integer from 1 to 1000"),
+            ({"limit": 1001}, "limit: must be an integer from 1 to 1000"),
+        ]
+        for kwargs, expected in cases:
+            detail = await self.fails(
+                self.service.get(CUSTOMER, conversation.id, **kwargs), BadRequest
+            )
+            self.assertEqual(detail, expected)
+
+
+class PostMessageTests(ServiceTestCase):
+    """
+    L{ConversationService.post_message} commits, then publishes in the seed's shapes.
+    """
+
+    async def test_message_event(self) -> None:
+        """The message event is exactly the seed's shape, author included in the audience."""
+        conversation = await self.conversation()
+        author = self.subscribe(conversation, CUSTOMER)
+        message = await self.service.post_message(CUSTOMER, conversation.id, "Hello")
+        expected = {
+            "message": {
+                "userId": CUSTOMER.user_id,
+                "userName": "c1",
+                "userRole": "customer",
+                "id": message.id,
+                "created": "2021-07-26T12:05:22Z",
+                "message": "Hello",
+            }
+        }
+        self.assertEqual(author.bodies, [compact(expected)])
+        self.assertEqual(message.as_json(), expected["message"])
+
+    async def test_auto_received(self) -> None:
+        """Every other subscribed user gets the message marked received, after the message."""
+        conversation = await self.conversation()
+        author = self.subscribe(conversation, CUSTOMER)
+        nurse = self.subscribe(conversation, EMPLOYEE)
+        self.subscribe(conversation, EMPLOYEE)  # a second tab: still one receipt
+        message = await self.service.post_message(CUSTOMER, conversation.id, "Hello")
+        self.assertEqual([list(e) for e in nurse.events], [["message"], ["received"]])
+        self.assertEqual(
+            nurse.bodies[1],
+            compact(
+                {"received": {"userId": EMPLOYEE.user_id, "receivedAt": "2021-07-26T12:05:22Z"}}
+            ),
+        )
+        self.assertEqual(author.bodies, nurse.bodies)
+        read, received = await self.store.receipts(conversation.id)
+        self.assertEqual([r.user_id for r in received], [EMPLOYEE.user_id])
+        self.assertEqual(message.user_id, CUSTOMER.user_id)
+
+    async def test_auto_received_once(self) -> None:
+        """A subscriber already marked received at this time gets no second event."""
+        conversation = await self.conversation()
+        nurse = self.subscribe(conversation, EMPLOYEE)
+        await self.service.post_message(CUSTOMER, conversation.id, "one")
+        await self.service.post_message(CUSTOMER, conversation.id, "two")
+        self.assertEqual([next(iter(e)) for e in nurse.events], ["message", "received", "message"])
+
+    async def test_idempotent_replay(self) -> None:
+        """A retry with the same key returns the first message and publishes nothing."""
+        conversation = await self.conversation()
+        nurse = self.subscribe(conversation, EMPLOYEE)
+        first = await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key-1")
+        self.clock.advance(5)
+        again = await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key-1")
+        self.assertEqual(again.id, first.id)
+        self.assertEqual(again.created, first.created)
+        self.assertEqual(len(nurse.events), 2)
+        messages = await self.store.list_messages(conversation.id, None, False, None)
+        self.assertEqual([m.id for m in messages], [first.id])
+
+    async def test_other_key(self) -> None:
+        """A different key is a different message."""
+        conversation = await self.conversation()
+        first = await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key-1")
+        second = await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key-2")
+        self.assertNotEqual(first.id, second.id)
+
+    async def test_invalid_text(self) -> None:
+        """Non-strings, empty, blank, over-long and invalid Unicode texts are refused."""
+        conversation = await self.conversation()
+        nurse = self.subscribe(conversation, EMPLOYEE)
+        cases: list[tuple[object, str]] = [
+            (None, "message: must be a string"),
+            (42, "message: must be a string"),
+            (["Hello"], "message: must be a string"),
+            ("", "message: must not be empty"),
+            (" \t\n\u3000", "message: must not be blank"),
+            ("x" * 4001, "message: longer than 4000 characters"),
+            ("\ud800", "message: not valid Unicode (lone surrogate)"),
+            ("a\x00b", "message: must not contain NUL characters"),
+        ]
+        for text, expected in cases:
+            d = self.service.post_message(CUSTOMER, conversation.id, text)
+            self.assertEqual(await self.fails(d, BadRequest), expected)
+        self.assertEqual(nurse.bodies, [])
+
+    async def test_longest(self) -> None:
+        """A message of exactly 4,000 characters (not bytes) is accepted."""
+        conversation = await self.conversation()
+        message = await self.service.post_message(CUSTOMER, conversation.id, "é" * 4000)
+        self.assertEqual(len(message.message), 4000)
+
+    async def test_configurable_length(self) -> None:
+        """The length limit is configurable."""
+        self.service.max_message_length = 5
+        conversation = await self.conversation()
+        detail = await self.fails(
+            self.service.post_message(CUSTOMER, conversation.id, "123456"), BadRequest
+        )
+        self.assertEqual(detail, "message: longer than 5 characters")
+
+    async def test_not_participant(self) -> None:
+        """Another customer cannot post, and nothing is published."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, CUSTOMER)
+        d = self.service.post_message(OTHER_CUSTOMER, conversation.id, "Hi")
+        await self.fails(d, NotFound)
+        self.assertEqual(recorder.bodies, [])
+
+    async def test_employee_posts(self) -> None:
+        """An employee posts to any conversation as an employee."""
+        conversation = await self.conversation()
+        message = await self.service.post_message(EMPLOYEE, conversation.id, "How can I help?")
+        self.assertEqual((message.user_role, message.user_name), ("employee", "Nurse Joy"))
+
+    async def test_commit_order(self) -> None:
+        """Concurrent posts publish their events in commit order; the locks are dropped."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, EMPLOYEE)
+        posts = [self.service.post_message(CUSTOMER, conversation.id, f"m{i}") for i in range(10)]
+        await gatherResults(posts)
+        stored = await self.store.list_messages(conversation.id, None, False, None)
+        published = [e["message"]["id"] for e in recorder.events if "message" in e]
+        self.assertEqual(published, [m.id for m in sorted(stored, key=lambda m: m.seq)])
+        self.assertEqual(self.service._locks, {})
+
+
+class ReceiptTests(ServiceTestCase):
+    """
+    L{ConversationService.mark_read} and L{ConversationService.mark_received} move forward
+    only and publish only on change.
+    """
+
+    async def test_read(self) -> None:
+        """Marking read publishes the seed's read event, once per change."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, CUSTOMER)
+        self.clock.advance(72.713856)
+        self.assertTrue(await self.service.mark_read(EMPLOYEE, conversation.id))
+        self.assertFalse(await self.service.mark_read(EMPLOYEE, conversation.id))
+        self.assertEqual(
+            recorder.bodies,
+            [
+                compact(
+                    {"read": {"userId": EMPLOYEE.user_id, "readAt": "2021-07-26T12:06:34.713856Z"}}
+                )
+            ],
+        )
+        self.clock.advance(1)
+        self.assertTrue(await self.service.mark_read(EMPLOYEE, conversation.id))
+        self.assertEqual(len(recorder.bodies), 2)
+
+    async def test_received(self) -> None:
+        """Marking received publishes the seed's received event, once per change."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, EMPLOYEE)
+        self.clock.advance(0.935376)
+        self.assertTrue(await self.service.mark_received(CUSTOMER, conversation.id))
+        self.assertFalse(await self.service.mark_received(CUSTOMER, conversation.id))
+        self.assertEqual(
+            recorder.bodies,
+            [
+                compact(
+                    {
+                        "received": {
+                            "userId": CUSTOMER.user_id,
+                            "receivedAt": "2021-07-26T12:05:22.935376Z",
+                        }
+                    }
+                )
+            ],
+        )
+
+    async def test_never_backwards(self) -> None:
+        """A clock that goes back moves no receipt back and publishes nothing."""
+        conversation = await self.conversation()
+        await self.service.mark_read(CUSTOMER, conversation.id)
+        recorder = self.subscribe(conversation, CUSTOMER)
+        self.clock.rightNow -= 10
+        self.assertFalse(await self.service.mark_read(CUSTOMER, conversation.id))
+        read, _ = await self.store.receipts(conversation.id)
+        self.assertEqual([format_time(r.at) for r in read], ["2021-07-26T12:05:22Z"])
+        self.assertEqual(recorder.bodies, [])
+
+    async def test_not_participant(self) -> None:
+        """Another customer cannot mark someone else's conversation."""
+        conversation = await self.conversation()
+        await self.fails(self.service.mark_read(OTHER_CUSTOMER, conversation.id), NotFound)
+        await self.fails(self.service.mark_received(OTHER_CUSTOMER, conversation.id), NotFound)
+
+
+class TypingTests(ServiceTestCase):
+    """
+    L{ConversationService.typing} publishes typing events to participants' conversations.
+    """
+
+    async def test_typing(self) -> None:
+        """Start and stop publish the seed's startTyping and stopTyping events."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, EMPLOYEE)
+        await self.service.typing(CUSTOMER, conversation.id, True)
+        await self.service.typing(CUSTOMER, conversation.id, False)
+        self.assertEqual(
+            recorder.bodies,
+            [
+                compact({"startTyping": {"userId": CUSTOMER.user_id}}),
+                compact({"stopTyping": {"userId": CUSTOMER.user_id}}),
+            ],
+        )
+
+    async def test_not_participant(self) -> None:
+        """A non-participant's typing is refused and not published."""
+        conversation = await self.conversation()
+        recorder = self.subscribe(conversation, CUSTOMER)
+        await self.fails(self.service.typing(OTHER_CUSTOMER, conversation.id, True), NotFound)
+        await self.fails(self.service.typing(CUSTOMER, "nope", True), NotFound)
+        self.assertEqual(recorder.bodies, [])
+
+    async def test_check_participant(self) -> None:
+        """check_participant gives the conversation to participants only."""
+        conversation = await self.conversation()
+        self.assertEqual(
+            await self.service.check_participant(EMPLOYEE, conversation.id), conversation
+        )
+        self.assertEqual(
+            await self.service.check_participant(CUSTOMER, conversation.id), conversation
+        )
+        await self.fails(self.service.check_participant(OTHER_CUSTOMER, conversation.id), NotFound)
+
+
+class ListTests(ServiceTestCase):
+    """
+    L{ConversationService.list_conversations} pages through what the user may see.
+    """
+
+    async def make(self) -> list[Conversation]:
+        made = []
+        for user in [CUSTOMER, OTHER_CUSTOMER, CUSTOMER, OTHER_CUSTOMER, CUSTOMER]:
+            self.clock.advance(1)
+            made.append(await self.conversation(user))
+        return made
+
+    async def test_customer_sees_own(self) -> None:
+        """A customer lists only their own conversations, as summaries."""
+        made = await self.make()
+        page = await self.service.list_conversations(CUSTOMER)
+        own = [c for c in made if c.customer_id == CUSTOMER.user_id]
+        self.assertEqual(
+            page, {"conversations": [conversation_summary(c) for c in own], "next": None}
+        )
+        self.assertEqual(
+            list(page["conversations"][0]), ["id", "created", "customerId", "customerName"]
+        )
+
+    async def test_employee_sees_all(self) -> None:
+        """An employee lists every conversation."""
+        made = await self.make()
+        page = await self.service.list_conversations(EMPLOYEE, order="-created")
+        self.assertEqual([c["id"] for c in page["conversations"]], [c.id for c in reversed(made)])
+
+    async def test_paging(self) -> None:
+        """Pages chain through next cursors until next is None."""
+        made = await self.make()
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            page = await self.service.list_conversations(EMPLOYEE, limit=2, cursor=cursor)
+            seen += [c["id"] for c in page["conversations"]]
+            pages += 1
+            cursor = page["next"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, [c.id for c in made])
+        self.assertEqual(pages, 3)
+
+    async def test_exact_page(self) -> None:
+        """When the last page is full, next is None rather than pointing at nothing."""
+        await self.make()
+        page = await self.service.list_conversations(EMPLOYEE, limit=5)
+        self.assertEqual((len(page["conversations"]), page["next"]), (5, None))
+
+    async def test_query(self) -> None:
+        """The RSQL filter over created and customerId applies."""
+        made = await self.make()
+        page = await self.service.list_conversations(
+            EMPLOYEE, query=f"customerId=={OTHER_CUSTOMER.user_id};created=gt=2021-07-26T12:05:24Z"
+        )
+        self.assertEqual([c["id"] for c in page["conversations"]], [made[3].id])
+
+    async def test_bad_parameters(self) -> None:
+        """Bad query, order, limit and cursor are BadRequests."""
+        cases: list[tuple[dict[str, Any], str]] = [
+            (
+                {"query": "userId==x"},
+                "query: at position 0: unknown field 'userId'; allowed: created, customerId",
+            ),
+            ({"order": "id"}, "order: must be 'created' or '-created'"),
+            ({"limit": 0}, "limit: must be an integer from 1 to 1000"),
+            (
+                {"cursor": "garbage!"},
+                "cursor: malformed; use the 'next' value of the previous page",
+            ),
+        ]
+        for kwargs, expected in cases:
+            detail = await self.fails(
+                self.service.list_conversations(EMPLOYEE, **kwargs), BadRequest
+            )
+            self.assertEqual(detail, expected)
+
+
+class CursorTests(SynchronousTestCase):
+    """
+    Paging cursors are opaque but round-trip, and forged ones are refused.
+    """
+
+    def test_round_trip(self) -> None:
+        """A cursor decodes to the created time and id it was made from."""
+        conversation = Conversation(UNKNOWN_ID, 1627301122000001, CUSTOMER.user_id, "c1")
+        cursor = encode_cursor(conversation)
+        self.assertNotIn("=", cursor)
+        self.assertEqual(decode_cursor(cursor), (1627301122000001, UNKNOWN_ID))
+
+    def test_malformed(self) -> None:
+        """Anything else is a BadRequest."""
+        import base64
+
+        for cursor in [
+            "",
+            "x",
+            "!!!!",
+            "é",
+            base64.urlsafe_b64encode(b"12.nope").decode(),
+            base64.urlsafe_b64encode(b"-1." + UNKNOWN_ID.encode()).decode(),
+            "a" * 300,
+        ]:
+            self.assertRaises(BadRequest, decode_cursor, cursor)

@@ -1,0 +1,114 @@
+"""
+Cookie-authenticated STOMP sessions follow their login session: the real SQLite store, the
+real accounts service and the real session-cookie checker, with timers on a memory clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from medichat.auth.checkers import SessionCookieChecker
+from medichat.auth.credentials import SessionCookie
+from medichat.auth.realm import build_portal
+from medichat.domain.accounts import Accounts
+from medichat.pubsub.hub import InProcessHub
+from medichat.stomp.session import StompConfig, StompServices, StompSession
+from medichat.store import open_store
+from tests._stomp import realistic_clock
+
+
+class _Carrier:
+    """Records what the session sends and whether it closed."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed: int | None = None
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = code
+
+    def abort(self) -> None:
+        self.closed = -1
+
+
+class RevalidationTests(TestCase):
+    """
+    Logout, disablement and expiry reach live STOMP sessions.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.clock = realistic_clock()
+        self.store = open_store(None, self.mktemp(), reactor)
+        yield self.store.start()
+        self.addCleanup(self.store.stop)
+        self.accounts = Accounts(self.store, self.clock, session_ttl=600)
+        yield self.accounts.add_employee("nurse@example.org", "Nurse", "correct horse")
+        checker = SessionCookieChecker(600, store=self.store, clock=self.clock)
+        self.services = StompServices(
+            hub=InProcessHub("t"), portal=build_portal([checker]), clock=self.clock,
+            config=StompConfig(revalidate_interval=30.0),
+        )
+
+    @inlineCallbacks
+    def connect(self) -> Any:
+        token, _user = yield self.accounts.login("nurse@example.org", "correct horse", "1.2.3.4")
+        carrier = _Carrier()
+        session = StompSession(carrier, self.services, credentials=SessionCookie(token))
+        session.connection_made()
+        session.data_received(b"CONNECT\naccept-version:1.2\n\n\x00")
+        yield self.settle(lambda: carrier.sent)
+        self.assertTrue(carrier.sent[0].startswith(b"CONNECTED\n"), carrier.sent)
+        return token, carrier, session
+
+    @inlineCallbacks
+    def settle(self, predicate: Any) -> Any:
+        """Let the store's thread answer (real I/O), bounded."""
+        for _ in range(500):
+            if predicate():
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fail("nothing happened")
+
+    @inlineCallbacks
+    def test_disabled_employee_is_ended(self) -> Any:
+        """Disabling the account (from any process) ends the live session with ERROR."""
+        _token, carrier, _session = yield self.connect()
+        self.assertEqual(self.services.registry.online_employees, 1)
+        yield self.accounts.set_disabled("nurse@example.org", True)
+        self.clock.advance(31)
+        yield self.settle(lambda: carrier.closed is not None)
+        self.assertIn(b"message:session revoked", carrier.sent[-1])
+        self.assertEqual(self.services.registry.online_employees, 0)
+
+    @inlineCallbacks
+    def test_logout_ends_session(self) -> Any:
+        """Logging out ends the live session at the next re-check."""
+        token, carrier, _session = yield self.connect()
+        yield self.accounts.logout(token)
+        self.clock.advance(31)
+        yield self.settle(lambda: carrier.closed is not None)
+        self.assertTrue(carrier.sent[-1].startswith(b"ERROR\n"))
+
+    @inlineCallbacks
+    def test_valid_session_slides(self) -> Any:
+        """A session still valid stays open past its original expiry as it slides."""
+        _token, carrier, session = yield self.connect()
+        first = session.user.expires_at
+        for _ in range(12):  # 12 x 61 s > the 600 s ttl; each re-check slides it by 61 s
+            self.clock.advance(61)
+            before = session.user.expires_at
+            yield self.settle(lambda before=before: session.user.expires_at != before
+                              or carrier.closed is not None)
+        self.assertIsNone(carrier.closed)
+        self.assertGreater(session.user.expires_at, first + 600 * 1_000_000)
