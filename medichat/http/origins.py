@@ -62,10 +62,6 @@ def _own_origin(scheme: str, host_header: str | None) -> _Origin | None:
     return scheme, match.group("host"), port
 
 
-def _normalise_all(allowed: Sequence[str]) -> tuple[str, ...]:
-    return tuple(allowed)
-
-
 @frozen
 class OriginPolicy:
     """
@@ -76,7 +72,7 @@ class OriginPolicy:
         an origin at all matches only itself, verbatim (so C{null} can be listed).
     """
 
-    allowed: Sequence[str] = field(converter=_normalise_all)
+    allowed: Sequence[str] = field(converter=tuple)
     _any: bool = field(init=False)
     _origins: frozenset[_Origin] = field(init=False)
     _verbatim: frozenset[str] = field(init=False)
