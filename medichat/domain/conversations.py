@@ -140,7 +140,9 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except (binascii.Error, ValueError):
         raise malformed from None
     created_text, _, conversation_id = raw.partition(".")
-    if not created_text.isdigit() or not created_text.isascii() or not is_uuid(conversation_id):
+    # At most 18 digits: the store keeps times as 64-bit integers (year 9999 has 18).
+    if (not created_text.isdigit() or not created_text.isascii() or len(created_text) > 18
+            or not is_uuid(conversation_id)):
         raise malformed
     return int(created_text), conversation_id.lower()
 
