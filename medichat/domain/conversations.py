@@ -41,6 +41,7 @@ from medichat.model import (
     Receipt,
     User,
     format_time,
+    is_blank,
     is_uuid,
     micros,
     new_id,
@@ -424,7 +425,7 @@ class ConversationService:
         if "\x00" in text:
             # PostgreSQL cannot store NUL in text; refuse it on every store alike.
             raise BadRequest("message: must not contain NUL characters")
-        if text.strip() == "":
+        if is_blank(text):
             raise BadRequest("message: must not be blank")
         return text
 
