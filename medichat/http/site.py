@@ -17,6 +17,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from medichat.errors import NotFound
+from medichat.http.origins import OriginPolicy
 from medichat.http.problems import CONTENT_TYPE, Problem, problem_for, write_problem
 
 
@@ -110,14 +111,17 @@ class _HeaderGuard(Resource):
 class _ChatEndpoint(Resource):
     """
     The WebSocket endpoint: a WebSocket handshake goes to Autobahn; anything else is told
-    to upgrade (426), rather than getting Autobahn's HTML status page.
+    to upgrade (426), rather than getting Autobahn's HTML status page.  A handshake from
+    an origin that is not allowed is refused here (403), as problem+json; Autobahn would
+    refuse it too, with a bare status line.
     """
 
     isLeaf = True
 
-    def __init__(self, chat: IResource) -> None:
+    def __init__(self, chat: IResource, origins: OriginPolicy | None) -> None:
         super().__init__()
         self._chat = chat
+        self._origins = origins
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader(b"upgrade") or b""
@@ -126,9 +130,23 @@ class _ChatEndpoint(Resource):
             problem = Problem.of(
                 426,
                 "this is the STOMP-over-WebSocket endpoint: open a WebSocket here",
-                (("Upgrade", "websocket"), ("Connection", "Upgrade")),
+                # Connection stays twisted.web's: it knows whether this one persists.
+                (("Upgrade", "websocket"),),
             )
             return write_problem(request, problem)
+        origin = request.getHeader(b"origin")
+        if self._origins is not None and origin is not None:
+            # The site's guard has made sure that headers are UTF-8.
+            origin_text = origin.decode("utf-8")
+            host = request.getHeader(b"host")
+            if not self._origins.is_allowed(
+                origin_text,
+                scheme="https" if request.isSecure() else "http",
+                host_header=None if host is None else host.decode("utf-8"),
+            ):
+                request.setHeader(b"Cache-Control", b"no-store")
+                problem = Problem.of(403, f"origin {origin_text} is not allowed")
+                return write_problem(request, problem)
         return self._chat.render(request)
 
 
@@ -173,15 +191,18 @@ class _Prefix(Resource):
         return _NotFound().render(request)
 
 
-def build_root(base_path: str, rest: IResource, chat: IResource) -> IResource:
+def build_root(
+    base_path: str, rest: IResource, chat: IResource, origins: OriginPolicy | None = None
+) -> IResource:
     """
     The site's root resource.
 
     @param base_path: as returned by L{normalise_base_path}.
     @param rest: the REST API's resource (Klein), routing relative to the base path.
     @param chat: the WebSocket resource.
+    @param origins: the origins allowed to open WebSockets (L{None}: left to C{chat}).
     """
-    resource: IResource = _Base(rest, _ChatEndpoint(chat))
+    resource: IResource = _Base(rest, _ChatEndpoint(chat, origins))
     for segment in reversed([s for s in base_path.split("/") if s]):
         resource = _Prefix(segment.encode("utf-8"), resource)
     return _HeaderGuard(resource)

@@ -99,7 +99,8 @@ class EdgeTestCase(SynchronousTestCase):
         factory = WebSocketServerFactory(reactor=self.clock)
         factory.protocol = WebSocketServerProtocol
         chat = WebSocketResource(factory)
-        self.site = make_site(build_root("/api", api.resource(), chat), 65536, reactor=self.clock)
+        root = build_root("/api", api.resource(), chat, OriginPolicy(self.allowed_origins))
+        self.site = make_site(root, 65536, reactor=self.clock)
 
     def send(self, data: bytes) -> Answer:
         """Deliver C{data} on a new connection; return what was answered."""
@@ -291,16 +292,36 @@ class ChatWithoutUpgradeTests(EdgeTestCase):
 
     def test_plain_get(self) -> None:
         """A GET without Upgrade: 426 problem+json with Upgrade: websocket."""
-        answer = self.get(b"/api/v1/chat")
+        answer = self.get(b"/api/v1/chat", b"Connection: close\r\n")
         detail = self.assertProblem(answer, 426, b"Upgrade Required")
         self.assertEqual(answer.headers[b"upgrade"], b"websocket")
         self.assertEqual(answer.headers[b"cache-control"], b"no-store")
+        self.assertEqual(answer.headers[b"connection"], b"close")
         self.assertIn("WebSocket", detail)
 
     def test_other_upgrade(self) -> None:
         """An upgrade to something else is no WebSocket either."""
         answer = self.get(b"/api/v1/chat", b"Upgrade: h2c\r\nConnection: Upgrade\r\n")
         self.assertProblem(answer, 426, b"Upgrade Required")
+
+    def test_foreign_origin(self) -> None:
+        """A handshake from an origin that is not allowed: 403 problem+json."""
+        answer = self.get(b"/api/v1/chat", UPGRADE + b"Origin: https://evil.example\r\n")
+        detail = self.assertProblem(answer, 403, b"Forbidden")
+        self.assertEqual(detail, "origin https://evil.example is not allowed")
+
+    def test_allowed_origin(self) -> None:
+        """A handshake from an allowed origin is switched."""
+        channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+        assert channel is not None
+        transport = StringTransport()
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            b"GET /api/v1/chat HTTP/1.1\r\nHost: medichat.test\r\n" + UPGRADE
+            + b"Origin: " + DASHBOARD.encode() + b"\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
 
     def test_upgrade(self) -> None:
         """A WebSocket handshake is still switched to Autobahn."""
