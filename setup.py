@@ -47,6 +47,7 @@ setup(
     extras_require={
         "test": [
             "hypothesis >= 6.100, < 7",
+            "openapi-spec-validator >= 0.7, < 1",
             "stomp.py >= 8.1, < 10",
         ],
         "dev": [

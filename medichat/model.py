@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import unicodedata
 import uuid
 from typing import Literal
 
@@ -183,3 +184,50 @@ def is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text.lower()
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+# What a display name may not hold: C0 and C1 controls and DEL (terminal escapes, line
+# breaks in logs and headers), U+2028/2029 (line breaks in JavaScript and JSON viewers),
+# and bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069), which
+# let a name reorder the text around it ("Eve\u202egnp.exe" shows as "Eveexe.png").
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+# Characters that show nothing although they are neither whitespace nor format
+# characters (Unicode category Cf, which covers the zero-width spaces and joiners, U+2060-2064,
+# U+FEFF, the soft hyphen, ...): the combining grapheme joiner, Hangul fillers, the blank
+# Braille pattern, Khmer inherent vowels and variation selectors.
+_INVISIBLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+    + "".join(chr(c) for c in range(0xFE00, 0xFE10))
+)
+
+DISPLAY_NAME_RULE = (
+    "must not contain control characters, line or paragraph separators, or bidirectional "
+    "overrides or isolates"
+)
+"""What L{is_display_name} refuses, for error messages (C{"name " + DISPLAY_NAME_RULE})."""
+
+
+def is_display_name(text: str) -> bool:
+    """
+    C{True} if C{text} may be shown as a person's name: valid Unicode without control
+    characters, line or paragraph separators, or bidirectional overrides or isolates.
+    """
+    if _NOT_IN_NAMES.search(text):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_blank(text: str) -> bool:
+    """
+    C{True} if C{text} shows nothing: it is empty, or only whitespace and invisible
+    characters (zero-width spaces and joiners, U+2060, U+FEFF, other format characters,
+    fillers).
+    """
+    return all(
+        c.isspace() or c in _INVISIBLE or unicodedata.category(c) == "Cf" for c in text
+    )

@@ -27,7 +27,7 @@ from medichat.auth.devsecret import SecretFileError, dev_secret_path, load_dev_s
 from medichat.domain.accounts import Accounts, normalise_email
 from medichat.errors import DomainError, DuplicateError, StoreError
 from medichat.interfaces import IStore
-from medichat.model import ROLES, format_time
+from medichat.model import DISPLAY_NAME_RULE, ROLES, format_time, is_display_name
 from medichat.store import open_store
 
 DEFAULT_DATA_DIR = "./medichat-data"
@@ -158,6 +158,8 @@ class TokenOptions(_InterspersedOptions):
         for name in ("user-id", "name"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
+        if not is_display_name(self["name"]):
+            raise usage.UsageError(f"--name {DISPLAY_NAME_RULE}")
         if self["role"] not in ROLES:
             raise usage.UsageError(f"--role must be one of {', '.join(ROLES)}")
         if self["ttl"] <= 0:

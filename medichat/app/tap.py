@@ -370,7 +370,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         secure_cookies=config["secure-cookies"],
         cookie_path=config["base-path"] or "/",
     )
-    root = build_root(config["base-path"], rest.resource(), WebSocketResource(ws_factory))
+    root = build_root(
+        config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
+    )
     site = make_site(root, config["max-body"])
 
     top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory)

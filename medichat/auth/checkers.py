@@ -49,7 +49,7 @@ from medichat.auth.credentials import (
 )
 from medichat.errors import AuthenticationFailed
 from medichat.interfaces import IBearerToken, ISessionCookie, IStore, IStoreBound
-from medichat.model import ROLES, User, micros
+from medichat.model import ROLES, User, is_blank, is_display_name, micros
 
 DEFAULT_SESSION_TTL = 12 * 60 * 60
 """Seconds an employee's login session lives without use (it slides with use)."""
@@ -394,9 +394,9 @@ class JWTChecker:
                 or not _plain_text(sub)):
             raise AuthenticationFailed(INVALID_CLAIMS)
         name = payload.get("name")
-        if name is None or (isinstance(name, str) and not name.strip()):
+        if name is None or (isinstance(name, str) and is_blank(name)):
             name = sub
-        if not isinstance(name, str) or len(name) > _MAX_ID_LENGTH or not _plain_text(name):
+        if not isinstance(name, str) or len(name) > _MAX_ID_LENGTH or not is_display_name(name):
             raise AuthenticationFailed(INVALID_CLAIMS)
         role = payload.get("role", "customer")
         if role not in ROLES:

@@ -24,7 +24,16 @@ from medichat._ratelimit import SlidingWindowLimiter
 from medichat.auth.checkers import DEFAULT_SESSION_TTL, hash_session_token
 from medichat.errors import BadRequest, NotFound, RateLimited, Unauthorized
 from medichat.interfaces import IStore
-from medichat.model import Employee, LoginSession, User, micros, new_id
+from medichat.model import (
+    DISPLAY_NAME_RULE,
+    Employee,
+    LoginSession,
+    User,
+    is_blank,
+    is_display_name,
+    micros,
+    new_id,
+)
 
 T = TypeVar("T")
 
@@ -126,8 +135,10 @@ class Accounts:
     async def _add_employee(self, email: str, name: str, password: str) -> Employee:
         email = _valid_email(email)
         name = name.strip()
-        if not name:
+        if is_blank(name):
             raise BadRequest("name must not be empty")
+        if not is_display_name(name):
+            raise BadRequest(f"name {DISPLAY_NAME_RULE}")
         if len(name) > MAX_NAME_LENGTH:
             raise BadRequest(f"name must be at most {MAX_NAME_LENGTH} characters")
         _check_password(password)

@@ -41,6 +41,7 @@ from medichat.model import (
     Receipt,
     User,
     format_time,
+    is_blank,
     is_uuid,
     micros,
     new_id,
@@ -140,7 +141,9 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except (binascii.Error, ValueError):
         raise malformed from None
     created_text, _, conversation_id = raw.partition(".")
-    if not created_text.isdigit() or not created_text.isascii() or not is_uuid(conversation_id):
+    # At most 18 digits: the store keeps times as 64-bit integers (year 9999 has 18).
+    if (not created_text.isdigit() or not created_text.isascii() or len(created_text) > 18
+            or not is_uuid(conversation_id)):
         raise malformed
     return int(created_text), conversation_id.lower()
 
@@ -422,7 +425,7 @@ class ConversationService:
         if "\x00" in text:
             # PostgreSQL cannot store NUL in text; refuse it on every store alike.
             raise BadRequest("message: must not contain NUL characters")
-        if text.strip() == "":
+        if is_blank(text):
             raise BadRequest("message: must not be blank")
         return text
 

@@ -44,8 +44,11 @@ _KINDS: dict[int, tuple[str, str]] = {
     404: ("not-found", "Not Found"),
     405: ("method-not-allowed", "Method Not Allowed"),
     413: ("payload-too-large", "Payload Too Large"),
+    414: ("uri-too-long", "URI Too Long"),
     415: ("unsupported-media-type", "Unsupported Media Type"),
+    426: ("upgrade-required", "Upgrade Required"),
     429: ("rate-limited", "Too Many Requests"),
+    431: ("header-fields-too-large", "Request Header Fields Too Large"),
     500: ("internal-error", "Internal Server Error"),
     503: ("unavailable", "Service Unavailable"),
 }
@@ -91,6 +94,12 @@ class Problem:
             "detail": self.detail,
         }
 
+    def body(self) -> bytes:
+        """
+        The JSON body, encoded.
+        """
+        return json.dumps(self.as_json(), ensure_ascii=False).encode("utf-8")
+
 
 def problem_for(error: BaseException) -> Problem:
     """
@@ -108,15 +117,16 @@ def problem_for(error: BaseException) -> Problem:
 
 def write_problem(request: IRequest, problem: Problem) -> bytes:
     """
-    Set C{request}'s status and headers for C{problem}.
+    Set C{request}'s status (with the problem's title as the reason phrase: twisted.web
+    knows none for 429, 426 or 431) and headers for C{problem}.
 
     @return: the body to write.
     """
-    request.setResponseCode(problem.status)
+    request.setResponseCode(problem.status, problem.title.encode("ascii"))
     request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
     for name, value in problem.headers:
         request.setHeader(name.encode("ascii"), value.encode("latin-1"))
-    return json.dumps(problem.as_json(), ensure_ascii=False).encode("utf-8")
+    return problem.body()
 
 
 def render_failure(request: IRequest, failure: Failure) -> bytes:

@@ -73,10 +73,20 @@ _log = Logger()
 
 
 def _header(request: IRequest, name: str) -> str | None:
-    value = request.getHeader(name)
+    """
+    The request's header C{name} (lower case), as text.
+
+    @raise Forbidden: for an C{Origin} that is not UTF-8.
+    @raise BadRequest: for any other header that is not UTF-8.
+    """
+    value = request.getHeader(name.encode("ascii"))
     if value is None:
         return None
-    return value if isinstance(value, str) else value.decode("latin-1")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        error = Forbidden if name == "origin" else BadRequest
+        raise error(f"{name.title()} header: not UTF-8") from None
 
 
 def _scheme(request: IRequest) -> str:
@@ -184,11 +194,16 @@ class _APIResource(Resource):
     def render(self, request: IRequest) -> Any:  # type: ignore[override]
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Vary", b"Origin")
-        origin = _header(request, "origin")
-        if origin is not None and self._api.origin_allowed(request):
-            request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
-            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
-            request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_RESPONSE_HEADERS.encode())
+        try:
+            origin = _header(request, "origin")
+            if origin is not None and self._api.origin_allowed(request):
+                request.setHeader(b"Access-Control-Allow-Origin", origin.encode("utf-8"))
+                request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+                request.setHeader(
+                    b"Access-Control-Expose-Headers", EXPOSED_RESPONSE_HEADERS.encode()
+                )
+        except DomainError as e:
+            return write_problem(request, problem_for(e))
         try:
             b"/".join(request.prepath + request.postpath).decode("utf-8")  # type: ignore[attr-defined]
         except UnicodeDecodeError:

@@ -1,6 +1,10 @@
 """
 The HTTP resource tree: everything under C{--base-path}; the STOMP WebSocket endpoint at
 C{{base-path}/v1/chat}, and the REST API (Klein) for every other path below the base.
+
+Whatever arrives, the answer is problem+json: requests twisted.web cannot parse (L{Channel}),
+header values that are not UTF-8 (checked once, at the root, before any resource reads a
+header), and plain HTTP at the WebSocket endpoint (426).
 """
 
 from __future__ import annotations
@@ -8,11 +12,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from medichat.errors import NotFound
-from medichat.http.problems import problem_for, write_problem
+from medichat.http.origins import OriginPolicy
+from medichat.http.problems import CONTENT_TYPE, Problem, problem_for, write_problem
 
 
 def normalise_base_path(base_path: str) -> str:
@@ -37,6 +43,111 @@ class _NotFound(Resource):
 
     def render(self, request: Request) -> bytes:
         return write_problem(request, problem_for(NotFound("no such path")))
+
+
+class _Refusal(Resource):
+    """Answers every request with one problem."""
+
+    isLeaf = True
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__()
+        self._problem = problem
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"Cache-Control", b"no-store")
+        return write_problem(request, self._problem)
+
+
+def header_problem(request: Request) -> Problem | None:
+    """
+    The problem with C{request}'s headers, if a value is not UTF-8: 403 for C{Origin} (a
+    cross-origin check that cannot be made fails closed), 400 for any other header.
+
+    twisted.web decodes a header as UTF-8 whenever code asks for it by a C{str} name, so
+    a stray byte would otherwise become a 500 wherever a header is read.
+    """
+    origin_bad = False
+    bad_name: bytes | None = None
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        for value in values:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                if name.lower() == b"origin":
+                    origin_bad = True
+                elif bad_name is None:
+                    bad_name = name
+    if origin_bad:
+        return Problem.of(403, "Origin header: not UTF-8")
+    if bad_name is not None:
+        return Problem.of(400, f"{bad_name.decode('ascii', 'replace')} header: not UTF-8")
+    return None
+
+
+class _HeaderGuard(Resource):
+    """
+    The root: refuses a request whose headers are not UTF-8 (L{header_problem}) before
+    any resource below sees it.
+    """
+
+    def __init__(self, child: IResource) -> None:
+        super().__init__()
+        self._child = child
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        problem = header_problem(request)
+        if problem is not None:
+            return _Refusal(problem)
+        return self._child.getChildWithDefault(path, request)
+
+    def render(self, request: Request) -> bytes:
+        problem = header_problem(request)
+        if problem is not None:
+            return _Refusal(problem).render(request)
+        return self._child.render(request)  # type: ignore[no-any-return]
+
+
+class _ChatEndpoint(Resource):
+    """
+    The WebSocket endpoint: a WebSocket handshake goes to Autobahn; anything else is told
+    to upgrade (426), rather than getting Autobahn's HTML status page.  A handshake from
+    an origin that is not allowed is refused here (403), as problem+json; Autobahn would
+    refuse it too, with a bare status line.
+    """
+
+    isLeaf = True
+
+    def __init__(self, chat: IResource, origins: OriginPolicy | None) -> None:
+        super().__init__()
+        self._chat = chat
+        self._origins = origins
+
+    def render(self, request: Request) -> Any:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if b"websocket" not in (token.strip().lower() for token in upgrade.split(b",")):
+            request.setHeader(b"Cache-Control", b"no-store")
+            problem = Problem.of(
+                426,
+                "this is the STOMP-over-WebSocket endpoint: open a WebSocket here",
+                # Connection stays twisted.web's: it knows whether this one persists.
+                (("Upgrade", "websocket"),),
+            )
+            return write_problem(request, problem)
+        origin = request.getHeader(b"origin")
+        if self._origins is not None and origin is not None:
+            # The site's guard has made sure that headers are UTF-8.
+            origin_text = origin.decode("utf-8")
+            host = request.getHeader(b"host")
+            if not self._origins.is_allowed(
+                origin_text,
+                scheme="https" if request.isSecure() else "http",
+                host_header=None if host is None else host.decode("utf-8"),
+            ):
+                request.setHeader(b"Cache-Control", b"no-store")
+                problem = Problem.of(403, f"origin {origin_text} is not allowed")
+                return write_problem(request, problem)
+        return self._chat.render(request)
 
 
 class _Base(Resource):
@@ -80,18 +191,21 @@ class _Prefix(Resource):
         return _NotFound().render(request)
 
 
-def build_root(base_path: str, rest: IResource, chat: IResource) -> IResource:
+def build_root(
+    base_path: str, rest: IResource, chat: IResource, origins: OriginPolicy | None = None
+) -> IResource:
     """
     The site's root resource.
 
     @param base_path: as returned by L{normalise_base_path}.
     @param rest: the REST API's resource (Klein), routing relative to the base path.
     @param chat: the WebSocket resource.
+    @param origins: the origins allowed to open WebSockets (L{None}: left to C{chat}).
     """
-    resource: IResource = _Base(rest, chat)
+    resource: IResource = _Base(rest, _ChatEndpoint(chat, origins))
     for segment in reversed([s for s in base_path.split("/") if s]):
         resource = _Prefix(segment.encode("utf-8"), resource)
-    return resource
+    return _HeaderGuard(resource)
 
 
 class BoundedRequest(Request):
@@ -122,11 +236,87 @@ class BoundedRequest(Request):
             super().handleContentChunk(chunk)
 
 
-def make_site(root: IResource, max_body: int) -> Site:
+class Channel(HTTPChannel):
+    """
+    An HTTP/1.1 connection whose own refusals are problem+json.
+
+    twisted.web answers a request it cannot parse with a bare C{400} status line, and one
+    whose request line or a header line exceeds C{MAX_LENGTH} by closing the connection
+    without a word.  This channel answers the same requests, under the same limits, with
+    C{414} (the request line), C{431} (a header line, the whole head, or more than
+    C{maxHeaders} headers) or C{400} (anything else malformed), as problem+json, and then
+    closes the connection.
+
+    @ivar _in_head: the request line of a request has arrived, its head has not ended.
+    @ivar _head_bytes: bytes of the current head so far, as twisted.web counts them
+        (line ends excluded).
+    @ivar _head_lines: header lines of the current head so far.
+    """
+
+    _in_head = False
+    _head_bytes = 0
+    _head_lines = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._in_head:
+            # twisted.web tolerates one empty line before a request line.
+            if line:
+                self._in_head = True
+                self._head_bytes = len(line)
+                self._head_lines = 0
+        elif not line:
+            self._in_head = False
+        else:
+            self._head_bytes += len(line)
+            if line[:1] not in (b" ", b"\t"):
+                self._head_lines += 1
+            if self._head_bytes > self.totalHeadersSize:
+                self._refuse(
+                    431, f"the request head may be at most {self.totalHeadersSize} bytes"
+                )
+                return
+            if self._head_lines > self.maxHeaders:
+                self._refuse(431, f"a request may have at most {self.maxHeaders} headers")
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_head:
+            self._refuse(431, f"a header line may be at most {self.MAX_LENGTH} bytes")
+        else:
+            self._refuse(414, f"the request line may be at most {self.MAX_LENGTH} bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(400, "malformed HTTP/1.1 request (request line, a header or the body framing)")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """
+        Answer C{status} with a problem and close the connection; whatever else the
+        client sent is not read.
+        """
+        if self.transport is None:
+            return
+        problem = Problem.of(status, detail)
+        body = problem.body()
+        head = (
+            f"HTTP/1.1 {status} {problem.title}\r\n"
+            f"Content-Type: {CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        self.loseConnection()
+
+
+def make_site(root: IResource, max_body: int, reactor: Any = None) -> Site:
     """
     The HTTP site: bounded request bodies, no tracebacks shown.
+
+    @param reactor: for the channels' timeouts; the global reactor when L{None}.
     """
-    site = Site(root)
+    site = Site(root, reactor=reactor)
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False
+    site.protocol = Channel  # type: ignore[assignment]
     return site

@@ -751,6 +751,9 @@ def _required(frame: Frame, name: str) -> str:
     return value
 
 
+_MAX_HEARTBEAT_MS = 2**31 - 1
+
+
 def _parse_heartbeat(value: str | None) -> tuple[int, int]:
     if value is None or value == "":
         return (0, 0)
@@ -761,6 +764,7 @@ def _parse_heartbeat(value: str | None) -> tuple[int, int]:
         cx, cy = int(parts[0].strip()), int(parts[1].strip())
     except ValueError:
         raise StompError("invalid heart-beat header", value) from None
-    if cx < 0 or cy < 0:
+    # Bounded: the values become float seconds (past 308 digits, an OverflowError).
+    if not (0 <= cx <= _MAX_HEARTBEAT_MS and 0 <= cy <= _MAX_HEARTBEAT_MS):
         raise StompError("invalid heart-beat header", value)
     return (cx, cy)
