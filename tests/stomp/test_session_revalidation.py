@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from zope.interface import implementer
 
 from medichat.auth.checkers import SessionCookieChecker
 from medichat.auth.credentials import SessionCookie
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts, run_here
+from medichat.interfaces import IFrameTransport
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.session import StompConfig, StompServices, StompSession
 from medichat.testing import MemoryStore
@@ -21,6 +23,7 @@ from tests._inline import InlineTestCase
 from tests._stomp import realistic_clock
 
 
+@implementer(IFrameTransport)
 class _Carrier:
     """Records what the session sends and whether it closed."""
 
