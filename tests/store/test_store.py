@@ -16,8 +16,9 @@ import psycopg2
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from medichat import rsql
@@ -35,7 +36,7 @@ from medichat.model import (
     parse_time,
 )
 from medichat.store import PostgreSQLStore, SQLiteStore, open_store
-from medichat.store.postgres import redact
+from medichat.store.postgres import DEFAULT_POOL_SIZE, redact
 from medichat.store.scripts import (
     POSTGRESQL,
     SQLITE,
@@ -907,9 +908,10 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         location = await self.new_location()
         store = await self.started(location)
         conversation = await self.stored_conversation(store)
+        # Wait for the store to see each idle connection end (it logs each), not a while.
+        lost = self.connections_lost(DEFAULT_POOL_SIZE)
         await deferToThread(_terminate_backends, location)
-        # Let the reactor notice the closed sockets of the idle connections.
-        await deferLater(reactor, 0.2, lambda: None)
+        await lost
         for _ in range(6):
             self.assertEqual(await store.get_conversation(conversation.id), conversation)
 
@@ -920,6 +922,22 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         await self.assertFailure(
             store.add_message(a_message(conversation, T0, "a\x00b"), None), StoreError
         )
+
+    def connections_lost(self, count: int) -> Deferred[None]:
+        """Fires once the store has logged that C{count} connections were lost."""
+        lost: Deferred[None] = Deferred()
+        seen: list[LogEvent] = []
+
+        def observe(event: LogEvent) -> None:
+            if event.get("log_format", "").startswith("PostgreSQL connection lost"):
+                seen.append(event)
+                if len(seen) == count:
+                    globalLogPublisher.removeObserver(observe)
+                    lost.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lost
 
     def test_redact(self) -> None:
         """Passwords never appear in URLs shown to people."""
