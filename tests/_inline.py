@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -13,16 +14,19 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+_INLINE = "_inline"
+"""The attribute that marks a method already made inline."""
 
-def _inline(test: SynchronousTestCase, method: Callable[[], Any]) -> Callable[[], Any]:
+
+def _inline(function: Callable[..., Any]) -> Callable[..., Any]:
     """
-    C{method} (bound), made to return only once the coroutine or L{Deferred} it returns
-    has its result; one still waiting is cancelled and fails the test.
+    C{function}, a method, made to return only once the coroutine or L{Deferred} it
+    returns has its result; one still waiting is cancelled and fails the test.
     """
 
-    @functools.wraps(method)
-    def run() -> Any:
-        outcome = method()
+    @functools.wraps(function)
+    def run(self: SynchronousTestCase, *args: Any, **kwargs: Any) -> Any:
+        outcome = function(self, *args, **kwargs)
         if inspect.iscoroutine(outcome):
             outcome = Deferred.fromCoroutine(outcome)
         if not isinstance(outcome, Deferred):
@@ -31,8 +35,8 @@ def _inline(test: SynchronousTestCase, method: Callable[[], Any]) -> Callable[[]
         outcome.addBoth(results.append)
         if not results:
             outcome.cancel()
-            raise test.failureException(
-                f"{method.__qualname__} waits for something that only the reactor or the "
+            raise self.failureException(
+                f"{function.__qualname__} waits for something that only the reactor or the "
                 "passing of time would bring; a unit test must not"
             )
         (result,) = results
@@ -40,6 +44,7 @@ def _inline(test: SynchronousTestCase, method: Callable[[], Any]) -> Callable[[]
             result.raiseException()
         return result
 
+    setattr(run, _INLINE, True)
     return run
 
 
@@ -52,14 +57,23 @@ class InlineTestCase(SynchronousTestCase):
     error rather than a slow test.  The reactor is never run.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Test methods are replaced on the class (trial's loader looks them up there),
+        # including those a mixin brings.
+        super().__init_subclass__(**kwargs)
+        for name in dir(cls):
+            if not name.startswith("test"):
+                continue
+            method = getattr(cls, name, None)
+            if inspect.isfunction(method) and not getattr(method, _INLINE, False):
+                setattr(cls, name, _inline(method))
+
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
-        # On the instance, so that trial finds the inline versions while a subclass's
-        # setUp still awaits super().setUp() as the coroutine it is.
-        for name in {"setUp", "tearDown", methodName}:
-            method = getattr(self, name, None)
-            if callable(method):
-                setattr(self, name, _inline(self, method))
+        # Fixtures are replaced on the instance only, so that a subclass's setUp can still
+        # await super().setUp() as the coroutine it is.
+        for name in ("setUp", "tearDown"):
+            setattr(self, name, types.MethodType(_inline(getattr(type(self), name)), self))
 
     def assertFailure(self, deferred: Deferred[Any], *expected: type[BaseException]) -> Any:
         """
