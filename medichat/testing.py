@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -57,7 +57,8 @@ class MemoryStore(SQLStore):
 
     It is an SQLite store in all but threads and the file: the same dialect, migrations,
     scripts, transactions (C{BEGIN IMMEDIATE} for writes) and error translation.
-    Operations are never concurrent, so tests of concurrency belong with the real stores.
+    Operations run one at a time, each at once unless the store is told to L{hold} them:
+    then they wait, as they would for a real database, until L{flush} or L{release}.
     """
 
     kind = "sqlite"
@@ -80,6 +81,7 @@ class MemoryStore(SQLStore):
         super().__init__(clock, migrations)
         self._given = database
         self._connection: sqlite3.Connection | None = None
+        self._held: list[tuple[Script[Any], bool, Deferred[Any]]] | None = None
 
     def start(self) -> Deferred[None]:
         """See L{IStore.start}: fires before it returns."""
@@ -111,7 +113,41 @@ class MemoryStore(SQLStore):
         if connection is not None and connection is not self._given:
             connection.close()
 
+    def hold(self) -> None:
+        """
+        Queue the operations made from now on instead of running them, until L{release}:
+        a test can then start several and see what their callers do while all are
+        pending.
+        """
+        if self._held is None:
+            self._held = []
+
+    def flush(self) -> None:
+        """
+        Run the operations held so far, in the order they were made, each to completion
+        before the next; the operations they lead to are held in turn.
+        """
+        held, self._held = self._held or [], [] if self._held is not None else None
+        for script, write, waiting in held:
+            self._run_script(script, write).chainDeferred(waiting)
+
+    def release(self) -> None:
+        """
+        Run the held operations in the order they were made, each to completion before
+        the next; operations made meanwhile (by their callbacks) run at once.
+        """
+        held, self._held = self._held or [], None
+        for script, write, waiting in held:
+            self._run_script(script, write).chainDeferred(waiting)
+
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
+        if self._held is not None:
+            waiting: Deferred[T] = Deferred()
+            self._held.append((script, write, waiting))
+            return waiting
+        return self._run_script(script, write)
+
+    def _run_script(self, script: Script[T], write: bool) -> Deferred[T]:
         connection = self._connection
         if connection is None:
             script.close()

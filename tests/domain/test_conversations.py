@@ -366,7 +366,11 @@ class PostMessageTests(ServiceTestCase):
         """Concurrent posts publish their events in commit order; the locks are dropped."""
         conversation = await self.conversation()
         recorder = self.subscribe(conversation, EMPLOYEE)
+        # In flight together: each looks the conversation up, then all wait for one lock.
+        self.store.hold()
         posts = [self.service.post_message(CUSTOMER, conversation.id, f"m{i}") for i in range(10)]
+        self.store.flush()
+        self.store.release()
         await gatherResults(posts)
         stored = await self.store.list_messages(conversation.id, None, False, None)
         published = [e["message"]["id"] for e in recorder.events if "message" in e]

@@ -845,6 +845,31 @@ class MemoryStoreTests(StoreTestsMixin, InlineTestCase):
             self.successResultOf(again.get_conversation(conversation.id)), conversation
         )
 
+    def test_hold_and_release(self) -> None:
+        """Held operations wait, then run in the order they were made; flush holds the next."""
+        store = MemoryStore(Clock())
+        self.successResultOf(store.start())
+        self.addCleanup(store.stop)
+        conversation = a_conversation()
+        store.hold()
+        creating = store.create_conversation(conversation)
+        getting = store.get_conversation(conversation.id)
+        duplicate = store.create_conversation(conversation)
+        self.assertNoResult(creating)
+        self.assertNoResult(getting)
+        again: list[Deferred[Any]] = []
+        creating.addCallback(lambda _: again.append(store.get_conversation(conversation.id)))
+        store.flush()
+        self.successResultOf(creating)
+        self.assertEqual(self.successResultOf(getting), conversation)
+        self.failureResultOf(duplicate, DuplicateError)
+        self.assertNoResult(again[0])
+        store.release()
+        self.assertEqual(self.successResultOf(again[0]), conversation)
+        self.assertEqual(
+            self.successResultOf(store.get_conversation(conversation.id)), conversation
+        )
+
     def test_migrations_recorded_at_clock_time(self) -> None:
         """Applied migrations are stamped with the time of the store's clock."""
         clock = Clock()
