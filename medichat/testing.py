@@ -3,7 +3,8 @@ Test support: the real store, without threads or waiting.
 
 L{MemoryStore} runs the SQLite store's own transaction scripts
 (L{medichat.store.scripts}), with its own migrations, synchronously on an in-memory
-SQLite database, and returns L{Deferred}s that have already fired.  A test can therefore
+SQLite database, and returns L{Deferred}s that have already fired (a test may hold them
+back to keep operations in flight: L{MemoryStore.hold}).  A test can therefore
 use C{successResultOf} on anything that reaches the store, drive time with a
 L{twisted.internet.task.Clock}, and never run the reactor.  It is the real SQL, not a
 fake: the store scenario of C{tests/store/test_store.py} runs against it as it runs
@@ -53,7 +54,7 @@ def memory_database() -> sqlite3.Connection:
 class MemoryStore(SQLStore):
     """
     L{IStore} on an in-memory SQLite database, each operation run to completion before
-    the call returns.
+    the call returns (unless held).
 
     It is an SQLite store in all but threads and the file: the same dialect, migrations,
     scripts, transactions (C{BEGIN IMMEDIATE} for writes) and error translation.
@@ -98,7 +99,7 @@ class MemoryStore(SQLStore):
         return failure
 
     def stop(self) -> Deferred[None]:
-        """See L{IStore.stop}: fires before it returns."""
+        """See L{IStore.stop}: fires before it returns, unless operations are held."""
         if self._connection is None:
             return succeed(None)
         stopping = Deferred.fromCoroutine(self._stop_running())
