@@ -145,25 +145,34 @@ class SQLiteStore(SQLStore):
 
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
         assert self._pool is not None
-        d: Deferred[T] = self._pool.runInteraction(_drive, script, write)
-        return d.addErrback(self._translate)
-
-    def _translate(self, failure: Failure) -> Failure:
-        error = failure.value
-        if isinstance(error, sqlite3.IntegrityError) and (
-            getattr(error, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
-        ):
-            raise DuplicateError(f"already taken: {error}") from error
-        if isinstance(error, sqlite3.Error):
-            raise StoreError(f"SQLite store {self.path}: {error}") from error
-        return failure
+        d: Deferred[T] = self._pool.runInteraction(run_script, script, write)
+        return d.addErrback(translate_failure, self.path)
 
 
-def _drive(cursor: Any, script: Script[T], write: bool) -> T:
+def translate_failure(failure: Failure, path: str) -> Failure:
     """
-    Run a transaction script on an adbapi transaction (in the database thread).
+    Turn a failed SQLite operation into the errors L{IStore} promises: L{DuplicateError}
+    for a unique violation, L{StoreError} for any other database error.
 
-    adbapi commits when this returns and rolls back when it raises.
+    @param path: the database, named in the message.
+    @return: C{failure} itself if it is not a database error.
+    """
+    error = failure.value
+    if isinstance(error, sqlite3.IntegrityError) and (
+        getattr(error, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
+    ):
+        raise DuplicateError(f"already taken: {error}") from error
+    if isinstance(error, sqlite3.Error):
+        raise StoreError(f"SQLite store {path}: {error}") from error
+    return failure
+
+
+def run_script(cursor: Any, script: Script[T], write: bool) -> T:
+    """
+    Run a transaction script on a cursor of a connection in autocommit mode
+    (C{isolation_level=None}): begin the transaction, run each statement, return the
+    script's value.  The caller commits when this returns and rolls back when it raises:
+    adbapi does, in the database thread; L{medichat.testing.MemoryStore} does, inline.
     """
     cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:

@@ -1,7 +1,7 @@
 """
 Tests for L{medichat.domain.accounts} and
-L{medichat.auth.checkers.SessionCookieChecker}, on the real
-embedded (SQLite) store.
+L{medichat.auth.checkers.SessionCookieChecker}, on the real SQL store run inline
+(L{medichat.testing.MemoryStore}), with argon2 run inline too, on a L{Clock}.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import argon2
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from medichat._ratelimit import SlidingWindowLimiter
 from medichat.auth.checkers import SessionCookieChecker, hash_session_token
 from medichat.auth.credentials import SessionCookie
-from medichat.domain.accounts import Accounts
+from medichat.domain.accounts import Accounts, run_here
 from medichat.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -28,7 +27,8 @@ from medichat.errors import (
     Unauthorized,
 )
 from medichat.model import User, micros
-from medichat.store import open_store
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
 
 T = TypeVar("T")
 
@@ -50,17 +50,18 @@ class CountingHasher(argon2.PasswordHasher):
         return super().verify(hash, password)
 
 
-class StoreTestCase(TestCase):
+class StoreTestCase(InlineTestCase):
     """
-    Accounts and a session checker on a fresh store, driven by a L{Clock}.
+    Accounts and a session checker on a fresh in-memory store, driven by a L{Clock};
+    nothing waits for the reactor or a thread.
     """
 
     max_failures = 3
 
-    async def setUp(self) -> None:  # type: ignore[override]  # trial waits for it
+    async def setUp(self) -> None:  # type: ignore[override]  # run inline
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = open_store(None, self.mktemp(), reactor)
+        self.store = MemoryStore(self.clock)
         await self.store.start()
         self.addCleanup(self.store.stop)
         self.hasher = CountingHasher()
@@ -69,6 +70,7 @@ class StoreTestCase(TestCase):
             self.clock,
             session_ttl=TTL,
             hasher=self.hasher,
+            run_blocking=run_here,
             max_failures=self.max_failures,
             failure_window=60,
         )
@@ -156,7 +158,7 @@ class LoginTests(StoreTestCase):
     Logging in, and the cookie the login gives.
     """
 
-    async def setUp(self) -> None:  # type: ignore[override]  # trial waits for it
+    async def setUp(self) -> None:  # type: ignore[override]  # run inline
         await super().setUp()
         self.employee = await self.accounts.add_employee(EMAIL, "Ann", PASSWORD)
 
@@ -303,7 +305,7 @@ class RateLimitTests(StoreTestCase):
     Failed logins are limited per email and per client address.
     """
 
-    async def setUp(self) -> None:  # type: ignore[override]  # trial waits for it
+    async def setUp(self) -> None:  # type: ignore[override]  # run inline
         await super().setUp()
         await self.accounts.add_employee(EMAIL, "Ann", PASSWORD)
 

@@ -1,6 +1,6 @@
 """
-Tests for L{medichat.domain.conversations}: the domain service on the real embedded store and the
-real in-process hub.
+Tests for L{medichat.domain.conversations}: the domain service on the real SQL store (run
+inline by L{medichat.testing.MemoryStore}) and the real in-process hub, on a L{Clock}.
 """
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from medichat.domain.conversations import (
@@ -25,7 +24,8 @@ from medichat.interfaces import ISubscriber
 from medichat.model import Conversation, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
-from medichat.store import open_store
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
 
 # The seed's first message event happened at 2021-07-26T12:05:22Z.
 NOW = 1627301122.0
@@ -58,15 +58,16 @@ def compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class ServiceTestCase(TestCase):
+class ServiceTestCase(InlineTestCase):
     """
-    A L{ConversationService} on a fresh SQLite store, a real hub and a L{Clock}.
+    A L{ConversationService} on a fresh in-memory store, a real hub and a L{Clock}; nothing
+    waits for the reactor.
     """
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = open_store(None, self.mktemp(), reactor)
+        self.store = MemoryStore(self.clock)
         await self.store.start()
         self.addCleanup(self.store.stop)
         self.hub = InProcessHub()
@@ -365,7 +366,11 @@ class PostMessageTests(ServiceTestCase):
         """Concurrent posts publish their events in commit order; the locks are dropped."""
         conversation = await self.conversation()
         recorder = self.subscribe(conversation, EMPLOYEE)
+        # In flight together: each looks the conversation up, then all wait for one lock.
+        self.store.hold()
         posts = [self.service.post_message(CUSTOMER, conversation.id, f"m{i}") for i in range(10)]
+        self.store.flush()
+        self.store.release()
         await gatherResults(posts)
         stored = await self.store.list_messages(conversation.id, None, False, None)
         published = [e["message"]["id"] for e in recorder.events if "message" in e]

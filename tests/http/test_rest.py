@@ -1,14 +1,15 @@
 """
 Tests for L{medichat.http.rest}: the REST API over L{treq.testing.StubTreq}, mounted under
-C{/api} as the server mounts it, on the real SQLite store, the real hub and the real
-cred portal (JWT and session-cookie checkers) and employee accounts.
+C{/api} as the server mounts it, on the real SQL store (run inline by
+L{medichat.testing.MemoryStore}), the real hub and the real cred portal (JWT and
+session-cookie checkers) and employee accounts, on a L{Clock}: nothing waits for the
+reactor, a thread or the passing of time.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
-import time
 from io import BytesIO
 from typing import Any
 
@@ -16,10 +17,9 @@ import argon2
 import jwt
 from attrs import frozen
 from treq.testing import StubTreq
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
@@ -30,7 +30,7 @@ from zope.interface import implementer
 from medichat._ratelimit import TokenBuckets
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.realm import build_portal
-from medichat.domain.accounts import Accounts
+from medichat.domain.accounts import Accounts, run_here
 from medichat.domain.conversations import ConversationService
 from medichat.errors import PayloadTooLarge, StoreError
 from medichat.http.origins import OriginPolicy
@@ -40,7 +40,8 @@ from medichat.interfaces import ISubscriber
 from medichat.model import Conversation, micros
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
-from medichat.store import open_store
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
 
 SECRET = b"k" * 32
 NOW = 1627301122.0  # 2021-07-26T12:05:22Z
@@ -137,23 +138,14 @@ class Recorder:
 
 async def _settle(treq: StubTreq, d: Deferred[Any]) -> Any:
     """
-    Pump the in-memory connection until C{d} has its result: the store answers from its
-    own thread, so the response may be written a few reactor turns later.
+    Deliver what the in-memory connection holds; C{d} must then have its result, since
+    the store answers before it returns.
     """
-    outcome: list[object] = []
-
-    def done(result: object) -> object:
-        outcome.append(result)
-        return result
-
-    d.addBoth(done)
-    deadline = time.monotonic() + 10
-    while not outcome:
-        if time.monotonic() > deadline:
-            d.cancel()
-            break
-        treq.flush()
-        await deferLater(reactor, 0.001, lambda: None)
+    treq.flush()
+    if not d.called:
+        d.addErrback(lambda _: None)
+        d.cancel()
+        raise AssertionError("no response once everything was delivered: something waits")
     return await d
 
 
@@ -164,7 +156,7 @@ def compact(value: object) -> str:
 _NO_BODY = object()
 
 
-class APITestCase(TestCase):
+class APITestCase(InlineTestCase):
     """
     The API at C{http://medichat.test/api/}, with a customer's and another customer's
     bearer tokens, and an employee account.
@@ -176,7 +168,7 @@ class APITestCase(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = open_store(None, self.mktemp(), reactor)
+        self.store = MemoryStore(self.clock)
         await self.store.start()
         self.addCleanup(self.store.stop)
         self.hub = InProcessHub()
@@ -184,7 +176,9 @@ class APITestCase(TestCase):
         cookie_checker = SessionCookieChecker(3600, store=self.store, clock=self.clock)
         self.portal = build_portal([jwt_checker, cookie_checker])
         hasher = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-        self.accounts = Accounts(self.store, self.clock, session_ttl=3600, hasher=hasher)
+        self.accounts = Accounts(
+            self.store, self.clock, session_ttl=3600, hasher=hasher, run_blocking=run_here
+        )
         self.employee = await self.accounts.add_employee(EMAIL, "Nurse Joy", PASSWORD)
         self.service = ConversationService(self.store, self.hub, self.clock)
         self.api = RestAPI(
@@ -205,7 +199,7 @@ class APITestCase(TestCase):
         return jwt.encode(payload, SECRET, algorithm="HS256")
 
     async def settle(self, d: Deferred[Any]) -> Any:
-        """Pump the in-memory connection until C{d} fires (the store works in a thread)."""
+        """Deliver what the in-memory connection holds; C{d} must then have fired."""
         return await _settle(self.treq, d)
 
     async def request(
@@ -1300,17 +1294,17 @@ class OperationsTests(APITestCase):
         self.assertTrue(reply.json["openapi"].startswith("3."))
 
 
-class MountTests(TestCase):
+class MountTests(InlineTestCase):
     """
     The routes are relative to wherever the resource is mounted.
     """
 
     async def test_mounts(self) -> None:
         """Mounted under /api by putChild, under a deeper base, or at the root, it routes."""
-        store = open_store(None, self.mktemp(), reactor)
+        clock = Clock()
+        store = MemoryStore(clock)
         await store.start()
         self.addCleanup(store.stop)
-        clock = Clock()
         api = RestAPI(
             conversations=ConversationService(store, InProcessHub(), clock),
             portal=build_portal([]),

@@ -1,27 +1,29 @@
 """
-Cookie-authenticated STOMP sessions follow their login session: the real SQLite store, the
-real accounts service and the real session-cookie checker, with timers on a memory clock.
+Cookie-authenticated STOMP sessions follow their login session: the real SQL store (run
+inline by L{medichat.testing.MemoryStore}), the real accounts service and the real
+session-cookie checker, with timers on a memory clock; nothing waits for the reactor.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from medichat.auth.checkers import SessionCookieChecker
 from medichat.auth.credentials import SessionCookie
 from medichat.auth.realm import build_portal
-from medichat.domain.accounts import Accounts
+from medichat.domain.accounts import Accounts, run_here
+from medichat.interfaces import IFrameTransport
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.session import StompConfig, StompServices, StompSession
-from medichat.store import open_store
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
 from tests._stomp import realistic_clock
 
 
+@implementer(IFrameTransport)
 class _Carrier:
     """Records what the session sends and whether it closed."""
 
@@ -39,20 +41,18 @@ class _Carrier:
         self.closed = -1
 
 
-class RevalidationTests(TestCase):
+class RevalidationTests(InlineTestCase):
     """
     Logout, disablement and expiry reach live STOMP sessions.
     """
 
-    timeout = 30
-
     @inlineCallbacks
     def setUp(self) -> Any:
         self.clock = realistic_clock()
-        self.store = open_store(None, self.mktemp(), reactor)
+        self.store = MemoryStore(self.clock)
         yield self.store.start()
         self.addCleanup(self.store.stop)
-        self.accounts = Accounts(self.store, self.clock, session_ttl=600)
+        self.accounts = Accounts(self.store, self.clock, session_ttl=600, run_blocking=run_here)
         yield self.accounts.add_employee("nurse@example.org", "Nurse", "correct horse")
         checker = SessionCookieChecker(600, store=self.store, clock=self.clock)
         self.services = StompServices(
@@ -71,14 +71,10 @@ class RevalidationTests(TestCase):
         self.assertTrue(carrier.sent[0].startswith(b"CONNECTED\n"), carrier.sent)
         return token, carrier, session
 
-    @inlineCallbacks
-    def settle(self, predicate: Any) -> Any:
-        """Let the store's thread answer (real I/O), bounded."""
-        for _ in range(500):
-            if predicate():
-                return
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.fail("nothing happened")
+    def settle(self, predicate: Any) -> None:
+        """What the session does must have happened already: the store answers inline."""
+        if not predicate():
+            self.fail("nothing happened")
 
     @inlineCallbacks
     def test_disabled_employee_is_ended(self) -> Any:
@@ -106,8 +102,8 @@ class RevalidationTests(TestCase):
         _token, carrier, session = yield self.connect()
         first = session.user.expires_at
         for _ in range(12):  # 12 x 61 s > the 600 s ttl; each re-check slides it by 61 s
-            self.clock.advance(61)
             before = session.user.expires_at
+            self.clock.advance(61)
             yield self.settle(lambda before=before: session.user.expires_at != before
                               or carrier.closed is not None)
         self.assertIsNone(carrier.closed)

@@ -1,7 +1,8 @@
 """
 Tests for L{medichat.store}: one scenario (L{StoreTestsMixin}) run against the SQLite and
-the PostgreSQL store, on the real reactor with real databases, plus what is particular to
-each store and to L{medichat.store.open_store}.
+the PostgreSQL store, on the real reactor with real databases (their drivers work in a
+thread and on sockets), and against L{medichat.testing.MemoryStore}, with no reactor at
+all; plus what is particular to each store and to L{medichat.store.open_store}.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import psycopg2
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from medichat import rsql
@@ -34,16 +36,19 @@ from medichat.model import (
     parse_time,
 )
 from medichat.store import PostgreSQLStore, SQLiteStore, open_store
-from medichat.store.postgres import redact
+from medichat.store.postgres import DEFAULT_POOL_SIZE, redact
 from medichat.store.scripts import (
     POSTGRESQL,
     SQLITE,
+    Migration,
     SQLStore,
     conversations_query,
     load_migrations,
     messages_query,
 )
 from medichat.store.sqlite import SQLITE_FILE_NAME, split_statements
+from medichat.testing import MemoryStore, memory_database
+from tests._inline import InlineTestCase
 from tests._pg import create_test_database
 
 reactor: Any = _reactor
@@ -113,16 +118,16 @@ class StoreTestsMixin(_Base):
 
     dialect = ""
 
-    def new_location(self) -> Deferred[str]:
-        """A fresh, empty database: a file path or a URL."""
+    def new_location(self) -> Deferred[Any]:
+        """A fresh, empty database: a file path, a URL or an open in-memory database."""
         raise NotImplementedError()
 
-    def make_store(self, location: str, migrations: Sequence[Any] | None = None) -> SQLStore:
+    def make_store(self, location: Any, migrations: Sequence[Any] | None = None) -> SQLStore:
         """A store, not started, on C{location}."""
         raise NotImplementedError()
 
     async def started(
-        self, location: str | None = None, migrations: Sequence[Any] | None = None
+        self, location: Any = None, migrations: Sequence[Any] | None = None
     ) -> SQLStore:
         """A started store on C{location} (a fresh one unless given), stopped at cleanup."""
         if location is None:
@@ -768,6 +773,116 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
         self.assertRaises(ValueError, split_statements, "CREATE TABLE t (x TEXT)")
 
 
+class MemoryStoreTests(StoreTestsMixin, InlineTestCase):
+    """
+    The store scenario on L{MemoryStore}: SQLite's scripts run inline, every L{Deferred}
+    fired before the call returns (L{InlineTestCase} fails a test that would wait).
+    """
+
+    dialect = "sqlite"
+
+    def new_location(self) -> Deferred[Any]:
+        """An in-memory database, closed after the test."""
+        database = memory_database()
+        self.addCleanup(database.close)
+        return succeed(database)
+
+    def make_store(self, location: Any, migrations: Sequence[Any] | None = None) -> SQLStore:
+        """A memory store on the database C{location}."""
+        return MemoryStore(Clock(), database=location, migrations=migrations)
+
+    def test_fired_before_returning(self) -> None:
+        """Start, operations and stop have their results as soon as they return."""
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        store = MemoryStore(clock)
+        self.successResultOf(store.start())
+        conversation = a_conversation()
+        self.successResultOf(store.create_conversation(conversation))
+        self.assertEqual(
+            self.successResultOf(store.get_conversation(conversation.id)), conversation
+        )
+        self.failureResultOf(store.create_conversation(conversation), DuplicateError)
+        self.successResultOf(store.stop())
+        self.failureResultOf(store.ping(), StoreError)
+
+    def test_own_database_is_private(self) -> None:
+        """Without a database given, each store has a new one, gone when it stops."""
+        first = MemoryStore(Clock())
+        self.successResultOf(first.start())
+        conversation = a_conversation()
+        self.successResultOf(first.create_conversation(conversation))
+        second = MemoryStore(Clock())
+        self.successResultOf(second.start())
+        self.addCleanup(second.stop)
+        self.assertIsNone(self.successResultOf(second.get_conversation(conversation.id)))
+        self.successResultOf(first.stop())
+        self.successResultOf(first.start())
+        self.addCleanup(first.stop)
+        self.assertIsNone(self.successResultOf(first.get_conversation(conversation.id)))
+
+    def test_failed_script_rolls_back(self) -> None:
+        """A script that fails half way leaves nothing behind, and the data is intact."""
+        database = memory_database()
+        self.addCleanup(database.close)
+        store = MemoryStore(Clock(), database=database)
+        self.successResultOf(store.start())
+        conversation = a_conversation()
+        self.successResultOf(store.create_conversation(conversation))
+        self.successResultOf(store.stop())
+        broken = Migration(3, "broken", "CREATE TABLE half (x TEXT);\nSELECT * FROM nowhere;\n")
+        failing = MemoryStore(
+            Clock(), database=database, migrations=[*load_migrations("sqlite"), broken]
+        )
+        self.failureResultOf(failing.start(), StoreError)
+        tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master")}
+        self.assertNotIn("half", tables)
+        again = MemoryStore(Clock(), database=database)
+        self.successResultOf(again.start())
+        self.addCleanup(again.stop)
+        self.assertEqual(self.successResultOf(again.schema_version()), 2)
+        self.assertEqual(
+            self.successResultOf(again.get_conversation(conversation.id)), conversation
+        )
+
+    def test_hold_and_release(self) -> None:
+        """Held operations wait, then run in the order they were made; flush holds the next."""
+        store = MemoryStore(Clock())
+        self.successResultOf(store.start())
+        self.addCleanup(store.stop)
+        conversation = a_conversation()
+        store.hold()
+        creating = store.create_conversation(conversation)
+        getting = store.get_conversation(conversation.id)
+        duplicate = store.create_conversation(conversation)
+        self.assertNoResult(creating)
+        self.assertNoResult(getting)
+        again: list[Deferred[Any]] = []
+        creating.addCallback(lambda _: again.append(store.get_conversation(conversation.id)))
+        store.flush()
+        self.successResultOf(creating)
+        self.assertEqual(self.successResultOf(getting), conversation)
+        self.failureResultOf(duplicate, DuplicateError)
+        self.assertNoResult(again[0])
+        store.release()
+        self.assertEqual(self.successResultOf(again[0]), conversation)
+        self.assertEqual(
+            self.successResultOf(store.get_conversation(conversation.id)), conversation
+        )
+
+    def test_migrations_recorded_at_clock_time(self) -> None:
+        """Applied migrations are stamped with the time of the store's clock."""
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        database = memory_database()
+        self.addCleanup(database.close)
+        store = MemoryStore(clock, database=database)
+        self.successResultOf(store.start())
+        self.successResultOf(store.stop())
+        stamps = {at for (at,) in database.execute("SELECT applied_at FROM schema_migrations")}
+        self.assertEqual(stamps, {1_700_000_000 * 1_000_000})
+
+
 class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
     """
     The store scenario on PostgreSQL (a fresh database per test), plus its particulars.
@@ -818,9 +933,10 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         location = await self.new_location()
         store = await self.started(location)
         conversation = await self.stored_conversation(store)
+        # Wait for the store to see each idle connection end (it logs each), not a while.
+        lost = self.connections_lost(DEFAULT_POOL_SIZE)
         await deferToThread(_terminate_backends, location)
-        # Let the reactor notice the closed sockets of the idle connections.
-        await deferLater(reactor, 0.2, lambda: None)
+        await lost
         for _ in range(6):
             self.assertEqual(await store.get_conversation(conversation.id), conversation)
 
@@ -831,6 +947,22 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         await self.assertFailure(
             store.add_message(a_message(conversation, T0, "a\x00b"), None), StoreError
         )
+
+    def connections_lost(self, count: int) -> Deferred[None]:
+        """Fires once the store has logged that C{count} connections were lost."""
+        lost: Deferred[None] = Deferred()
+        seen: list[LogEvent] = []
+
+        def observe(event: LogEvent) -> None:
+            if event.get("log_format", "").startswith("PostgreSQL connection lost"):
+                seen.append(event)
+                if len(seen) == count:
+                    globalLogPublisher.removeObserver(observe)
+                    lost.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lost
 
     def test_redact(self) -> None:
         """Passwords never appear in URLs shown to people."""
