@@ -8,10 +8,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from medichat.errors import NotFound
+from medichat.http._channel import MedichatChannel
 from medichat.http.problems import problem_for, write_problem
 
 
@@ -122,11 +124,18 @@ class BoundedRequest(Request):
             super().handleContentChunk(chunk)
 
 
-def make_site(root: IResource, max_body: int) -> Site:
+def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
+              head_timeout: float = 10.0) -> Site:
     """
-    The HTTP site: bounded request bodies, no tracebacks shown.
+    The HTTP site: bounded request bodies, a deadline for request heads, no tracebacks
+    shown.
+
+    @param clock: the site's timers (twisted.web's idle timeout, the head deadline); the
+        global reactor when L{None}.
+    @param head_timeout: seconds a request line and its headers may take to arrive.
     """
-    site = Site(root)
+    site = Site(root, reactor=clock)
+    site.protocol = partial(MedichatChannel, head_timeout)  # type: ignore[assignment]
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False
     return site
