@@ -120,6 +120,8 @@ class CappedFactory(WrappingFactory[CountedConnection]):
 
     protocol = CountedConnection
     protocols: dict[CountedConnection, int]
+    # The wrapped factory already logs its starts and stops.
+    noisy = False
 
     def __init__(self, wrapped: Any, cap: ConnectionCap) -> None:
         super().__init__(wrapped)

@@ -156,3 +156,15 @@ class StopServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.log, ["store stopped"])
         self.assertTrue(self.client.closed)
+
+    def test_stopped_twice(self) -> None:
+        """A second stop waits for the first; the store is stopped once."""
+        first = self.service.stopService()
+        second = self.service.stopService()
+        self.assertNoResult(second)
+        self.clock.advance(25)
+        self.pump.flush()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.log, ["store stopped"])

@@ -87,11 +87,8 @@ class ShutdownTests(TestCase):
 
     @inlineCallbacks
     def test_request_in_flight_answered(self) -> Any:
-        """
-        A POST whose body is still arriving when the server is told to stop gets its real
-        201; the kept-alive connection then closes, no new connection is accepted meanwhile,
-        and the stop completes.
-        """
+        """A POST still arriving at stop gets its real 201, then its connection closes."""
+        # Meanwhile no new connection is accepted, and the stop completes only after.
         server = yield start_server(self)
         token = jwt.encode({"sub": CUSTOMER, "name": "c1", "role": "customer"}, server.secret,
                            algorithm="HS256")

@@ -185,10 +185,7 @@ class HeadDeadlineTests(SynchronousTestCase):
         self.assertFalse(client.closed)
 
     def test_keep_alive(self) -> None:
-        """
-        On a kept-alive connection the deadline runs from the first byte of each request,
-        so an idle pause between requests is not held against the next one.
-        """
+        """On a kept-alive connection the deadline runs from each request's first byte."""
         setup = _Setup(head_timeout=10)
         client, transport, pump = setup.connect()
         transport.write(_HEAD)
@@ -315,10 +312,7 @@ class DrainTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(done))
 
     def test_in_flight_answered(self) -> None:
-        """
-        A request being answered completes with C{Connection: close} and its keep-alive
-        connection then closes; the drain ends only then.
-        """
+        """A request being answered ends with Connection: close, then the drain ends."""
         setup = _Setup()
         client, transport, pump = setup.connect()
         transport.write(_HEAD.replace(b"/ok", b"/held"))
