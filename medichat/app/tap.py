@@ -113,7 +113,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          lambda v: _positive_float("request-head-timeout", v)],
         ["max-connections", None, None,
          "Most connections open at once (HTTP, WebSocket and STOMP/TCP together); "
-         "default 10000, or less to stay below the open-file limit.",
+         "default 100 below the open-file limit, at most 20000.",
          lambda v: _positive_int("max-connections", v)],
         ["shutdown-timeout", None, 25.0,
          "Seconds a stop waits for HTTP requests in flight.",

@@ -58,10 +58,11 @@ class OptionTests(SynchronousTestCase):
             self.assertRaises(usage.UsageError, Options().parseOptions, args)
 
     def test_default_from_file_limit(self) -> None:
-        """The default cap keeps room below the open-file limit, and is at most 10,000."""
+        """The default cap keeps room below the open-file limit, and is at most 20,000."""
         self.assertEqual(default_max_connections(1024), 924)
-        self.assertEqual(default_max_connections(1 << 20), 10000)
-        self.assertEqual(default_max_connections(resource.RLIM_INFINITY), 10000)
+        self.assertEqual(default_max_connections(20000), 19900)
+        self.assertEqual(default_max_connections(1 << 20), 20000)
+        self.assertEqual(default_max_connections(resource.RLIM_INFINITY), 20000)
         self.assertEqual(default_max_connections(50), 1)
 
 
