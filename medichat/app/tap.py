@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from medichat import __version__
+from medichat._connections import CappedFactory, ConnectionCap, default_max_connections
 from medichat._timers import TimerWheel
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
@@ -29,6 +30,7 @@ from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.http._channel import HTTPConnections
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
@@ -106,6 +108,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["session-recheck-interval", None, 30.0,
          "Seconds between re-checks of a cookie-authenticated STOMP session's login.",
          lambda v: _positive_float("session-recheck-interval", v)],
+        ["request-head-timeout", None, 10.0,
+         "Seconds an HTTP request line and headers may take to arrive (408 past it).",
+         lambda v: _positive_float("request-head-timeout", v)],
+        ["max-connections", None, None,
+         "Most connections open at once (HTTP, WebSocket and STOMP/TCP together); "
+         "default 100 below the open-file limit, at most 20000.",
+         lambda v: _positive_int("max-connections", v)],
+        ["shutdown-timeout", None, 25.0,
+         "Seconds a stop waits for HTTP requests in flight.",
+         lambda v: _positive_float("shutdown-timeout", v)],
     ]
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
@@ -143,6 +155,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
+        if self["max-connections"] is None:
+            self["max-connections"] = default_max_connections()
         try:
             self["base-path"] = normalise_base_path(self["base-path"])
         except ValueError as e:
@@ -216,15 +230,20 @@ class _Listener(Service):
 class MedichatService(MultiService):
     """
     The whole server: starts the store (migrating it), then listens; on stop, closes
-    every STOMP session with "going away", stops listening and closes the store.
+    every STOMP session with "going away", stops listening, finishes the HTTP requests in
+    flight (for at most C{shutdown_timeout} seconds) and closes the store.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
     """
 
     def __init__(self, reactor: Any, store: Any, registry: SessionRegistry,
                  wheel: TimerWheel, threadpool: ThreadPool,
-                 websockets: StompWebSocketFactory) -> None:
+                 websockets: StompWebSocketFactory, *,
+                 http: HTTPConnections | None = None,
+                 shutdown_timeout: float = 25.0) -> None:
         super().__init__()
+        self._http = http
+        self._shutdown_timeout = shutdown_timeout
         self._reactor = reactor
         self.store = store
         self.registry = registry
@@ -233,6 +252,8 @@ class MedichatService(MultiService):
         self._websockets = websockets
         self.listeners: list[_Listener] = []
         self.ready: Deferred[None] = Deferred()
+        self._stopping: Deferred[None] | None = None
+        self._stop_waiters: list[Deferred[None]] | None = []
 
     def add_listener(self, listener: _Listener) -> None:
         """Listen on this endpoint once the store is ready."""
@@ -259,12 +280,36 @@ class MedichatService(MultiService):
         _log.info("medichat {version} ready", version=__version__)
         self.ready.callback(None)
 
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop (see the class); a later call fires when the first one has finished.
+        """
+        if self._stopping is None:
+            self._stopping = self._stop()
+            self._stopping.addBoth(self._stopped)
+            return self._stopping
+        later: Deferred[None] = Deferred()
+        if self._stop_waiters is None:
+            later.callback(None)
+        else:
+            self._stop_waiters.append(later)
+        return later
+
+    def _stopped(self, result: object) -> object:
+        waiters, self._stop_waiters = self._stop_waiters or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+        return result
+
     @inlineCallbacks
-    def stopService(self) -> Any:
+    def _stop(self) -> Any:
         ended = self.registry.shutdown()
         if ended:
             _log.info("closing {count} STOMP sessions", count=ended)
         yield MultiService.stopService(self)
+        if self._http is not None:
+            # Listening has stopped: answer what is in flight before the store goes.
+            yield self._http.drain(self._shutdown_timeout)
         self._wheel.stop()
         self._websockets.stop_timers()
         yield self.store.stop()
@@ -373,12 +418,18 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     root = build_root(
         config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
     )
-    site = make_site(root, config["max-body"])
+    site = make_site(root, config["max-body"], clock=clock,
+                     head_timeout=config["request-head-timeout"])
+    cap = ConnectionCap(config["max-connections"], clock)
+    http = HTTPConnections(site, cap, clock)
 
-    top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory)
+    top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory,
+                          http=http, shutdown_timeout=config["shutdown-timeout"])
     for description in config["listen"]:
-        top.add_listener(_Listener(reactor, description, site, "HTTP/WebSocket"))
-    tcp_factory = StompTCPFactory(services, max_buffer=config["max-write-buffer"])
+        top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))
+    tcp_factory = CappedFactory(
+        StompTCPFactory(services, max_buffer=config["max-write-buffer"]), cap
+    )
     for description in config["stomp-listen"]:
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))
 

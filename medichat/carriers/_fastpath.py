@@ -8,11 +8,15 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from medichat._connections import raw_transport
+
 
 def socket_of(transport: Any) -> Any:
     """
-    The socket of a plain TCP transport, for L{send_now}; L{None} for any other (TLS).
+    The socket of a plain TCP transport (under the connection counter), for L{send_now};
+    L{None} for any other (TLS).
     """
+    transport = raw_transport(transport)
     if isinstance(transport, tcp.Connection):
         return transport.socket
     return None
@@ -31,6 +35,8 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
 
     @param sock: L{socket_of} the transport, or L{None} to always use C{write}.
     """
+    if sock is not None:
+        transport = raw_transport(transport)
     if (
         sock is not None
         and not transport.dataBuffer

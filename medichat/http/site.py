@@ -12,11 +12,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from twisted.web.http import HTTPChannel
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from medichat.errors import NotFound
+from medichat.http._channel import MedichatChannel
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import CONTENT_TYPE, Problem, problem_for, write_problem
 
@@ -236,7 +237,7 @@ class BoundedRequest(Request):
             super().handleContentChunk(chunk)
 
 
-class Channel(HTTPChannel):
+class Channel(MedichatChannel):
     """
     An HTTP/1.1 connection whose own refusals are problem+json.
 
@@ -309,14 +310,18 @@ class Channel(HTTPChannel):
         self.loseConnection()
 
 
-def make_site(root: IResource, max_body: int, reactor: Any = None) -> Site:
+def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
+              head_timeout: float = 10.0) -> Site:
     """
-    The HTTP site: bounded request bodies, no tracebacks shown.
+    The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
+    whatever twisted.web refuses itself, no tracebacks shown.
 
-    @param reactor: for the channels' timeouts; the global reactor when L{None}.
+    @param clock: the site's timers (twisted.web's idle timeout, the head deadline); the
+        global reactor when L{None}.
+    @param head_timeout: seconds a request line and its headers may take to arrive.
     """
-    site = Site(root, reactor=reactor)
+    site = Site(root, reactor=clock)
+    site.protocol = partial(Channel, head_timeout)  # type: ignore[assignment]
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False
-    site.protocol = Channel  # type: ignore[assignment]
     return site

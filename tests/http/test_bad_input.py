@@ -100,7 +100,7 @@ class EdgeTestCase(SynchronousTestCase):
         factory.protocol = WebSocketServerProtocol
         chat = WebSocketResource(factory)
         root = build_root("/api", api.resource(), chat, OriginPolicy(self.allowed_origins))
-        self.site = make_site(root, 65536, reactor=self.clock)
+        self.site = make_site(root, 65536, clock=self.clock)
 
     def send(self, data: bytes) -> Answer:
         """Deliver C{data} on a new connection; return what was answered."""
@@ -187,7 +187,7 @@ class UnguardedAPITests(EdgeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.site = make_site(self.api.resource(), 65536, reactor=self.clock)
+        self.site = make_site(self.api.resource(), 65536, clock=self.clock)
 
     def test_origin(self) -> None:
         """A non-UTF-8 Origin: 403."""

@@ -1,0 +1,224 @@
+"""
+HTTP connections: a deadline for each request head, and draining at shutdown.
+
+twisted.web's L{HTTPChannel} only has an idle timeout, which every byte resets: a client
+that sends one byte of its headers every few seconds holds a connection for as long as it
+likes.  L{MedichatChannel} gives the request line and headers together a deadline
+(C{--request-head-timeout}).  It runs from the moment the connection opens for the first
+request, and from the first byte of each later request on a kept-alive connection (the
+idle wait between requests stays governed by the idle timeout).  A head still incomplete at
+the deadline is answered 408 (problem+json) and the connection closed; a connection that
+sent nothing is just closed.  The body and the answer are not covered.  The WebSocket
+handshake is such a head; once upgraded, Autobahn's own opening-handshake timeout applies.
+
+At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request being
+received or answered finish (its answer says C{Connection: close}, and its connection
+closes after it), and fires when no HTTP connection is left, or after a bound.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
+from medichat.http.problems import CONTENT_TYPE, PROBLEM_TYPE_BASE
+
+__all__ = ["HTTPConnections", "MedichatChannel"]
+
+
+def _timeout_answer(head_timeout: float) -> bytes:
+    body = json.dumps({
+        "type": f"{PROBLEM_TYPE_BASE}request-timeout",
+        "title": "Request Timeout",
+        "status": 408,
+        "detail": f"the request line and headers did not arrive within {head_timeout:g} s",
+    }).encode("utf-8")
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        f"Content-Type: {CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return head + body
+
+
+def _describe(address: object) -> str:
+    host = getattr(address, "host", None)
+    return str(address) if host is None else f"{host}:{getattr(address, 'port', '?')}"
+
+
+class MedichatChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} with a deadline for each request head, that can be drained.
+
+    Timers use C{callLater}, which L{twisted.web.server.Site} sets to its reactor's.
+    """
+
+    _log = Logger()
+
+    def __init__(self, head_timeout: float = 10.0) -> None:
+        """
+        @param head_timeout: seconds the request line and headers may take.
+        """
+        super().__init__()
+        self.head_timeout = head_timeout
+        self._head_call: IDelayedCall | None = None
+        # Between requests: no request line has been completed, or, if one has, its
+        # headers have not.
+        self._awaiting_head = True
+        # Some byte of the awaited head has arrived.
+        self._head_started = False
+        self._draining = False
+
+    # The deadline
+
+    def _start_deadline(self) -> None:
+        self._head_call = self.callLater(self.head_timeout, self._head_expired)
+
+    def _cancel_deadline(self) -> None:
+        if self._head_call is not None:
+            if self._head_call.active():
+                self._head_call.cancel()
+            self._head_call = None
+
+    def _head_expired(self) -> None:
+        self._head_call = None
+        transport = self.transport
+        if not self._awaiting_head or transport is None:
+            return
+        if self._head_started and not getattr(transport, "disconnecting", False):
+            self._log.info(
+                "request head from {peer} not complete within {timeout} s: answered 408",
+                peer=_describe(transport.getPeer()),
+                timeout=self.head_timeout,
+            )
+            transport.write(_timeout_answer(self.head_timeout))
+        # Closes, and aborts if the client does not read what is left to send.
+        self.timeoutConnection()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and data:
+            self._head_started = True
+            if self._head_call is None:
+                self._start_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._awaiting_head = False
+        self._cancel_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # Set before the base class replays data buffered meanwhile (a pipelined request)
+        # through dataReceived, which then starts the next deadline.
+        self._awaiting_head = True
+        self._head_started = False
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    # Draining
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self._draining:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+    def drain(self) -> None:
+        """
+        Close now if idle; otherwise finish the request being received or answered, say
+        C{Connection: close} in its answer, and close after it.
+        """
+        self._draining = True
+        if self._awaiting_head and not self._head_started:
+            self.loseConnection()
+            return
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        if not self._awaiting_head:
+            # Its headers are in: checkPersistence has been asked already.
+            self.persistent = False
+
+
+class HTTPConnections(CappedFactory):
+    """
+    Wraps the L{twisted.web.server.Site}: counts its connections against the cap, and
+    drains them at shutdown.
+    """
+
+    _log = Logger()
+
+    def __init__(self, site: Any, cap: ConnectionCap, clock: IReactorTime) -> None:
+        super().__init__(site, cap)
+        self._clock = clock
+        self._drained: Deferred[None] | None = None
+        self._deadline: IDelayedCall | None = None
+
+    def _busy(self) -> list[CountedConnection]:
+        return [c for c in self.protocols if isinstance(c.wrappedProtocol, MedichatChannel)]
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Close idle HTTP connections and let requests in flight finish (see the module).
+
+        @param timeout: seconds to wait; connections still busy then are aborted.
+        @return: fires when no HTTP connection is left, or at the timeout.
+        """
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
+        busy = self._busy()
+        if busy:
+            self._log.info("finishing {count} HTTP connection(s)", count=len(busy))
+        for connection in busy:
+            channel = connection.wrappedProtocol
+            assert isinstance(channel, MedichatChannel)
+            channel.drain()
+        if self._drained is not None:
+            self._deadline = self._clock.callLater(timeout, self._give_up, timeout)
+            self._check()
+        return drained
+
+    def _check(self) -> None:
+        if self._drained is None or self._busy():
+            return
+        drained, self._drained = self._drained, None
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        drained.callback(None)
+
+    def _give_up(self, timeout: float) -> None:
+        self._deadline = None
+        busy = self._busy()
+        self._log.warn(
+            "{count} HTTP connection(s) still busy after {timeout} s: closed",
+            count=len(busy),
+            timeout=timeout,
+        )
+        for connection in busy:
+            connection.abortConnection()
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.callback(None)
+
+    def protocol_replaced(self, connection: CountedConnection) -> None:
+        self._check()
+
+    def connection_closed(self, connection: CountedConnection) -> None:
+        self._check()

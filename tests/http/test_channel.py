@@ -1,0 +1,396 @@
+"""
+Tests for L{medichat.http._channel} and L{medichat._connections}: the request-head deadline,
+the cap on open connections, and draining HTTP connections at shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, IOPump, connect, makeFakeClient, makeFakeServer
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from medichat._connections import CappedFactory, ConnectionCap, raw_transport
+from medichat.carriers._fastpath import socket_of
+from medichat.http._channel import HTTPConnections
+from medichat.http.site import make_site
+
+_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+_HEAD = b"GET /ok HTTP/1.1\r\nHost: medichat.test\r\n\r\n"
+
+
+class _Ok(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"ok"
+
+
+class _Held(Resource):
+    """Answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        request = self.requests.pop(0)
+        request.write(b"done")
+        request.finish()
+
+
+class _Upgraded(Protocol):
+    """Stands in for the WebSocket protocol that takes a connection over."""
+
+    lost = False
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.lost = True
+
+
+class _Client(Protocol):
+    """Keeps what the server sent and whether it closed."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed = True
+
+
+class _Setup:
+    """A site on a clock, behind the connection cap, and clients connected to it."""
+
+    def __init__(self, head_timeout: float = 10.0, limit: int = 100) -> None:
+        self.clock = Clock()
+        self.held = _Held()
+        root = Resource()
+        root.putChild(b"ok", _Ok())
+        root.putChild(b"held", self.held)
+        site = make_site(root, 1000, clock=self.clock, head_timeout=head_timeout)
+        self.cap = ConnectionCap(limit, self.clock)
+        self.factory = HTTPConnections(site, self.cap, self.clock)
+
+    def connect(self) -> tuple[_Client, FakeTransport, IOPump]:
+        server = self.factory.buildProtocol(_ADDRESS)
+        assert server is not None
+        client = _Client()
+        client_transport = makeFakeClient(client)
+        pump = connect(server, makeFakeServer(server), client, client_transport,
+                       greet=False, clock=self.clock)
+        return client, client_transport, pump
+
+
+def _answer(received: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    code = int(lines[0].split(b" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding") == b"chunked":
+        chunks = []
+        while True:
+            size, _, body = body.partition(b"\r\n")
+            length = int(size, 16)
+            if not length:
+                break
+            chunks.append(body[:length])
+            body = body[length + 2:]
+        body = b"".join(chunks)
+    return code, headers, body
+
+
+class HeadDeadlineTests(SynchronousTestCase):
+    """
+    The request line and headers must arrive within --request-head-timeout.
+    """
+
+    def test_trickled_head(self) -> None:
+        """A head sent a byte at a time past the deadline gets 408 problem+json and a close."""
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        for byte in _HEAD[:-2]:
+            transport.write(bytes([byte]))
+            pump.flush()
+            setup.clock.advance(0.5)
+        self.assertTrue(client.closed)
+        code, headers, body = _answer(client.received)
+        self.assertEqual(code, 408)
+        self.assertEqual(headers[b"content-type"], b"application/problem+json")
+        self.assertEqual(headers[b"connection"], b"close")
+        problem = json.loads(body)
+        self.assertEqual((problem["status"], problem["title"]), (408, "Request Timeout"))
+        self.assertEqual(int(headers[b"content-length"]), len(body))
+
+    def test_upgrade_head(self) -> None:
+        """The WebSocket handshake request is held to the same deadline."""
+        setup = _Setup(head_timeout=5)
+        client, transport, pump = setup.connect()
+        transport.write(b"GET /api/v1/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        pump.flush()
+        setup.clock.advance(4.9)
+        pump.flush()
+        self.assertEqual(client.received, b"")
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 408)
+        self.assertTrue(client.closed)
+
+    def test_silent_connection(self) -> None:
+        """A connection that sends nothing is closed at the deadline, with no answer."""
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        setup.clock.advance(10)
+        pump.flush()
+        self.assertTrue(client.closed)
+        self.assertEqual(client.received, b"")
+
+    def test_prompt_head(self) -> None:
+        """A head complete within the deadline is answered, and no 408 follows later."""
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD[:10])
+        pump.flush()
+        setup.clock.advance(9)
+        transport.write(_HEAD[10:])
+        pump.flush()
+        setup.clock.advance(5)
+        pump.flush()
+        code, _, body = _answer(client.received)
+        self.assertEqual((code, body), (200, b"ok"))
+        self.assertFalse(client.closed)
+
+    def test_keep_alive(self) -> None:
+        """On a kept-alive connection the deadline runs from each request's first byte."""
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD)
+        pump.flush()
+        setup.clock.advance(30)
+        pump.flush()
+        self.assertFalse(client.closed)
+        client.received = b""
+        transport.write(_HEAD[:5])
+        pump.flush()
+        setup.clock.advance(9.9)
+        pump.flush()
+        self.assertEqual(client.received, b"")
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 408)
+        self.assertTrue(client.closed)
+
+    def test_slow_answer(self) -> None:
+        """The deadline covers the head only: a slow answer is not cut off."""
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD.replace(b"/ok", b"/held"))
+        pump.flush()
+        setup.clock.advance(30)
+        setup.held.answer()
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 200)
+        self.assertFalse(client.closed)
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    """
+    Past --max-connections new connections are closed at once.
+    """
+
+    def test_refused_past_limit(self) -> None:
+        """The connection over the limit gets no protocol; a closed one frees its place."""
+        setup = _Setup(limit=2)
+        first = setup.connect()
+        setup.connect()
+        self.assertIsNone(setup.factory.buildProtocol(_ADDRESS))
+        self.assertEqual(setup.cap.open, 2)
+        first[1].loseConnection()
+        first[2].flush()
+        self.assertEqual(setup.cap.open, 1)
+        self.assertIsNotNone(setup.factory.buildProtocol(_ADDRESS))
+
+    def test_logged_once_per_interval(self) -> None:
+        """Refusals are logged at most once per interval, with how many there were."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        setup = _Setup(limit=1)
+        setup.connect()
+        for _ in range(5):
+            setup.factory.buildProtocol(_ADDRESS)
+        setup.clock.advance(30)
+        setup.factory.buildProtocol(_ADDRESS)
+        refusals = [e for e in events if e.get("limit") == 1]
+        self.assertEqual(len(refusals), 1)
+        setup.clock.advance(31)
+        setup.factory.buildProtocol(_ADDRESS)
+        refusals = [e for e in events if e.get("limit") == 1]
+        self.assertEqual([e["refused"] for e in refusals], [1, 6])
+
+    def test_shared_between_factories(self) -> None:
+        """One cap counts the connections of every listener it guards."""
+        setup = _Setup(limit=2)
+        setup.connect()
+        other = CappedFactory(setup.factory.wrappedFactory, setup.cap)
+        self.assertIsNotNone(other.buildProtocol(_ADDRESS))
+        wrapper = other.buildProtocol(_ADDRESS)
+        assert wrapper is not None
+        wrapper.makeConnection(makeFakeServer(wrapper))
+        self.assertIsNone(setup.factory.buildProtocol(_ADDRESS))
+
+    def test_upgraded_connection_counted(self) -> None:
+        """A connection taken over by another protocol (a WebSocket) counts until it closes."""
+        setup = _Setup(limit=1)
+        _, transport, pump = setup.connect()
+        (wrapper,) = setup.factory.protocols
+        upgraded = _Upgraded()
+        wrapper.wrappedProtocol = upgraded
+        self.assertIsNone(setup.factory.buildProtocol(_ADDRESS))
+        transport.loseConnection()
+        pump.flush()
+        self.assertTrue(upgraded.lost)
+        self.assertEqual(setup.cap.open, 0)
+
+    def test_raw_transport(self) -> None:
+        """The fast write path sees through the counting wrapper to the real transport."""
+        setup = _Setup()
+        setup.connect()
+        (wrapper,) = setup.factory.protocols
+        self.assertIsInstance(raw_transport(wrapper), FakeTransport)
+        real = makeFakeServer(_Client())
+        self.assertIs(raw_transport(real), real)
+
+    def test_fast_path_kept(self) -> None:
+        """The carriers still find the socket of a counted TCP connection."""
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        factory = CappedFactory(Factory.forProtocol(Protocol), ConnectionCap(1, Clock()))
+        wrapper = factory.buildProtocol(_ADDRESS)
+        assert wrapper is not None
+        wrapper.makeConnection(tcp.Connection(ours, None))
+        self.assertIs(socket_of(wrapper), ours)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    At shutdown, requests in flight are answered, then their connections close.
+    """
+
+    def test_idle_closed(self) -> None:
+        """Idle connections (nothing of a request received) close at once."""
+        setup = _Setup()
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD)
+        pump.flush()
+        done = setup.factory.drain(25)
+        pump.flush()
+        self.assertTrue(client.closed)
+        self.assertIsNone(self.successResultOf(done))
+
+    def test_in_flight_answered(self) -> None:
+        """A request being answered ends with Connection: close, then the drain ends."""
+        setup = _Setup()
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD.replace(b"/ok", b"/held"))
+        pump.flush()
+        done = setup.factory.drain(25)
+        pump.flush()
+        self.assertNoResult(done)
+        self.assertFalse(client.closed)
+        setup.held.answer()
+        pump.flush()
+        code, headers, body = _answer(client.received)
+        self.assertEqual((code, body, headers[b"connection"]), (200, b"done", b"close"))
+        self.assertTrue(client.closed)
+        self.successResultOf(done)
+
+    def test_head_arriving(self) -> None:
+        """A request whose head is still arriving is answered once it is complete."""
+        setup = _Setup()
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD[:7])
+        pump.flush()
+        done = setup.factory.drain(25)
+        transport.write(_HEAD[7:])
+        pump.flush()
+        code, headers, body = _answer(client.received)
+        self.assertEqual((code, body, headers[b"connection"]), (200, b"ok", b"close"))
+        self.assertTrue(client.closed)
+        self.successResultOf(done)
+
+    def test_body_arriving(self) -> None:
+        """A request whose body is still arriving is answered once it is complete."""
+        setup = _Setup()
+        client, transport, pump = setup.connect()
+        transport.write(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        pump.flush()
+        done = setup.factory.drain(25)
+        pump.flush()
+        self.assertFalse(client.closed)
+        transport.write(b"cd")
+        pump.flush()
+        self.assertEqual(setup.held.requests[0].content.read(), b"abcd")
+        setup.held.answer()
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 200)
+        self.assertTrue(client.closed)
+        self.successResultOf(done)
+
+    def test_timeout(self) -> None:
+        """A request still unanswered at --shutdown-timeout is cut off and the drain ends."""
+        setup = _Setup()
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD.replace(b"/ok", b"/held"))
+        pump.flush()
+        done: Deferred[None] = setup.factory.drain(25)
+        setup.clock.advance(24.9)
+        self.assertNoResult(done)
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.successResultOf(done)
+        self.assertTrue(client.closed)
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+    def test_upgraded_not_waited_for(self) -> None:
+        """A connection taken over by a WebSocket is not an HTTP request to wait for."""
+        setup = _Setup()
+        _, _, idle_pump = setup.connect()
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD.replace(b"/ok", b"/held"))
+        pump.flush()
+        done = setup.factory.drain(25)
+        idle_pump.flush()
+        self.assertNoResult(done)
+        (wrapper,) = setup.factory.protocols
+        wrapper.wrappedProtocol = _Upgraded()
+        self.successResultOf(done)
+
+    def test_nothing_open(self) -> None:
+        """With no connection open the drain ends at once and leaves no timer."""
+        setup = _Setup()
+        self.successResultOf(setup.factory.drain(25))
+        self.assertEqual(setup.clock.getDelayedCalls(), [])
