@@ -452,6 +452,7 @@ def main() -> int:
         traffic.start(options.rate)
         await sleep(reactor, options.warmup)
         edges: list[tuple[str, Snapshot, Snapshot, float, dict[str, Any] | None]] = []
+        waits: dict[int, float] = {}
         for repeat in range(options.repeats):
             for phase in ("idle", "abuse"):
                 abuser = None
@@ -461,9 +462,11 @@ def main() -> int:
                     await sleep(reactor, options.warmup)
                 log(f"window {repeat + 1}/{options.repeats} {phase}: {options.duration:g}s")
                 cpu_before = abuser.cpu() if abuser else 0.0
+                waited = run_queue_wait(server.pid)
                 a = Snapshot(server.pid)
                 await sleep(reactor, options.duration)
                 b = Snapshot(server.pid)
+                waits[len(edges)] = run_queue_wait(server.pid) - waited
                 abuser_cpu = (abuser.cpu() - cpu_before) if abuser else 0.0
                 counts = await abuser.stop(reactor) if abuser else None
                 if counts is not None:
@@ -486,7 +489,7 @@ def main() -> int:
         population.stop_heartbeats()
 
         windows = []
-        for phase, a, b, _, counts in edges:
+        for index, (phase, a, b, _, counts) in enumerate(edges):
             records = [r for r in traffic.sent.values() if a.at <= r.sent < b.at]
             committed = [r for r in records if r.status == 201]
             statuses: dict[str, int] = {}
@@ -498,6 +501,7 @@ def main() -> int:
                 [r.responded - r.sent for r in committed if r.responded is not None])
             figures = {"phase": phase, **window_figures(a, b)}
             figures.update({
+                "server_run_queue_wait_s": round(waits[index], 3),
                 "posted": len(records),
                 "statuses": statuses,
                 "not_delivered_to_other": sum(1 for r in committed if r.delivered is None),
@@ -513,7 +517,8 @@ def main() -> int:
             log(f"  {phase}: REST p50 {response['p50_ms']} p99 {response['p99_ms']} ms; "
                 f"STOMP p50 {delivery['p50_ms']} p99 {delivery['p99_ms']} ms; server "
                 f"{figures['server_cpu_pct_of_core']}% of a core, rss "
-                f"{figures['server_rss_kib']} KiB; other processes "
+                f"{figures['server_rss_kib']} KiB, waited {waits[index]:.2f}s for a CPU; "
+                f"other processes "
                 f"{figures['other_processes_busy_cores']} cores")
         report["windows"] = windows
         report["summary"] = _summary(windows)
@@ -521,6 +526,22 @@ def main() -> int:
         await pool.closeCachedConnections()
 
     return run(options, server, measure, report, cleanup=cleanup)
+
+
+def run_queue_wait(pid: int) -> float:
+    """
+    Seconds the threads of a process have spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat): on a shared machine, the share of the noise the server
+    itself felt.
+    """
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def renice(server_pid: int, value: int) -> dict[str, Any]:
@@ -544,7 +565,7 @@ def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
 
     keys = ["rest_post_p50_ms", "rest_post_p99_ms", "stomp_delivery_p50_ms",
             "stomp_delivery_p99_ms", "server_cpu_pct_of_core", "server_rss_kib",
-            "other_processes_busy_cores"]
+            "server_run_queue_wait_s", "other_processes_busy_cores"]
     summary: dict[str, Any] = {}
     for phase in ("idle", "abuse"):
         chosen = [w for w in windows if w["phase"] == phase]
