@@ -228,6 +228,8 @@ class RestAPI:
         TLS-terminating proxy); it is always C{Secure} when the request came over TLS.
     @ivar cookie_path: the session cookie's C{Path}: the base path.
     @ivar message_rate: message POSTs allowed per user per C{message_window} seconds.
+    @ivar conversation_rate: conversations a user may open per C{conversation_window}
+        seconds (at once, or spread out).
     """
 
     conversations: ConversationService
@@ -241,7 +243,10 @@ class RestAPI:
     cookie_path: str = "/api"
     message_rate: int = 20
     message_window: float = 10.0
+    conversation_rate: int = 10
+    conversation_window: float = 60.0
     _message_buckets: TokenBuckets = field(init=False)
+    _conversation_buckets: TokenBuckets = field(init=False)
     _openapi: bytes | None = field(default=None, init=False)
 
     router = Klein()
@@ -250,6 +255,9 @@ class RestAPI:
 
     def __attrs_post_init__(self) -> None:
         self._message_buckets = TokenBuckets(self.message_rate, self.message_window)
+        self._conversation_buckets = TokenBuckets(
+            self.conversation_rate, self.conversation_window
+        )
 
     def resource(self) -> IResource:
         """
@@ -302,6 +310,15 @@ class RestAPI:
         if wait is not None:
             raise RateLimited(
                 f"at most {self.message_rate} messages per {self.message_window:g} seconds",
+                retry_after=wait,
+            )
+
+    def _check_conversation_rate(self, user: User) -> None:
+        wait = self._conversation_buckets.take(user.user_id, self.clock.seconds())
+        if wait is not None:
+            raise RateLimited(
+                f"at most {self.conversation_rate} new conversations per "
+                f"{self.conversation_window:g} seconds",
                 retry_after=wait,
             )
 
@@ -473,6 +490,7 @@ class RestAPI:
         201 with it.
         """
         user = await self._user(request, changes_state=True)
+        self._check_conversation_rate(user)
         self._json_body(request, allow_empty=True)
         conversation = await self.conversations.create(user)
         path = request.path.decode("utf-8").rstrip("/")

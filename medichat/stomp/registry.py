@@ -79,6 +79,12 @@ class SessionRegistry:
             self._online_employees.discard(user.user_id)
             self._changed()
 
+    def session_count(self, user_id: str) -> int:
+        """
+        How many live sessions a user has.
+        """
+        return len(self._by_user.get(user_id, ()))
+
     def sessions_of(self, user_id: str) -> frozenset[LiveSession]:
         """
         The live sessions of a user.

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from medichat import __version__
-from medichat._ratelimit import TokenBucket
+from medichat._ratelimit import TokenBuckets
 from medichat._timers import Timer, TimerWheel
 from medichat.auth.credentials import authenticate, credentials_from_stomp
 from medichat.errors import AuthenticationFailed, DomainError
@@ -50,6 +50,7 @@ from medichat.stomp.codec import (
     escape_header,
 )
 from medichat.stomp.destinations import Route, route_send, route_subscription
+from medichat.stomp.ratelimits import UserRateLimits, user_buckets
 from medichat.stomp.registry import SessionRegistry
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
@@ -73,9 +74,22 @@ class StompConfig:
     @ivar grace: a client is dropped after C{grace} times the negotiated receive interval
         without a byte (browsers throttle timers in background tabs, so be generous).
     @ivar preauth_limits: the smaller frame budget before the session is authenticated.
-    @ivar send_rate: SEND frames a session may send per second on average.
+    @ivar max_transaction_bytes: bytes a session's open transactions may hold together
+        (what COMMIT needs: the destinations of their SENDs).
+    @ivar max_sessions_per_user: live sessions one user may hold in this process.
+    @ivar send_rate: SEND frames a user may send per second on average, across all of
+        their sessions.
     @ivar send_burst: and in one burst.
-    @ivar max_pending_frames: frames waiting behind one that awaits the store; more is a
+    @ivar ack_rate: ACK and NACK frames a user may send per second on average, across all
+        of their sessions (a bucket of their own: clients acknowledge what they receive,
+        which has nothing to do with what they send).
+    @ivar ack_burst: and in one burst.
+    @ivar subscribe_rate: SUBSCRIBE and UNSUBSCRIBE frames a user may send per second on
+        average, across all of their sessions (each may publish presence to everyone
+        watching a conversation).
+    @ivar subscribe_burst: and in one burst (a dashboard subscribes to many conversations
+        when it opens).
+    @ivar max_pending_frames: frames queued behind one that awaits the store; more is a
         flood.
     @ivar revalidate_interval: seconds between re-checks of a cookie-authenticated
         session's login session, so that logout, a password change or disablement (from
@@ -90,8 +104,14 @@ class StompConfig:
     max_subscriptions: int = 1000
     max_transactions: int = 10
     max_transaction_frames: int = 100
+    max_transaction_bytes: int = 256 * 1024
+    max_sessions_per_user: int = 20
     send_rate: float = 20.0
     send_burst: float = 40.0
+    ack_rate: float = 100.0
+    ack_burst: float = 200.0
+    subscribe_rate: float = 10.0
+    subscribe_burst: float = 200.0
     max_pending_frames: int = 100
     revalidate_interval: float = 30.0
     server_name: str = f"medichat/{__version__}"
@@ -101,7 +121,7 @@ class StompConfig:
 class StompServices:
     """
     What sessions share: the hub, the registry of live sessions, authentication, the
-    conversation service, and time.
+    conversation service, time, and the per-user rate limits.
     """
 
     hub: InProcessHub
@@ -111,8 +131,16 @@ class StompServices:
     registry: SessionRegistry = field(default=None)
     wheel: TimerWheel = field(default=None)
     config: StompConfig = StompConfig()
+    rates: UserRateLimits = field(default=None)
 
     def __attrs_post_init__(self) -> None:
+        if self.rates is None:
+            config = self.config
+            self.rates = UserRateLimits(
+                send=user_buckets(config.send_rate, config.send_burst),
+                ack=user_buckets(config.ack_rate, config.ack_burst),
+                subscribe=user_buckets(config.subscribe_rate, config.subscribe_burst),
+            )
         if self.registry is None:
             self.registry = SessionRegistry(self.hub)
         if self.wheel is None:
@@ -158,6 +186,28 @@ class _Subscription:
     def deliver(self, publication: Publication) -> None:
         self.session.deliver(self, publication)
 
+
+class _Transaction:
+    """
+    What an open transaction holds: the destinations of its C{SEND}s, in order, which is
+    all C{COMMIT} needs (typing SENDs have empty bodies).  C{ACK}/C{NACK} frames change
+    nothing here, so they are only counted.
+
+    @ivar frames: how many frames the transaction has taken.
+    @ivar held: the bytes it holds, as counted against C{max_transaction_bytes}.
+    """
+
+    __slots__ = ("sends", "frames", "held")
+
+    def __init__(self) -> None:
+        self.sends: list[str] = []
+        self.frames = 0
+        self.held = 0
+
+
+# What holding one SEND in a transaction costs besides its destination's bytes: the list
+# slot and the string object.
+_HELD_SEND_OVERHEAD = 64
 
 _AWAITING_CONNECT = 0
 _CONNECTING = 1
@@ -208,14 +258,14 @@ class StompSession:
         self._busy = False
         self._pumping = False
         self._subscriptions: dict[str, _Subscription] = {}
-        self._transactions: dict[str, list[Frame]] = {}
+        self._transactions: dict[str, _Transaction] = {}
+        self._transaction_bytes = 0
         self._timers: list[Timer] = []
         now = self._clock.seconds()
         self._last_read = now
         self._last_write = now
         self._send_every = 0.0
         self._expect_every = 0.0
-        self._sends = TokenBucket(self._config.send_rate, self._config.send_burst, now)
 
     # ---------------------------------------------------------------- carrier interface
 
@@ -242,11 +292,12 @@ class StompSession:
             return
         if not frames:
             return
-        if len(self._queue) + len(frames) > self._config.max_pending_frames:
-            self._fail(StompError("too many frames in flight", code=CLOSE_POLICY), None)
-            return
         self._queue.extend(frames)
         self._pump()
+        # Only frames left waiting behind a store call are in flight; a burst that could be
+        # handled at once has been.
+        if self._busy and len(self._queue) > self._config.max_pending_frames:
+            self._fail(StompError("too many frames in flight", code=CLOSE_POLICY), None)
 
     def heartbeat_received(self) -> None:
         """
@@ -408,6 +459,10 @@ class StompSession:
         now = self._clock.seconds()
         if user.expires_at is not None and user.expires_at <= now * 1_000_000:
             raise StompError("credential expired", code=CLOSE_POLICY)
+        most = self._config.max_sessions_per_user
+        if self._services.registry.session_count(user.user_id) >= most:
+            raise StompError("too many sessions", f"at most {most} live sessions per user",
+                             CLOSE_POLICY)
         self.user = user
         self.version = version
         self._parser.limits = self._config.limits
@@ -453,6 +508,7 @@ class StompSession:
     # ---------------------------------------------------------------- commands
 
     def _on_subscribe(self, frame: Frame) -> Deferred[None] | None:
+        self._take(self._services.rates.subscribe, "SUBSCRIBE/UNSUBSCRIBE")
         sub_id = _required(frame, "id")
         destination = _required(frame, "destination")
         if sub_id in self._subscriptions:
@@ -469,6 +525,13 @@ class StompSession:
         route = route_subscription(destination)
         if route is None:
             raise StompError("unknown destination", destination)
+        for existing in self._subscriptions.values():
+            if existing.route.destination == route.destination:
+                raise StompError(
+                    "duplicate subscription",
+                    f"{route.destination} is already subscribed as {existing.id!r}",
+                    CLOSE_POLICY,
+                )
         if route.kind == "conversation":
             assert self.user is not None
             d = self._services.conversations.check_participant(self.user, route.conversation_id)
@@ -501,6 +564,7 @@ class StompSession:
             )
 
     def _on_unsubscribe(self, frame: Frame) -> None:
+        self._take(self._services.rates.subscribe, "SUBSCRIBE/UNSUBSCRIBE")
         sub_id = _required(frame, "id")
         subscription = self._subscriptions.pop(sub_id, None)
         if subscription is not None:
@@ -508,15 +572,20 @@ class StompSession:
 
     def _on_send(self, frame: Frame) -> Deferred[None] | None:
         destination = _required(frame, "destination")
-        if self._sends.take(self._clock.seconds()) is not None:
-            raise StompError("rate limit exceeded", "too many SEND frames", CLOSE_POLICY)
+        self._take(self._services.rates.send, "SEND")
         transaction = frame.get("transaction")
         if transaction is not None:
-            self._in_transaction(transaction, frame)
+            self._in_transaction(transaction, destination)
             return None
-        return self._perform_send(frame, destination)
+        return self._perform_send(destination)
 
-    def _perform_send(self, frame: Frame, destination: str) -> Deferred[None] | None:
+    def _take(self, buckets: TokenBuckets, what: str) -> None:
+        # One bucket per user, shared by all of their sessions.
+        assert self.user is not None
+        if buckets.take(self.user.user_id, self._clock.seconds()) is not None:
+            raise StompError("rate limit exceeded", f"too many {what} frames", CLOSE_POLICY)
+
+    def _perform_send(self, destination: str) -> Deferred[None] | None:
         if destination.startswith(TOPIC_PREFIX):
             raise StompError("cannot send to a topic", destination)
         route = route_send(destination)
@@ -534,9 +603,10 @@ class StompSession:
             _required(frame, "message-id")
             if self.version == "1.1":
                 _required(frame, "subscription")
+        self._take(self._services.rates.ack, "ACK/NACK")
         transaction = frame.get("transaction")
         if transaction is not None:
-            self._in_transaction(transaction, frame)
+            self._in_transaction(transaction, None)
 
     def _on_begin(self, frame: Frame) -> None:
         transaction = _required(frame, "transaction")
@@ -544,19 +614,23 @@ class StompSession:
             raise StompError("transaction already begun", transaction)
         if len(self._transactions) >= self._config.max_transactions:
             raise StompError("too many transactions", code=CLOSE_POLICY)
-        self._transactions[transaction] = []
+        self._transactions[transaction] = _Transaction()
+
+    def _end_transaction(self, transaction: str) -> _Transaction:
+        held = self._transactions.pop(transaction, None)
+        if held is None:
+            raise StompError("unknown transaction", transaction)
+        self._transaction_bytes -= held.held
+        return held
 
     def _on_commit(self, frame: Frame) -> Deferred[None] | None:
         transaction = _required(frame, "transaction")
-        frames = self._transactions.pop(transaction, None)
-        if frames is None:
-            raise StompError("unknown transaction", transaction)
+        held = self._end_transaction(transaction)
         pending: list[Deferred[None]] = []
-        for queued in frames:
-            if queued.command == "SEND":
-                d = self._perform_send(queued, queued.get("destination") or "")
-                if d is not None:
-                    pending.append(d)
+        for destination in held.sends:
+            d = self._perform_send(destination)
+            if d is not None:
+                pending.append(d)
         if not pending:
             return None
         # The sends are independent events; wait for all so COMMIT's receipt means done.
@@ -566,8 +640,7 @@ class StompSession:
 
     def _on_abort(self, frame: Frame) -> None:
         transaction = _required(frame, "transaction")
-        if self._transactions.pop(transaction, None) is None:
-            raise StompError("unknown transaction", transaction)
+        self._end_transaction(transaction)
 
     def _on_disconnect(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
@@ -576,13 +649,30 @@ class StompSession:
         self._queue.clear()
         self._close(CLOSE_NORMAL, "client disconnected")
 
-    def _in_transaction(self, transaction: str, frame: Frame) -> None:
-        frames = self._transactions.get(transaction)
-        if frames is None:
+    def _in_transaction(self, transaction: str, destination: str | None) -> None:
+        """
+        Hold a frame in a transaction until COMMIT: a SEND's destination, or nothing but a
+        count for an ACK/NACK (C{destination} L{None}).
+        """
+        held = self._transactions.get(transaction)
+        if held is None:
             raise StompError("unknown transaction", transaction)
-        if len(frames) >= self._config.max_transaction_frames:
+        if held.frames >= self._config.max_transaction_frames:
             raise StompError("transaction too large", code=CLOSE_POLICY)
-        frames.append(frame)
+        held.frames += 1
+        if destination is None:
+            return
+        cost = _HELD_SEND_OVERHEAD + len(destination.encode("utf-8"))
+        most = self._config.max_transaction_bytes
+        if self._transaction_bytes + cost > most:
+            raise StompError(
+                "transactions too large",
+                f"open transactions may hold at most {most} bytes",
+                CLOSE_POLICY,
+            )
+        held.sends.append(destination)
+        held.held += cost
+        self._transaction_bytes += cost
 
     _handlers: dict[str, Callable[[StompSession, Frame], Any]] = {
         "SUBSCRIBE": _on_subscribe,
@@ -717,6 +807,7 @@ class StompSession:
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         self._transactions.clear()
+        self._transaction_bytes = 0
         for subscription in subscriptions:
             self._unsubscribe(subscription)
         self._services.registry.remove(self)

@@ -1150,6 +1150,18 @@ class ErrorTests(APITestCase):
         reply = await self.post_message(conversation_id, json_body={"message": "later"})
         self.assertEqual(reply.status, 201)
 
+    async def test_conversation_rate_limit(self) -> None:
+        """The 11th conversation a user opens within a minute is 429; others are not held."""
+        for _ in range(10):
+            await self.create()
+        reply = await self.request("POST", "/api/v1/conversation", token=self.customer)
+        self.assertEqual(reply.status, 429)
+        self.assertEqual(reply.header("Retry-After"), "6")
+        self.assertEqual(reply.json["detail"], "at most 10 new conversations per 60 seconds")
+        await self.create(self.other)
+        self.clock.advance(6)
+        await self.create()
+
     async def test_unexpected_failure(self) -> None:
         """An unexpected failure is a generic 500 problem; the traceback is only logged."""
         conversation_id = await self.create()

@@ -294,9 +294,11 @@ class SubscriptionTests(SynchronousTestCase):
         services = make_services(self.clock, max_subscriptions=2)
         client = Client(services)
         client.connect()
-        for i in range(3):
-            client.send("SUBSCRIBE", {"id": str(i), "destination": HEARTBEAT_TOPIC})
-        self.assertEqual(client.next().get("message"), "too many subscriptions")
+        destinations = [HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC,
+                        "/v1/topic/conversation/6b92c178-c22b-4bbb-8dec-8d497660b5bf"]
+        for i, destination in enumerate(destinations):
+            client.send("SUBSCRIBE", {"id": str(i), "destination": destination})
+        self.assertEqual(client.frames()[-1].get("message"), "too many subscriptions")
 
     def test_client_ack(self) -> None:
         """ack:client MESSAGEs carry an ack header (1.2) that ACK and NACK accept."""
