@@ -29,6 +29,7 @@ from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
@@ -306,8 +307,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     session_ttl = cookie_checkers[0].ttl if cookie_checkers else config["session-ttl"]
 
     hub = InProcessHub()
+    presence = InProcessPresence(hub)
     wheel = TimerWheel(clock)
-    registry = SessionRegistry(hub)
+    registry = SessionRegistry()
     threadpool = ThreadPool(minthreads=1, maxthreads=4, name="medichat-kdf")
 
     def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -323,7 +325,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
     accounts.add_revocation_observer(revoked)
     conversations = ConversationService(
-        store, hub, clock, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, max_message_length=config["max-message-length"]
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
@@ -347,6 +349,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     services = StompServices(
         hub=hub,
+        presence=presence,
         portal=portal,
         clock=clock,
         conversations=conversations,

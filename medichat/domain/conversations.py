@@ -31,10 +31,11 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from medichat import rsql
 from medichat.errors import BadRequest, Forbidden, NotFound
-from medichat.interfaces import IHub, IStore
+from medichat.interfaces import IConversations, IHub, IPresence, IStore
 from medichat.model import (
     Conversation,
     Message,
@@ -199,6 +200,7 @@ class _LockEntry:
     users: int = 0
 
 
+@implementer(IConversations)
 @define
 class ConversationService:
     """
@@ -207,12 +209,15 @@ class ConversationService:
     @ivar store: where conversations live.
     @ivar hub: where their events are published.
     @ivar clock: the source of every time stamp.
+    @ivar presence: who is subscribed to a conversation, to mark new messages received for
+        them.
     @ivar max_message_length: the longest chat message accepted, in characters.
     """
 
     store: IStore
     hub: IHub
     clock: IReactorTime
+    presence: IPresence
     max_message_length: int = MAX_MESSAGE_LENGTH
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
 
@@ -433,8 +438,8 @@ class ConversationService:
         Add a message to a conversation.
 
         After the commit, publishes the C{message} event and then, for every other user
-        subscribed to the conversation's topic at that moment, marks it received (with a
-        C{received} event where that changed anything).  A replay, with an
+        subscribed to the conversation at that moment (as L{presence} knows it), marks it
+        received (with a C{received} event where that changed anything).  A replay, with an
         C{idempotency_key} used before by this user in this conversation, stores and
         publishes nothing and returns the first message.
 
@@ -469,8 +474,13 @@ class ConversationService:
         if not created:
             return stored  # type: ignore[no-any-return]
         self._publish(conversation.id, {"message": stored.as_json()})
-        topic = conversation_topic(conversation.id)
-        for other in sorted(self.hub.subscribed_users(topic) - {user.user_id}):
+        try:
+            subscribed = await self.presence.subscribed_users(conversation.id)
+        except Exception:
+            # As below: the message is committed; the receipts are a courtesy.
+            _log.failure("who is in conversation {conversation}?", conversation=conversation.id)
+            subscribed = frozenset()
+        for other in sorted(subscribed - {user.user_id}):
             try:
                 await self._mark(other, conversation.id, "received")
             except Exception:
@@ -530,5 +540,3 @@ class ConversationService:
             await self._serialised(conversation.id, publish)
 
         return Deferred.fromCoroutine(typing())
-
-    list = list_conversations

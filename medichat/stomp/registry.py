@@ -1,20 +1,17 @@
 """
-Who is connected: the live STOMP sessions of this process, by user and by login session,
-and the count of distinct online employees published on C{/v1/topic/online-employees}.
+The live STOMP sessions of this process, by user and by login session, so that the server
+can end them: on a revoked login, or when it stops.
+
+Who counts as online, and who is in which conversation, is not kept here but in
+L{medichat.interfaces.IPresence}, which the sessions report to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
-from twisted.logger import Logger
-
-from medichat.interfaces import IHub
 from medichat.model import User
-from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC
-
-_log = Logger()
 
 
 class LiveSession(Protocol):
@@ -34,21 +31,10 @@ class LiveSession(Protocol):
 class SessionRegistry:
     """
     The authenticated STOMP sessions of this process.
-
-    An employee counts as online while at least one of their sessions is live (an HTTP
-    login alone does not count).  Every change of the distinct count is published.
     """
 
-    def __init__(self, hub: IHub) -> None:
-        self._hub = hub
+    def __init__(self) -> None:
         self._by_user: dict[str, set[LiveSession]] = {}
-        self._online_employees: set[str] = set()
-        self._observers: list[Callable[[int], Any]] = []
-
-    @property
-    def online_employees(self) -> int:
-        """The number of distinct employees with a live session."""
-        return len(self._online_employees)
 
     def add(self, session: LiveSession) -> None:
         """
@@ -57,9 +43,6 @@ class SessionRegistry:
         user = session.user
         assert user is not None
         self._by_user.setdefault(user.user_id, set()).add(session)
-        if user.is_employee and user.user_id not in self._online_employees:
-            self._online_employees.add(user.user_id)
-            self._changed()
 
     def remove(self, session: LiveSession) -> None:
         """
@@ -72,12 +55,8 @@ class SessionRegistry:
         if not sessions or session not in sessions:
             return
         sessions.discard(session)
-        if sessions:
-            return
-        del self._by_user[user.user_id]
-        if user.user_id in self._online_employees:
-            self._online_employees.discard(user.user_id)
-            self._changed()
+        if not sessions:
+            del self._by_user[user.user_id]
 
     def sessions_of(self, user_id: str) -> frozenset[LiveSession]:
         """
@@ -98,6 +77,8 @@ class SessionRegistry:
         @return: how many sessions were ended.
         """
         targets: Iterable[LiveSession]
+        if user_id is None and session_id is None:
+            return 0
         if user_id is not None:
             targets = list(self._by_user.get(user_id, ()))
         else:
@@ -123,8 +104,3 @@ class SessionRegistry:
         for session in sessions:
             session.shutdown()
         return len(sessions)
-
-    def _changed(self) -> None:
-        count = len(self._online_employees)
-        _log.debug("online employees: {count}", count=count)
-        self._hub.publish(ONLINE_EMPLOYEES_TOPIC, {"online": count})

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from medichat.domain.conversations import (
     ConversationService,
@@ -20,8 +21,9 @@ from medichat.domain.conversations import (
     decode_cursor,
     encode_cursor,
 )
+from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
-from medichat.interfaces import ISubscriber
+from medichat.interfaces import IConversations, ISubscriber
 from medichat.model import Conversation, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
@@ -70,7 +72,9 @@ class ServiceTestCase(TestCase):
         await self.store.start()
         self.addCleanup(self.store.stop)
         self.hub = InProcessHub()
-        self.service = ConversationService(self.store, self.hub, self.clock)
+        # Presence publishes on a hub of its own: these tests record conversation events.
+        self.presence = InProcessPresence(InProcessHub())
+        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
 
     async def conversation(self, user: User = CUSTOMER) -> Conversation:
         conversation: Conversation = await self.service.create(user)
@@ -79,6 +83,10 @@ class ServiceTestCase(TestCase):
     def subscribe(self, conversation: Conversation, user: User) -> Recorder:
         recorder = Recorder(user)
         self.hub.subscribe(conversation_topic(conversation.id), recorder)
+        # As a STOMP session reports its subscription.
+        session_key = f"session-{id(recorder)}"
+        self.presence.session_opened(session_key, user.user_id, user.is_employee)
+        self.presence.joined(session_key, conversation.id)
         return recorder
 
     async def fails(self, d: Deferred[Any], kind: type[DomainError]) -> str:
@@ -107,6 +115,10 @@ class CreateTests(ServiceTestCase):
         """Employees do not open conversations."""
         detail = await self.fails(self.service.create(EMPLOYEE), Forbidden)
         self.assertEqual(detail, "only customers open conversations")
+
+    def test_interface(self) -> None:
+        """The service provides what the STOMP session needs of conversations."""
+        self.assertTrue(verifyObject(IConversations, self.service))
 
 
 class GetTests(ServiceTestCase):

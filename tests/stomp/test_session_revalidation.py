@@ -11,15 +11,18 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
 
 from medichat.auth.checkers import SessionCookieChecker
 from medichat.auth.credentials import SessionCookie
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts
+from medichat.domain.presence import InProcessPresence
+from medichat.interfaces import IConversations
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.session import StompConfig, StompServices, StompSession
 from medichat.store import open_store
-from tests._stomp import realistic_clock
+from tests._stomp import NoConversations, realistic_clock
 
 
 class _Carrier:
@@ -55,9 +58,11 @@ class RevalidationTests(TestCase):
         self.accounts = Accounts(self.store, self.clock, session_ttl=600)
         yield self.accounts.add_employee("nurse@example.org", "Nurse", "correct horse")
         checker = SessionCookieChecker(600, store=self.store, clock=self.clock)
+        hub = InProcessHub("t")
+        self.presence = InProcessPresence(hub)
         self.services = StompServices(
-            hub=InProcessHub("t"), portal=build_portal([checker]), clock=self.clock,
-            config=StompConfig(revalidate_interval=30.0),
+            hub=hub, presence=self.presence, portal=build_portal([checker]), clock=self.clock,
+            conversations=NoConversations(), config=StompConfig(revalidate_interval=30.0),
         )
 
     @inlineCallbacks
@@ -84,12 +89,12 @@ class RevalidationTests(TestCase):
     def test_disabled_employee_is_ended(self) -> Any:
         """Disabling the account (from any process) ends the live session with ERROR."""
         _token, carrier, _session = yield self.connect()
-        self.assertEqual(self.services.registry.online_employees, 1)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 1)
         yield self.accounts.set_disabled("nurse@example.org", True)
         self.clock.advance(31)
         yield self.settle(lambda: carrier.closed is not None)
         self.assertIn(b"message:session revoked", carrier.sent[-1])
-        self.assertEqual(self.services.registry.online_employees, 0)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 0)
 
     @inlineCallbacks
     def test_logout_ends_session(self) -> Any:
@@ -112,3 +117,7 @@ class RevalidationTests(TestCase):
                               or carrier.closed is not None)
         self.assertIsNone(carrier.closed)
         self.assertGreater(session.user.expires_at, first + 600 * 1_000_000)
+
+    def test_fakes_provide_interfaces(self) -> None:
+        """The stand-in conversations provide what the session needs."""
+        self.assertTrue(verifyObject(IConversations, NoConversations()))
