@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -34,11 +33,10 @@ from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
 from medichat.interfaces import IBearerToken, ISessionCookie, IStoreBound
-from medichat.model import format_time, micros
+from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
-from medichat.pubsub.topics import HEARTBEAT_TOPIC
 from medichat.stomp.codec import Limits
-from medichat.stomp.registry import SessionRegistry
+from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
 
@@ -316,14 +314,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         return deferToThreadPool(reactor, threadpool, fn, *args, **kwargs)
 
     accounts = Accounts(store, clock, session_ttl=session_ttl, run_blocking=run_blocking)
-    def revoked(session_id: str | None, employee_id: str | None) -> None:
-        # Logout, a password change or disablement ends the employee's live sessions.
-        if employee_id is not None:
-            registry.end_sessions(user_id=employee_id, message="session revoked")
-        elif session_id is not None:
-            registry.end_sessions(session_id=session_id, message="session revoked")
-
-    accounts.add_revocation_observer(revoked)
+    accounts.add_revocation_observer(RevocationObserver(registry))
     conversations = ConversationService(
         store, hub, clock, presence, max_message_length=config["max-message-length"]
     )
@@ -383,12 +374,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     for description in config["stomp-listen"]:
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))
 
-    def beat() -> None:
-        now = micros(clock.seconds())
-        hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": format_time(now)}})
-
-    heartbeat = TimerService(config["heartbeat-topic-interval"], beat)
-    heartbeat.clock = clock
-    heartbeat.setServiceParent(top)
+    HeartbeatTopicService(hub, clock, config["heartbeat-topic-interval"]).setServiceParent(top)
     return top
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from attrs import frozen
+
 from medichat.model import User
 
 
@@ -104,3 +106,29 @@ class SessionRegistry:
         for session in sessions:
             session.shutdown()
         return len(sessions)
+
+
+@frozen
+class RevocationObserver:
+    """
+    Ends live sessions whose login was revoked; give it to
+    L{medichat.domain.accounts.Accounts.add_revocation_observer}.
+
+    A logout names its login session, and ends only the STOMP sessions authenticated by
+    that login (one device); a password change or disablement names only the employee, and
+    ends all of their sessions.
+
+    @ivar registry: the live sessions.
+    """
+
+    registry: SessionRegistry
+
+    def __call__(self, session_id: str | None, employee_id: str | None) -> None:
+        """
+        Login session C{session_id} (or every login of C{employee_id}, when C{session_id}
+        is L{None}) was revoked.
+        """
+        if session_id is not None:
+            self.registry.end_sessions(session_id=session_id, message="session revoked")
+        elif employee_id is not None:
+            self.registry.end_sessions(user_id=employee_id, message="session revoked")

@@ -20,7 +20,8 @@ from medichat.domain.accounts import Accounts
 from medichat.domain.presence import InProcessPresence
 from medichat.interfaces import IConversations
 from medichat.pubsub.hub import InProcessHub
-from medichat.stomp.session import StompConfig, StompServices, StompSession
+from medichat.stomp.registry import RevocationObserver
+from medichat.stomp.session import CLOSE_POLICY, StompConfig, StompServices, StompSession
 from medichat.store import open_store
 from tests._stomp import NoConversations, realistic_clock
 
@@ -117,6 +118,28 @@ class RevalidationTests(TestCase):
                               or carrier.closed is not None)
         self.assertIsNone(carrier.closed)
         self.assertGreater(session.user.expires_at, first + 600 * 1_000_000)
+
+    @inlineCallbacks
+    def test_logout_ends_only_that_login(self) -> Any:
+        """Logout on one device ends that login's sessions at once; the other device's stays."""
+        self.accounts.add_revocation_observer(RevocationObserver(self.services.registry))
+        token, phone, _ = yield self.connect()
+        _other, desk, _ = yield self.connect()
+        yield self.accounts.logout(token)
+        self.assertEqual(phone.closed, CLOSE_POLICY)
+        self.assertIn(b"message:session revoked", phone.sent[-1])
+        self.assertIsNone(desk.closed)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 1)
+
+    @inlineCallbacks
+    def test_password_change_ends_all(self) -> Any:
+        """A new password ends every live session of the employee at once, on every device."""
+        self.accounts.add_revocation_observer(RevocationObserver(self.services.registry))
+        _token, phone, _ = yield self.connect()
+        _other, desk, _ = yield self.connect()
+        yield self.accounts.set_password("nurse@example.org", "battery staple")
+        self.assertEqual((phone.closed, desk.closed), (CLOSE_POLICY, CLOSE_POLICY))
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 0)
 
     def test_fakes_provide_interfaces(self) -> None:
         """The stand-in conversations provide what the session needs."""
