@@ -16,15 +16,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from medichat.domain.conversations import (
+    ConversationPage,
     ConversationService,
-    conversation_summary,
     decode_cursor,
     encode_cursor,
 )
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
 from medichat.interfaces import IConversations, ISubscriber
-from medichat.model import Conversation, User, format_time
+from medichat.model import Conversation, Receipt, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.store import open_store
@@ -131,21 +131,11 @@ class GetTests(ServiceTestCase):
         """A new conversation has no messages; the GET itself marks it received."""
         conversation = await self.conversation()
         result = await self.service.get(CUSTOMER, conversation.id)
+        self.assertEqual(result.conversation, conversation)
+        self.assertEqual((list(result.messages), list(result.read)), ([], []))
         self.assertEqual(
-            compact(result),
-            compact(
-                {
-                    "id": conversation.id,
-                    "created": "2021-07-26T12:05:22Z",
-                    "customerId": CUSTOMER.user_id,
-                    "customerName": "c1",
-                    "messages": [],
-                    "read": [],
-                    "received": [
-                        {"userId": CUSTOMER.user_id, "receivedAt": "2021-07-26T12:05:22Z"}
-                    ],
-                }
-            ),
+            list(result.received),
+            [Receipt(conversation.id, CUSTOMER.user_id, int(NOW * 1_000_000))],
         )
 
     async def test_received_event(self) -> None:
@@ -193,14 +183,14 @@ class GetTests(ServiceTestCase):
         """Any employee may read any conversation."""
         conversation = await self.conversation()
         result = await self.service.get(EMPLOYEE, conversation.id)
-        self.assertEqual(result["id"], conversation.id)
-        self.assertEqual([r["userId"] for r in result["received"]], [EMPLOYEE.user_id])
+        self.assertEqual(result.conversation.id, conversation.id)
+        self.assertEqual([r.user_id for r in result.received], [EMPLOYEE.user_id])
 
     async def test_upper_case_id(self) -> None:
         """An id in upper case names the same conversation."""
         conversation = await self.conversation()
         result = await self.service.get(CUSTOMER, conversation.id.upper())
-        self.assertEqual(result["id"], conversation.id)
+        self.assertEqual(result.conversation.id, conversation.id)
 
     async def test_messages_query_order_limit(self) -> None:
         """query, order and limit select and sort the messages."""
@@ -215,7 +205,7 @@ class GetTests(ServiceTestCase):
 
         async def messages(**kwargs: Any) -> list[str]:
             result = await self.service.get(CUSTOMER, conversation.id, **kwargs)
-            return [m["message"] for m in result["messages"]]
+            return [m.message for m in result.messages]
 
         self.assertEqual(await messages(), texts)
         self.assertEqual(await messages(query=query), ["m1", "m2"])
@@ -505,18 +495,13 @@ class ListTests(ServiceTestCase):
         made = await self.make()
         page = await self.service.list_conversations(CUSTOMER)
         own = [c for c in made if c.customer_id == CUSTOMER.user_id]
-        self.assertEqual(
-            page, {"conversations": [conversation_summary(c) for c in own], "next": None}
-        )
-        self.assertEqual(
-            list(page["conversations"][0]), ["id", "created", "customerId", "customerName"]
-        )
+        self.assertEqual(page, ConversationPage(own, None))
 
     async def test_employee_sees_all(self) -> None:
         """An employee lists every conversation."""
         made = await self.make()
         page = await self.service.list_conversations(EMPLOYEE, order="-created")
-        self.assertEqual([c["id"] for c in page["conversations"]], [c.id for c in reversed(made)])
+        self.assertEqual([c.id for c in page.conversations], [c.id for c in reversed(made)])
 
     async def test_paging(self) -> None:
         """Pages chain through next cursors until next is None."""
@@ -526,9 +511,9 @@ class ListTests(ServiceTestCase):
         pages = 0
         while True:
             page = await self.service.list_conversations(EMPLOYEE, limit=2, cursor=cursor)
-            seen += [c["id"] for c in page["conversations"]]
+            seen += [c.id for c in page.conversations]
             pages += 1
-            cursor = page["next"]
+            cursor = page.next
             if cursor is None:
                 break
         self.assertEqual(seen, [c.id for c in made])
@@ -538,7 +523,7 @@ class ListTests(ServiceTestCase):
         """When the last page is full, next is None rather than pointing at nothing."""
         await self.make()
         page = await self.service.list_conversations(EMPLOYEE, limit=5)
-        self.assertEqual((len(page["conversations"]), page["next"]), (5, None))
+        self.assertEqual((len(page.conversations), page.next), (5, None))
 
     async def test_query(self) -> None:
         """The RSQL filter over created and customerId applies."""
@@ -546,7 +531,7 @@ class ListTests(ServiceTestCase):
         page = await self.service.list_conversations(
             EMPLOYEE, query=f"customerId=={OTHER_CUSTOMER.user_id};created=gt=2021-07-26T12:05:24Z"
         )
-        self.assertEqual([c["id"] for c in page["conversations"]], [made[3].id])
+        self.assertEqual([c.id for c in page.conversations], [made[3].id])
 
     async def test_bad_parameters(self) -> None:
         """Bad query, order, limit and cursor are BadRequests."""
