@@ -79,39 +79,33 @@ class IFrameTransport(Interface):
 
 class ISubscriber(Interface):
     """
-    One subscription, as the hub sees it: something to deliver encoded events to.
+    One subscription, as the hub sees it: something to deliver publications to.
     """
-
-    user_id = Attribute("The subscribing user's id (C{str}).")
 
     def deliver(publication: Any) -> None:
         """
-        Deliver one L{medichat.pubsub.hub.Publication}: an event encoded once for every subscriber.
+        Deliver one L{medichat.pubsub.hub.Publication}: an event encoded once for every
+        subscriber.
         """
 
 
 class IHub(Interface):
     """
-    Publish/subscribe between sessions, reactor-driven.  In-process for one node; a
-    PostgreSQL LISTEN/NOTIFY implementation lets several nodes act as one.
+    Publish/subscribe between sessions, reactor-driven.
 
     Publishing encodes an event once; each subscriber then only adds what differs per
-    subscription.
+    subscription.  The hub gives subscriptions no further meaning: who is present where is
+    L{IPresence}'s business.
     """
 
-    def subscribe(destination: str, subscriber: ISubscriber) -> bool:
+    def subscribe(destination: str, subscriber: ISubscriber) -> None:
         """
-        Add C{subscriber} to C{destination}.
-
-        @return: C{True} if this is the subscriber's user's first live subscription to
-            C{destination}.
+        Add C{subscriber} to C{destination}; adding it twice changes nothing.
         """
 
-    def unsubscribe(destination: str, subscriber: ISubscriber) -> bool:
+    def unsubscribe(destination: str, subscriber: ISubscriber) -> None:
         """
         Remove C{subscriber} from C{destination}; unknown pairs are ignored.
-
-        @return: C{True} if that was the user's last live subscription to C{destination}.
         """
 
     def publish(destination: str, event: dict[str, Any]) -> None:
@@ -119,9 +113,84 @@ class IHub(Interface):
         Deliver C{event} (JSON-serialisable) to every current subscriber of C{destination}.
         """
 
-    def subscribed_users(destination: str) -> frozenset[str]:
+
+# --------------------------------------------------------------------------------------
+# Domain services
+
+
+class IPresence(Interface):
+    """
+    Who is where: the open sessions of each user, and which conversations each session has
+    joined.
+
+    Sessions and conversations are named by plain ids, so an implementation may keep this
+    in one process or share it between processes through a store.  An implementation
+    publishes through the hub (L{medichat.pubsub.topics}):
+
+      - C{{"online": N}} on C{/v1/topic/online-employees} whenever the number of distinct
+        employees with at least one open session changes;
+      - C{{"userConnected": {"userId"}}} on a conversation's topic when a user's first
+        subscription to it (over all of that user's sessions) appears, and
+        C{{"userDisconnected": {"userId"}}} when their last one ends.
+
+    Every method returns a L{Deferred}, which an in-process implementation fires at once.
+    """
+
+    def session_opened(session_key: str, user_id: str, employee: bool) -> Deferred[None]:
         """
-        The ids of users with at least one live subscription to C{destination}.
+        A session of C{user_id} was authenticated.
+
+        @param session_key: unique among all live sessions, never reused.
+        @param employee: whether the user counts towards the online employees.
+        """
+
+    def session_closed(session_key: str) -> Deferred[None]:
+        """
+        A session ended: everything it still had joined is left (as L{left} would), then it
+        stops counting as online.  An unknown key is ignored.
+        """
+
+    def joined(session_key: str, conversation_id: str) -> Deferred[None]:
+        """
+        One more subscription of an open session to a conversation (a session may hold
+        several to the same one).
+        """
+
+    def left(session_key: str, conversation_id: str) -> Deferred[None]:
+        """
+        One subscription of a session to a conversation ended; unknown pairs are ignored.
+        """
+
+    def subscribed_users(conversation_id: str) -> Deferred[frozenset[str]]:
+        """
+        The ids of the users with at least one subscription to the conversation.
+        """
+
+    def online_employees() -> Deferred[int]:
+        """
+        The number of distinct employees with at least one open session.
+        """
+
+
+class IConversations(Interface):
+    """
+    What a STOMP session needs of the conversations (implemented by
+    L{medichat.domain.conversations.ConversationService}).
+    """
+
+    def check_participant(user: Any, conversation_id: str) -> Deferred[Any]:
+        """
+        The L{medichat.model.Conversation}, if the L{medichat.model.User} takes part in it.
+
+        @raise medichat.errors.NotFound: (asynchronously) for a malformed or unknown id, or
+            a conversation of another customer.
+        """
+
+    def typing(user: Any, conversation_id: str, started: bool) -> Deferred[None]:
+        """
+        Tell the conversation that the user started or stopped typing.
+
+        @raise medichat.errors.NotFound: (asynchronously) as L{check_participant}.
         """
 
 

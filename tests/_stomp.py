@@ -8,11 +8,17 @@ from typing import Any
 
 import jwt
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
 
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.realm import build_portal
 from medichat.carriers.tcp import StompTCPFactory, StompTCPProtocol
+from medichat.domain.presence import InProcessPresence
+from medichat.errors import NotFound
+from medichat.interfaces import IConversations
+from medichat.model import User
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.codec import SERVER_COMMANDS, Frame, FrameParser, Limits, encode_frame
 from medichat.stomp.session import StompConfig, StompServices
@@ -43,19 +49,37 @@ def realistic_clock() -> MemoryReactorClock:
     return clock
 
 
+@implementer(IConversations)
+class NoConversations:
+    """
+    Conversations where none exist: every id is unknown.
+    """
+
+    def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return fail(NotFound("no such conversation"))
+
+    def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
+        return fail(NotFound("no such conversation"))
+
+
 def make_services(
     clock: MemoryReactorClock | None = None,
     conversations: Any = None,
     **config: Any,
 ) -> StompServices:
-    """Real hub, real portal with a JWT checker, on a memory clock."""
+    """
+    Real hub and presence, real portal with a JWT checker, on a memory clock; no
+    conversations unless given.
+    """
     clock = clock or realistic_clock()
     portal = build_portal([JWTChecker(secret=SECRET, clock=clock)])
+    hub = InProcessHub("test")
     return StompServices(
-        hub=InProcessHub("test"),
+        hub=hub,
+        presence=InProcessPresence(hub),
         portal=portal,
         clock=clock,
-        conversations=conversations,
+        conversations=conversations or NoConversations(),
         config=StompConfig(**config),
     )
 

@@ -19,6 +19,7 @@ from medichat.app.admin import run
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.credentials import BearerToken
 from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.errors import AuthenticationFailed, BadRequest
 from medichat.model import is_blank, is_display_name
 from medichat.pubsub.hub import InProcessHub
@@ -118,7 +119,8 @@ class BlankMessageTests(SynchronousTestCase):
     def test_invisible_only(self) -> None:
         """Zero-width spaces and friends with whitespace: 'message: must not be blank'."""
         store = open_store(None, self.mktemp(), reactor)
-        service = ConversationService(store, InProcessHub(), Clock())
+        hub = InProcessHub()
+        service = ConversationService(store, hub, Clock(), InProcessPresence(hub))
         for text in ("\u200b", "\u200b\u200c\u200d \n\u2060\ufeff", "\u3164\u2800"):
             with self.assertRaises(BadRequest) as raised:
                 service.validate_message(text)

@@ -37,11 +37,15 @@ from medichat.auth.realm import MedichatRealm
 from medichat.carriers._budget import WriteBudget
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
+from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import (
     IBearerToken,
+    IConversations,
     IFrameTransport,
     IHub,
+    IPresence,
     ISessionCookie,
     IStore,
     IStoreBound,
@@ -53,10 +57,11 @@ from medichat.stomp.destinations import route_subscription
 from medichat.stomp.session import _Subscription
 from medichat.store import PostgreSQLStore, SQLiteStore
 from medichat.testing import MemoryStore
-from tests._stomp import Client, make_services
-from tests.domain import test_conversations
+from tests._stomp import Client, NoConversations, make_services
+from tests.domain import test_conversations, test_presence
 from tests.http import test_rest
-from tests.stomp import test_session_revalidation
+from tests.pubsub import test_hub
+from tests.stomp import test_session, test_session_revalidation
 
 Make = Callable[[SynchronousTestCase], object]
 
@@ -99,6 +104,10 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IFrameTransport, _websocket_protocol),
     (ISubscriber, _subscription),
     (IHub, lambda case: InProcessHub("test")),
+    (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
+    (IConversations, lambda case: ConversationService(
+        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t"))
+    )),
     (IStore, lambda case: SQLiteStore(case.mktemp(), Clock())),
     (IStore, lambda case: PostgreSQLStore("postgresql://postgres@127.0.0.1/none", Clock())),
     (IStore, lambda case: MemoryStore(Clock())),
@@ -115,6 +124,10 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ISubscriber, lambda case: test_rest.Recorder(USER.user_id)),
     (ISubscriber, lambda case: test_conversations.Recorder(USER)),
     (IFrameTransport, lambda case: test_session_revalidation._Carrier()),
+    (ISubscriber, lambda case: test_hub.Keeper()),
+    (ISubscriber, lambda case: test_presence.Events()),
+    (IConversations, lambda case: NoConversations()),
+    (IConversations, lambda case: test_session._EveryoneTakesPart()),
 ]
 """Each implementation, as the interface and how to make one."""
 

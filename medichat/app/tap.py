@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -30,16 +29,16 @@ from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.http._channel import HTTPConnections
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
 from medichat.interfaces import IBearerToken, ISessionCookie, IStoreBound
-from medichat.model import format_time, micros
+from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
-from medichat.pubsub.topics import HEARTBEAT_TOPIC
 from medichat.stomp.codec import Limits
-from medichat.stomp.registry import SessionRegistry
+from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
 
@@ -378,24 +377,18 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     session_ttl = cookie_checkers[0].ttl if cookie_checkers else config["session-ttl"]
 
     hub = InProcessHub()
+    presence = InProcessPresence(hub)
     wheel = TimerWheel(clock)
-    registry = SessionRegistry(hub)
+    registry = SessionRegistry()
     threadpool = ThreadPool(minthreads=1, maxthreads=4, name="medichat-kdf")
 
     def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadpool, fn, *args, **kwargs)
 
     accounts = Accounts(store, clock, session_ttl=session_ttl, run_blocking=run_blocking)
-    def revoked(session_id: str | None, employee_id: str | None) -> None:
-        # Logout, a password change or disablement ends the employee's live sessions.
-        if employee_id is not None:
-            registry.end_sessions(user_id=employee_id, message="session revoked")
-        elif session_id is not None:
-            registry.end_sessions(session_id=session_id, message="session revoked")
-
-    accounts.add_revocation_observer(revoked)
+    accounts.add_revocation_observer(RevocationObserver(registry))
     conversations = ConversationService(
-        store, hub, clock, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, max_message_length=config["max-message-length"]
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
@@ -426,6 +419,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     services = StompServices(
         hub=hub,
+        presence=presence,
         portal=portal,
         clock=clock,
         conversations=conversations,
@@ -469,12 +463,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     for description in config["stomp-listen"]:
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))
 
-    def beat() -> None:
-        now = micros(clock.seconds())
-        hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": format_time(now)}})
-
-    heartbeat = TimerService(config["heartbeat-topic-interval"], beat)
-    heartbeat.clock = clock
-    heartbeat.setServiceParent(top)
+    HeartbeatTopicService(hub, clock, config["heartbeat-topic-interval"]).setServiceParent(top)
     return top
 

@@ -27,14 +27,15 @@ import binascii
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from medichat import rsql
 from medichat.errors import BadRequest, Forbidden, NotFound
-from medichat.interfaces import IHub, IStore
+from medichat.interfaces import IConversations, IHub, IPresence, IStore
 from medichat.model import (
     Conversation,
     Message,
@@ -54,9 +55,9 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_MESSAGE_LENGTH",
     "ORDERS",
+    "ConversationDetail",
+    "ConversationPage",
     "ConversationService",
-    "conversation_json",
-    "conversation_summary",
     "decode_cursor",
     "encode_cursor",
 ]
@@ -80,42 +81,42 @@ _VALUE_CHECKS: dict[str, Callable[[str], object]] = {"created": parse_time}
 
 
 # ----------------------------------------------------------------------------------------
-# JSON shapes
+# What the service returns
 
 
-def _receipt_json(receipt: Receipt, key: str) -> dict[str, str]:
-    return {"userId": receipt.user_id, key: format_time(receipt.at)}
-
-
-def conversation_summary(conversation: Conversation) -> dict[str, Any]:
+@frozen
+class ConversationDetail:
     """
-    A conversation without messages or receipts, as listed by C{GET /v1/conversation}:
-    C{id}, C{created}, C{customerId}, C{customerName}.
+    A conversation with (a selection of) its messages and its receipts.
+
+    @ivar conversation: the conversation itself.
+    @ivar messages: its messages, in the order asked for.
+    @ivar read: who read it when, by user id.
+    @ivar received: who received it when, by user id.
     """
-    return {
-        "id": conversation.id,
-        "created": format_time(conversation.created),
-        "customerId": conversation.customer_id,
-        "customerName": conversation.customer_name,
-    }
+
+    conversation: Conversation
+    messages: Sequence[Message]
+    read: Sequence[Receipt]
+    received: Sequence[Receipt]
 
 
-def conversation_json(
-    conversation: Conversation,
-    messages: Sequence[Message] = (),
-    read: Sequence[Receipt] = (),
-    received: Sequence[Receipt] = (),
-) -> dict[str, Any]:
+@frozen
+class ConversationPage:
     """
-    The full conversation of SPEC section 3: C{id}, C{created}, C{customerId},
-    C{customerName}, C{messages}, C{read} (C{userId}, C{readAt}) and C{received}
-    (C{userId}, C{receivedAt}).
+    One page of a conversation listing.
+
+    @ivar conversations: the conversations on this page, in the order asked for.
+    @ivar next: the cursor of the following page (see L{encode_cursor}), or L{None} on the
+        last page.
     """
-    result = conversation_summary(conversation)
-    result["messages"] = [m.as_json() for m in messages]
-    result["read"] = [_receipt_json(r, "readAt") for r in read]
-    result["received"] = [_receipt_json(r, "receivedAt") for r in received]
-    return result
+
+    conversations: Sequence[Conversation]
+    next: str | None
+
+
+# ----------------------------------------------------------------------------------------
+# Cursors
 
 
 def encode_cursor(conversation: Conversation) -> str:
@@ -202,6 +203,7 @@ class _LockEntry:
     users: int = 0
 
 
+@implementer(IConversations)
 @define
 class ConversationService:
     """
@@ -210,12 +212,15 @@ class ConversationService:
     @ivar store: where conversations live.
     @ivar hub: where their events are published.
     @ivar clock: the source of every time stamp.
+    @ivar presence: who is subscribed to a conversation, to mark new messages received for
+        them.
     @ivar max_message_length: the longest chat message accepted, in characters.
     """
 
     store: IStore
     hub: IHub
     clock: IReactorTime
+    presence: IPresence
     max_message_length: int = MAX_MESSAGE_LENGTH
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
 
@@ -330,10 +335,10 @@ class ConversationService:
         order: str = "created",
         limit: int | None = None,
         query: str | None = None,
-    ) -> Deferred[dict[str, Any]]:
+    ) -> Deferred[ConversationDetail]:
         """
-        The conversation with its messages and receipts (see L{conversation_json}); marks
-        it received for C{user} first, publishing C{received} if that changed anything.
+        The conversation with its messages and receipts; marks it received for C{user}
+        first, publishing C{received} if that changed anything.
 
         @param order: C{"created"} (oldest first) or C{"-created"}.
         @param limit: at most this many messages (1 to L{MAX_LIMIT}); all when L{None}.
@@ -343,7 +348,7 @@ class ConversationService:
         @raise BadRequest: (asynchronously) for a bad C{order}, C{limit} or C{query}.
         """
 
-        async def get() -> dict[str, Any]:
+        async def get() -> ConversationDetail:
             conversation = await self._participant(user, conversation_id)
             descending = _descending(order)
             _check_limit(limit)
@@ -356,7 +361,7 @@ class ConversationService:
             except rsql.RSQLError as e:
                 raise BadRequest(f"query: {e}") from None
             read, received = await self.store.receipts(conversation.id)
-            return conversation_json(conversation, messages, read, received)
+            return ConversationDetail(conversation, messages, read, received)
 
         return Deferred.fromCoroutine(get())
 
@@ -367,7 +372,7 @@ class ConversationService:
         order: str = "created",
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> Deferred[dict[str, Any]]:
+    ) -> Deferred[ConversationPage]:
         """
         One page of the conversations C{user} takes part in: a customer's own, or every
         conversation for an employee.
@@ -376,13 +381,12 @@ class ConversationService:
         @param order: C{"created"} (oldest first) or C{"-created"}.
         @param limit: the page size, 1 to L{MAX_LIMIT}; L{DEFAULT_LIST_LIMIT} when L{None}.
         @param cursor: the C{next} value of the previous page, or L{None} for the first.
-        @return: C{{"conversations": [summary, ...], "next": cursor or None}}, each summary
-            as L{conversation_summary}; C{next} is L{None} on the last page.
+        @return: the page; its C{next} is L{None} on the last page.
         @raise BadRequest: (asynchronously) for a bad C{query}, C{order}, C{limit} or
             C{cursor}.
         """
 
-        async def list_() -> dict[str, Any]:
+        async def list_() -> ConversationPage:
             descending = _descending(order)
             _check_limit(limit)
             page = DEFAULT_LIST_LIMIT if limit is None else limit
@@ -397,10 +401,7 @@ class ConversationService:
                 raise BadRequest(f"query: {e}") from None
             rows = list(rows)
             next_cursor = encode_cursor(rows[page - 1]) if len(rows) > page else None
-            return {
-                "conversations": [conversation_summary(c) for c in rows[:page]],
-                "next": next_cursor,
-            }
+            return ConversationPage(rows[:page], next_cursor)
 
         return Deferred.fromCoroutine(list_())
 
@@ -436,8 +437,8 @@ class ConversationService:
         Add a message to a conversation.
 
         After the commit, publishes the C{message} event and then, for every other user
-        subscribed to the conversation's topic at that moment, marks it received (with a
-        C{received} event where that changed anything).  A replay, with an
+        subscribed to the conversation at that moment (as L{presence} knows it), marks it
+        received (with a C{received} event where that changed anything).  A replay, with an
         C{idempotency_key} used before by this user in this conversation, stores and
         publishes nothing and returns the first message.
 
@@ -472,8 +473,13 @@ class ConversationService:
         if not created:
             return stored  # type: ignore[no-any-return]
         self._publish(conversation.id, {"message": stored.as_json()})
-        topic = conversation_topic(conversation.id)
-        for other in sorted(self.hub.subscribed_users(topic) - {user.user_id}):
+        try:
+            subscribed = await self.presence.subscribed_users(conversation.id)
+        except Exception:
+            # As below: the message is committed; the receipts are a courtesy.
+            _log.failure("who is in conversation {conversation}?", conversation=conversation.id)
+            subscribed = frozenset()
+        for other in sorted(subscribed - {user.user_id}):
             try:
                 await self._mark(other, conversation.id, "received")
             except Exception:
@@ -533,5 +539,3 @@ class ConversationService:
             await self._serialised(conversation.id, publish)
 
         return Deferred.fromCoroutine(typing())
-
-    list = list_conversations

@@ -36,7 +36,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from medichat._ratelimit import TokenBuckets
 from medichat.auth.credentials import SESSION_COOKIE, SessionCookie, authenticate, parse_bearer
 from medichat.domain.accounts import Accounts
-from medichat.domain.conversations import MAX_LIMIT, ConversationService, conversation_json
+from medichat.domain.conversations import MAX_LIMIT, ConversationDetail, ConversationService
 from medichat.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -50,6 +50,7 @@ from medichat.errors import (
 )
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
+from medichat.http.shapes import conversation_json, conversation_page_json
 from medichat.interfaces import IStore
 from medichat.model import User
 
@@ -495,7 +496,9 @@ class RestAPI:
         conversation = await self.conversations.create(user)
         path = request.path.decode("utf-8").rstrip("/")
         request.setHeader(b"Location", f"{path}/{conversation.id}".encode())
-        return self._json(request, 201, conversation_json(conversation))
+        # A new conversation has no messages and no receipts yet.
+        detail = ConversationDetail(conversation, messages=(), read=(), received=())
+        return self._json(request, 201, conversation_json(detail))
 
     @router.route("/v1/conversation", methods=["GET"])
     async def list_conversations(self, request: IRequest) -> bytes:
@@ -512,7 +515,7 @@ class RestAPI:
             limit=_limit(_one(params, "limit")),
             cursor=_one(params, "cursor"),
         )
-        return self._json(request, 200, page)
+        return self._json(request, 200, conversation_page_json(page))
 
     @router.route("/v1/conversation/<conversation_id>", methods=["GET"])
     @router.route(
@@ -532,7 +535,7 @@ class RestAPI:
             limit=_limit(_one(params, "limit")),
             query=_one(params, "query"),
         )
-        return self._json(request, 200, result)
+        return self._json(request, 200, conversation_json(result))
 
     @router.route("/v1/conversation/<conversation_id>/message", methods=["POST"])
     async def post_message(self, request: IRequest, conversation_id: str) -> bytes:

@@ -1,10 +1,11 @@
 """
 The in-process publish/subscribe hub.
 
-A publication is encoded once: its JSON body, and the bytes of a STOMP C{MESSAGE} frame up
-to the C{subscription} header and after it.  Each subscriber then only joins in its own
-subscription id (see L{Publication.frame}), so delivering to many sessions costs little
-more than writing bytes.
+A publication is encoded once: L{InProcessHub.publish} turns the event into JSON a single
+time and hands the same L{Publication} to every subscriber.  Whatever a protocol layer
+derives from it for the wire (for STOMP, the bytes of a C{MESSAGE} frame around the
+subscription id) it caches on the publication the first time one of its subscribers needs
+it, so a fan-out to many sessions costs little more than writing bytes.
 """
 
 from __future__ import annotations
@@ -29,33 +30,18 @@ class Publication:
     @ivar destination: where it was published.
     @ivar body: the event's JSON, UTF-8.
     @ivar message_id: unique among all publications of this process.
+    @ivar encoded: what the delivering protocol layer derived from this publication, kept
+        by that layer the first time one of its subscribers needed it (L{None} until then),
+        so that it is derived once per publication rather than once per subscriber.
     """
 
-    __slots__ = ("destination", "body", "message_id", "_head", "_tail")
+    __slots__ = ("destination", "body", "message_id", "encoded")
 
     def __init__(self, destination: str, body: bytes, message_id: str) -> None:
         self.destination = destination
         self.body = body
         self.message_id = message_id
-        # Destinations and message ids never contain characters that STOMP 1.1/1.2 escape
-        # (the router only accepts fixed names and UUIDs), so these bytes serve all versions.
-        self._head = (
-            b"MESSAGE\ndestination:%s\nmessage-id:%s\ncontent-type:application/json\n"
-            b"content-length:%d\nsubscription:"
-            % (destination.encode("utf-8"), message_id.encode("ascii"), len(body))
-        )
-        self._tail = b"\n\n" + body + b"\x00"
-
-    def frame(self, subscription: bytes, extra: bytes = b"") -> bytes:
-        """
-        The complete C{MESSAGE} frame for one subscriber.
-
-        @param subscription: the subscription id, already escaped for the session's
-            STOMP version.
-        @param extra: further header lines, each ending in C{\\n} but the last
-            (e.g. C{b"\\nack:..."}), placed after the subscription header.
-        """
-        return self._head + subscription + extra + self._tail
+        self.encoded: Any = None
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -70,49 +56,32 @@ class InProcessHub:
     """
     A hub for one process: destinations map to ordered sets of subscribers.
 
-    It also counts each user's subscriptions per destination, so that callers learn when a
-    user's first subscription appears and their last one ends (conversation presence), and
-    which users are subscribed (auto-received).
+    @param node_id: prefixes this hub's message ids (random when not given).
     """
 
     def __init__(self, node_id: str | None = None) -> None:
         self._subscribers: dict[str, dict[ISubscriber, None]] = {}
-        self._users: dict[str, dict[str, int]] = {}
         self._node = node_id or os.urandom(4).hex()
         self._counter = itertools.count(1)
 
-    def subscribe(self, destination: str, subscriber: ISubscriber) -> bool:
-        subs = self._subscribers.setdefault(destination, {})
-        if subscriber in subs:
-            return False
-        subs[subscriber] = None
-        users = self._users.setdefault(destination, {})
-        count = users.get(subscriber.user_id, 0)
-        users[subscriber.user_id] = count + 1
-        return count == 0
+    def subscribe(self, destination: str, subscriber: ISubscriber) -> None:
+        self._subscribers.setdefault(destination, {})[subscriber] = None
 
-    def unsubscribe(self, destination: str, subscriber: ISubscriber) -> bool:
+    def unsubscribe(self, destination: str, subscriber: ISubscriber) -> None:
         subs = self._subscribers.get(destination)
         if subs is None or subscriber not in subs:
-            return False
+            return
         del subs[subscriber]
         if not subs:
             del self._subscribers[destination]
-        users = self._users[destination]
-        count = users[subscriber.user_id] - 1
-        if count:
-            users[subscriber.user_id] = count
-            return False
-        del users[subscriber.user_id]
-        if not users:
-            del self._users[destination]
-        return True
 
     def publish(self, destination: str, event: dict[str, Any]) -> None:
         subs = self._subscribers.get(destination)
         if not subs:
             return
-        publication = self.prepare(destination, event)
+        publication = Publication(
+            destination, encode_event(event), f"{self._node}-{next(self._counter)}"
+        )
         # A snapshot: a delivery may end a session, which unsubscribes it.
         for subscriber in list(subs):
             try:
@@ -123,19 +92,8 @@ class InProcessHub:
                     destination=destination,
                 )
 
-    def prepare(self, destination: str, event: dict[str, Any]) -> Publication:
-        """
-        Encode C{event} for C{destination} once, with a fresh message id.
-        """
-        return Publication(
-            destination, encode_event(event), f"{self._node}-{next(self._counter)}"
-        )
-
-    def subscribed_users(self, destination: str) -> frozenset[str]:
-        return frozenset(self._users.get(destination, ()))
-
     def subscriber_count(self, destination: str) -> int:
         """
-        How many subscriptions C{destination} has now.
+        How many subscriptions C{destination} has now (for operators and tests).
         """
         return len(self._subscribers.get(destination, ()))

@@ -1,20 +1,19 @@
 """
-Who is connected: the live STOMP sessions of this process, by user and by login session,
-and the count of distinct online employees published on C{/v1/topic/online-employees}.
+The live STOMP sessions of this process, by user and by login session, so that the server
+can end them: on a revoked login, or when it stops.
+
+Who counts as online, and who is in which conversation, is not kept here but in
+L{medichat.interfaces.IPresence}, which the sessions report to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
-from twisted.logger import Logger
+from attrs import frozen
 
-from medichat.interfaces import IHub
 from medichat.model import User
-from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC
-
-_log = Logger()
 
 
 class LiveSession(Protocol):
@@ -34,21 +33,10 @@ class LiveSession(Protocol):
 class SessionRegistry:
     """
     The authenticated STOMP sessions of this process.
-
-    An employee counts as online while at least one of their sessions is live (an HTTP
-    login alone does not count).  Every change of the distinct count is published.
     """
 
-    def __init__(self, hub: IHub) -> None:
-        self._hub = hub
+    def __init__(self) -> None:
         self._by_user: dict[str, set[LiveSession]] = {}
-        self._online_employees: set[str] = set()
-        self._observers: list[Callable[[int], Any]] = []
-
-    @property
-    def online_employees(self) -> int:
-        """The number of distinct employees with a live session."""
-        return len(self._online_employees)
 
     def add(self, session: LiveSession) -> None:
         """
@@ -57,9 +45,6 @@ class SessionRegistry:
         user = session.user
         assert user is not None
         self._by_user.setdefault(user.user_id, set()).add(session)
-        if user.is_employee and user.user_id not in self._online_employees:
-            self._online_employees.add(user.user_id)
-            self._changed()
 
     def remove(self, session: LiveSession) -> None:
         """
@@ -72,12 +57,8 @@ class SessionRegistry:
         if not sessions or session not in sessions:
             return
         sessions.discard(session)
-        if sessions:
-            return
-        del self._by_user[user.user_id]
-        if user.user_id in self._online_employees:
-            self._online_employees.discard(user.user_id)
-            self._changed()
+        if not sessions:
+            del self._by_user[user.user_id]
 
     def session_count(self, user_id: str) -> int:
         """
@@ -104,6 +85,8 @@ class SessionRegistry:
         @return: how many sessions were ended.
         """
         targets: Iterable[LiveSession]
+        if user_id is None and session_id is None:
+            return 0
         if user_id is not None:
             targets = list(self._by_user.get(user_id, ()))
         else:
@@ -130,7 +113,28 @@ class SessionRegistry:
             session.shutdown()
         return len(sessions)
 
-    def _changed(self) -> None:
-        count = len(self._online_employees)
-        _log.debug("online employees: {count}", count=count)
-        self._hub.publish(ONLINE_EMPLOYEES_TOPIC, {"online": count})
+
+@frozen
+class RevocationObserver:
+    """
+    Ends live sessions whose login was revoked; give it to
+    L{medichat.domain.accounts.Accounts.add_revocation_observer}.
+
+    A logout names its login session, and ends only the STOMP sessions authenticated by
+    that login (one device); a password change or disablement names only the employee, and
+    ends all of their sessions.
+
+    @ivar registry: the live sessions.
+    """
+
+    registry: SessionRegistry
+
+    def __call__(self, session_id: str | None, employee_id: str | None) -> None:
+        """
+        Login session C{session_id} (or every login of C{employee_id}, when C{session_id}
+        is L{None}) was revoked.
+        """
+        if session_id is not None:
+            self.registry.end_sessions(session_id=session_id, message="session revoked")
+        elif employee_id is not None:
+            self.registry.end_sessions(user_id=employee_id, message="session revoked")

@@ -17,6 +17,7 @@ participant check) the frames after it wait, so receipts and errors keep their o
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import deque
@@ -36,9 +37,9 @@ from medichat._ratelimit import TokenBuckets
 from medichat._timers import Timer, TimerWheel
 from medichat.auth.credentials import authenticate, credentials_from_stomp
 from medichat.errors import AuthenticationFailed, DomainError
-from medichat.interfaces import IFrameTransport, ISubscriber
+from medichat.interfaces import IConversations, IFrameTransport, IHub, IPresence, ISubscriber
 from medichat.model import User
-from medichat.pubsub.hub import InProcessHub, Publication
+from medichat.pubsub.hub import Publication, encode_event
 from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC, TOPIC_PREFIX
 from medichat.stomp.codec import (
     Frame,
@@ -120,15 +121,18 @@ class StompConfig:
 @define
 class StompServices:
     """
-    What sessions share: the hub, the registry of live sessions, authentication, the
-    conversation service, time, and the per-user rate limits.
+    What sessions share: the hub, presence, authentication, the conversations, the
+    registry of live sessions, time, and the per-user rate limits.
+
+    @ivar wheel: the timers of every session; made on C{clock} when not given.
     """
 
-    hub: InProcessHub
+    hub: IHub
+    presence: IPresence
     portal: Portal
     clock: IReactorTime
-    conversations: Any = None
-    registry: SessionRegistry = field(default=None)
+    conversations: IConversations
+    registry: SessionRegistry = field(factory=SessionRegistry)
     wheel: TimerWheel = field(default=None)
     config: StompConfig = StompConfig()
     rates: UserRateLimits = field(default=None)
@@ -141,8 +145,6 @@ class StompServices:
                 ack=user_buckets(config.ack_rate, config.ack_burst),
                 subscribe=user_buckets(config.subscribe_rate, config.subscribe_burst),
             )
-        if self.registry is None:
-            self.registry = SessionRegistry(self.hub)
         if self.wheel is None:
             self.wheel = TimerWheel(self.clock)
 
@@ -172,7 +174,7 @@ class _Subscription:
     One SUBSCRIBE of one session.
     """
 
-    __slots__ = ("session", "id", "id_bytes", "route", "ack", "user_id", "__weakref__")
+    __slots__ = ("session", "id", "id_bytes", "route", "ack", "__weakref__")
 
     def __init__(self, session: StompSession, sub_id: str, route: Route, ack: str) -> None:
         self.session = session
@@ -180,8 +182,6 @@ class _Subscription:
         self.id_bytes = escape_header(sub_id, session.version).encode("utf-8")
         self.route = route
         self.ack = ack
-        assert session.user is not None
-        self.user_id = session.user.user_id
 
     def deliver(self, publication: Publication) -> None:
         self.session.deliver(self, publication)
@@ -208,6 +208,29 @@ class _Transaction:
 # What holding one SEND in a transaction costs besides its destination's bytes: the list
 # slot and the string object.
 _HELD_SEND_OVERHEAD = 64
+
+
+def _message_parts(publication: Publication) -> tuple[bytes, bytes]:
+    """
+    Encode the bytes of a publication's C{MESSAGE} frame before the subscription id (from
+    the command to C{subscription:}) and after it (the blank line, body and NUL), and cache
+    them on the publication (L{Publication.encoded}) for its other subscribers.
+    """
+    body = publication.body
+    # Destinations and message ids never contain characters that STOMP 1.1/1.2 escape (the
+    # router only accepts fixed names and UUIDs), so these bytes serve all versions.
+    head = (
+        b"MESSAGE\ndestination:%s\nmessage-id:%s\ncontent-type:application/json\n"
+        b"content-length:%d\nsubscription:"
+        % (
+            publication.destination.encode("utf-8"),
+            publication.message_id.encode("ascii"),
+            len(body),
+        )
+    )
+    parts = publication.encoded = (head, b"\n\n" + body + b"\x00")
+    return parts
+
 
 _AWAITING_CONNECT = 0
 _CONNECTING = 1
@@ -266,6 +289,8 @@ class StompSession:
         self._last_write = now
         self._send_every = 0.0
         self._expect_every = 0.0
+        self._present = False
+        self._own_messages = itertools.count(1)
 
     # ---------------------------------------------------------------- carrier interface
 
@@ -343,12 +368,17 @@ class StompSession:
         """
         if self._state != _CONNECTED:
             return
+        parts = publication.encoded
+        if parts is None:
+            # The first subscriber encodes for all (hub-wide "encode once").
+            parts = _message_parts(publication)
+        head, tail = parts
         if subscription.ack != "auto" and self.version == "1.2":
             # STOMP 1.2 clients acknowledge by the MESSAGE's ack header.
             ack = b"\nack:" + publication.message_id.encode("ascii")
-            self._send_raw(publication.frame(subscription.id_bytes, ack))
+            self._send_raw(head + subscription.id_bytes + ack + tail)
         else:
-            self._send_raw(publication.frame(subscription.id_bytes))
+            self._send_raw(head + subscription.id_bytes + tail)
 
     # ---------------------------------------------------------------- frame pump
 
@@ -453,9 +483,11 @@ class StompSession:
         d.addCallback(self._connected, version, client_hb)
         return d
 
-    def _connected(self, user: User, version: str, client_hb: tuple[int, int]) -> None:
+    def _connected(
+        self, user: User, version: str, client_hb: tuple[int, int]
+    ) -> Deferred[None] | None:
         if self._state == _CLOSED:
-            return
+            return None
         now = self._clock.seconds()
         if user.expires_at is not None and user.expires_at <= now * 1_000_000:
             raise StompError("credential expired", code=CLOSE_POLICY)
@@ -504,6 +536,10 @@ class StompSession:
             version=version,
             peer=self.peer,
         )
+        self._present = True
+        return self._services.presence.session_opened(
+            self.session_id, user.user_id, user.is_employee
+        )
 
     # ---------------------------------------------------------------- commands
 
@@ -533,42 +569,50 @@ class StompSession:
                     CLOSE_POLICY,
                 )
         if route.kind == "conversation":
-            assert self.user is not None
+            assert self.user is not None and route.conversation_id is not None
             d = self._services.conversations.check_participant(self.user, route.conversation_id)
             d.addCallback(lambda _: self._subscribe(sub_id, route, ack))
             return d
-        self._subscribe(sub_id, route, ack)
-        return None
+        return self._subscribe(sub_id, route, ack)
 
-    def _subscribe(self, sub_id: str, route: Route, ack: str) -> None:
+    def _subscribe(self, sub_id: str, route: Route, ack: str) -> Deferred[None] | None:
         if self._state != _CONNECTED:
-            return
-        hub = self._services.hub
+            return None
         subscription = _Subscription(self, sub_id, route, ack)
         self._subscriptions[sub_id] = subscription
-        first = hub.subscribe(route.destination, subscription)
+        self._services.hub.subscribe(route.destination, subscription)
+        presence = self._services.presence
         if route.kind == "online-employees":
             # The new subscriber learns the current value at once; the others only changes.
-            online = self._services.registry.online_employees
-            self.deliver(subscription, hub.prepare(ONLINE_EMPLOYEES_TOPIC, {"online": online}))
-        elif route.kind == "conversation" and first:
-            hub.publish(route.destination, {"userConnected": {"userId": subscription.user_id}})
+            online = presence.online_employees()
+            return online.addCallback(self._deliver_online, subscription)
+        if route.kind == "conversation":
+            assert route.conversation_id is not None
+            return presence.joined(self.session_id, route.conversation_id)
+        return None
 
-    def _unsubscribe(self, subscription: _Subscription) -> None:
-        hub = self._services.hub
-        last = hub.unsubscribe(subscription.route.destination, subscription)
-        if last and subscription.route.kind == "conversation":
-            hub.publish(
-                subscription.route.destination,
-                {"userDisconnected": {"userId": subscription.user_id}},
-            )
+    def _deliver_online(self, online: int, subscription: _Subscription) -> None:
+        if self._subscriptions.get(subscription.id) is not subscription:
+            return  # unsubscribed (or the session ended) meanwhile
+        publication = Publication(
+            ONLINE_EMPLOYEES_TOPIC,
+            encode_event({"online": online}),
+            f"{self.session_id}-{next(self._own_messages)}",
+        )
+        self.deliver(subscription, publication)
 
-    def _on_unsubscribe(self, frame: Frame) -> None:
+    def _on_unsubscribe(self, frame: Frame) -> Deferred[None] | None:
         self._take(self._services.rates.subscribe, "SUBSCRIBE/UNSUBSCRIBE")
         sub_id = _required(frame, "id")
         subscription = self._subscriptions.pop(sub_id, None)
-        if subscription is not None:
-            self._unsubscribe(subscription)
+        if subscription is None:
+            return None
+        route = subscription.route
+        self._services.hub.unsubscribe(route.destination, subscription)
+        if route.kind == "conversation":
+            assert route.conversation_id is not None
+            return self._services.presence.left(self.session_id, route.conversation_id)
+        return None
 
     def _on_send(self, frame: Frame) -> Deferred[None] | None:
         destination = _required(frame, "destination")
@@ -591,9 +635,12 @@ class StompSession:
         route = route_send(destination)
         if route is None:
             raise StompError("unknown destination", destination)
-        assert self.user is not None
+        assert self.user is not None and route.conversation_id is not None
         return maybeDeferred(
-            self._services.conversations.typing, self.user, route.conversation_id, route.started
+            self._services.conversations.typing,
+            self.user,
+            route.conversation_id,
+            bool(route.started),
         )
 
     def _on_ack(self, frame: Frame) -> None:
@@ -808,9 +855,20 @@ class StompSession:
         self._subscriptions.clear()
         self._transactions.clear()
         self._transaction_bytes = 0
+        hub = self._services.hub
         for subscription in subscriptions:
-            self._unsubscribe(subscription)
+            hub.unsubscribe(subscription.route.destination, subscription)
         self._services.registry.remove(self)
+        if self._present:
+            # Presence leaves the session's conversations and stops counting it online.
+            self._present = False
+            closed = self._services.presence.session_closed(self.session_id)
+            closed.addErrback(
+                lambda failure: self._log.failure(
+                    "presence of session {session} not released", failure,
+                    session=self.session_id,
+                )
+            )
 
 
 def _first_failure(failure: Failure) -> Failure:

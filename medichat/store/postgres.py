@@ -67,8 +67,7 @@ class PostgreSQLStore(SQLStore):
     """
     L{IStore} in a PostgreSQL database, which any number of medichat processes may share.
 
-    @ivar url: the C{postgresql://} URL (libpq connection URI) connected to; the hub
-        opens its own C{LISTEN} connection with it.
+    @ivar url: the C{postgresql://} URL (libpq connection URI) connected to.
     """
 
     kind = "postgresql"

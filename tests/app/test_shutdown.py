@@ -25,7 +25,6 @@ from medichat._timers import TimerWheel
 from medichat.app.tap import MedichatService, Options
 from medichat.http._channel import HTTPConnections
 from medichat.http.site import make_site
-from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.registry import SessionRegistry
 
 
@@ -118,7 +117,7 @@ class StopServiceTests(SynchronousTestCase):
         site = make_site(self.held, 1000, clock=self.clock)
         self.http = HTTPConnections(site, ConnectionCap(10, self.clock), self.clock)
         self.service = MedichatService(
-            self.clock, _Store(self.log), SessionRegistry(InProcessHub()),
+            self.clock, _Store(self.log), SessionRegistry(),
             TimerWheel(self.clock), ThreadPool(), _WebSockets(),  # type: ignore[arg-type]
             http=self.http, shutdown_timeout=25,
         )

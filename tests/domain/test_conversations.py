@@ -12,16 +12,18 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from medichat.domain.conversations import (
+    ConversationPage,
     ConversationService,
-    conversation_summary,
     decode_cursor,
     encode_cursor,
 )
+from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
-from medichat.interfaces import ISubscriber
-from medichat.model import Conversation, User, format_time
+from medichat.interfaces import IConversations, ISubscriber
+from medichat.model import Conversation, Receipt, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
@@ -71,7 +73,9 @@ class ServiceTestCase(InlineTestCase):
         await self.store.start()
         self.addCleanup(self.store.stop)
         self.hub = InProcessHub()
-        self.service = ConversationService(self.store, self.hub, self.clock)
+        # Presence publishes on a hub of its own: these tests record conversation events.
+        self.presence = InProcessPresence(InProcessHub())
+        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
 
     async def conversation(self, user: User = CUSTOMER) -> Conversation:
         conversation: Conversation = await self.service.create(user)
@@ -80,6 +84,10 @@ class ServiceTestCase(InlineTestCase):
     def subscribe(self, conversation: Conversation, user: User) -> Recorder:
         recorder = Recorder(user)
         self.hub.subscribe(conversation_topic(conversation.id), recorder)
+        # As a STOMP session reports its subscription.
+        session_key = f"session-{id(recorder)}"
+        self.presence.session_opened(session_key, user.user_id, user.is_employee)
+        self.presence.joined(session_key, conversation.id)
         return recorder
 
     async def fails(self, d: Deferred[Any], kind: type[DomainError]) -> str:
@@ -109,6 +117,10 @@ class CreateTests(ServiceTestCase):
         detail = await self.fails(self.service.create(EMPLOYEE), Forbidden)
         self.assertEqual(detail, "only customers open conversations")
 
+    def test_interface(self) -> None:
+        """The service provides what the STOMP session needs of conversations."""
+        self.assertTrue(verifyObject(IConversations, self.service))
+
 
 class GetTests(ServiceTestCase):
     """
@@ -120,21 +132,11 @@ class GetTests(ServiceTestCase):
         """A new conversation has no messages; the GET itself marks it received."""
         conversation = await self.conversation()
         result = await self.service.get(CUSTOMER, conversation.id)
+        self.assertEqual(result.conversation, conversation)
+        self.assertEqual((list(result.messages), list(result.read)), ([], []))
         self.assertEqual(
-            compact(result),
-            compact(
-                {
-                    "id": conversation.id,
-                    "created": "2021-07-26T12:05:22Z",
-                    "customerId": CUSTOMER.user_id,
-                    "customerName": "c1",
-                    "messages": [],
-                    "read": [],
-                    "received": [
-                        {"userId": CUSTOMER.user_id, "receivedAt": "2021-07-26T12:05:22Z"}
-                    ],
-                }
-            ),
+            list(result.received),
+            [Receipt(conversation.id, CUSTOMER.user_id, int(NOW * 1_000_000))],
         )
 
     async def test_received_event(self) -> None:
@@ -182,14 +184,14 @@ class GetTests(ServiceTestCase):
         """Any employee may read any conversation."""
         conversation = await self.conversation()
         result = await self.service.get(EMPLOYEE, conversation.id)
-        self.assertEqual(result["id"], conversation.id)
-        self.assertEqual([r["userId"] for r in result["received"]], [EMPLOYEE.user_id])
+        self.assertEqual(result.conversation.id, conversation.id)
+        self.assertEqual([r.user_id for r in result.received], [EMPLOYEE.user_id])
 
     async def test_upper_case_id(self) -> None:
         """An id in upper case names the same conversation."""
         conversation = await self.conversation()
         result = await self.service.get(CUSTOMER, conversation.id.upper())
-        self.assertEqual(result["id"], conversation.id)
+        self.assertEqual(result.conversation.id, conversation.id)
 
     async def test_messages_query_order_limit(self) -> None:
         """query, order and limit select and sort the messages."""
@@ -204,7 +206,7 @@ class GetTests(ServiceTestCase):
 
         async def messages(**kwargs: Any) -> list[str]:
             result = await self.service.get(CUSTOMER, conversation.id, **kwargs)
-            return [m["message"] for m in result["messages"]]
+            return [m.message for m in result.messages]
 
         self.assertEqual(await messages(), texts)
         self.assertEqual(await messages(query=query), ["m1", "m2"])
@@ -498,18 +500,13 @@ class ListTests(ServiceTestCase):
         made = await self.make()
         page = await self.service.list_conversations(CUSTOMER)
         own = [c for c in made if c.customer_id == CUSTOMER.user_id]
-        self.assertEqual(
-            page, {"conversations": [conversation_summary(c) for c in own], "next": None}
-        )
-        self.assertEqual(
-            list(page["conversations"][0]), ["id", "created", "customerId", "customerName"]
-        )
+        self.assertEqual(page, ConversationPage(own, None))
 
     async def test_employee_sees_all(self) -> None:
         """An employee lists every conversation."""
         made = await self.make()
         page = await self.service.list_conversations(EMPLOYEE, order="-created")
-        self.assertEqual([c["id"] for c in page["conversations"]], [c.id for c in reversed(made)])
+        self.assertEqual([c.id for c in page.conversations], [c.id for c in reversed(made)])
 
     async def test_paging(self) -> None:
         """Pages chain through next cursors until next is None."""
@@ -519,9 +516,9 @@ class ListTests(ServiceTestCase):
         pages = 0
         while True:
             page = await self.service.list_conversations(EMPLOYEE, limit=2, cursor=cursor)
-            seen += [c["id"] for c in page["conversations"]]
+            seen += [c.id for c in page.conversations]
             pages += 1
-            cursor = page["next"]
+            cursor = page.next
             if cursor is None:
                 break
         self.assertEqual(seen, [c.id for c in made])
@@ -531,7 +528,7 @@ class ListTests(ServiceTestCase):
         """When the last page is full, next is None rather than pointing at nothing."""
         await self.make()
         page = await self.service.list_conversations(EMPLOYEE, limit=5)
-        self.assertEqual((len(page["conversations"]), page["next"]), (5, None))
+        self.assertEqual((len(page.conversations), page.next), (5, None))
 
     async def test_query(self) -> None:
         """The RSQL filter over created and customerId applies."""
@@ -539,7 +536,7 @@ class ListTests(ServiceTestCase):
         page = await self.service.list_conversations(
             EMPLOYEE, query=f"customerId=={OTHER_CUSTOMER.user_id};created=gt=2021-07-26T12:05:24Z"
         )
-        self.assertEqual([c["id"] for c in page["conversations"]], [made[3].id])
+        self.assertEqual([c.id for c in page.conversations], [made[3].id])
 
     async def test_bad_parameters(self) -> None:
         """Bad query, order, limit and cursor are BadRequests."""

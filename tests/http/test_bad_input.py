@@ -27,6 +27,7 @@ from twisted.web.test.requesthelper import DummyChannel
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, write_problem
 from medichat.http.rest import RestAPI
@@ -88,8 +89,9 @@ class EdgeTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         store = open_store(None, self.mktemp(), reactor)
+        hub = InProcessHub()
         self.api = api = RestAPI(
-            conversations=ConversationService(store, InProcessHub(), self.clock),
+            conversations=ConversationService(store, hub, self.clock, InProcessPresence(hub)),
             portal=build_portal([JWTChecker(secret=SECRET, clock=self.clock)]),
             accounts=None,
             origins=OriginPolicy(self.allowed_origins),

@@ -32,6 +32,7 @@ from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts, run_here
 from medichat.domain.conversations import ConversationService
+from medichat.domain.presence import InProcessPresence
 from medichat.errors import PayloadTooLarge, StoreError
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI, query_params
@@ -180,7 +181,9 @@ class APITestCase(InlineTestCase):
             self.store, self.clock, session_ttl=3600, hasher=hasher, run_blocking=run_here
         )
         self.employee = await self.accounts.add_employee(EMAIL, "Nurse Joy", PASSWORD)
-        self.service = ConversationService(self.store, self.hub, self.clock)
+        # Presence publishes on a hub of its own: these tests record conversation events.
+        self.presence = InProcessPresence(InProcessHub())
+        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
         self.api = RestAPI(
             conversations=self.service,
             portal=self.portal,
@@ -266,6 +269,10 @@ class APITestCase(InlineTestCase):
     def subscribe(self, conversation_id: str, user_id: str) -> Recorder:
         recorder = Recorder(user_id)
         self.hub.subscribe(conversation_topic(conversation_id), recorder)
+        # As a STOMP session reports its subscription.
+        session_key = f"session-{id(recorder)}"
+        self.presence.session_opened(session_key, user_id, user_id == self.employee.id)
+        self.presence.joined(session_key, conversation_id.lower())
         return recorder
 
 
@@ -1318,7 +1325,9 @@ class MountTests(InlineTestCase):
         await store.start()
         self.addCleanup(store.stop)
         api = RestAPI(
-            conversations=ConversationService(store, InProcessHub(), clock),
+            conversations=ConversationService(
+                store, InProcessHub(), clock, InProcessPresence(InProcessHub())
+            ),
             portal=build_portal([]),
             accounts=None,
             origins=OriginPolicy([]),

@@ -5,14 +5,22 @@ a L{StringTransport} with a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from medichat.interfaces import IConversations
+from medichat.model import User
 from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
 from medichat.stomp.codec import Limits
 from tests._stomp import Client, make_services, mint, realistic_clock
 
 EMPLOYEE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
+CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"  # the subject of mint()'s default token
 
 # What real clients sent (shared/interop), byte for byte.
 STOMPJS_CONNECT = b"CONNECT\naccept-version:1.2,1.1,1.0\nheart-beat:10000,10000\n\n\x00"
@@ -581,3 +589,123 @@ class EncodingEdgeTests(SynchronousTestCase):
         frame = client.next()
         self.assertEqual(frame.command, "RECEIPT")
         self.assertEqual(frame.get("receipt-id"), "r ")
+
+
+@implementer(IConversations)
+class _EveryoneTakesPart:
+    """Conversations that every user takes part in."""
+
+    def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return succeed(None)
+
+    def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
+        return succeed(None)
+
+
+CHAT = "6b92c178-c22b-4bbb-8dec-8d497660b5bf"
+CHAT_TOPIC = f"/v1/topic/conversation/{CHAT}"
+
+
+class PresenceReportTests(SynchronousTestCase):
+    """
+    Sessions report to presence, which publishes conversation presence and answers who is
+    subscribed; the session itself reads nothing of the hub.
+    """
+
+    def setUp(self) -> None:
+        self.clock = realistic_clock()
+        self.services = make_services(self.clock, conversations=_EveryoneTakesPart())
+        self.watcher = Client(self.services, 40000)
+        self.watcher.connect(mint(EMPLOYEE, "nurse", "employee"))
+        self.watcher.send("SUBSCRIBE", {"id": "w", "destination": CHAT_TOPIC})
+        self.watcher.frames()
+
+    def events(self, client: Client) -> list[Any]:
+        return [json.loads(f.body) for f in client.frames() if f.command == "MESSAGE"]
+
+    def test_first_and_last_over_sessions(self) -> None:
+        """userConnected once for a user's first subscription, userDisconnected at the last."""
+        tab1, tab2 = Client(self.services, 40001), Client(self.services, 40002)
+        tab1.connect()
+        tab2.connect()
+        tab1.send("SUBSCRIBE", {"id": "a", "destination": CHAT_TOPIC})
+        tab2.send("SUBSCRIBE", {"id": "a", "destination": CHAT_TOPIC})
+        connected = {"userConnected": {"userId": CUSTOMER}}
+        self.assertEqual(self.events(self.watcher), [connected])
+        tab1.send("UNSUBSCRIBE", {"id": "a"})
+        tab1.send("DISCONNECT")
+        self.assertEqual(self.events(self.watcher), [])
+        tab2.protocol.connectionLost()
+        self.assertEqual(
+            self.events(self.watcher),
+            [{"userDisconnected": {"userId": CUSTOMER}}],
+        )
+
+    def test_receipt_after_user_connected(self) -> None:
+        """The subscriber sees its own userConnected before the SUBSCRIBE's RECEIPT."""
+        client = Client(self.services, 40001)
+        client.connect()
+        client.send("SUBSCRIBE", {"id": "a", "destination": CHAT_TOPIC, "receipt": "r"})
+        self.assertEqual([f.command for f in client.frames()], ["MESSAGE", "RECEIPT"])
+
+    def test_subscribed_users(self) -> None:
+        """Presence knows who is subscribed, until the connection is lost."""
+        client = Client(self.services, 40001)
+        client.connect()
+        client.send("SUBSCRIBE", {"id": "a", "destination": CHAT_TOPIC})
+        users = self.services.presence.subscribed_users(CHAT)
+        self.assertEqual(
+            self.successResultOf(users), {EMPLOYEE, CUSTOMER}
+        )
+        client.protocol.connectionLost()
+        self.assertEqual(self.successResultOf(self.services.presence.subscribed_users(CHAT)),
+                         {EMPLOYEE})
+
+    def test_online_value_after_unsubscribe(self) -> None:
+        """A current online value answered after the subscription ended is not delivered."""
+        pending: Deferred[int] = Deferred()
+        presence = self.services.presence
+        self.patch(presence, "online_employees", lambda: pending)
+        client = Client(self.services, 40001)
+        client.connect()
+        client.send("SUBSCRIBE", {"id": "o", "destination": ONLINE_EMPLOYEES_TOPIC,
+                                  "receipt": "r"})
+        self.assertEqual(client.frames(), [], "the RECEIPT waits for the current value")
+        client.protocol.connectionLost()
+        pending.callback(1)
+        self.assertEqual(client.frames(), [])
+
+
+class EncodeOnceTests(SynchronousTestCase):
+    """
+    A publication's MESSAGE frame is encoded once, however many sessions it reaches.
+    """
+
+    def test_fan_out_encodes_once(self) -> None:
+        """Three subscribers (two sessions, one with two subscriptions) cost one encoding."""
+        from medichat.stomp import session as session_module
+
+        calls: list[object] = []
+        original = session_module._message_parts
+
+        def counting(publication: Any) -> Any:
+            calls.append(publication)
+            return original(publication)
+
+        self.patch(session_module, "_message_parts", counting)
+        services = make_services(realistic_clock())
+        first, second, third = Client(services, 1), Client(services, 2), Client(services, 3)
+        for client in (first, second):
+            client.connect()
+            client.send("SUBSCRIBE", {"id": "1", "destination": HEARTBEAT_TOPIC})
+        third.connect()
+        third.send("SUBSCRIBE", {"id": "2", "destination": HEARTBEAT_TOPIC, "ack": "client"})
+        services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": "x"}})
+        self.assertEqual(len(calls), 1)
+        one = first.next()
+        two = second.next()
+        three = third.next()
+        self.assertEqual({one.body, two.body, three.body}, {b'{"heartbeat":{"time":"x"}}'})
+        self.assertEqual([two.get("subscription"), three.get("subscription")], ["1", "2"])
+        self.assertIsNone(two.get("ack"))
+        self.assertEqual(three.get("ack"), three.get("message-id"))

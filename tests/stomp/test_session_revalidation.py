@@ -10,17 +10,20 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from medichat.auth.checkers import SessionCookieChecker
 from medichat.auth.credentials import SessionCookie
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts, run_here
-from medichat.interfaces import IFrameTransport
+from medichat.domain.presence import InProcessPresence
+from medichat.interfaces import IConversations, IFrameTransport
 from medichat.pubsub.hub import InProcessHub
-from medichat.stomp.session import StompConfig, StompServices, StompSession
+from medichat.stomp.registry import RevocationObserver
+from medichat.stomp.session import CLOSE_POLICY, StompConfig, StompServices, StompSession
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
-from tests._stomp import realistic_clock
+from tests._stomp import NoConversations, realistic_clock
 
 
 @implementer(IFrameTransport)
@@ -55,9 +58,11 @@ class RevalidationTests(InlineTestCase):
         self.accounts = Accounts(self.store, self.clock, session_ttl=600, run_blocking=run_here)
         yield self.accounts.add_employee("nurse@example.org", "Nurse", "correct horse")
         checker = SessionCookieChecker(600, store=self.store, clock=self.clock)
+        hub = InProcessHub("t")
+        self.presence = InProcessPresence(hub)
         self.services = StompServices(
-            hub=InProcessHub("t"), portal=build_portal([checker]), clock=self.clock,
-            config=StompConfig(revalidate_interval=30.0),
+            hub=hub, presence=self.presence, portal=build_portal([checker]), clock=self.clock,
+            conversations=NoConversations(), config=StompConfig(revalidate_interval=30.0),
         )
 
     @inlineCallbacks
@@ -80,12 +85,12 @@ class RevalidationTests(InlineTestCase):
     def test_disabled_employee_is_ended(self) -> Any:
         """Disabling the account (from any process) ends the live session with ERROR."""
         _token, carrier, _session = yield self.connect()
-        self.assertEqual(self.services.registry.online_employees, 1)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 1)
         yield self.accounts.set_disabled("nurse@example.org", True)
         self.clock.advance(31)
         yield self.settle(lambda: carrier.closed is not None)
         self.assertIn(b"message:session revoked", carrier.sent[-1])
-        self.assertEqual(self.services.registry.online_employees, 0)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 0)
 
     @inlineCallbacks
     def test_logout_ends_session(self) -> Any:
@@ -108,3 +113,29 @@ class RevalidationTests(InlineTestCase):
                               or carrier.closed is not None)
         self.assertIsNone(carrier.closed)
         self.assertGreater(session.user.expires_at, first + 600 * 1_000_000)
+
+    @inlineCallbacks
+    def test_logout_ends_only_that_login(self) -> Any:
+        """Logout on one device ends that login's sessions at once; the other device's stays."""
+        self.accounts.add_revocation_observer(RevocationObserver(self.services.registry))
+        token, phone, _ = yield self.connect()
+        _other, desk, _ = yield self.connect()
+        yield self.accounts.logout(token)
+        self.assertEqual(phone.closed, CLOSE_POLICY)
+        self.assertIn(b"message:session revoked", phone.sent[-1])
+        self.assertIsNone(desk.closed)
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 1)
+
+    @inlineCallbacks
+    def test_password_change_ends_all(self) -> Any:
+        """A new password ends every live session of the employee at once, on every device."""
+        self.accounts.add_revocation_observer(RevocationObserver(self.services.registry))
+        _token, phone, _ = yield self.connect()
+        _other, desk, _ = yield self.connect()
+        yield self.accounts.set_password("nurse@example.org", "battery staple")
+        self.assertEqual((phone.closed, desk.closed), (CLOSE_POLICY, CLOSE_POLICY))
+        self.assertEqual(self.successResultOf(self.presence.online_employees()), 0)
+
+    def test_fakes_provide_interfaces(self) -> None:
+        """The stand-in conversations provide what the session needs."""
+        self.assertTrue(verifyObject(IConversations, NoConversations()))
