@@ -37,6 +37,8 @@ LOGIN_FAILED = "invalid email or password"
 TOO_MANY_FAILURES = "too many failed logins; try again later"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+EMAIL_CONTROLS = "email: must not hold control characters"
 
 
 class BlockingRunner(Protocol):
@@ -195,6 +197,7 @@ class Accounts:
         @return: a L{Deferred} firing with C{(token, user)}: the session token for the
             cookie (shown once, stored only hashed) and the employee's L{User}.
         @raise Unauthorized: (asynchronously) C{"invalid email or password"}.
+        @raise BadRequest: (asynchronously) for an email with control characters.
         @raise RateLimited: (asynchronously) after too many failures for this email or
             from this address within the window.
         """
@@ -202,6 +205,7 @@ class Accounts:
 
     async def _login(self, email: str, password: str, client_address: str) -> tuple[str, User]:
         email = normalise_email(email)
+        _refuse_controls(email)
         well_formed = len(email) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(email) is not None
         # Malformed emails share one key, so that long junk cannot fill the limiter's memory.
         email_key = email if well_formed else ""
@@ -287,6 +291,7 @@ class Accounts:
     # ----------------------------------------------------------------------------------
 
     async def _existing(self, email: str) -> Employee:
+        _refuse_controls(normalise_email(email))
         employee: Employee | None = await self._store.find_employee(normalise_email(email))
         if employee is None:
             raise NotFound(f"no employee with email {normalise_email(email)}")
@@ -337,8 +342,20 @@ class Accounts:
             return False
 
 
+def _refuse_controls(email: str) -> None:
+    """
+    Refuse an email with control characters: no address holds one, and a NUL could not
+    even be looked up in PostgreSQL.
+
+    @raise BadRequest: if C{email} holds a C0 or C1 control character.
+    """
+    if _CONTROL.search(email):
+        raise BadRequest(EMAIL_CONTROLS)
+
+
 def _valid_email(email: str) -> str:
     email = normalise_email(email)
+    _refuse_controls(email)
     if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
         raise BadRequest(f"not an email address: {email!r}")
     return email
