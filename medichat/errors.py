@@ -85,6 +85,12 @@ class StoreError(Exception):
     """
 
 
+class MissingDatabase(StoreError):
+    """
+    The store was told not to create a database, and found none where it looked.
+    """
+
+
 class DuplicateError(StoreError):
     """
     A unique value (an employee's email, say) is taken already.

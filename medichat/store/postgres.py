@@ -82,6 +82,7 @@ class PostgreSQLStore(SQLStore):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         migrations: Sequence[Migration] | None = None,
+        create: bool = True,
     ) -> None:
         """
         @param url: a libpq connection URI, C{postgresql://user@host:port/dbname}.
@@ -90,8 +91,10 @@ class PostgreSQLStore(SQLStore):
         @param connect_timeout: seconds to wait for each connection to open.
         @param migrations: the migrations to apply at start; all that ship with medichat
             unless given (tests pass fewer, to make an older database).
+        @param create: make medichat's tables if the database has none; if C{False},
+            C{start} fails with L{medichat.errors.MissingDatabase} instead.
         """
-        super().__init__(reactor, migrations)
+        super().__init__(reactor, migrations, create=create)
         self.url = url
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
@@ -123,6 +126,9 @@ class PostgreSQLStore(SQLStore):
             url=redact(self.url),
             version=outcome.after,
         )
+
+    def _where(self) -> str:
+        return redact(self.url)
 
     def stop(self) -> Deferred[None]:
         """See L{IStore.stop}: waits for operations in flight, then disconnects."""

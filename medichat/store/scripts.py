@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from medichat import rsql
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError
 from medichat.model import (
     Conversation,
     Employee,
@@ -90,12 +90,14 @@ class Dialect:
         lock held until the end of the transaction, so that processes starting together
         migrate one after the other; L{None} where beginning a write transaction does that
         already.
+    @ivar count_tables: a query counting the tables named by its one parameter.
     """
 
     name: str
     placeholder: str
     lock_row: str
     migration_lock: str | None
+    count_tables: str
 
     def sql(self, text: str) -> str:
         """
@@ -112,7 +114,13 @@ class Dialect:
         return Statement(self.sql(text), params)
 
 
-SQLITE = Dialect(name="sqlite", placeholder="?", lock_row="", migration_lock=None)
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    lock_row="",
+    migration_lock=None,
+    count_tables="SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+)
 """SQLite: one writer at a time, taken by C{BEGIN IMMEDIATE}."""
 
 POSTGRESQL = Dialect(
@@ -122,6 +130,10 @@ POSTGRESQL = Dialect(
     # KEY SHARE locks that foreign key checks (receipts, say) take on it.
     lock_row=" FOR NO KEY UPDATE",
     migration_lock="SELECT pg_advisory_xact_lock(?)",
+    count_tables=(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = current_schema() AND table_name = ?"
+    ),
 )
 """PostgreSQL through psycopg2."""
 
@@ -253,6 +265,11 @@ def _schema_version(dialect: Dialect) -> Script[int]:
     result = yield dialect.statement("SELECT max(version) FROM schema_migrations")
     version = result.rows[0][0] if result.rows else None
     return int(version) if version is not None else 0
+
+
+def _holds_schema(dialect: Dialect) -> Script[bool]:
+    result = yield dialect.statement(dialect.count_tables, "schema_migrations")
+    return bool(result.rows and result.rows[0][0])
 
 
 def _ping(dialect: Dialect) -> Script[None]:
@@ -577,13 +594,18 @@ class SQLStore:
 
     @ivar _reactor: gives the time recorded for applied migrations.
     @ivar _migrations: the migrations that C{start} applies.
+    @ivar _create: whether C{start} may make a new database; if not, it fails with
+        L{MissingDatabase} on one that medichat never migrated.
     """
 
     kind: str = ""
     _dialect: Dialect = SQLITE
 
-    def __init__(self, reactor: Any, migrations: Sequence[Migration] | None) -> None:
+    def __init__(
+        self, reactor: Any, migrations: Sequence[Migration] | None, *, create: bool = True
+    ) -> None:
         self._reactor = reactor
+        self._create = create
         self._migrations = (
             list(migrations) if migrations is not None else load_migrations(self._dialect.name)
         )
@@ -600,6 +622,12 @@ class SQLStore:
         """See L{medichat.interfaces.IStore.stop}."""
         raise NotImplementedError()
 
+    def _where(self) -> str:
+        """
+        The database's location for messages (never with a password).
+        """
+        raise NotImplementedError()
+
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
         """
         Run a transaction script in one transaction.
@@ -613,7 +641,12 @@ class SQLStore:
     async def _start_running(self) -> Migrated:
         """
         Apply pending migrations and accept operations; call once connected.
+
+        @raise MissingDatabase: if the store may not create a database and this one was
+            never migrated by medichat.
         """
+        if not self._create and not await self._execute(_holds_schema(self._dialect), False):
+            raise MissingDatabase(f"{self._where()} holds no medichat database")
         outcome = await self._execute(
             migrate(self._dialect, self._migrations, micros(self._reactor.seconds())),
             write=True,

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError
 from medichat.interfaces import IStore
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 
@@ -58,6 +58,7 @@ class SQLiteStore(SQLStore):
         *,
         busy_timeout: float = 10.0,
         migrations: Sequence[Migration] | None = None,
+        create: bool = True,
     ) -> None:
         """
         @param path: the database file; it and its directory are created if missing.
@@ -66,8 +67,10 @@ class SQLiteStore(SQLStore):
             lock before failing.
         @param migrations: the migrations to apply at start; all that ship with medichat
             unless given (tests pass fewer, to make an older database).
+        @param create: make the database if there is none; if C{False}, C{start} fails
+            with L{MissingDatabase} instead.
         """
-        super().__init__(reactor, migrations)
+        super().__init__(reactor, migrations, create=create)
         self.path = path
         self._busy_timeout = busy_timeout
         self._pool: adbapi.ConnectionPool | None = None
@@ -85,11 +88,9 @@ class SQLiteStore(SQLStore):
                 + ".".join(map(str, MINIMUM_SQLITE_VERSION))
                 + " or newer"
             )
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the data directory {directory}: {e}") from e
+        if not self._create and not os.path.exists(self.path):
+            raise MissingDatabase(f"{self.path} holds no medichat database")
+        _create_private(self.path)
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
             self.path,
@@ -112,6 +113,9 @@ class SQLiteStore(SQLStore):
             path=self.path,
             version=outcome.after,
         )
+
+    def _where(self) -> str:
+        return self.path
 
     def _configure(self, connection: sqlite3.Connection) -> None:
         """
@@ -157,6 +161,28 @@ class SQLiteStore(SQLStore):
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"SQLite store {self.path}: {error}") from error
         return failure
+
+
+def _create_private(path: str) -> None:
+    """
+    Make the database file's directory (mode 0700) and the file itself (mode 0600) if
+    missing, whatever the umask: they hold every chat and every password hash.  SQLite
+    gives the C{-wal} and C{-shm} files it makes the database file's mode.
+
+    @raise StoreError: if either cannot be made.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data directory {directory}: {e}") from e
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot create the database file {path}: {e}") from e
+    os.close(fd)
 
 
 def _drive(cursor: Any, script: Script[T], write: bool) -> T:
