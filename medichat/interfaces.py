@@ -160,6 +160,12 @@ class IStore(Interface):
         Fail if the database cannot be reached.
         """
 
+    def check_writable() -> Deferred[None]:
+        """
+        Fail (with L{medichat.errors.StoreUnavailable}) if the database cannot commit a
+        write now: read-only, out of space, unreachable.  Writes one tiny row.
+        """
+
     # conversations
 
     def create_conversation(conversation: Any) -> Deferred[None]:

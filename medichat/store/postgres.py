@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from txpostgres import txpostgres
 from zope.interface import implementer
 
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
 from medichat.store.scripts import POSTGRESQL, Migration, Result, Script, SQLStore
 
@@ -151,9 +151,24 @@ class PostgreSQLStore(SQLStore):
         if isinstance(error, psycopg2.errors.UniqueViolation):
             detail = (error.diag.message_detail or error.diag.message_primary or "").strip()
             raise DuplicateError(f"already taken: {detail}") from error
+        if isinstance(error, _OUTAGES):
+            raise StoreUnavailable(
+                f"PostgreSQL at {redact(self.url)}: {_reason(error)}"
+            ) from error
         if isinstance(error, psycopg2.Error | txpostgres.RollbackFailed):
             raise StoreError(f"PostgreSQL at {redact(self.url)}: {_reason(error)}") from error
         return failure
+
+
+_OUTAGES = (
+    # Connections lost or refused, the server shutting down, a full disk.
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    # A read-only server (a standby, default_transaction_read_only).
+    psycopg2.errors.ReadOnlySqlTransaction,
+    txpostgres.RollbackFailed,
+)
+"""Driver errors that mean the database cannot serve now, not that a statement is wrong."""
 
 
 def _reason(error: BaseException) -> str:
@@ -252,7 +267,9 @@ class _Slot:
         self._timer = self._reactor.callLater(
             self._timeout,
             self._settle,
-            Failure(StoreError(f"no answer from PostgreSQL within {self._timeout:g} seconds")),
+            Failure(
+                StoreUnavailable(f"no answer from PostgreSQL within {self._timeout:g} seconds")
+            ),
         )
         connecting: Deferred[Any] = connection.connect(*self._args, **self._kwargs)
         connecting.addBoth(self._settle)

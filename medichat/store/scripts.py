@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from medichat import rsql
-from medichat.errors import DuplicateError, MissingDatabase, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
     Conversation,
     Employee,
@@ -274,6 +274,14 @@ def _holds_schema(dialect: Dialect) -> Script[bool]:
 
 def _ping(dialect: Dialect) -> Script[None]:
     yield dialect.statement("SELECT 1")
+
+
+def _check_writable(dialect: Dialect, now: int) -> Script[None]:
+    yield dialect.statement(
+        "INSERT INTO health_probe (id, checked) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+        now,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -611,6 +619,7 @@ class SQLStore:
         )
         self._running = False
         self._in_flight: set[Deferred[None]] = set()
+        self._outage: str | None = None
 
     # -- for subclasses
 
@@ -679,9 +688,29 @@ class SQLStore:
         def finished(result: T | Failure) -> T | Failure:
             self._in_flight.discard(done)
             done.callback(None)
+            self._note_outage(result)
             return result
 
         return self._execute(script, write).addBoth(finished)
+
+    def _note_outage(self, result: object) -> None:
+        """
+        Log an outage once when it starts and once when it ends, rather than once per
+        operation that fails meanwhile (each of which is answered 503).
+        """
+        if isinstance(result, Failure):
+            if isinstance(result.value, StoreUnavailable) and self._outage is None:
+                self._outage = str(result.value)
+                _log.error(
+                    "{kind} store unavailable, answering 503 until it recovers: {reason}",
+                    kind=self.kind,
+                    reason=self._outage,
+                )
+        elif self._outage is not None:
+            _log.info(
+                "{kind} store available again (was: {reason})", kind=self.kind, reason=self._outage
+            )
+            self._outage = None
 
     # -- schema
 
@@ -692,6 +721,10 @@ class SQLStore:
     def ping(self) -> Deferred[None]:
         """See L{medichat.interfaces.IStore.ping}."""
         return self._run(_ping(self._dialect))
+
+    def check_writable(self) -> Deferred[None]:
+        """See L{medichat.interfaces.IStore.check_writable}."""
+        return self._run(_check_writable(self._dialect, micros(self._reactor.seconds())), True)
 
     # -- conversations
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from medichat.errors import DuplicateError, MissingDatabase, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 
@@ -38,6 +38,20 @@ MINIMUM_SQLITE_VERSION = (3, 35, 0)
 """The oldest SQLite with everything used here (upserts with C{WHERE}, C{RETURNING})."""
 
 _UNIQUE_VIOLATIONS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+_OUTAGES = (
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_NOLFS",
+    "SQLITE_PROTOCOL",
+)
+"""Error names (and the prefixes of their extended codes) of a file that cannot be used
+now, rather than of a wrong statement."""
 
 
 @implementer(IStore)
@@ -158,6 +172,10 @@ class SQLiteStore(SQLStore):
             getattr(error, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
         ):
             raise DuplicateError(f"already taken: {error}") from error
+        if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", "").startswith(
+            _OUTAGES
+        ):
+            raise StoreUnavailable(f"SQLite store {self.path}: {error}") from error
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"SQLite store {self.path}: {error}") from error
         return failure

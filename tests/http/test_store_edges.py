@@ -15,6 +15,8 @@ import jwt
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -22,6 +24,7 @@ from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.errors import StoreUnavailable
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root
@@ -124,5 +127,77 @@ class SQLiteNulTests(NulMixin, TestCase):
 
 class PostgreSQLNulTests(NulMixin, TestCase):
     """NUL refusals on PostgreSQL."""
+
+    database = True
+
+
+class OutageMixin(_StoreAPI):
+    """
+    A store that cannot write (read-only, as a full disk or a read-only mount would leave
+    it) answers 503 with Retry-After, is logged once per outage, and fails /health.
+    """
+
+    async def set_read_only(self, read_only: bool) -> None:
+        """Make every connection of the store refuse (or accept again) writes."""
+        pool: Any = self.store._pool  # type: ignore[attr-defined]
+        if self.database:
+            setting = "on" if read_only else "off"
+            for slot in pool.connections:
+                await slot._connection.runOperation(
+                    f"SET default_transaction_read_only = {setting}"
+                )
+        else:
+            await pool.runOperation(f"PRAGMA query_only = {int(read_only)}")
+
+    async def test_write_probe(self) -> None:
+        """check_writable fails on a read-only store, and /health then answers 503."""
+        await self.store.check_writable()
+        reply = await self.request("GET", "/api/health")
+        self.assertEqual((reply.status, reply.json), (200, {"status": "ok", "store": "ok"}))
+        await self.set_read_only(True)
+        await self.store.ping()
+        await self.assertFailure(  # type: ignore[attr-defined]
+            self.store.check_writable(), StoreUnavailable
+        )
+        reply = await self.request("GET", "/api/health")
+        self.assertEqual(reply.status, 503)
+        self.assertEqual(reply.json, {"status": "unavailable", "store": "cannot-write"})
+        await self.set_read_only(False)
+        reply = await self.request("GET", "/api/health")
+        self.assertEqual(reply.status, 200)
+
+    async def test_503_logged_once(self) -> None:
+        """Requests during an outage get 503 + Retry-After; one log line for it, one after."""
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
+        await self.set_read_only(True)
+        for _ in range(3):
+            reply = await self.request("POST", "/api/v1/conversation", token=self.customer)
+            self.assertEqual(reply.status, 503, reply.body)
+            self.assertEqual(reply.header("Retry-After"), "5")
+            self.assertEqual(reply.header("Content-Type"), "application/problem+json")
+            self.assertEqual(reply.json["title"], "Service Unavailable")
+            self.assertNotIn("Traceback", reply.json["detail"])
+        self.assertEqual(self.flushLoggedErrors(), [])  # type: ignore[attr-defined]
+        outages = [e for e in events if e.get("log_namespace", "").startswith("medichat")
+                   and "unavailable" in e.get("log_format", "")]
+        self.assertEqual(len(outages), 1, outages)
+        self.assertEqual(outages[0]["log_level"], LogLevel.error)
+        self.assertNotIn("log_failure", outages[0])
+        await self.set_read_only(False)
+        for _ in range(2):
+            reply = await self.request("POST", "/api/v1/conversation", token=self.customer)
+            self.assertEqual(reply.status, 201, reply.body)
+        recoveries = [e for e in events if "available again" in e.get("log_format", "")]
+        self.assertEqual(len(recoveries), 1, recoveries)
+
+
+class SQLiteOutageTests(OutageMixin, TestCase):
+    """Outages of the SQLite store."""
+
+
+class PostgreSQLOutageTests(OutageMixin, TestCase):
+    """Outages of the PostgreSQL store."""
 
     database = True
