@@ -29,6 +29,7 @@ from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
@@ -116,6 +117,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []
         self["stomp-listen"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -139,6 +141,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if origin != "*" and "://" not in origin:
             raise usage.UsageError(f"--allowed-origin needs scheme://host[:port], not {origin!r}")
         self["allowed-origin"].append(origin.rstrip("/"))
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """
+        An IP or CIDR of a reverse proxy whose X-Forwarded-For / Forwarded headers name
+        the client's address, for login rate limits (repeatable).
+        """
+        try:
+            self["trusted-proxy"].append(parse_trusted_proxy(address))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy needs an IP or a CIDR: {e}") from None
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -369,6 +381,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         max_body=config["max-body"],
         secure_cookies=config["secure-cookies"],
         cookie_path=config["base-path"] or "/",
+        trusted_proxies=tuple(config["trusted-proxy"]),
     )
     root = build_root(config["base-path"], rest.resource(), WebSocketResource(ws_factory))
     site = make_site(root, config["max-body"])

@@ -48,6 +48,7 @@ from medichat.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
 from medichat.interfaces import IStore
@@ -213,6 +214,8 @@ class RestAPI:
         TLS-terminating proxy); it is always C{Secure} when the request came over TLS.
     @ivar cookie_path: the session cookie's C{Path}: the base path.
     @ivar message_rate: message POSTs allowed per user per C{message_window} seconds.
+    @ivar trusted_proxies: networks of the reverse proxies whose C{Forwarded} /
+        C{X-Forwarded-For} name the client's address (for login rate limits).
     """
 
     conversations: ConversationService
@@ -226,6 +229,7 @@ class RestAPI:
     cookie_path: str = "/api"
     message_rate: int = 20
     message_window: float = 10.0
+    trusted_proxies: tuple[Network, ...] = ()
     _message_buckets: TokenBuckets = field(init=False)
     _openapi: bytes | None = field(default=None, init=False)
     _health_failure: str | None = field(default=None, init=False)
@@ -421,8 +425,7 @@ class RestAPI:
         assert body is not None
         email = _string_field(body, "email")
         password = _string_field(body, "password")
-        client = request.getClientAddress()
-        address = getattr(client, "host", None) or str(client)
+        address = client_address(request, self.trusted_proxies)
         token, user = await self.accounts.login(email, password, address)
         self._cookie(request, token)
         return self._json(request, 200, user.as_json())
