@@ -150,6 +150,15 @@ class IStore(Interface):
         Close connections.
         """
 
+    def preflight() -> None:
+        """
+        Check, blocking, that C{start} can open the database (make the SQLite file, or
+        connect to PostgreSQL once), so that a server that cannot start says so before it
+        reports having started.  Only for process start-up, before the reactor serves.
+
+        @raise medichat.errors.StoreError: saying why not, in one line.
+        """
+
     def schema_version() -> Deferred[int]:
         """
         The number of the newest applied migration.

@@ -5,6 +5,7 @@ C{twistd medichat}: options and the service tree.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,12 +13,13 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from medichat import __version__
@@ -29,6 +31,7 @@ from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
+from medichat.errors import StoreError
 from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
@@ -179,12 +182,63 @@ def _endpoint(option: str, description: str) -> str:
         serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"--{option}: not an endpoint {description!r}: {e}") from None
+    except OSError as e:
+        # ssl: reads its key and certificate files here.
+        raise usage.UsageError(
+            f"--{option}: cannot read a file of {description!r}: {e.strerror or e}"
+            + (f": {e.filename}" if e.filename else "")
+        ) from None
+    except Exception as e:
+        # A key or certificate that OpenSSL cannot load, for instance.
+        raise usage.UsageError(
+            f"--{option}: cannot use {description!r}: {_one_line(e)}"
+        ) from None
     return description
+
+
+def _one_line(error: BaseException) -> str:
+    """
+    An exception as one line: its message, or its type when it has none.
+    """
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+class CannotStart(Exception):
+    """
+    The server cannot start: a port is taken, the database cannot be reached or opened.
+    Its message is the one line an operator needs.
+    """
+
+
+def _exit_process(status: int) -> None:
+    """
+    End the process at once with C{status}, after flushing what was logged to standard
+    output and error.  Twisted's runners have no exit status of their own: a reactor that
+    stopped means success to them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)
+
+
+def _report_cannot_start(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """
+    C{sys.excepthook} for a L{CannotStart} that leaves C{twistd}: no traceback, since the
+    reason was logged in one line already (and a daemon's parent shows it too, from
+    twistd's status pipe); the process still exits with status 1.
+    """
+    if not issubclass(kind, CannotStart):
+        sys.__excepthook__(kind, value, tb)
 
 
 class _Listener(Service):
     """
-    Listens on one endpoint once the store is ready, and logs the address.
+    Listens on one endpoint: binds at start (so that a taken port is known before the
+    server reports that it started), but accepts connections only once the store is ready.
     """
 
     def __init__(self, reactor: Any, description: str, factory: Any, what: str) -> None:
@@ -193,13 +247,51 @@ class _Listener(Service):
         self._factory = factory
         self._what = what
         self._port: IListeningPort | None = None
+        self._binding: Deferred[IListeningPort] | None = None
+
+    def bind(self) -> None:
+        """
+        Start listening without accepting yet.
+
+        @raise CannotStart: if the endpoint failed at once (a port taken, say); endpoints
+            that answer later are waited for by L{listen}.
+        """
+        endpoint = serverFromString(self._reactor, self._description)
+        binding: Deferred[IListeningPort] = endpoint.listen(self._factory)
+        outcome: list[object] = []
+        binding.addBoth(outcome.append)
+        if not outcome:
+            self._binding = binding
+            return
+        (result,) = outcome
+        if isinstance(result, Failure):
+            raise CannotStart(self._cannot_listen(result))
+        self._port = result  # type: ignore[assignment]
+        # Connections wait in the kernel's backlog until listen() (tcp and ssl ports).
+        stop = getattr(self._port, "stopReading", None)
+        if stop is not None:
+            stop()
 
     def listen(self) -> Deferred[IListeningPort]:
-        endpoint = serverFromString(self._reactor, self._description)
-        d: Deferred[IListeningPort] = endpoint.listen(self._factory)
+        """
+        Accept connections (binding first if L{bind} was not called), and log the address.
+        """
+        if self._port is not None:
+            d: Deferred[IListeningPort] = succeed(self._port)
+        elif self._binding is not None:
+            d, self._binding = self._binding, None
+        else:
+            endpoint = serverFromString(self._reactor, self._description)
+            d = endpoint.listen(self._factory)
+
+        def failed(failure: Failure) -> IListeningPort:
+            raise CannotStart(self._cannot_listen(failure))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._port = port
+            start = getattr(port, "startReading", None)
+            if start is not None:
+                start()
             address = port.getHost()
             _log.info(
                 "medichat {what} listening on {host}:{port} ({endpoint})",
@@ -210,7 +302,12 @@ class _Listener(Service):
             )
             return port
 
-        return d.addCallback(listening)
+        return d.addCallbacks(listening, failed)
+
+    def _cannot_listen(self, failure: Failure) -> str:
+        error = failure.value
+        reason: BaseException = getattr(error, "socketError", None) or error or Exception()
+        return f"cannot listen on {self._description}: {_one_line(reason)}"
 
     @property
     def port(self) -> IListeningPort | None:
@@ -227,16 +324,26 @@ class _Listener(Service):
 
 class MedichatService(MultiService):
     """
-    The whole server: starts the store (migrating it), then listens; on stop, closes
-    every STOMP session with "going away", stops listening and closes the store.
+    The whole server: checks that the database can be opened and binds its ports, then
+    starts the store (migrating it) and accepts connections; on stop, closes every STOMP
+    session with "going away", stops listening and closes the store.
+
+    A server that cannot start logs one line (C{medichat cannot start: <reason>}).  With
+    C{exit_on_failure}, as under C{twistd} and C{twist}, it then exits with status 1:
+    before the reactor runs (C{twistd}, which starts services first) by raising
+    L{CannotStart} out of C{startService}, which a daemonising C{twistd} reports from its
+    status pipe; once it runs (C{twist}, or a failure found later), by stopping the reactor
+    and ending the process with status 1 after shutdown.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
+    @ivar ready: fires once serving, or fails with L{CannotStart}.
     """
 
     def __init__(self, reactor: Any, store: Any, registry: SessionRegistry,
                  wheel: TimerWheel, threadpool: ThreadPool,
-                 websockets: StompWebSocketFactory) -> None:
+                 websockets: StompWebSocketFactory, *, exit_on_failure: bool = False) -> None:
         super().__init__()
+        self._exit_on_failure = exit_on_failure
         self._reactor = reactor
         self.store = store
         self.registry = registry
@@ -253,6 +360,15 @@ class MedichatService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        try:
+            # Blocking, but before anything is served; twistd reports a start only after
+            # this returns, so a daemon's parent exits non-zero for what is found here.
+            self.store.preflight()
+            for listener in self.listeners:
+                listener.bind()
+        except (CannotStart, StoreError) as e:
+            self._cannot_start(str(e))
+            return
         self._threadpool.start()
         self._start()
 
@@ -262,14 +378,31 @@ class MedichatService(MultiService):
             yield self.store.start()
             for listener in self.listeners:
                 yield listener.listen()
+        except (CannotStart, StoreError) as e:
+            self._cannot_start(str(e))
+            return
         except Exception:
             _log.failure("medichat could not start")
-            if IReactorCore.providedBy(self._reactor) and self._reactor.running:
-                self._reactor.stop()
-            self.ready.errback()
+            self._cannot_start("an unexpected error (logged above)")
             return
         _log.info("medichat {version} ready", version=__version__)
         self.ready.callback(None)
+
+    def _cannot_start(self, reason: str) -> None:
+        """
+        Log why the server cannot start, in one line; then exit with status 1, or, when
+        not asked to, fail L{ready}.
+        """
+        _log.critical("medichat cannot start: {reason}", reason=reason)
+        if not self._exit_on_failure:
+            self.ready.errback(CannotStart(reason))
+            return
+        if IReactorCore.providedBy(self._reactor) and self._reactor.running:
+            self._reactor.addSystemEventTrigger("after", "shutdown", _exit_process, 1)
+            self._reactor.stop()
+            return
+        sys.excepthook = _report_cannot_start
+        raise CannotStart(reason)
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -293,10 +426,19 @@ def _dev_checkers(data_dir: str, session_ttl: int) -> list[Any]:
     return [JWTChecker(secret=secret), SessionCookieChecker(session_ttl)]
 
 
-def makeService(config: Options, reactor: Any = None) -> IService:
+def makeService(
+    config: Options, reactor: Any = None, *, exit_on_failure: bool | None = None
+) -> IService:
     """
     Assemble the service tree from parsed options.
+
+    @param reactor: the reactor; the global one when L{None}, as under C{twistd}.
+    @param exit_on_failure: end the process with status 1 if the server cannot start;
+        by default only when C{reactor} is L{None} (C{twistd} and C{twist} call this
+        without one; tests pass theirs).
     """
+    if exit_on_failure is None:
+        exit_on_failure = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -386,7 +528,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     root = build_root(config["base-path"], rest.resource(), WebSocketResource(ws_factory))
     site = make_site(root, config["max-body"])
 
-    top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory)
+    top = MedichatService(
+        reactor, store, registry, wheel, threadpool, ws_factory, exit_on_failure=exit_on_failure
+    )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, site, "HTTP/WebSocket"))
     tcp_factory = StompTCPFactory(services, max_buffer=config["max-write-buffer"])

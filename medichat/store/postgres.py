@@ -12,6 +12,7 @@ connection attempts, so L{PostgreSQLStore} does.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -129,6 +130,19 @@ class PostgreSQLStore(SQLStore):
 
     def _where(self) -> str:
         return redact(self.url)
+
+    def preflight(self) -> None:
+        """
+        See L{IStore.preflight}: connect once, blocking, with the connection timeout.
+        """
+        try:
+            psycopg2.connect(
+                self.url, connect_timeout=max(1, math.ceil(self._connect_timeout))
+            ).close()
+        except psycopg2.Error as e:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {redact(self.url)}: {_reason(e)}"
+            ) from e
 
     def stop(self) -> Deferred[None]:
         """See L{IStore.stop}: waits for operations in flight, then disconnects."""

@@ -631,6 +631,10 @@ class SQLStore:
         """See L{medichat.interfaces.IStore.stop}."""
         raise NotImplementedError()
 
+    def preflight(self) -> None:
+        """See L{medichat.interfaces.IStore.preflight}."""
+        raise NotImplementedError()
+
     def _where(self) -> str:
         """
         The database's location for messages (never with a password).

@@ -131,6 +131,23 @@ class SQLiteStore(SQLStore):
     def _where(self) -> str:
         return self.path
 
+    def preflight(self) -> None:
+        """
+        See L{IStore.preflight}: make the directory and file (if allowed) and read the
+        file's header.
+        """
+        if not self._create and not os.path.exists(self.path):
+            raise MissingDatabase(f"{self.path} holds no medichat database")
+        _create_private(self.path)
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the SQLite store {self.path}: {e}") from e
+
     def _configure(self, connection: sqlite3.Connection) -> None:
         """
         Set up a new connection (in the database thread, before its first use).
