@@ -620,6 +620,7 @@ class SQLStore:
         self._running = False
         self._in_flight: set[Deferred[None]] = set()
         self._outage: str | None = None
+        self._outage_writes_only = False
 
     # -- for subclasses
 
@@ -692,25 +693,31 @@ class SQLStore:
         def finished(result: T | Failure) -> T | Failure:
             self._in_flight.discard(done)
             done.callback(None)
-            self._note_outage(result)
+            self._note_outage(result, write)
             return result
 
         return self._execute(script, write).addBoth(finished)
 
-    def _note_outage(self, result: object) -> None:
+    def _note_outage(self, result: object, write: bool) -> None:
         """
         Log an outage once when it starts and once when it ends, rather than once per
-        operation that fails meanwhile (each of which is answered 503).
+        operation that fails meanwhile (each of which is answered 503).  While only writes
+        fail (a read-only or full store), a read that works is no sign of recovery.
         """
         if isinstance(result, Failure):
-            if isinstance(result.value, StoreUnavailable) and self._outage is None:
+            if not isinstance(result.value, StoreUnavailable):
+                return
+            if self._outage is None:
                 self._outage = str(result.value)
+                self._outage_writes_only = write
                 _log.error(
                     "{kind} store unavailable, answering 503 until it recovers: {reason}",
                     kind=self.kind,
                     reason=self._outage,
                 )
-        elif self._outage is not None:
+            elif not write:
+                self._outage_writes_only = False
+        elif self._outage is not None and (write or not self._outage_writes_only):
             _log.info(
                 "{kind} store available again (was: {reason})", kind=self.kind, reason=self._outage
             )

@@ -173,6 +173,9 @@ class OutageMixin(_StoreAPI):
         )
         await self.set_read_only(True)
         for _ in range(3):
+            # Reads still work on a read-only store; they do not count as a recovery.
+            reply = await self.request("GET", "/api/v1/conversation", token=self.customer)
+            self.assertEqual(reply.status, 200, reply.body)
             reply = await self.request("POST", "/api/v1/conversation", token=self.customer)
             self.assertEqual(reply.status, 503, reply.body)
             self.assertEqual(reply.header("Retry-After"), "5")
@@ -180,6 +183,7 @@ class OutageMixin(_StoreAPI):
             self.assertEqual(reply.json["title"], "Service Unavailable")
             self.assertNotIn("Traceback", reply.json["detail"])
         self.assertEqual(self.flushLoggedErrors(), [])  # type: ignore[attr-defined]
+        self.assertEqual([e for e in events if "available again" in e["log_format"]], [])
         outages = [e for e in events if e.get("log_namespace", "").startswith("medichat")
                    and "unavailable" in e.get("log_format", "")]
         self.assertEqual(len(outages), 1, outages)
