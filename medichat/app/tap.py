@@ -259,12 +259,18 @@ class _Listener(Service):
         endpoint = serverFromString(self._reactor, self._description)
         binding: Deferred[IListeningPort] = endpoint.listen(self._factory)
         outcome: list[object] = []
-        binding.addBoth(outcome.append)
+
+        def keep(result: Any) -> Any:
+            outcome.append(result)
+            return result
+
+        binding.addBoth(keep)
         if not outcome:
             self._binding = binding
             return
         (result,) = outcome
         if isinstance(result, Failure):
+            binding.addErrback(lambda _: None)  # reported here instead
             raise CannotStart(self._cannot_listen(result))
         self._port = result  # type: ignore[assignment]
         # Connections wait in the kernel's backlog until listen() (tcp and ssl ports).
