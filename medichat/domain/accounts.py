@@ -36,7 +36,7 @@ from twisted.logger import Logger
 
 from medichat._ratelimit import SlidingWindowLimiter
 from medichat.auth.checkers import DEFAULT_SESSION_TTL, hash_session_token
-from medichat.errors import BadRequest, NotFound, RateLimited, Unauthorized
+from medichat.errors import BadRequest, NotFound, RateLimited, StoreError, Unauthorized
 from medichat.interfaces import IStore
 from medichat.model import Employee, LoginSession, User, micros, new_id
 
@@ -240,7 +240,15 @@ class Accounts:
             self._failures_by_email.hit(email_key, attempted)
         self._failed_pairs.hit(pair, attempted)
         self._failures_by_address.hit(client_address, attempted)
-        employee = await self._store.find_employee(email) if well_formed else None
+        try:
+            employee = await self._store.find_employee(email) if well_formed else None
+        except StoreError:
+            # Not the client's failure: take the counts back.
+            self._failures_by_address.forgive(client_address, attempted)
+            self._failed_pairs.forgive(pair, attempted)
+            if new_address:
+                self._failures_by_email.forgive(email_key, attempted)
+            raise
         stored_hash = employee.password_hash if employee is not None else None
         matched = await self._run_blocking(lambda: self._verify(stored_hash, password))
         if employee is None or not matched or employee.disabled:

@@ -6,10 +6,13 @@ password from another one, and failures and lockouts are logged without the pass
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import fail
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
-from medichat.errors import RateLimited
+from medichat.errors import RateLimited, StoreUnavailable
 from tests.domain.test_accounts import EMAIL, PASSWORD, StoreTestCase
 
 
@@ -71,3 +74,26 @@ class LoginLimitTests(StoreTestCase):
         self.assertEqual((refused[0]["email"], refused[0]["address"]), (EMAIL, "203.0.113.66"))
         for event in self.events:
             self.assertNotIn("hunter2", repr(event))
+
+
+class OutageLimitTests(StoreTestCase):
+    """
+    Logins that fail because the store cannot answer are not counted as failed logins.
+    """
+
+    async def test_store_failure_not_counted(self) -> None:
+        """Attempts during an outage leave the limits as they were once it ends."""
+        await self.accounts.add_employee(EMAIL, "Ann", PASSWORD)
+        find = self.store.find_employee
+
+        def unavailable(email: str) -> Any:
+            return fail(StoreUnavailable("the database is away"))
+
+        self.store.find_employee = unavailable  # type: ignore[method-assign]
+        for _ in range(5):
+            with self.assertRaises(StoreUnavailable):
+                await self.accounts.login(EMAIL, PASSWORD, "203.0.113.66")
+        self.store.find_employee = find  # type: ignore[method-assign]
+        for _ in range(2):
+            await self.login_fails(EMAIL, "wrong password", "203.0.113.66")
+        await self.accounts.login(EMAIL, PASSWORD, "203.0.113.66")
