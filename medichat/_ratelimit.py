@@ -123,6 +123,13 @@ class SlidingWindowLimiter:
         if len(self._events) > self._max_keys:
             self._prune(now)
 
+    def newest(self, key: str) -> float | None:
+        """
+        When C{key}'s latest counted event happened, or L{None} if none is kept.
+        """
+        events = self._events.get(key)
+        return events[-1] if events else None
+
     def reset(self, key: str) -> None:
         """
         Forget C{key}'s events.

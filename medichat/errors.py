@@ -85,6 +85,19 @@ class StoreError(Exception):
     """
 
 
+class StoreUnavailable(StoreError):
+    """
+    The store cannot serve requests now: unreachable, read-only, out of space, or busy
+    past its timeout.  Answered with 503 and C{Retry-After}; trying again later may work.
+    """
+
+
+class MissingDatabase(StoreError):
+    """
+    The store was told not to create a database, and found none where it looked.
+    """
+
+
 class DuplicateError(StoreError):
     """
     A unique value (an employee's email, say) is taken already.

@@ -219,6 +219,15 @@ class IStore(Interface):
         Close connections.
         """
 
+    def preflight() -> None:
+        """
+        Check, blocking, that C{start} can open the database (make the SQLite file, or
+        connect to PostgreSQL once), so that a server that cannot start says so before it
+        reports having started.  Only for process start-up, before the reactor serves.
+
+        @raise medichat.errors.StoreError: saying why not, in one line.
+        """
+
     def schema_version() -> Deferred[int]:
         """
         The number of the newest applied migration.
@@ -227,6 +236,12 @@ class IStore(Interface):
     def ping() -> Deferred[None]:
         """
         Fail if the database cannot be reached.
+        """
+
+    def check_writable() -> Deferred[None]:
+        """
+        Fail (with L{medichat.errors.StoreUnavailable}) if the database cannot commit a
+        write now: read-only, out of space, unreachable.  Writes one tiny row.
         """
 
     # conversations

@@ -15,7 +15,7 @@ The language, as medichat accepts it::
     value       = 1*unreserved / quoted
     quoted      = DQUOTE *( escaped / not-dquote ) DQUOTE
                 / "'" *( escaped / not-squote ) "'"
-    escaped     = "\\" any-character                 ; stands for that character
+    escaped     = "\\" any-character                 ; stands for that character (not NUL)
     unreserved  = any character but  " ' ( ) ; , = ! ~ < >  whitespace and controls
 
 Spaces and tabs are skipped between tokens.  A query is at most L{MAX_LENGTH} characters
@@ -322,8 +322,13 @@ class _Parser:
             if char == "\\":
                 if self.pos + 1 >= len(self.text):
                     raise self.fail("unterminated quoted value", start)
+                if self.text[self.pos + 1] == "\x00":
+                    raise self.fail("NUL (U+0000) is not allowed in a value", self.pos + 1)
                 out.append(self.text[self.pos + 1])
                 self.pos += 2
+            elif char == "\x00":
+                # No store can compare against it: PostgreSQL's text cannot hold one.
+                raise self.fail("NUL (U+0000) is not allowed in a value")
             elif char == quote:
                 self.pos += 1
                 return "".join(out)

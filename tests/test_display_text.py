@@ -138,7 +138,7 @@ class AdminNameTests(TestCase):
         data_dir = os.path.abspath(self.mktemp())
         status: int = await run(
             reactor,
-            ["--data-dir", data_dir, *argv],
+            ["--data-dir", data_dir, "--create", *argv],
             io.StringIO("correct horse"),
             io.StringIO(),
             stderr,

@@ -166,6 +166,19 @@ class ParseTests(SynchronousTestCase):
         self.assertRaises(TypeError, parse, b"a==b")
 
 
+class NulTests(SynchronousTestCase):
+    """
+    A NUL is refused in values, quoted or escaped, so no store ever has to compare one.
+    """
+
+    def test_nul_refused(self) -> None:
+        """A literal or escaped NUL in a quoted value is an RSQLError at its position."""
+        for text, position in (('a=="x\x00"', 5), ("a=='\\\x00'", 5), ("a==\x00", 3)):
+            with self.subTest(text=text):
+                error = self.assertRaises(RSQLError, parse, text)
+                self.assertEqual(error.position, position)
+
+
 class LimitTests(SynchronousTestCase):
     """
     L{parse} enforces its limits on length, comparisons and nesting.
@@ -364,7 +377,10 @@ _field_names = st.text(
     min_size=1,
     max_size=8,
 )
-_values = st.text(max_size=12).filter(lambda v: all(not 0xD800 <= ord(c) <= 0xDFFF for c in v))
+# Values never hold NUL: the parser refuses it (see NulTests).
+_values = st.text(max_size=12).filter(
+    lambda v: all(not 0xD800 <= ord(c) <= 0xDFFF and c != "\x00" for c in v)
+)
 _single_ops = st.sampled_from(["==", "!=", "=lt=", "=le=", "=gt=", "=ge="])
 
 

@@ -5,7 +5,8 @@ C{medichat-admin}: the operator's command line.
 
 Commands: C{migrate}, C{add-employee}, C{set-password}, C{disable}, C{enable},
 C{list-employees}, C{token}.  It opens the same store as C{twistd medichat} given the same
-C{--database} and C{--data-dir}.  Exit status: 0 done, 1 the command failed (a taken email,
+C{--database} and C{--data-dir}; only C{migrate}, or any command given C{--create}, makes
+a database where there is none.  Exit status: 0 done, 1 the command failed (a taken email,
 an unknown account, an unreachable database), 2 a usage error.
 """
 
@@ -25,7 +26,7 @@ from twisted.python import usage
 
 from medichat.auth.devsecret import SecretFileError, dev_secret_path, load_dev_secret, read_secret
 from medichat.domain.accounts import Accounts, normalise_email
-from medichat.errors import DomainError, DuplicateError, StoreError
+from medichat.errors import DomainError, DuplicateError, MissingDatabase, StoreError
 from medichat.interfaces import IStore
 from medichat.model import DISPLAY_NAME_RULE, ROLES, format_time, is_display_name
 from medichat.store import open_store
@@ -185,6 +186,14 @@ class Options(usage.Options):
             "postgresql://user@host:port/db (default: the embedded SQLite store in --data-dir).",
         ],
         ["data-dir", None, DEFAULT_DATA_DIR, "The server's data directory."],
+    ]
+    optFlags = [
+        [
+            "create",
+            None,
+            "Make the database if there is none (migrate always may); without it, a "
+            "--data-dir or --database that holds no medichat database is an error.",
+        ],
     ]
     subCommands = [
         ["migrate", None, NoArgsOptions, "Apply pending schema migrations."],
@@ -358,12 +367,19 @@ async def _run(reactor: Any, options: Options, io: _IO) -> int:
     if options.subCommand == "token":
         _token(reactor, options, io)
         return 0
+    # A mistyped --data-dir must not become a new, empty server that "worked".
+    create = options["create"] or options.subCommand == "migrate"
     try:
-        store = open_store(options["database"], options["data-dir"], reactor)
+        store = open_store(options["database"], options["data-dir"], reactor, create=create)
     except ValueError as e:
         raise _Usage(str(e)) from e
     try:
         await store.start()
+    except MissingDatabase as e:
+        raise _Failed(
+            f"cannot open the database: {e}; run 'medichat-admin migrate' to make one, "
+            "or give --create"
+        ) from e
     except Exception as e:
         raise _Failed(f"cannot open the database: {e}") from e
     try:

@@ -5,18 +5,20 @@ C{twistd medichat}: options and the service tree.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from medichat import __version__
@@ -30,7 +32,9 @@ from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
+from medichat.errors import StoreError
 from medichat.http._channel import HTTPConnections
+from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
@@ -154,6 +158,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []
         self["stomp-listen"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -177,6 +182,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if origin != "*" and "://" not in origin:
             raise usage.UsageError(f"--allowed-origin needs scheme://host[:port], not {origin!r}")
         self["allowed-origin"].append(origin.rstrip("/"))
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """
+        An IP or CIDR of a reverse proxy whose X-Forwarded-For / Forwarded headers name
+        the client's address, for login rate limits (repeatable).
+        """
+        try:
+            self["trusted-proxy"].append(parse_trusted_proxy(address))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy needs an IP or a CIDR: {e}") from None
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -207,12 +222,63 @@ def _endpoint(option: str, description: str) -> str:
         serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"--{option}: not an endpoint {description!r}: {e}") from None
+    except OSError as e:
+        # ssl: reads its key and certificate files here.
+        raise usage.UsageError(
+            f"--{option}: cannot read a file of {description!r}: {e.strerror or e}"
+            + (f": {e.filename}" if e.filename else "")
+        ) from None
+    except Exception as e:
+        # A key or certificate that OpenSSL cannot load, for instance.
+        raise usage.UsageError(
+            f"--{option}: cannot use {description!r}: {_one_line(e)}"
+        ) from None
     return description
+
+
+def _one_line(error: BaseException) -> str:
+    """
+    An exception as one line: its message, or its type when it has none.
+    """
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+class CannotStart(Exception):
+    """
+    The server cannot start: a port is taken, the database cannot be reached or opened.
+    Its message is the one line an operator needs.
+    """
+
+
+def _exit_process(status: int) -> None:
+    """
+    End the process at once with C{status}, after flushing what was logged to standard
+    output and error.  Twisted's runners have no exit status of their own: a reactor that
+    stopped means success to them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)
+
+
+def _report_cannot_start(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """
+    C{sys.excepthook} for a L{CannotStart} that leaves C{twistd}: no traceback, since the
+    reason was logged in one line already (and a daemon's parent shows it too, from
+    twistd's status pipe); the process still exits with status 1.
+    """
+    if not issubclass(kind, CannotStart):
+        sys.__excepthook__(kind, value, tb)
 
 
 class _Listener(Service):
     """
-    Listens on one endpoint once the store is ready, and logs the address.
+    Listens on one endpoint: binds at start (so that a taken port is known before the
+    server reports that it started), but accepts connections only once the store is ready.
     """
 
     def __init__(self, reactor: Any, description: str, factory: Any, what: str) -> None:
@@ -221,13 +287,57 @@ class _Listener(Service):
         self._factory = factory
         self._what = what
         self._port: IListeningPort | None = None
+        self._binding: Deferred[IListeningPort] | None = None
+
+    def bind(self) -> None:
+        """
+        Start listening without accepting yet.
+
+        @raise CannotStart: if the endpoint failed at once (a port taken, say); endpoints
+            that answer later are waited for by L{listen}.
+        """
+        endpoint = serverFromString(self._reactor, self._description)
+        binding: Deferred[IListeningPort] = endpoint.listen(self._factory)
+        outcome: list[object] = []
+
+        def keep(result: Any) -> Any:
+            outcome.append(result)
+            return result
+
+        binding.addBoth(keep)
+        if not outcome:
+            self._binding = binding
+            return
+        (result,) = outcome
+        if isinstance(result, Failure):
+            binding.addErrback(lambda _: None)  # reported here instead
+            raise CannotStart(self._cannot_listen(result))
+        self._port = result  # type: ignore[assignment]
+        # Connections wait in the kernel's backlog until listen() (tcp and ssl ports).
+        stop = getattr(self._port, "stopReading", None)
+        if stop is not None:
+            stop()
 
     def listen(self) -> Deferred[IListeningPort]:
-        endpoint = serverFromString(self._reactor, self._description)
-        d: Deferred[IListeningPort] = endpoint.listen(self._factory)
+        """
+        Accept connections (binding first if L{bind} was not called), and log the address.
+        """
+        if self._port is not None:
+            d: Deferred[IListeningPort] = succeed(self._port)
+        elif self._binding is not None:
+            d, self._binding = self._binding, None
+        else:
+            endpoint = serverFromString(self._reactor, self._description)
+            d = endpoint.listen(self._factory)
+
+        def failed(failure: Failure) -> IListeningPort:
+            raise CannotStart(self._cannot_listen(failure))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._port = port
+            start = getattr(port, "startReading", None)
+            if start is not None:
+                start()
             address = port.getHost()
             _log.info(
                 "medichat {what} listening on {host}:{port} ({endpoint})",
@@ -238,7 +348,12 @@ class _Listener(Service):
             )
             return port
 
-        return d.addCallback(listening)
+        return d.addCallbacks(listening, failed)
+
+    def _cannot_listen(self, failure: Failure) -> str:
+        error = failure.value
+        reason: BaseException = getattr(error, "socketError", None) or error or Exception()
+        return f"cannot listen on {self._description}: {_one_line(reason)}"
 
     @property
     def port(self) -> IListeningPort | None:
@@ -255,21 +370,32 @@ class _Listener(Service):
 
 class MedichatService(MultiService):
     """
-    The whole server: starts the store (migrating it), then listens; on stop, closes
-    every STOMP session with "going away", stops listening, finishes the HTTP requests in
-    flight (for at most C{shutdown_timeout} seconds) and closes the store.
+    The whole server: checks that the database can be opened and binds its ports, then
+    starts the store (migrating it) and accepts connections; on stop, closes every STOMP
+    session with "going away", stops listening, finishes the HTTP requests in flight (for
+    at most C{shutdown_timeout} seconds) and closes the store.
+
+    A server that cannot start logs one line (C{medichat cannot start: <reason>}).  With
+    C{exit_on_failure}, as under C{twistd} and C{twist}, it then exits with status 1:
+    before the reactor runs (C{twistd}, which starts services first) by raising
+    L{CannotStart} out of C{startService}, which a daemonising C{twistd} reports from its
+    status pipe; once it runs (C{twist}, or a failure found later), by stopping the reactor
+    and ending the process with status 1 after shutdown.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
+    @ivar ready: fires once serving, or fails with L{CannotStart}.
     """
 
     def __init__(self, reactor: Any, store: Any, registry: SessionRegistry,
                  wheel: TimerWheel, threadpool: ThreadPool,
                  websockets: StompWebSocketFactory, *,
                  http: HTTPConnections | None = None,
-                 shutdown_timeout: float = 25.0) -> None:
+                 shutdown_timeout: float = 25.0,
+                 exit_on_failure: bool = False) -> None:
         super().__init__()
         self._http = http
         self._shutdown_timeout = shutdown_timeout
+        self._exit_on_failure = exit_on_failure
         self._reactor = reactor
         self.store = store
         self.registry = registry
@@ -288,6 +414,15 @@ class MedichatService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        try:
+            # Blocking, but before anything is served; twistd reports a start only after
+            # this returns, so a daemon's parent exits non-zero for what is found here.
+            self.store.preflight()
+            for listener in self.listeners:
+                listener.bind()
+        except (CannotStart, StoreError) as e:
+            self._cannot_start(str(e))
+            return
         self._threadpool.start()
         self._start()
 
@@ -297,11 +432,12 @@ class MedichatService(MultiService):
             yield self.store.start()
             for listener in self.listeners:
                 yield listener.listen()
+        except (CannotStart, StoreError) as e:
+            self._cannot_start(str(e))
+            return
         except Exception:
             _log.failure("medichat could not start")
-            if IReactorCore.providedBy(self._reactor) and self._reactor.running:
-                self._reactor.stop()
-            self.ready.errback()
+            self._cannot_start("an unexpected error (logged above)")
             return
         _log.info("medichat {version} ready", version=__version__)
         self.ready.callback(None)
@@ -326,6 +462,22 @@ class MedichatService(MultiService):
         for waiter in waiters:
             waiter.callback(None)
         return result
+
+    def _cannot_start(self, reason: str) -> None:
+        """
+        Log why the server cannot start, in one line; then exit with status 1, or, when
+        not asked to, fail L{ready}.
+        """
+        _log.critical("medichat cannot start: {reason}", reason=reason)
+        if not self._exit_on_failure:
+            self.ready.errback(CannotStart(reason))
+            return
+        if IReactorCore.providedBy(self._reactor) and self._reactor.running:
+            self._reactor.addSystemEventTrigger("after", "shutdown", _exit_process, 1)
+            self._reactor.stop()
+            return
+        sys.excepthook = _report_cannot_start
+        raise CannotStart(reason)
 
     @inlineCallbacks
     def _stop(self) -> Any:
@@ -352,10 +504,19 @@ def _dev_checkers(data_dir: str, session_ttl: int) -> list[Any]:
     return [JWTChecker(secret=secret), SessionCookieChecker(session_ttl)]
 
 
-def makeService(config: Options, reactor: Any = None) -> IService:
+def makeService(
+    config: Options, reactor: Any = None, *, exit_on_failure: bool | None = None
+) -> IService:
     """
     Assemble the service tree from parsed options.
+
+    @param reactor: the reactor; the global one when L{None}, as under C{twistd}.
+    @param exit_on_failure: end the process with status 1 if the server cannot start;
+        by default only when C{reactor} is L{None} (C{twistd} and C{twist} call this
+        without one; tests pass theirs).
     """
+    if exit_on_failure is None:
+        exit_on_failure = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -444,6 +605,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         cookie_path=config["base-path"] or "/",
         message_rate=config["message-rate"],
         conversation_rate=config["conversation-rate"],
+        trusted_proxies=tuple(config["trusted-proxy"]),
     )
     root = build_root(
         config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
@@ -453,8 +615,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 
-    top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory,
-                          http=http, shutdown_timeout=config["shutdown-timeout"])
+    top = MedichatService(
+        reactor, store, registry, wheel, threadpool, ws_factory,
+        http=http, shutdown_timeout=config["shutdown-timeout"], exit_on_failure=exit_on_failure,
+    )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))
     tcp_factory = CappedFactory(

@@ -1,6 +1,20 @@
 """
 Employee accounts: adding nurses, their passwords, logging in and out, disabling.
 
+Failed logins are limited so that guessing is slow and so that no one address can lock
+anyone else out (C{max_failures} per C{failure_window}, 10 per 5 minutes by default):
+
+  - B{per address}: an address with C{max_failures} failures (on any accounts) is refused
+    until the window frees up, even with a right password.  Other addresses are not
+    affected, so behind a proxy give C{--trusted-proxy} or every client shares one address.
+  - B{per account}: an account is refused from everywhere only once failures on it came from
+    C{max_failures} different addresses within the window.  One hostile address alone
+    cannot trigger it: it is blocked by the per-address limit first.  A successful login
+    clears the account's count.
+
+Each failure is logged (account and address, never the password), each limit once when
+it is reached, and each refused attempt.
+
 No HTTP here: the REST edge and C{medichat-admin} both call L{Accounts}.  Passwords are
 hashed with argon2id; a login makes a L{LoginSession} whose random token goes to the
 client as a cookie and is stored only as its SHA-256 (see
@@ -22,7 +36,7 @@ from twisted.logger import Logger
 
 from medichat._ratelimit import SlidingWindowLimiter
 from medichat.auth.checkers import DEFAULT_SESSION_TTL, hash_session_token
-from medichat.errors import BadRequest, NotFound, RateLimited, Unauthorized
+from medichat.errors import BadRequest, NotFound, RateLimited, StoreError, Unauthorized
 from medichat.interfaces import IStore
 from medichat.model import (
     DISPLAY_NAME_RULE,
@@ -46,6 +60,8 @@ LOGIN_FAILED = "invalid email or password"
 TOO_MANY_FAILURES = "too many failed logins; try again later"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+EMAIL_CONTROLS = "email: must not hold control characters"
 
 
 class BlockingRunner(Protocol):
@@ -104,8 +120,9 @@ class Accounts:
         @param hasher: the argon2id password hasher (its parameters are the cost).
         @param run_blocking: runs argon2 hashing and verification; pass a thread pool runner
             in a server so that a login does not stall the reactor.
-        @param max_failures: failed logins allowed per email and per client address within
-            C{failure_window} seconds; more are refused with L{RateLimited}.
+        @param max_failures: failed logins allowed per client address, and different
+            failing addresses allowed per email, within C{failure_window} seconds; more are
+            refused with L{RateLimited} (see the module's docstring).
         """
         if session_ttl <= 0:
             raise ValueError("the session ttl must be a positive number of seconds")
@@ -114,8 +131,14 @@ class Accounts:
         self.session_ttl = session_ttl
         self._hasher = hasher if hasher is not None else argon2.PasswordHasher()
         self._run_blocking = run_blocking
+        # Counts the different addresses that failed on an account, not its failures.
         self._failures_by_email = SlidingWindowLimiter(max_failures, failure_window)
         self._failures_by_address = SlidingWindowLimiter(max_failures, failure_window)
+        # Whether an address failed on an account within the window (one event each).
+        self._failed_pairs = SlidingWindowLimiter(1, failure_window, max_keys=50_000)
+        # Bumped by each successful login, so that the pairs counted before it no longer
+        # count; only real accounts log in, so this holds one entry per employee at most.
+        self._generations: dict[str, int] = {}
         self._dummy_hash: str | None = None
         self._observers: list[Callable[[str | None, str | None], None]] = []
 
@@ -206,6 +229,7 @@ class Accounts:
         @return: a L{Deferred} firing with C{(token, user)}: the session token for the
             cookie (shown once, stored only hashed) and the employee's L{User}.
         @raise Unauthorized: (asynchronously) C{"invalid email or password"}.
+        @raise BadRequest: (asynchronously) for an email with control characters.
         @raise RateLimited: (asynchronously) after too many failures for this email or
             from this address within the window.
         """
@@ -213,6 +237,7 @@ class Accounts:
 
     async def _login(self, email: str, password: str, client_address: str) -> tuple[str, User]:
         email = normalise_email(email)
+        _refuse_controls(email)
         well_formed = len(email) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(email) is not None
         # Malformed emails share one key, so that long junk cannot fill the limiter's memory.
         email_key = email if well_formed else ""
@@ -220,14 +245,29 @@ class Accounts:
         self._refuse_if_limited(email_key, client_address, attempted)
         # Counted as failures before the slow check, so that attempts made in parallel
         # cannot outrun the limit; a success takes its count back.
-        self._failures_by_email.hit(email_key, attempted)
+        pair = f"{email_key}\n{self._generations.get(email_key, 0)}\n{client_address}"
+        new_address = self._failed_pairs.retry_after(pair, attempted) is None
+        if new_address:
+            self._failures_by_email.hit(email_key, attempted)
+        self._failed_pairs.hit(pair, attempted)
         self._failures_by_address.hit(client_address, attempted)
-        employee = await self._store.find_employee(email) if well_formed else None
+        try:
+            employee = await self._store.find_employee(email) if well_formed else None
+        except StoreError:
+            # Not the client's failure: take the counts back.
+            self._failures_by_address.forgive(client_address, attempted)
+            self._failed_pairs.forgive(pair, attempted)
+            if new_address:
+                self._failures_by_email.forgive(email_key, attempted)
+            raise
         stored_hash = employee.password_hash if employee is not None else None
         matched = await self._run_blocking(lambda: self._verify(stored_hash, password))
         if employee is None or not matched or employee.disabled:
+            self._log_failure(email_key, client_address, attempted)
             raise Unauthorized(LOGIN_FAILED)
         self._failures_by_email.reset(email_key)
+        self._failed_pairs.reset(pair)
+        self._generations[email_key] = self._generations.get(email_key, 0) + 1
         self._failures_by_address.forgive(client_address, attempted)
 
         new_hash = None
@@ -298,6 +338,7 @@ class Accounts:
     # ----------------------------------------------------------------------------------
 
     async def _existing(self, email: str) -> Employee:
+        _refuse_controls(normalise_email(email))
         employee: Employee | None = await self._store.find_employee(normalise_email(email))
         if employee is None:
             raise NotFound(f"no employee with email {normalise_email(email)}")
@@ -324,7 +365,38 @@ class Accounts:
             if wait is not None
         ]
         if waits:
+            self._log.info(
+                "login refused for {email} from {address}: too many failures",
+                email=email_key or "(malformed)",
+                address=client_address,
+            )
             raise RateLimited(TOO_MANY_FAILURES, retry_after=float(math.ceil(max(waits))))
+
+    def _log_failure(self, email_key: str, client_address: str, now: float) -> None:
+        """
+        Log a failed login, and a limit that it made reach.
+        """
+        email = email_key or "(malformed)"
+        self._log.info(
+            "login failed for {email} from {address}", email=email, address=client_address
+        )
+        # Parallel attempts may all see the limit reached; only the one that reached it
+        # (with no attempt refused yet) is the one to log it, which is close enough.
+        address_wait = self._failures_by_address.retry_after(client_address, now)
+        if address_wait is not None and self._failures_by_address.newest(client_address) == now:
+            self._log.warn(
+                "too many failed logins from {address}; refusing it for {seconds:.0f} seconds",
+                address=client_address,
+                seconds=address_wait,
+            )
+        email_wait = self._failures_by_email.retry_after(email_key, now)
+        if email_wait is not None and self._failures_by_email.newest(email_key) == now:
+            self._log.warn(
+                "too many failed logins for {email} from different addresses; refusing "
+                "the account for {seconds:.0f} seconds",
+                email=email,
+                seconds=email_wait,
+            )
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         """
@@ -348,8 +420,20 @@ class Accounts:
             return False
 
 
+def _refuse_controls(email: str) -> None:
+    """
+    Refuse an email with control characters: no address holds one, and a NUL could not
+    even be looked up in PostgreSQL.
+
+    @raise BadRequest: if C{email} holds a C0 or C1 control character.
+    """
+    if _CONTROL.search(email):
+        raise BadRequest(EMAIL_CONTROLS)
+
+
 def _valid_email(email: str) -> str:
     email = normalise_email(email)
+    _refuse_controls(email)
     if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
         raise BadRequest(f"not an email address: {email!r}")
     return email

@@ -8,7 +8,9 @@ Every error the REST API answers with goes through this module, so they all look
 
 C{type} is a stable identifier per kind of problem (it names no real web page); clients may
 switch on it.  Unexpected failures become a 500 whose C{detail} says nothing about the
-cause: the traceback goes to the log, never to the client.
+cause: the traceback goes to the log, never to the client.  A store that cannot serve
+(L{medichat.errors.StoreUnavailable}) is a 503 with C{Retry-After} instead, logged once per
+outage by the store rather than once per request.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from medichat.errors import DomainError, RateLimited
+from medichat.errors import DomainError, RateLimited, StoreUnavailable
 
 __all__ = [
     "CONTENT_TYPE",
     "PROBLEM_TYPE_BASE",
+    "STORE_RETRY_AFTER",
     "Problem",
     "problem_for",
     "render_failure",
@@ -36,6 +39,9 @@ CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://medichat.invalid/problems/"
 
 _log = Logger()
+
+STORE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait (C{Retry-After}) while the store is unavailable."""
 
 _KINDS: dict[int, tuple[str, str]] = {
     400: ("bad-request", "Bad Request"),
@@ -112,6 +118,12 @@ def problem_for(error: BaseException) -> Problem:
             headers = (("Retry-After", str(max(1, math.ceil(error.retry_after)))),)
         problem = Problem.of(error.status, error.detail, headers)
         return problem
+    if isinstance(error, StoreUnavailable):
+        return Problem.of(
+            503,
+            "the server cannot reach its database right now; try again later",
+            (("Retry-After", str(STORE_RETRY_AFTER)),),
+        )
     return Problem.of(500, "the server failed to handle this request; it has been logged")
 
 
@@ -138,7 +150,8 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     """
     error = failure.value if failure.value is not None else Exception()
     problem = problem_for(error)
-    if problem.status >= 500:
+    # An unavailable store is logged once per outage, by the store.
+    if problem.status >= 500 and not isinstance(error, StoreUnavailable):
         _log.failure(
             "unhandled error answering {method} {uri}",
             failure=failure,

@@ -48,6 +48,7 @@ from medichat.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
 from medichat.http.shapes import conversation_json, conversation_page_json
@@ -231,6 +232,8 @@ class RestAPI:
     @ivar message_rate: message POSTs allowed per user per C{message_window} seconds.
     @ivar conversation_rate: conversations a user may open per C{conversation_window}
         seconds (at once, or spread out).
+    @ivar trusted_proxies: networks of the reverse proxies whose C{Forwarded} /
+        C{X-Forwarded-For} name the client's address (for login rate limits).
     """
 
     conversations: ConversationService
@@ -246,9 +249,11 @@ class RestAPI:
     message_window: float = 10.0
     conversation_rate: int = 10
     conversation_window: float = 60.0
+    trusted_proxies: tuple[Network, ...] = ()
     _message_buckets: TokenBuckets = field(init=False)
     _conversation_buckets: TokenBuckets = field(init=False)
     _openapi: bytes | None = field(default=None, init=False)
+    _health_failure: str | None = field(default=None, init=False)
 
     router = Klein()
     # "/v1/conversation//message" must not be taken for "/v1/conversation/message".
@@ -453,8 +458,7 @@ class RestAPI:
         assert body is not None
         email = _string_field(body, "email")
         password = _string_field(body, "password")
-        client = request.getClientAddress()
-        address = getattr(client, "host", None) or str(client)
+        address = client_address(request, self.trusted_proxies)
         token, user = await self.accounts.login(email, password, address)
         self._cookie(request, token)
         return self._json(request, 200, user.as_json())
@@ -578,16 +582,27 @@ class RestAPI:
     @router.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
         """
-        C{GET /health}: 200 C{{"status": "ok", "store": "ok"}}, or 503 when the store does
-        not answer a ping within a few seconds.
+        C{GET /health}: 200 C{{"status": "ok", "store": "ok"}}, or 503 with C{"store":
+        "unreachable"} when the store does not answer a ping within a few seconds, or
+        C{"cannot-write"} when it answers but cannot commit a write (read-only, full).
+        A change of state is logged once.
         """
+        state = "unreachable"
         try:
-            ping = self.store.ping()
-            ping.addTimeout(HEALTH_TIMEOUT, self.clock)
-            await ping
-        except Exception:
-            _log.failure("health check: the store did not answer")
-            return self._json(request, 503, {"status": "unavailable", "store": "unreachable"})
+            for probe in (self.store.ping, self.store.check_writable):
+                d = probe()
+                d.addTimeout(HEALTH_TIMEOUT, self.clock)
+                await d
+                state = "cannot-write"
+        except Exception as e:
+            reason = f"{state}: {e or type(e).__name__}"
+            if self._health_failure is None:
+                _log.warn("health check failing: the store is {reason}", reason=reason)
+            self._health_failure = reason
+            return self._json(request, 503, {"status": "unavailable", "store": state})
+        if self._health_failure is not None:
+            _log.info("health check passing again (was: {reason})", reason=self._health_failure)
+            self._health_failure = None
         return self._json(request, 200, {"status": "ok", "store": "ok"})
 
     @router.route("/v1/openapi.json", methods=["GET"])

@@ -20,7 +20,9 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 """URL schemes that select the PostgreSQL store (both are libpq's)."""
 
 
-def open_store(database: str | None, data_dir: str, reactor: Any) -> IStore:
+def open_store(
+    database: str | None, data_dir: str, reactor: Any, *, create: bool = True
+) -> IStore:
     """
     The store that C{--database} and C{--data-dir} name, not yet started.
 
@@ -30,11 +32,14 @@ def open_store(database: str | None, data_dir: str, reactor: Any) -> IStore:
         C{start} if missing.
     @param reactor: the reactor; the stores read its time, run adbapi's thread or watch
         txpostgres's sockets with it.
+    @param create: let C{start} make the database (the SQLite file and its directory, or
+        medichat's tables); if C{False}, C{start} fails with
+        L{medichat.errors.MissingDatabase} where medichat never made one.
     @raise ValueError: if C{database} is not a PostgreSQL URL; the message says what is
         expected and never repeats a password.
     """
     if database is None:
-        return SQLiteStore(os.path.join(data_dir, SQLITE_FILE_NAME), reactor)
+        return SQLiteStore(os.path.join(data_dir, SQLITE_FILE_NAME), reactor, create=create)
     scheme, separator, _ = database.partition("://")
     if separator and scheme.lower() in POSTGRESQL_SCHEMES:
         try:
@@ -43,7 +48,7 @@ def open_store(database: str | None, data_dir: str, reactor: Any) -> IStore:
             raise ValueError(
                 f"malformed PostgreSQL URL ({e}): expected postgresql://user@host:port/dbname"
             ) from None
-        return PostgreSQLStore(database, reactor)
+        return PostgreSQLStore(database, reactor, create=create)
     if separator and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
         what = f"a {scheme!r} URL"
     elif database.strip():

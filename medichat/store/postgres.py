@@ -12,6 +12,7 @@ connection attempts, so L{PostgreSQLStore} does.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -24,7 +25,7 @@ from twisted.python.failure import Failure
 from txpostgres import txpostgres
 from zope.interface import implementer
 
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
 from medichat.store.scripts import POSTGRESQL, Migration, Result, Script, SQLStore
 
@@ -81,6 +82,7 @@ class PostgreSQLStore(SQLStore):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         migrations: Sequence[Migration] | None = None,
+        create: bool = True,
     ) -> None:
         """
         @param url: a libpq connection URI, C{postgresql://user@host:port/dbname}.
@@ -89,8 +91,10 @@ class PostgreSQLStore(SQLStore):
         @param connect_timeout: seconds to wait for each connection to open.
         @param migrations: the migrations to apply at start; all that ship with medichat
             unless given (tests pass fewer, to make an older database).
+        @param create: make medichat's tables if the database has none; if C{False},
+            C{start} fails with L{medichat.errors.MissingDatabase} instead.
         """
-        super().__init__(reactor, migrations)
+        super().__init__(reactor, migrations, create=create)
         self.url = url
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
@@ -123,6 +127,22 @@ class PostgreSQLStore(SQLStore):
             version=outcome.after,
         )
 
+    def _where(self) -> str:
+        return redact(self.url)
+
+    def preflight(self) -> None:
+        """
+        See L{IStore.preflight}: connect once, blocking, with the connection timeout.
+        """
+        try:
+            psycopg2.connect(
+                self.url, connect_timeout=max(1, math.ceil(self._connect_timeout))
+            ).close()
+        except psycopg2.Error as e:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {redact(self.url)}: {_reason(e)}"
+            ) from e
+
     def stop(self) -> Deferred[None]:
         """See L{IStore.stop}: waits for operations in flight, then disconnects."""
         return Deferred.fromCoroutine(self._stop())
@@ -144,9 +164,24 @@ class PostgreSQLStore(SQLStore):
         if isinstance(error, psycopg2.errors.UniqueViolation):
             detail = (error.diag.message_detail or error.diag.message_primary or "").strip()
             raise DuplicateError(f"already taken: {detail}") from error
+        if isinstance(error, _OUTAGES):
+            raise StoreUnavailable(
+                f"PostgreSQL at {redact(self.url)}: {_reason(error)}"
+            ) from error
         if isinstance(error, psycopg2.Error | txpostgres.RollbackFailed):
             raise StoreError(f"PostgreSQL at {redact(self.url)}: {_reason(error)}") from error
         return failure
+
+
+_OUTAGES = (
+    # Connections lost or refused, the server shutting down, a full disk.
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    # A read-only server (a standby, default_transaction_read_only).
+    psycopg2.errors.ReadOnlySqlTransaction,
+    txpostgres.RollbackFailed,
+)
+"""Driver errors that mean the database cannot serve now, not that a statement is wrong."""
 
 
 def _reason(error: BaseException) -> str:
@@ -245,7 +280,9 @@ class _Slot:
         self._timer = self._reactor.callLater(
             self._timeout,
             self._settle,
-            Failure(StoreError(f"no answer from PostgreSQL within {self._timeout:g} seconds")),
+            Failure(
+                StoreUnavailable(f"no answer from PostgreSQL within {self._timeout:g} seconds")
+            ),
         )
         connecting: Deferred[Any] = connection.connect(*self._args, **self._kwargs)
         connecting.addBoth(self._settle)

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from medichat import rsql
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
     Conversation,
     Employee,
@@ -90,12 +90,14 @@ class Dialect:
         lock held until the end of the transaction, so that processes starting together
         migrate one after the other; L{None} where beginning a write transaction does that
         already.
+    @ivar count_tables: a query counting the tables named by its one parameter.
     """
 
     name: str
     placeholder: str
     lock_row: str
     migration_lock: str | None
+    count_tables: str
 
     def sql(self, text: str) -> str:
         """
@@ -112,7 +114,13 @@ class Dialect:
         return Statement(self.sql(text), params)
 
 
-SQLITE = Dialect(name="sqlite", placeholder="?", lock_row="", migration_lock=None)
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    lock_row="",
+    migration_lock=None,
+    count_tables="SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+)
 """SQLite: one writer at a time, taken by C{BEGIN IMMEDIATE}."""
 
 POSTGRESQL = Dialect(
@@ -122,6 +130,10 @@ POSTGRESQL = Dialect(
     # KEY SHARE locks that foreign key checks (receipts, say) take on it.
     lock_row=" FOR NO KEY UPDATE",
     migration_lock="SELECT pg_advisory_xact_lock(?)",
+    count_tables=(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = current_schema() AND table_name = ?"
+    ),
 )
 """PostgreSQL through psycopg2."""
 
@@ -255,8 +267,21 @@ def _schema_version(dialect: Dialect) -> Script[int]:
     return int(version) if version is not None else 0
 
 
+def _holds_schema(dialect: Dialect) -> Script[bool]:
+    result = yield dialect.statement(dialect.count_tables, "schema_migrations")
+    return bool(result.rows and result.rows[0][0])
+
+
 def _ping(dialect: Dialect) -> Script[None]:
     yield dialect.statement("SELECT 1")
+
+
+def _check_writable(dialect: Dialect, now: int) -> Script[None]:
+    yield dialect.statement(
+        "INSERT INTO health_probe (id, checked) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+        now,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -577,18 +602,25 @@ class SQLStore:
 
     @ivar _reactor: gives the time recorded for applied migrations.
     @ivar _migrations: the migrations that C{start} applies.
+    @ivar _create: whether C{start} may make a new database; if not, it fails with
+        L{MissingDatabase} on one that medichat never migrated.
     """
 
     kind: str = ""
     _dialect: Dialect = SQLITE
 
-    def __init__(self, reactor: Any, migrations: Sequence[Migration] | None) -> None:
+    def __init__(
+        self, reactor: Any, migrations: Sequence[Migration] | None, *, create: bool = True
+    ) -> None:
         self._reactor = reactor
+        self._create = create
         self._migrations = (
             list(migrations) if migrations is not None else load_migrations(self._dialect.name)
         )
         self._running = False
         self._in_flight: set[Deferred[None]] = set()
+        self._outage: str | None = None
+        self._outage_writes_only = False
 
     # -- for subclasses
 
@@ -598,6 +630,16 @@ class SQLStore:
 
     def stop(self) -> Deferred[None]:
         """See L{medichat.interfaces.IStore.stop}."""
+        raise NotImplementedError()
+
+    def preflight(self) -> None:
+        """See L{medichat.interfaces.IStore.preflight}."""
+        raise NotImplementedError()
+
+    def _where(self) -> str:
+        """
+        The database's location for messages (never with a password).
+        """
         raise NotImplementedError()
 
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
@@ -613,7 +655,12 @@ class SQLStore:
     async def _start_running(self) -> Migrated:
         """
         Apply pending migrations and accept operations; call once connected.
+
+        @raise MissingDatabase: if the store may not create a database and this one was
+            never migrated by medichat.
         """
+        if not self._create and not await self._execute(_holds_schema(self._dialect), False):
+            raise MissingDatabase(f"{self._where()} holds no medichat database")
         outcome = await self._execute(
             migrate(self._dialect, self._migrations, micros(self._reactor.seconds())),
             write=True,
@@ -646,9 +693,35 @@ class SQLStore:
         def finished(result: T | Failure) -> T | Failure:
             self._in_flight.discard(done)
             done.callback(None)
+            self._note_outage(result, write)
             return result
 
         return self._execute(script, write).addBoth(finished)
+
+    def _note_outage(self, result: object, write: bool) -> None:
+        """
+        Log an outage once when it starts and once when it ends, rather than once per
+        operation that fails meanwhile (each of which is answered 503).  While only writes
+        fail (a read-only or full store), a read that works is no sign of recovery.
+        """
+        if isinstance(result, Failure):
+            if not isinstance(result.value, StoreUnavailable):
+                return
+            if self._outage is None:
+                self._outage = str(result.value)
+                self._outage_writes_only = write
+                _log.error(
+                    "{kind} store unavailable, answering 503 until it recovers: {reason}",
+                    kind=self.kind,
+                    reason=self._outage,
+                )
+            elif not write:
+                self._outage_writes_only = False
+        elif self._outage is not None and (write or not self._outage_writes_only):
+            _log.info(
+                "{kind} store available again (was: {reason})", kind=self.kind, reason=self._outage
+            )
+            self._outage = None
 
     # -- schema
 
@@ -659,6 +732,10 @@ class SQLStore:
     def ping(self) -> Deferred[None]:
         """See L{medichat.interfaces.IStore.ping}."""
         return self._run(_ping(self._dialect))
+
+    def check_writable(self) -> Deferred[None]:
+        """See L{medichat.interfaces.IStore.check_writable}."""
+        return self._run(_check_writable(self._dialect, micros(self._reactor.seconds())), True)
 
     # -- conversations
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from medichat.errors import DuplicateError, StoreError
+from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 
@@ -38,6 +38,20 @@ MINIMUM_SQLITE_VERSION = (3, 35, 0)
 """The oldest SQLite with everything used here (upserts with C{WHERE}, C{RETURNING})."""
 
 _UNIQUE_VIOLATIONS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+_OUTAGES = (
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_NOLFS",
+    "SQLITE_PROTOCOL",
+)
+"""Error names (and the prefixes of their extended codes) of a file that cannot be used
+now, rather than of a wrong statement."""
 
 
 @implementer(IStore)
@@ -58,6 +72,7 @@ class SQLiteStore(SQLStore):
         *,
         busy_timeout: float = 10.0,
         migrations: Sequence[Migration] | None = None,
+        create: bool = True,
     ) -> None:
         """
         @param path: the database file; it and its directory are created if missing.
@@ -66,8 +81,10 @@ class SQLiteStore(SQLStore):
             lock before failing.
         @param migrations: the migrations to apply at start; all that ship with medichat
             unless given (tests pass fewer, to make an older database).
+        @param create: make the database if there is none; if C{False}, C{start} fails
+            with L{MissingDatabase} instead.
         """
-        super().__init__(reactor, migrations)
+        super().__init__(reactor, migrations, create=create)
         self.path = path
         self._busy_timeout = busy_timeout
         self._pool: adbapi.ConnectionPool | None = None
@@ -85,11 +102,9 @@ class SQLiteStore(SQLStore):
                 + ".".join(map(str, MINIMUM_SQLITE_VERSION))
                 + " or newer"
             )
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the data directory {directory}: {e}") from e
+        if not self._create and not os.path.exists(self.path):
+            raise MissingDatabase(f"{self.path} holds no medichat database")
+        _create_private(self.path)
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
             self.path,
@@ -112,6 +127,26 @@ class SQLiteStore(SQLStore):
             path=self.path,
             version=outcome.after,
         )
+
+    def _where(self) -> str:
+        return self.path
+
+    def preflight(self) -> None:
+        """
+        See L{IStore.preflight}: make the directory and file (if allowed) and read the
+        file's header.
+        """
+        if not self._create and not os.path.exists(self.path):
+            raise MissingDatabase(f"{self.path} holds no medichat database")
+        _create_private(self.path)
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the SQLite store {self.path}: {e}") from e
 
     def _configure(self, connection: sqlite3.Connection) -> None:
         """
@@ -149,10 +184,33 @@ class SQLiteStore(SQLStore):
         return d.addErrback(translate_failure, self.path)
 
 
+def _create_private(path: str) -> None:
+    """
+    Make the database file's directory (mode 0700) and the file itself (mode 0600) if
+    missing, whatever the umask: they hold every chat and every password hash.  SQLite
+    gives the C{-wal} and C{-shm} files it makes the database file's mode.
+
+    @raise StoreError: if either cannot be made.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data directory {directory}: {e}") from e
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot create the database file {path}: {e}") from e
+    os.close(fd)
+
+
 def translate_failure(failure: Failure, path: str) -> Failure:
     """
     Turn a failed SQLite operation into the errors L{IStore} promises: L{DuplicateError}
-    for a unique violation, L{StoreError} for any other database error.
+    for a unique violation, L{StoreUnavailable} for an outage (disk full, read-only, I/O
+    error, busy), L{StoreError} for any other database error.
 
     @param path: the database, named in the message.
     @return: C{failure} itself if it is not a database error.
@@ -162,6 +220,10 @@ def translate_failure(failure: Failure, path: str) -> Failure:
         getattr(error, "sqlite_errorname", "") in _UNIQUE_VIOLATIONS
     ):
         raise DuplicateError(f"already taken: {error}") from error
+    if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", "").startswith(
+        _OUTAGES
+    ):
+        raise StoreUnavailable(f"SQLite store {path}: {error}") from error
     if isinstance(error, sqlite3.Error):
         raise StoreError(f"SQLite store {path}: {error}") from error
     return failure

@@ -32,6 +32,8 @@ class AdminTestCase(TestCase):
     """
 
     database: str | None = None
+    create = False
+    """Pass C{--create}, so that commands other than C{migrate} make a missing database."""
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
@@ -46,6 +48,8 @@ class AdminTestCase(TestCase):
         args = ["--data-dir", self.data_dir, *argv]
         if self.database is not None and argv and argv[0] != "token":
             args[2:2] = ["--database", self.database]
+        if self.create and argv and argv[0] != "token":
+            args[2:2] = ["--create"]
         status: int = await run(reactor, args, io.StringIO(stdin), self.stdout, self.stderr)
         return status
 
@@ -62,8 +66,11 @@ class AdminTestCase(TestCase):
 
 class StoreCommandTests(AdminTestCase):
     """
-    The commands that work on the store (the embedded SQLite one here; PostgreSQL below).
+    The commands that work on the store (the embedded SQLite one here; PostgreSQL below),
+    each given C{--create} (see L{tests.app.test_admin_create} for commands without it).
     """
+
+    create = True
 
     async def test_migrate(self) -> None:
         """migrate makes the database and says its schema version."""

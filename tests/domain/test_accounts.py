@@ -302,7 +302,8 @@ class LoginTests(StoreTestCase):
 
 class RateLimitTests(StoreTestCase):
     """
-    Failed logins are limited per email and per client address.
+    Failed logins are limited per client address, and per email by the number of
+    different addresses that failed on it.
     """
 
     async def setUp(self) -> None:  # type: ignore[override]  # run inline
@@ -310,7 +311,7 @@ class RateLimitTests(StoreTestCase):
         await self.accounts.add_employee(EMAIL, "Ann", PASSWORD)
 
     async def test_per_email(self) -> None:
-        """After three failures for an email even the right password waits out the window."""
+        """After failures from three addresses on an email even the right password waits."""
         for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
             await self.login_fails(EMAIL, "wrong password", address)
         self.clock.advance(10)
@@ -334,12 +335,14 @@ class RateLimitTests(StoreTestCase):
         for _ in range(3):
             await self.login_fails("x@example.org", "wrong password", "10.0.0.9")
         verified = self.hasher.verified
+        # (Failures from one address block that address, not the account: see
+        # tests.domain.test_login_limits.)
         for _ in range(5):
             with self.assertRaises(RateLimited):
-                await self.accounts.login("x@example.org", "wrong password", "10.0.0.8")
+                await self.accounts.login("x@example.org", "wrong password", "10.0.0.9")
         self.assertEqual(self.hasher.verified, verified)
         self.clock.advance(60)
-        await self.login_fails("x@example.org", "wrong password", "10.0.0.8")
+        await self.login_fails("x@example.org", "wrong password", "10.0.0.9")
 
     async def test_success_resets_email(self) -> None:
         """A successful login forgets the email's earlier failures."""

@@ -1291,14 +1291,24 @@ class OperationsTests(APITestCase):
     """
 
     async def test_health(self) -> None:
-        """Health is ok while the store answers, 503 when it does not."""
+        """Health is ok while the store answers, 503 when it does not, logged once."""
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
         reply = await self.request("GET", "/api/health")
         self.assertEqual((reply.status, reply.body), (200, b'{"status":"ok","store":"ok"}'))
         await self.store.stop()
-        reply = await self.request("GET", "/api/health")
-        self.assertEqual(reply.status, 503)
-        self.assertEqual(reply.json, {"status": "unavailable", "store": "unreachable"})
-        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+        for _ in range(2):
+            reply = await self.request("GET", "/api/health")
+            self.assertEqual(reply.status, 503)
+            self.assertEqual(reply.json, {"status": "unavailable", "store": "unreachable"})
+        failing = [e for e in events if "health check failing" in e["log_format"]]
+        self.assertEqual(len(failing), 1)
+        self.assertIn("not running", failing[0]["reason"])
+        self.assertEqual(self.flushLoggedErrors(StoreError), [])
 
     async def test_head(self) -> None:
         """HEAD works where GET does."""
