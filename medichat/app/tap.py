@@ -109,6 +109,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     ]
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
+        ["no-fast-paths", None,
+         "Use only the public Twisted and Autobahn API on the STOMP carriers (slower)."],
     ]
 
     def __init__(self) -> None:
@@ -265,8 +267,9 @@ class MedichatService(MultiService):
         if ended:
             _log.info("closing {count} STOMP sessions", count=ended)
         yield MultiService.stopService(self)
+        # The sessions were sent close frames: let their handshakes finish (bounded).
+        yield self._websockets.drain()
         self._wheel.stop()
-        self._websockets.stop_timers()
         yield self.store.stop()
         self._threadpool.stop()
 
@@ -358,6 +361,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     ws_factory = StompWebSocketFactory(
         services, origins, max_buffer=config["max-write-buffer"],
         max_message=max(4 * limits.max_frame_bytes, 256 * 1024),
+        reactor=reactor, fast_paths=not config["no-fast-paths"],
     )
     rest = RestAPI(
         conversations=conversations,
@@ -376,7 +380,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     top = MedichatService(reactor, store, registry, wheel, threadpool, ws_factory)
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, site, "HTTP/WebSocket"))
-    tcp_factory = StompTCPFactory(services, max_buffer=config["max-write-buffer"])
+    tcp_factory = StompTCPFactory(services, max_buffer=config["max-write-buffer"],
+                                  fast_paths=not config["no-fast-paths"])
     for description in config["stomp-listen"]:
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))
 

@@ -248,6 +248,13 @@ class StompSession:
         self._queue.extend(frames)
         self._pump()
 
+    def between_frames(self) -> bool:
+        """
+        Whether the inbound stream is between frames, so that a lone EOL is a heart-beat
+        (a carrier that recognises heart-beats itself must ask first).
+        """
+        return self._parser.between_frames
+
     def heartbeat_received(self) -> None:
         """
         The carrier saw a heart-beat and consumed it itself: note the sign of life.
