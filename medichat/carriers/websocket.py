@@ -6,7 +6,8 @@ C{v11.stomp}, C{v10.stomp}; a client that offers none still gets STOMP), refuses
 C{Origin}s with 403, and collects credentials (a bearer header or the session cookie) for
 the session to check at C{CONNECT}.  Inbound text and binary messages are fed to the
 session as bytes, so several frames in one message and one frame over several both work;
-each outbound frame is one text message.
+each outbound frame is one text message.  The server sends the close frame; once the client
+has answered it, the server closes TCP in order (RFC 6455 section 7.1.1).
 """
 
 from __future__ import annotations

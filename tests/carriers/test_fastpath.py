@@ -26,6 +26,7 @@ from medichat.carriers._fastpath import (
     socket_of,
 )
 from medichat.carriers.tcp import StompTCPFactory
+from medichat.stomp.codec import FrameError, FrameParser
 from tests._stomp import make_services
 
 
@@ -189,3 +190,26 @@ class FrameTests(TestCase):
         self.assertFalse(is_client_heartbeat(protocol, beat[:6] + b"x"))
         protocol.data = b"\x81"
         self.assertFalse(is_client_heartbeat(protocol, beat))
+
+
+class ParserStateTests(TestCase):
+    """
+    L{FrameParser.between_frames}, which the heart-beat shortcut asks before it takes a
+    lone EOL.
+    """
+
+    def test_states(self) -> None:
+        """Between frames only with nothing of a frame (or of a CRLF) buffered."""
+        parser = FrameParser()
+        self.assertTrue(parser.between_frames)
+        for piece, between in [(b"\n", True), (b"SEND", False), (b"\ndestination:/x\n", False),
+                               (b"\n", False), (b"\x00", True), (b"\r", False),
+                               (b"\n", True)]:
+            parser.feed(piece)
+            self.assertEqual(parser.between_frames, between, piece)
+
+    def test_broken(self) -> None:
+        """A parser broken by bad input is never between frames."""
+        parser = FrameParser()
+        self.assertRaises(FrameError, parser.feed, b"NOT-A-COMMAND\n\n\x00")
+        self.assertFalse(parser.between_frames)
