@@ -640,6 +640,14 @@ def common_arguments(parser: argparse.ArgumentParser, *, duration: float,
                         help="hard limit on the whole run, in seconds (default %(default)s)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the server's data directory and log")
+    parser.add_argument("--no-fast-paths", action="store_true",
+                        help="start the server with --no-fast-paths (public Twisted and "
+                             "Autobahn API only), to measure what the fast paths save")
+
+
+def server_options(options: argparse.Namespace, *extra: str) -> list[str]:
+    """The server's command-line options for these benchmark options, plus C{extra}."""
+    return [*extra, *(["--no-fast-paths"] if options.no_fast_paths else [])]
 
 
 def run(options: argparse.Namespace, server: Server,

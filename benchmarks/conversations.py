@@ -294,6 +294,9 @@ def main() -> int:
             return 1
         server_options = ["--database", database.url]
         report["database"] = database.redacted
+    if options.no_fast_paths:
+        server_options.append("--no-fast-paths")
+    report["fast_paths"] = not options.no_fast_paths
     server = Server(server_options, keep=options.keep)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:

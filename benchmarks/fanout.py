@@ -37,6 +37,7 @@ from _harness import (  # noqa: E402
     open_population,
     raise_nofile,
     run,
+    server_options,
     sleep,
     subscribe_frame,
     window_figures,
@@ -100,10 +101,12 @@ def main() -> int:
         "sessions": options.sessions,
         "interval_s": options.interval,
         "heartbeat_ms": options.heartbeat,
+        "fast_paths": not options.no_fast_paths,
         "goals": {"server_cpu_us_per_delivery_max_at_10000": GOAL_US_PER_DELIVERY},
         "generator_open_files": raise_nofile(),
     }
-    server = Server(["--heartbeat-topic-interval", str(options.interval)], keep=options.keep)
+    server = Server(server_options(options, "--heartbeat-topic-interval", str(options.interval)),
+                    keep=options.keep)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)

@@ -33,6 +33,7 @@ from _harness import (  # noqa: E402
     open_population,
     raise_nofile,
     run,
+    server_options,
     sleep,
     window_figures,
 )
@@ -48,6 +49,10 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=int, default=10000,
                         help="heart-beat the clients ask for both ways, in ms "
                              "(default %(default)s)")
+    parser.add_argument("--server-heartbeat", type=int, default=None,
+                        help="the server's --stomp-heartbeat both ways, in ms (default: the "
+                             "server's own, 10000); the negotiated interval is the larger "
+                             "of the two sides'")
     common_arguments(parser, duration=30.0, timeout=600.0)
     options = parser.parse_args()
     report: dict[str, Any] = {
@@ -60,7 +65,12 @@ def main() -> int:
         },
         "generator_open_files": raise_nofile(),
     }
-    server = Server([], keep=options.keep)
+    extra = []
+    if options.server_heartbeat is not None:
+        extra = ["--stomp-heartbeat", f"{options.server_heartbeat},{options.server_heartbeat}"]
+    report["server_heartbeat_ms"] = options.server_heartbeat
+    report["fast_paths"] = not options.no_fast_paths
+    server = Server(server_options(options, *extra), keep=options.keep)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)

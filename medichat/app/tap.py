@@ -151,6 +151,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     ]
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
+        ["no-fast-paths", None,
+         "Use only the public Twisted and Autobahn API on the STOMP carriers (slower)."],
     ]
 
     def __init__(self) -> None:
@@ -488,8 +490,9 @@ class MedichatService(MultiService):
         if self._http is not None:
             # Listening has stopped: answer what is in flight before the store goes.
             yield self._http.drain(self._shutdown_timeout)
+        # The sessions were sent close frames: let their handshakes finish (bounded).
+        yield self._websockets.drain()
         self._wheel.stop()
-        self._websockets.stop_timers()
         yield self.store.stop()
         self._threadpool.stop()
 
@@ -592,6 +595,7 @@ def makeService(
     ws_factory = StompWebSocketFactory(
         services, origins, max_buffer=config["max-write-buffer"],
         max_message=max(4 * limits.max_frame_bytes, 256 * 1024),
+        reactor=reactor, fast_paths=not config["no-fast-paths"],
     )
     rest = RestAPI(
         conversations=conversations,
@@ -622,7 +626,9 @@ def makeService(
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))
     tcp_factory = CappedFactory(
-        StompTCPFactory(services, max_buffer=config["max-write-buffer"]), cap
+        StompTCPFactory(services, max_buffer=config["max-write-buffer"],
+                        fast_paths=not config["no-fast-paths"]),
+        cap,
     )
     for description in config["stomp-listen"]:
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))

@@ -1,23 +1,157 @@
 """
-Fast paths that reach into Twisted's private state.
+Every use of Twisted's and Autobahn's private state, in one place.
+
+Four shortcuts make fan-out and idle sessions cheap; each reads or writes state that the
+libraries do not promise to keep:
+
+  - the eager send (L{send_now}): one C{send()} on the socket of a plain TCP transport
+    with nothing queued, instead of Twisted's queue-and-wait-for-writability;
+  - self-written RFC 6455 frame headers (L{frame_header}): each outbound STOMP frame goes
+    to the transport as one unmasked text frame, past Autobahn's general send machinery;
+  - the client heart-beat shortcut (L{is_client_heartbeat}): a 7-byte masked C{"\\n"}
+    frame is recognised before Autobahn parses it, when Autobahn has no frame in progress;
+  - Autobahn's timers on our clock (L{timers_on_wheel}): Autobahn schedules its handshake
+    timers through a private batched timer on txaio's global reactor; the carrier replaces
+    it with the server's L{TimerWheel}, so they run on the injected clock and stop with it.
+
+The first three are what C{--no-fast-paths} turns off; the fourth only moves timers.
+L{FastPaths.probe} runs when a carrier factory is made.  It checks that every attribute a
+shortcut needs exists on the installed versions' classes (and, for the eager send, on a
+real transport instance); a shortcut whose attributes are missing is switched off, with one
+log line, and the carrier uses the public API instead (C{transport.write}, Autobahn's
+C{sendMessage}, Autobahn's own parser).  Autobahn sets the frame-parser attributes only
+once a connection is open, so those are checked by L{FastPaths.heartbeat_usable} when the
+first connection opens.  An upgrade of either library may cost speed, never correctness.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from attrs import define
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import tcp
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 
 from medichat._connections import raw_transport
+from medichat._timers import Timer, TimerWheel
+
+_log = Logger()
+
+#: What L{send_now} reads on a C{twisted.internet.tcp.Connection}.
+TCP_ATTRIBUTES = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting", "TLS")
+
+#: What the outbound frame shortcut needs from Autobahn's protocol class.
+FRAME_ATTRIBUTES = ("STATE_OPEN", "sendMessage")
+
+#: What L{is_client_heartbeat} reads on an open Autobahn protocol instance.
+HEARTBEAT_ATTRIBUTES = ("state", "current_frame", "inside_message", "data")
+
+#: The Autobahn factory attribute that L{timers_on_wheel} replaces.
+TIMER_ATTRIBUTE = "_batched_timer"
+
+_STATE_OPEN = getattr(WebSocketProtocol, "STATE_OPEN", None)
+
+# One warning per missing shortcut per process, however many factories are made.
+_warned: set[str] = set()
 
 
-def socket_of(transport: Any) -> Any:
+def _warn_once(name: str, missing: list[str], where: str) -> None:
+    if name in _warned:
+        return
+    _warned.add(name)
+    _log.warn(
+        "fast path {name} off: {where} lacks {missing}; using the public API",
+        name=name,
+        where=where,
+        missing=", ".join(missing),
+    )
+
+
+def _probe_tcp() -> list[str]:
+    """
+    The attributes of L{TCP_ATTRIBUTES} that a real C{tcp.Connection} lacks.
+    """
+    left, right = socket.socketpair()
+    try:
+        # A transport that is never connected to a reactor: only its attributes are read.
+        no_reactor: Any = object()
+        probe = tcp.Connection(left, Protocol(), reactor=no_reactor)
+        return [name for name in TCP_ATTRIBUTES if not hasattr(probe, name)]
+    finally:
+        left.close()
+        right.close()
+
+
+@define
+class FastPaths:
+    """
+    Which shortcuts a carrier factory may use.
+
+    @ivar eager_send: L{send_now} may write to a plain TCP socket directly.
+    @ivar own_frames: the WebSocket carrier writes its own frame headers.
+    @ivar heartbeat_shortcut: the WebSocket carrier recognises client heart-beats itself.
+    """
+
+    eager_send: bool = False
+    own_frames: bool = False
+    heartbeat_shortcut: bool = False
+
+    @classmethod
+    def probe(cls, enabled: bool = True) -> FastPaths:
+        """
+        Check the installed Twisted and Autobahn for what each shortcut needs.
+
+        @param enabled: C{False} (C{--no-fast-paths}) turns every shortcut off.
+        @return: the shortcuts that may be used.
+        """
+        if not enabled:
+            return cls()
+        missing_tcp = _probe_tcp()
+        if missing_tcp:
+            _warn_once("eager send", missing_tcp, "twisted.internet.tcp.Connection")
+        missing_frames = [n for n in FRAME_ATTRIBUTES if not hasattr(WebSocketProtocol, n)]
+        if missing_frames:
+            _warn_once("own frame headers", missing_frames, "Autobahn's WebSocketProtocol")
+        return cls(
+            eager_send=not missing_tcp,
+            own_frames=not missing_frames,
+            heartbeat_shortcut=_STATE_OPEN is not None,
+        )
+
+    def heartbeat_usable(self, protocol: Any) -> bool:
+        """
+        Whether the heart-beat shortcut may be used on this open Autobahn protocol; if its
+        frame-parser attributes are missing, switch the shortcut off for good.
+        """
+        if not self.heartbeat_shortcut:
+            return False
+        missing = [name for name in HEARTBEAT_ATTRIBUTES if not hasattr(protocol, name)]
+        if missing:
+            _warn_once("client heart-beat", missing, type(protocol).__name__)
+            self.heartbeat_shortcut = False
+            return False
+        return True
+
+
+def socket_of(transport: Any, paths: FastPaths) -> Any:
     """
     The socket of a plain TCP transport (under the connection counter), for L{send_now};
-    L{None} for any other (TLS).
+    L{None} for any other (TLS, test doubles) or when the eager send is off.
     """
     transport = raw_transport(transport)
-    if isinstance(transport, tcp.Connection):
+    if (
+        paths.eager_send
+        and isinstance(transport, tcp.Connection)
+        and not ISSLTransport.providedBy(transport)
+        and not transport.TLS
+    ):
         return transport.socket
     return None
 
@@ -33,12 +167,16 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
     kernel does not take (or an error, which Twisted then reports as it would have) goes
     through C{write}, after which everything queues behind it and order is kept.
 
+    TLS may be started on a TCP connection at any time (C{startTLS}); from then on its
+    C{write} encrypts, so the flag is checked on every call, not only at L{socket_of}.
+
     @param sock: L{socket_of} the transport, or L{None} to always use C{write}.
     """
     if sock is not None:
         transport = raw_transport(transport)
     if (
         sock is not None
+        and not transport.TLS
         and not transport.dataBuffer
         and not transport._tempDataLen
         and transport.connected
@@ -52,3 +190,69 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def frame_header(length: int) -> bytes:
+    """
+    The header of an unmasked, final text frame of C{length} payload bytes (RFC 6455
+    section 5.2); valid because the carrier negotiates no extension (no compression).
+    """
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+def is_client_heartbeat(protocol: Any, data: bytes) -> bool:
+    """
+    Whether C{data}, just received by an open Autobahn server C{protocol}, is exactly one
+    client heart-beat frame that Autobahn's own parser need not see.
+
+    A client heart-beat is a one-byte masked frame holding C{"\\n"}: 7 bytes on the wire
+    (flags and opcode, mask bit and length 1, a 4-byte mask, the masked byte).  It may be
+    taken only when Autobahn has no frame, message or unparsed bytes in progress; the caller
+    must also make sure the STOMP parser is between frames, since a lone C{"\\n"} message
+    can be part of a frame split over several messages.
+    """
+    return (
+        len(data) == 7
+        and data[1] == 0x81
+        and data[0] in (0x81, 0x82)
+        and data[6] ^ data[2] == 0x0A
+        and protocol.state == _STATE_OPEN
+        and protocol.current_frame is None
+        and not protocol.inside_message
+        and not protocol.data
+    )
+
+
+class _WheelTimer:
+    """
+    Autobahn's batched-timer interface (C{txaio.IBatchedTimer}) on a L{TimerWheel}.
+    """
+
+    def __init__(self, wheel: TimerWheel) -> None:
+        self._wheel = wheel
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any,
+                   **kwargs: Any) -> Timer:
+        """Call C{fn(*args, **kwargs)} after C{delay} seconds; the handle can C{cancel()}."""
+        if args or kwargs:
+            fn = partial(fn, *args, **kwargs)
+        return self._wheel.call_later(delay, fn)
+
+
+def timers_on_wheel(factory: Any, wheel: TimerWheel) -> bool:
+    """
+    Make Autobahn schedule the handshake timers of C{factory}'s connections on C{wheel}
+    (the injected clock) rather than on txaio's global reactor.
+
+    @return: C{False} (after one log line) if this Autobahn keeps its timers elsewhere;
+        its own timers then stay on the global reactor, which only matters to tests.
+    """
+    if not hasattr(factory, TIMER_ATTRIBUTE):
+        _warn_once("timers on the wheel", [TIMER_ATTRIBUTE], type(factory).__name__)
+        return False
+    setattr(factory, TIMER_ATTRIBUTE, _WheelTimer(wheel))
+    return True

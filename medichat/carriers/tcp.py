@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
-from medichat.carriers._fastpath import send_now, socket_of
+from medichat.carriers._fastpath import FastPaths, send_now, socket_of
 from medichat.interfaces import IFrameTransport
 from medichat.stomp.session import StompServices, StompSession
 
@@ -32,7 +32,7 @@ class StompTCPProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._budget = WriteBudget(self.transport, self.factory.max_buffer)
-        self._socket = socket_of(self.transport)
+        self._socket = socket_of(self.transport, self.factory.fast_paths)
         peer = self.transport.getPeer()
         self._session = StompSession(self, self.factory.services, peer=_describe(peer))
         self._session.connection_made()
@@ -63,13 +63,19 @@ class StompTCPProtocol(Protocol):
 class StompTCPFactory(Factory):
     """
     Makes L{StompTCPProtocol}s that share one set of L{StompServices}.
+
+    @param fast_paths: C{False} to write only through C{transport.write}.
+
+    @ivar fast_paths: the L{FastPaths} in use.
     """
 
     protocol = StompTCPProtocol  # type: ignore[assignment]
 
-    def __init__(self, services: StompServices, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+    def __init__(self, services: StompServices, max_buffer: int = DEFAULT_MAX_BUFFER,
+                 *, fast_paths: bool = True) -> None:
         self.services = services
         self.max_buffer = max_buffer
+        self.fast_paths = FastPaths.probe(fast_paths)
 
 
 def _describe(address: IAddress) -> str:

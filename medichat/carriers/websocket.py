@@ -6,37 +6,36 @@ C{v11.stomp}, C{v10.stomp}; a client that offers none still gets STOMP), refuses
 C{Origin}s with 403, and collects credentials (a bearer header or the session cookie) for
 the session to check at C{CONNECT}.  Inbound text and binary messages are fed to the
 session as bytes, so several frames in one message and one frame over several both work;
-each outbound frame is one text message.
+each outbound frame is one text message.  The server sends the close frame; once the client
+has answered it, the server closes TCP in order (RFC 6455 section 7.1.1).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from medichat.auth.credentials import handshake_credentials
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
-from medichat.carriers._fastpath import send_now, socket_of
+from medichat.carriers._fastpath import (
+    FastPaths,
+    frame_header,
+    is_client_heartbeat,
+    send_now,
+    socket_of,
+    timers_on_wheel,
+)
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import IFrameTransport
 from medichat.stomp.session import StompServices, StompSession
 
 SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
-
-
-def _frame_header(length: int) -> bytes:
-    # An unmasked, final, text frame (RFC 6455 section 5.2).
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 @implementer(IFrameTransport)
@@ -51,6 +50,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _budget: WriteBudget | None = None
     _credentials: object | None = None
     _socket: Any = None
+    _heartbeats = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         factory = self.factory
@@ -73,35 +73,33 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        self._budget = WriteBudget(self.transport, self.factory.max_buffer)
-        self._socket = socket_of(self.transport)
+        factory = self.factory
+        factory.opened(self)
+        self._budget = WriteBudget(self.transport, factory.max_buffer)
+        self._socket = socket_of(self.transport, factory.fast_paths)
+        self._heartbeats = factory.fast_paths.heartbeat_usable(self)
         credentials, self._credentials = self._credentials, None
         # Autobahn keeps the raw handshake; an idle session need not.
         self.http_request_data = b""
         self.http_headers = {}
         self._session = StompSession(
-            self, self.factory.services, credentials=credentials, peer=self.peer or ""
+            self, factory.services, credentials=credentials, peer=self.peer or ""
         )
         self._session.connection_made()
 
     def dataReceived(self, data: bytes) -> None:
-        # A client heart-beat is a one-byte masked frame holding "\n": 7 bytes on the wire
-        # (flags and opcode, mask bit and length 1, a 4-byte mask, the masked byte).
-        # At thousands of idle sessions these are most of what arrives, and Autobahn's
-        # general frame machinery costs several times what the heart-beat is worth; when
-        # no frame is in progress, recognise it here and only note the sign of life.
+        # At thousands of idle sessions client heart-beats are most of what arrives, and
+        # Autobahn's general frame machinery costs several times what one is worth.  A
+        # lone "\n" is a heart-beat only between STOMP frames: inside a frame split over
+        # several messages it is content, and Autobahn must deliver it.
+        session = self._session
         if (
-            len(data) == 7
-            and data[1] == 0x81
-            and data[0] in (0x81, 0x82)
-            and data[6] ^ data[2] == 0x0A
-            and self.state == WebSocketServerProtocol.STATE_OPEN
-            and self.current_frame is None
-            and not self.inside_message
-            and not self.data
-            and self._session is not None
+            self._heartbeats
+            and session is not None
+            and is_client_heartbeat(self, data)
+            and session.between_frames()
         ):
-            self._session.heartbeat_received()
+            session.heartbeat_received()
             return
         super().dataReceived(data)
 
@@ -118,15 +116,33 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if session is not None:
             session.connection_lost(reason or f"WebSocket closed ({code})")
 
+    def dropConnection(self, abort: bool = False) -> None:
+        """
+        Close the TCP connection; after a completed close handshake, without abort.
+
+        Autobahn aborts the TCP connection as soon as the client answers the server's close
+        frame, and an abort resets the connection (RST), which browsers report as
+        C{wasClean=false} even though both close frames were exchanged.  RFC 6455 section
+        7.1.1 has the server close TCP first once the handshake is done: an orderly close
+        (FIN) does that, and still sends whatever is queued.  Every other drop (timeouts,
+        protocol violations, a session that failed) keeps Autobahn's choice.
+        """
+        if abort and self.wasClean and self.state == WebSocketServerProtocol.STATE_CLOSING:
+            abort = False
+        super().dropConnection(abort=abort)
+
     # IFrameTransport
 
     def send(self, data: bytes) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
-        # Frame the message ourselves: no compression is negotiated, so a text frame is a
-        # header and the payload, and this is the hot path of every delivery.
         size = len(data)
-        send_now(self.transport, self._socket, _frame_header(size) + data)
+        if self.factory.fast_paths.own_frames:
+            # No extension is negotiated, so a text frame is a header and the payload,
+            # and this is the hot path of every delivery.
+            send_now(self.transport, self._socket, frame_header(size) + data)
+        else:
+            self.sendMessage(data, isBinary=False)
         budget = self._budget
         if budget is not None:
             budget.written(size)
@@ -147,10 +163,18 @@ class StompWebSocketFactory(WebSocketServerFactory):
 
     @param max_message: largest WebSocket message accepted (the STOMP parser enforces the
         frame limits; a message may hold several frames).
+    @param reactor: the reactor the connections run on (its clock also drives Autobahn's
+        handshake timers, through the services' timer wheel).
+    @param fast_paths: C{False} to use only the public Twisted and Autobahn API.
+
+    @ivar fast_paths: the L{FastPaths} in use.
     """
 
     protocol = StompWebSocketProtocol  # type: ignore[assignment]
     _log = Logger()
+
+    #: Seconds Autobahn waits for the client's answer to a close frame.
+    close_handshake_timeout = 2.0
 
     def __init__(
         self,
@@ -160,31 +184,80 @@ class StompWebSocketFactory(WebSocketServerFactory):
         max_message: int = 1024 * 1024,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         server: str = "medichat",
+        reactor: IReactorTime | None = None,
+        fast_paths: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(server=server, **kwargs)
+        super().__init__(server=server, reactor=reactor or services.clock, **kwargs)
         self.services = services
         self.origins = origins
         self.max_buffer = max_buffer
+        self.fast_paths = FastPaths.probe(fast_paths)
+        self._open: set[StompWebSocketProtocol] = set()
+        timers_on_wheel(self, services.wheel)
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,
             maxFramePayloadSize=max_message,
             # Compression costs CPU per delivery and lets every frame be re-framed; decline.
             perMessageCompressionAccept=lambda offers: None,
             openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
+            closeHandshakeTimeout=self.close_handshake_timeout,
         )
 
-    def stop_timers(self) -> None:
+    def opened(self, protocol: StompWebSocketProtocol) -> None:
         """
-        Cancel Autobahn's pending handshake timers, so that a stopped server leaves nothing
-        scheduled on the reactor.
+        A connection finished its opening handshake: L{drain} waits for it until closed.
         """
-        # Autobahn batches its timers in txaio; the buckets are only reachable privately.
-        buckets = getattr(getattr(self, "_batched_timer", None), "_buckets", None)
-        if not buckets:
-            return
-        for delayed_call, _calls in list(buckets.values()):
-            if delayed_call.active():
-                delayed_call.cancel()
-        buckets.clear()
+        self._open.add(protocol)
+        protocol.is_closed.addBoth(self._closed, protocol)
+
+    def _closed(self, result: object, protocol: StompWebSocketProtocol) -> object:
+        self._open.discard(protocol)
+        return result
+
+    def drain(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Wait until every open WebSocket connection has finished closing (Autobahn's
+        C{is_closed}), as after the server sent each a close frame; connections still open
+        after C{timeout} seconds are aborted.
+
+        @param timeout: seconds to wait; by default a little more than the close
+            handshake timeout, after which Autobahn drops the connection itself.
+        @return: a L{Deferred} that fires when no connection is left.
+        """
+        if timeout is None:
+            timeout = self.close_handshake_timeout + 1.0
+        done: Deferred[None] = Deferred()
+        waits: list[Deferred[None]] = []
+        for protocol in list(self._open):
+            closed: Deferred[None] = Deferred()
+            protocol.is_closed.addBoth(_fire, closed)
+            waits.append(closed)
+        if not waits:
+            done.callback(None)
+            return done
+        late = self.reactor.callLater(timeout, self._abort_remaining)
+
+        def finished(_: object) -> None:
+            if late.active():
+                late.cancel()
+            done.callback(None)
+
+        DeferredList(waits).addCallback(finished)
+        return done
+
+    def _abort_remaining(self) -> None:
+        remaining = list(self._open)
+        self._log.warn(
+            "{count} WebSocket connections did not close in time: aborted",
+            count=len(remaining),
+        )
+        for protocol in remaining:
+            # Autobahn resolves is_closed as it drops, which ends the drain.
+            protocol.dropConnection(abort=True)
+
+
+def _fire(result: object, closed: Deferred[None]) -> object:
+    if not closed.called:
+        closed.callback(None)
+    return result

@@ -415,6 +415,14 @@ class FrameParser:
         self._content_length: int | None = None
 
     @property
+    def between_frames(self) -> bool:
+        """
+        C{True} when no part of a frame (nor half of a C{"\\r\\n"} heart-beat) is
+        buffered and the stream is not broken: the next byte would start something new.
+        """
+        return self._state == _IDLE and not self._buffer and self._error is None
+
+    @property
     def version(self) -> str:
         """
         The STOMP version, C{"1.0"}, C{"1.1"} or C{"1.2"} (the default), that decides how

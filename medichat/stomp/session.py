@@ -324,6 +324,13 @@ class StompSession:
         if self._busy and len(self._queue) > self._config.max_pending_frames:
             self._fail(StompError("too many frames in flight", code=CLOSE_POLICY), None)
 
+    def between_frames(self) -> bool:
+        """
+        Whether the inbound stream is between frames, so that a lone EOL is a heart-beat
+        (a carrier that recognises heart-beats itself must ask first).
+        """
+        return self._parser.between_frames
+
     def heartbeat_received(self) -> None:
         """
         The carrier saw a heart-beat and consumed it itself: note the sign of life.

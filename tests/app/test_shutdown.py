@@ -77,8 +77,8 @@ class _Store:
 
 
 class _WebSockets:
-    def stop_timers(self) -> None:
-        pass
+    def drain(self) -> Deferred[None]:
+        return succeed(None)
 
 
 class _Held(Resource):

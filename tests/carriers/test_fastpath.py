@@ -1,124 +1,215 @@
 """
-Tests for the carriers' fast paths, over real loopback sockets:
-L{medichat.carriers._fastpath.send_now}
-keeps every byte in order when the kernel's buffer fills, and the WebSocket carrier's
-heart-beat shortcut notes life without disturbing Autobahn's frame state.
+Tests for L{medichat.carriers._fastpath}: the start-up checks and their fallbacks, and the
+eager send's refusal to bypass TLS.  No reactor runs: transports are real
+C{tcp.Connection}s on socket pairs, driven by hand.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet import ssl, tcp
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import EventLoggingObserver, MemoryReactor, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
+from zope.interface import directlyProvides
 
-from medichat.carriers._fastpath import send_now, socket_of
-from tests._server import in_thread, start_server
-
-CHUNKS = 2000
-CHUNK = 4096
-
-
-def _chunk(i: int) -> bytes:
-    return (b"%08d" % i) * (CHUNK // 8)
-
-
-class _Writer(Protocol):
-    """Writes every chunk at once on connection, through send_now."""
-
-    def connectionMade(self) -> None:
-        sock = socket_of(self.transport)
-        assert sock is not None
-        for i in range(CHUNKS):
-            send_now(self.transport, sock, _chunk(i))
-        self.transport.loseConnection()
+from medichat.carriers import _fastpath
+from medichat.carriers._fastpath import (
+    FastPaths,
+    frame_header,
+    is_client_heartbeat,
+    send_now,
+    socket_of,
+)
+from medichat.carriers.tcp import StompTCPFactory
+from medichat.stomp.codec import FrameError, FrameParser
+from tests._stomp import make_services
 
 
-class _Reader(Protocol):
-    """Collects everything until the connection closes."""
+def _connection(case: TestCase) -> tuple[tcp.Connection, socket.socket]:
+    """A connected plain TCP transport (on a socket pair, no reactor) and its peer socket."""
+    ours, peer = socket.socketpair()
+    case.addCleanup(ours.close)
+    case.addCleanup(peer.close)
+    peer.setblocking(False)
+    no_reactor: Any = MemoryReactor()
+    transport = tcp.Connection(ours, Protocol(), reactor=no_reactor)
+    transport.connected = True
+    return transport, peer
 
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.done: Deferred[bytes] = Deferred()
 
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
+def _read(peer: socket.socket) -> bytes:
+    try:
+        return peer.recv(1 << 20)
+    except BlockingIOError:
+        return b""
 
-    def connectionLost(self, reason: object = None) -> None:
-        self.done.callback(b"".join(self.received))
+
+class ProbeTests(TestCase):
+    """
+    The start-up checks find what the installed versions offer, and switch a shortcut off
+    (logging once) when an attribute it needs is missing.
+    """
+
+    def setUp(self) -> None:
+        self.patch(_fastpath, "_warned", set())
+        self.events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
+
+    def test_installed_versions(self) -> None:
+        """The installed Twisted and Autobahn have everything every shortcut needs."""
+        self.assertEqual(FastPaths.probe(),
+                         FastPaths(eager_send=True, own_frames=True, heartbeat_shortcut=True))
+        self.assertEqual(len(self.events), 0)
+
+    def test_disabled(self) -> None:
+        """C{--no-fast-paths}: nothing is on, and nothing is probed or logged."""
+        self.assertEqual(FastPaths.probe(False), FastPaths())
+        self.assertEqual(len(self.events), 0)
+
+    def test_missing_tcp_attribute(self) -> None:
+        """A Twisted without an attribute the eager send reads turns it off, logged once."""
+        self.patch(_fastpath, "TCP_ATTRIBUTES", (*_fastpath.TCP_ATTRIBUTES, "_gone"))
+        first = FastPaths.probe()
+        second = FastPaths.probe()
+        self.assertFalse(first.eager_send or second.eager_send)
+        self.assertTrue(first.own_frames and first.heartbeat_shortcut)
+        self.assertEqual(len(self.events), 1)
+        self.assertIn("_gone", self.events[0]["missing"])
+
+    def test_missing_tcp_attribute_writes(self) -> None:
+        """With the eager send off, the TCP carrier finds no socket and uses write()."""
+        self.patch(_fastpath, "TCP_ATTRIBUTES", (*_fastpath.TCP_ATTRIBUTES, "_gone"))
+        factory = StompTCPFactory(make_services())
+        transport, peer = _connection(self)
+        self.assertIsNone(socket_of(transport, factory.fast_paths))
+
+    def test_missing_autobahn_attribute(self) -> None:
+        """An Autobahn without what the frame shortcut needs turns it off."""
+        self.patch(_fastpath, "FRAME_ATTRIBUTES", ("_gone",))
+        self.assertFalse(FastPaths.probe().own_frames)
+        self.assertEqual(len(self.events), 1)
+
+    def test_heartbeat_attributes_checked_on_open(self) -> None:
+        """A protocol without the frame-parser attributes turns the shortcut off for good."""
+        paths = FastPaths.probe()
+
+        class Bare:
+            state = 3
+
+        self.assertFalse(paths.heartbeat_usable(Bare()))
+        self.assertFalse(paths.heartbeat_shortcut)
+        self.assertFalse(paths.heartbeat_usable(Bare()))
+        self.assertEqual(len(self.events), 1)
 
 
 class SendNowTests(TestCase):
     """
-    Direct sends fall back to Twisted's buffer and keep order.
+    L{send_now} sends at once on a plain socket, and otherwise goes through C{write}.
     """
 
-    timeout = 30
+    def test_sends_at_once(self) -> None:
+        """With nothing queued, the bytes are on the socket without a reactor turn."""
+        transport, peer = _connection(self)
+        sock = socket_of(transport, FastPaths.probe())
+        self.assertIsNotNone(sock)
+        send_now(transport, sock, b"MESSAGE")
+        self.assertEqual(_read(peer), b"MESSAGE")
+        self.assertEqual(transport._tempDataLen, 0)
 
-    @inlineCallbacks
-    def test_order_under_backpressure(self) -> Any:
-        """8 MiB written at once arrive whole and in order."""
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(_Writer))
-        self.addCleanup(port.stopListening)
-        reader = _Reader()
-        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(lambda: reader))
-        data = yield reader.done
-        self.assertEqual(len(data), CHUNKS * CHUNK)
-        self.assertEqual(data, b"".join(_chunk(i) for i in range(CHUNKS)))
+    def test_queues_behind_queued(self) -> None:
+        """Once something is queued, later bytes queue behind it (order is kept)."""
+        transport, peer = _connection(self)
+        sock = socket_of(transport, FastPaths.probe())
+        transport.write(b"first,")
+        send_now(transport, sock, b"second")
+        self.assertEqual(_read(peer), b"")
+        transport.doWrite()
+        self.assertEqual(_read(peer), b"first,second")
 
     def test_other_transports_write(self) -> None:
-        """A transport that is not plain TCP (TLS, test doubles) gets write()."""
-        from twisted.internet.testing import StringTransport
-
+        """A transport that is not plain TCP (test doubles, TLS wrappers) gets write()."""
         transport = StringTransport()
-        self.assertIsNone(socket_of(transport))
+        self.assertIsNone(socket_of(transport, FastPaths.probe()))
         send_now(transport, None, b"abc")
         self.assertEqual(transport.value(), b"abc")
 
+    def test_ssl_transport_has_no_socket(self) -> None:
+        """A TCP connection that provides ISSLTransport is never written around."""
+        transport, peer = _connection(self)
+        directlyProvides(transport, ISSLTransport)
+        self.assertIsNone(socket_of(transport, FastPaths.probe()))
 
-class HeartbeatShortcutTests(TestCase):
+    def test_tls_started_later_uses_write(self) -> None:
+        """
+        After C{startTLS} on a connection whose socket was taken earlier, bytes go through
+        the TLS layer, never in plaintext onto the socket.
+        """
+        transport, peer = _connection(self)
+        sock = socket_of(transport, FastPaths.probe())
+        self.assertIsNotNone(sock)
+        transport._tlsClientDefault = True
+        transport.startTLS(ssl.CertificateOptions())
+        transport.doWrite()  # the ClientHello leaves; nothing is queued any more
+        hello = _read(peer)
+        self.assertTrue(hello)
+        self.assertIsNone(socket_of(transport, FastPaths.probe()))
+        send_now(transport, sock, b"plaintext secret")
+        transport.doWrite()
+        self.assertNotIn(b"plaintext secret", _read(peer))
+
+
+class FrameTests(TestCase):
     """
-    A client heart-beat frame is consumed by the WebSocket carrier itself.
+    The self-written frame headers and the heart-beat recogniser.
     """
 
-    timeout = 30
+    def test_header_lengths(self) -> None:
+        """The three RFC 6455 length encodings."""
+        self.assertEqual(frame_header(125), b"\x81\x7d")
+        self.assertEqual(frame_header(126), b"\x81\x7e\x00\x7e")
+        self.assertEqual(frame_header(65536), b"\x81\x7f" + (65536).to_bytes(8, "big"))
 
-    @inlineCallbacks
-    def test_heartbeat_then_frames(self) -> Any:
-        """Heart-beats mark life; frames before and after them still work."""
-        server = yield start_server(self)
-        import jwt
-        import websocket
+    def test_heartbeat_recognised(self) -> None:
+        """A masked one-byte EOL frame is a heart-beat only when Autobahn is idle."""
 
-        token = jwt.encode({"sub": "u1"}, server.secret, algorithm="HS256")
-        ws = yield in_thread(websocket.create_connection, server.ws_url, timeout=5,
-                             header=[f"Authorization: Bearer {token}"])
-        self.addCleanup(ws.close)
-        yield in_thread(ws.send, "CONNECT\naccept-version:1.2\nheart-beat:1000,0\n\n\x00")
-        connected = yield in_thread(ws.recv)
-        self.assertTrue(connected.startswith("CONNECTED\n"))
-        (session,) = server.service.registry.sessions_of("u1")
-        before = session._last_read
-        protocol = session._transport
-        wire = protocol.trafficStats.incomingOctetsWireLevel
-        yield deferLater(reactor, 0.05, lambda: None)
-        yield in_thread(ws.send, "\n")
-        for _ in range(200):
-            if session._last_read > before:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertGreater(session._last_read, before)
-        # Consumed by the carrier: Autobahn's frame machinery never saw it.
-        self.assertEqual(protocol.trafficStats.incomingOctetsWireLevel, wire)
-        yield in_thread(ws.send, "SUBSCRIBE\nid:1\ndestination:/v1/topic/online-employees\n"
-                        "receipt:r\n\n\x00")
-        message = yield in_thread(ws.recv)
-        receipt = yield in_thread(ws.recv)
-        self.assertTrue(message.startswith("MESSAGE\n"), message)
-        self.assertTrue(receipt.startswith("RECEIPT\nreceipt-id:r"), receipt)
+        class Idle:
+            state = 3
+            current_frame = None
+            inside_message = False
+            data = b""
+
+        beat = bytes((0x81, 0x81, 1, 2, 3, 4, 0x0A ^ 1))
+        protocol = Idle()
+        self.assertTrue(is_client_heartbeat(protocol, beat))
+        self.assertFalse(is_client_heartbeat(protocol, beat[:6] + b"x"))
+        protocol.data = b"\x81"
+        self.assertFalse(is_client_heartbeat(protocol, beat))
+
+
+class ParserStateTests(TestCase):
+    """
+    L{FrameParser.between_frames}, which the heart-beat shortcut asks before it takes a
+    lone EOL.
+    """
+
+    def test_states(self) -> None:
+        """Between frames only with nothing of a frame (or of a CRLF) buffered."""
+        parser = FrameParser()
+        self.assertTrue(parser.between_frames)
+        for piece, between in [(b"\n", True), (b"SEND", False), (b"\ndestination:/x\n", False),
+                               (b"\n", False), (b"\x00", True), (b"\r", False),
+                               (b"\n", True)]:
+            parser.feed(piece)
+            self.assertEqual(parser.between_frames, between, piece)
+
+    def test_broken(self) -> None:
+        """A parser broken by bad input is never between frames."""
+        parser = FrameParser()
+        self.assertRaises(FrameError, parser.feed, b"NOT-A-COMMAND\n\n\x00")
+        self.assertFalse(parser.between_frames)

@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from medichat._connections import CappedFactory, ConnectionCap, raw_transport
-from medichat.carriers._fastpath import socket_of
+from medichat.carriers._fastpath import FastPaths, socket_of
 from medichat.http._channel import HTTPConnections
 from medichat.http.site import make_site
 
@@ -292,7 +292,7 @@ class ConnectionCapTests(SynchronousTestCase):
         wrapper = factory.buildProtocol(_ADDRESS)
         assert wrapper is not None
         wrapper.makeConnection(tcp.Connection(ours, None))
-        self.assertIs(socket_of(wrapper), ours)
+        self.assertIs(socket_of(wrapper, FastPaths(eager_send=True)), ours)
 
 
 class DrainTests(SynchronousTestCase):

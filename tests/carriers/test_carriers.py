@@ -1,0 +1,292 @@
+"""
+Tests for the STOMP carriers (L{medichat.carriers.tcp}, L{medichat.carriers.websocket}) in
+memory: each scenario is written once and run over TCP and over WebSocket (with a real
+Autobahn client), the WebSocket one with its fast paths on, off, and falling back because
+an attribute they need is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+
+from medichat.carriers import _fastpath
+from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
+from medichat.stomp.codec import Frame, encode_frame
+from medichat.stomp.session import StompServices
+from tests._stomp import make_services, mint
+from tests.carriers._memory import (
+    MemoryConnection,
+    connect_tcp,
+    connect_ws,
+    tcp_factory,
+    ws_factory,
+)
+
+CONNECT_HEADERS = {"accept-version": "1.2", "host": "medichat", "heart-beat": "0,0"}
+
+
+def _connect_frame(**headers: str) -> bytes:
+    h = dict(CONNECT_HEADERS, Authorization=f"Bearer {mint()}")
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return encode_frame("CONNECT", list(h.items()))
+
+
+class CarrierScenariosMixin:
+    """
+    What every carrier must do, whatever way the client cuts its bytes.
+    """
+
+    services: StompServices
+    clock: MemoryReactorClock
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIn: Any
+
+    def make_factory(self, services: StompServices, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def open(self, factory: Any) -> MemoryConnection:
+        raise NotImplementedError
+
+    def assert_closed_cleanly(self, connection: MemoryConnection, code: int) -> None:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.services = make_services()
+        self.clock = self.services.clock  # type: ignore[assignment]
+        self.factory = self.make_factory(self.services)
+
+    def connected(self, **headers: str) -> MemoryConnection:
+        connection = self.open(self.factory)
+        connection.message(_connect_frame(**headers))
+        (frame,) = connection.take()
+        self.assertEqual(frame.command, "CONNECTED")
+        return connection
+
+    def test_subscribe_and_receive(self) -> None:
+        """A client connects, subscribes with a receipt and receives a publication."""
+        connection = self.connected()
+        connection.frame("SUBSCRIBE", {"id": "s1", "destination": HEARTBEAT_TOPIC,
+                                       "receipt": "r1"})
+        self.assertEqual([(f.command, f.get("receipt-id")) for f in connection.take()],
+                         [("RECEIPT", "r1")])
+        self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": "t"}})
+        connection.pump.flush()
+        (message,) = connection.take()
+        self.assertEqual((message.command, message.get("subscription"),
+                          message.get("destination")), ("MESSAGE", "s1", HEARTBEAT_TOPIC))
+        self.assertEqual(message.body, b'{"heartbeat":{"time":"t"}}')
+
+    def test_several_frames_in_one_message(self) -> None:
+        """CONNECT, SUBSCRIBE and a receipted UNSUBSCRIBE in one message all take effect."""
+        connection = self.open(self.factory)
+        connection.message(
+            _connect_frame()
+            + encode_frame("SUBSCRIBE", [("id", "s1"), ("destination", HEARTBEAT_TOPIC)])
+            + encode_frame("UNSUBSCRIBE", [("id", "s1"), ("receipt", "u")])
+        )
+        self.assertEqual([(f.command, f.get("receipt-id")) for f in connection.take()],
+                         [("CONNECTED", None), ("RECEIPT", "u")])
+
+    def test_frame_split_over_messages(self) -> None:
+        """
+        One frame over several messages arrives whole, including a piece that is a lone
+        EOL (which between frames would be a heart-beat).
+        """
+        connection = self.connected()
+        frame = encode_frame("SUBSCRIBE", [("id", "s1"), ("destination", ONLINE_EMPLOYEES_TOPIC),
+                                           ("receipt", "r1")])
+        cut = frame.index(b"\n", frame.index(b"destination"))
+        for piece in (frame[:5], frame[5:cut], b"\n", frame[cut + 1:]):
+            connection.message(piece)
+        frames = connection.take()
+        self.assertEqual([f.command for f in frames], ["MESSAGE", "RECEIPT"])
+        self.assertEqual(frames[0].get("destination"), ONLINE_EMPLOYEES_TOPIC)
+
+    def test_body_split_around_lone_eol(self) -> None:
+        """
+        A body with content-length whose middle byte, an EOL, comes as a message of its
+        own is delivered intact, not cut short ("no NUL after content-length bytes").
+        """
+        connection = self.connected()
+        frame = encode_frame("SUBSCRIBE", [("id", "s2"), ("destination", HEARTBEAT_TOPIC),
+                                           ("receipt", "r2"), ("content-length", "3")], b"a\nb")
+        body = frame.index(b"a\nb")
+        for piece in (frame[:body + 1], b"\n", frame[body + 2:]):
+            connection.message(piece)
+        self.assertEqual([(f.command, f.get("receipt-id")) for f in connection.take()],
+                         [("RECEIPT", "r2")])
+        self.assertFalse(connection.closed)
+
+    def test_heartbeat_keeps_session(self) -> None:
+        """Client heart-beats count as life: the session outlives its read deadline."""
+        connection = self.connected(heart_beat="1000,0")
+        # The server expects a beat every 10 s (its own setting is the larger), and allows
+        # three intervals of silence.
+        for _ in range(8):
+            self.clock.advance(5)
+            connection.message(b"\n")
+        self.assertFalse(connection.closed)
+        self.clock.advance(31)
+        connection.pump.flush()
+        self.assertTrue(connection.server_transport.disconnecting)
+
+    def test_slow_consumer_dropped(self) -> None:
+        """A client that stops reading is aborted once the write budget is spent."""
+        services = make_services(self.clock)
+        factory = self.make_factory(services, max_buffer=4096)
+        connection = self.open(factory)
+        connection.message(_connect_frame())
+        connection.message(encode_frame("SUBSCRIBE", [("id", "s1"),
+                                                      ("destination", HEARTBEAT_TOPIC)]))
+        # The transport's buffer is full: it pauses its producer, the write budget.
+        connection.server_transport.producer.pauseProducing()
+        for _ in range(100):
+            services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": "x" * 100}})
+        connection.pump.flush()
+        self.assertTrue(connection.server_transport.aborted)
+        self.assertEqual(services.hub.subscriber_count(HEARTBEAT_TOPIC), 0)
+
+    def test_disconnect_receipt_and_clean_close(self) -> None:
+        """DISCONNECT gets its RECEIPT, then the connection closes cleanly (code 1000)."""
+        connection = self.connected()
+        connection.frame("DISCONNECT", {"receipt": "bye"})
+        self.assertEqual([(f.command, f.get("receipt-id")) for f in connection.take()],
+                         [("RECEIPT", "bye")])
+        self.assert_closed_cleanly(connection, 1000)
+
+    def test_server_close_is_clean(self) -> None:
+        """A session the server ends (shutdown) closes with its code, cleanly."""
+        connection = self.connected()
+        self.services.registry.shutdown()
+        connection.pump.flush()
+        (error,) = connection.take()
+        self.assertEqual(error.command, "ERROR")
+        self.assert_closed_cleanly(connection, 1001)
+
+    def test_garbage_ends_only_that_session(self) -> None:
+        """Bytes that are not STOMP end that session with an ERROR; another goes on."""
+        good = self.connected()
+        good.frame("SUBSCRIBE", {"id": "s1", "destination": HEARTBEAT_TOPIC})
+        bad = self.open(self.factory)
+        bad.message(b"\x00\xffnot stomp at all\n\n\x00", binary=True)
+        frames: list[Frame] = bad.take()
+        self.assertEqual([f.command for f in frames], ["ERROR"])
+        self.assertTrue(bad.closed)
+        self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {}})
+        good.pump.flush()
+        self.assertEqual([f.command for f in good.take()], ["MESSAGE"])
+        self.assertFalse(good.closed)
+
+
+class TCPCarrierTests(CarrierScenariosMixin, TestCase):
+    """
+    The scenarios over the plain TCP carrier.
+    """
+
+    def make_factory(self, services: StompServices, **kwargs: Any) -> Any:
+        return tcp_factory(services, **kwargs)
+
+    def open(self, factory: Any) -> MemoryConnection:
+        return connect_tcp(factory)
+
+    def assert_closed_cleanly(self, connection: MemoryConnection, code: int) -> None:
+        self.assertTrue(connection.closed)
+        self.assertFalse(connection.server_transport.aborted)
+
+
+class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
+    """
+    The scenarios over the WebSocket carrier, fast paths on.
+    """
+
+    fast_paths = True
+
+    def make_factory(self, services: StompServices, **kwargs: Any) -> Any:
+        return ws_factory(services, fast_paths=self.fast_paths, **kwargs)
+
+    def open(self, factory: Any) -> MemoryConnection:
+        return connect_ws(factory)
+
+    def assert_closed_cleanly(self, connection: MemoryConnection, code: int) -> None:
+        # The client saw the server's code on a completed close handshake, and the
+        # server closed TCP in order (an abort would reset it: wasClean=false in browsers).
+        self.assertEqual(connection.client.close_info[:2], (True, code))
+        self.assertTrue(connection.server_transport.disconnecting)
+        self.assertFalse(connection.server_transport.aborted)
+
+    def test_heartbeat_shortcut(self) -> None:
+        """With fast paths on, a client heart-beat between frames never reaches Autobahn."""
+        connection = self.connected(heart_beat="1000,0")
+        protocol = connection.server
+        frames_before = protocol.trafficStats.incomingWebSocketFrames
+        connection.message(b"\n")
+        taken = protocol.trafficStats.incomingWebSocketFrames == frames_before
+        self.assertEqual(taken, self.fast_paths)
+
+    def test_drain_waits_for_close(self) -> None:
+        """drain() fires once every connection has finished its close handshake."""
+        connection = self.connected()
+        self.services.registry.shutdown()
+        drained = self.factory.drain()
+        self.assertNoResult(drained)
+        connection.pump.flush()
+        self.successResultOf(drained)
+
+    def test_drain_bounded(self) -> None:
+        """Connections that never answer the close are aborted when the drain times out."""
+        connection = self.connected()
+        self.services.registry.shutdown()
+        drained = self.factory.drain(timeout=3)
+        self.clock.advance(3)
+        self.successResultOf(drained)
+        self.assertTrue(connection.server_transport.aborted)
+
+    def test_drain_nothing_open(self) -> None:
+        """With no connection open, drain() fires at once."""
+        self.successResultOf(self.factory.drain())
+
+
+class WebSocketPublicAPITests(WebSocketCarrierTests):
+    """
+    The scenarios over the WebSocket carrier with C{--no-fast-paths}.
+    """
+
+    fast_paths = False
+
+    def test_all_off(self) -> None:
+        """No fast path is in use."""
+        paths = self.factory.fast_paths
+        self.assertFalse(paths.eager_send or paths.own_frames or paths.heartbeat_shortcut)
+
+
+class WebSocketMissingAttributeTests(WebSocketCarrierTests):
+    """
+    The scenarios over the WebSocket carrier when the installed Autobahn lacks attributes
+    the fast paths read: they fall back to the public API, and every scenario still holds.
+    """
+
+    fast_paths = False
+
+    def setUp(self) -> None:
+        self.patch(_fastpath, "FRAME_ATTRIBUTES", (*_fastpath.FRAME_ATTRIBUTES, "_gone"))
+        self.patch(_fastpath, "HEARTBEAT_ATTRIBUTES",
+                   (*_fastpath.HEARTBEAT_ATTRIBUTES, "_gone_too"))
+        self.patch(_fastpath, "_warned", set())
+        self.fast_paths = True
+        super().setUp()
+
+    def make_factory(self, services: StompServices, **kwargs: Any) -> Any:
+        return ws_factory(services, fast_paths=True, **kwargs)
+
+    def connected(self, **headers: str) -> MemoryConnection:
+        connection = super().connected(**headers)
+        # Checked at start-up (frames) and when the first connection opened (heart-beats).
+        self.assertFalse(self.factory.fast_paths.own_frames)
+        self.assertFalse(self.factory.fast_paths.heartbeat_shortcut)
+        self.fast_paths = False
+        return connection
