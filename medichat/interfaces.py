@@ -1,7 +1,7 @@
 """
 The interfaces that medichat's layers talk through.
 
-Data flows one way: transport adapter -> STOMP session -> hub / domain -> store.
+Data flows one way: carrier (WebSocket, TCP) -> STOMP session -> hub / domain -> store.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class IStoreBound(Interface):
 # STOMP carriage
 
 
-class IFrameTransport(Interface):
+class ICarrier(Interface):
     """
     What a STOMP session needs from whatever carries it (a WebSocket, a TCP connection).
 

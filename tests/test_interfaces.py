@@ -42,8 +42,8 @@ from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import (
     IBearerToken,
+    ICarrier,
     IConversations,
-    IFrameTransport,
     IHub,
     IPresence,
     ISessionCookie,
@@ -100,8 +100,8 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ISessionCookie, lambda case: SessionCookie("cookie")),
     (IStoreBound, lambda case: JWTChecker(secret=b"s" * 32, clock=Clock())),
     (IStoreBound, lambda case: SessionCookieChecker(3600)),
-    (IFrameTransport, lambda case: StompTCPFactory(make_services()).buildProtocol(None)),
-    (IFrameTransport, _websocket_protocol),
+    (ICarrier, lambda case: StompTCPFactory(make_services()).buildProtocol(None)),
+    (ICarrier, _websocket_protocol),
     (ISubscriber, _subscription),
     (IHub, lambda case: InProcessHub("test")),
     (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
@@ -123,7 +123,7 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     # the tests' fakes
     (ISubscriber, lambda case: test_rest.Recorder(USER.user_id)),
     (ISubscriber, lambda case: test_conversations.Recorder(USER)),
-    (IFrameTransport, lambda case: test_session_revalidation._Carrier()),
+    (ICarrier, lambda case: test_session_revalidation._Carrier()),
     (ISubscriber, lambda case: test_hub.Keeper()),
     (ISubscriber, lambda case: test_presence.Events()),
     (IConversations, lambda case: NoConversations()),

@@ -14,11 +14,11 @@ from zope.interface import implementer
 
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
 from medichat.carriers._fastpath import FastPaths, send_now, socket_of
-from medichat.interfaces import IFrameTransport
+from medichat.interfaces import ICarrier
 from medichat.stomp.session import StompServices, StompSession
 
 
-@implementer(IFrameTransport)
+@implementer(ICarrier)
 class StompTCPProtocol(Protocol):
     """
     One TCP connection carrying one L{StompSession}.
@@ -46,7 +46,7 @@ class StompTCPProtocol(Protocol):
         if session is not None:
             session.connection_lost(reason.getErrorMessage())
 
-    # IFrameTransport
+    # ICarrier
 
     def send(self, data: bytes) -> None:
         send_now(self.transport, self._socket, data)

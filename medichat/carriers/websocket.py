@@ -32,13 +32,13 @@ from medichat.carriers._fastpath import (
     timers_on_wheel,
 )
 from medichat.http.origins import OriginPolicy
-from medichat.interfaces import IFrameTransport
+from medichat.interfaces import ICarrier
 from medichat.stomp.session import StompServices, StompSession
 
 SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
 
-@implementer(IFrameTransport)
+@implementer(ICarrier)
 class StompWebSocketProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection carrying one L{StompSession}.
@@ -131,7 +131,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             abort = False
         super().dropConnection(abort=abort)
 
-    # IFrameTransport
+    # ICarrier
 
     def send(self, data: bytes) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:

@@ -1,6 +1,6 @@
 """
 The STOMP server session: one state machine per connection, carried by anything that can
-send bytes (L{medichat.interfaces.IFrameTransport}): a WebSocket or a TCP stream.
+send bytes (L{medichat.interfaces.ICarrier}): a WebSocket or a TCP stream.
 
 STOMP (1.0, 1.1, 1.2) in one paragraph: the client opens with C{CONNECT} (or C{STOMP}),
 naming the versions it accepts and its heart-beat wishes; the server answers C{CONNECTED}
@@ -37,7 +37,7 @@ from medichat._ratelimit import TokenBuckets
 from medichat._timers import Timer, TimerWheel
 from medichat.auth.credentials import authenticate, credentials_from_stomp
 from medichat.errors import AuthenticationFailed, DomainError
-from medichat.interfaces import IConversations, IFrameTransport, IHub, IPresence, ISubscriber
+from medichat.interfaces import ICarrier, IConversations, IHub, IPresence, ISubscriber
 from medichat.model import User
 from medichat.pubsub.hub import Publication, encode_event
 from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC, TOPIC_PREFIX
@@ -259,13 +259,13 @@ class StompSession:
 
     def __init__(
         self,
-        transport: IFrameTransport,
+        carrier: ICarrier,
         services: StompServices,
         *,
         credentials: object | None = None,
         peer: str = "",
     ) -> None:
-        self._transport = transport
+        self._carrier = carrier
         self._services = services
         self._config = services.config
         self._clock = services.clock
@@ -769,7 +769,7 @@ class StompSession:
                 seconds=now - self._last_read,
             )
             self._state = _CLOSED
-            self._transport.abort()
+            self._carrier.abort()
             self._cleanup()
             return
         self._timers.append(self._services.wheel.call_at(self._last_read + limit, self._read_due))
@@ -820,7 +820,7 @@ class StompSession:
 
     def _send_raw(self, data: bytes) -> None:
         self._last_write = self._clock.seconds()
-        self._transport.send(data)
+        self._carrier.send(data)
 
     def _send_frame(self, command: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         self._send_raw(_encode(command, headers, body, self.version))
@@ -849,7 +849,7 @@ class StompSession:
         self._state = _CLOSED
         self._queue.clear()
         self._cleanup()
-        self._transport.close(code, reason)
+        self._carrier.close(code, reason)
 
     def _cleanup_timers(self) -> None:
         for timer in self._timers:

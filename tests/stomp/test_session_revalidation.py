@@ -17,7 +17,7 @@ from medichat.auth.credentials import SessionCookie
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts, run_here
 from medichat.domain.presence import InProcessPresence
-from medichat.interfaces import IConversations, IFrameTransport
+from medichat.interfaces import ICarrier, IConversations
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.registry import RevocationObserver
 from medichat.stomp.session import CLOSE_POLICY, StompConfig, StompServices, StompSession
@@ -26,7 +26,7 @@ from tests._inline import InlineTestCase
 from tests._stomp import NoConversations, realistic_clock
 
 
-@implementer(IFrameTransport)
+@implementer(ICarrier)
 class _Carrier:
     """Records what the session sends and whether it closed."""
 
