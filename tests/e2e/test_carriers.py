@@ -101,7 +101,7 @@ class HeartbeatShortcutTests(TestCase):
         self.addCleanup(in_thread, ws.close)
         (session,) = server.service.registry.sessions_of("u1")
         before = session._last_read
-        protocol = session._transport
+        protocol = session._carrier
         wire = protocol.trafficStats.incomingOctetsWireLevel
         yield deferLater(reactor, 0.05, lambda: None)
         yield in_thread(ws.send, "\n")
