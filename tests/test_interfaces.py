@@ -128,6 +128,7 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ISubscriber, lambda case: test_presence.Events()),
     (IConversations, lambda case: NoConversations()),
     (IConversations, lambda case: test_session._EveryoneTakesPart()),
+    (IConversations, lambda case: test_session._StoreDown()),
 ]
 """Each implementation, as the interface and how to make one."""
 

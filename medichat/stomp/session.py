@@ -36,7 +36,7 @@ from medichat import __version__
 from medichat._ratelimit import TokenBuckets
 from medichat._timers import Timer, TimerWheel
 from medichat.auth.credentials import authenticate, credentials_from_stomp
-from medichat.errors import AuthenticationFailed, DomainError
+from medichat.errors import AuthenticationFailed, DomainError, StoreUnavailable
 from medichat.interfaces import ICarrier, IConversations, IHub, IPresence, ISubscriber
 from medichat.model import User
 from medichat.pubsub.hub import Publication, encode_event
@@ -63,6 +63,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 @define(frozen=True)
@@ -428,6 +429,16 @@ class StompSession:
             self._fail(StompError(error.reason, code=CLOSE_POLICY), frame)
         elif isinstance(error, DomainError):
             self._fail(StompError(error.title.lower(), error.detail, CLOSE_POLICY), frame)
+        elif isinstance(error, StoreUnavailable):
+            # An outage, logged once by the store: no traceback per frame.
+            self._fail(
+                StompError(
+                    "service unavailable",
+                    "the store cannot serve now; reconnect shortly",
+                    CLOSE_TRY_AGAIN_LATER,
+                ),
+                frame,
+            )
         else:
             self._log.failure(
                 "error handling {command} in session {session}",

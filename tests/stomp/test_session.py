@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from medichat.errors import StoreUnavailable
 from medichat.interfaces import IConversations
 from medichat.model import User
 from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
@@ -600,6 +601,36 @@ class _EveryoneTakesPart:
 
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return succeed(None)
+
+
+@implementer(IConversations)
+class _StoreDown:
+    """Conversations whose store cannot serve now."""
+
+    def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return fail(StoreUnavailable("database unreachable"))
+
+    def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
+        return fail(StoreUnavailable("database unreachable"))
+
+
+class StoreOutageTests(SynchronousTestCase):
+    """
+    A store outage ends the session that needed the store with a clear ERROR, and logs
+    no traceback per frame (the store logs the outage once).
+    """
+
+    def test_subscribe_during_outage(self) -> None:
+        """SUBSCRIBE to a conversation while the store is down: ERROR service unavailable."""
+        client = Client(make_services(realistic_clock(), conversations=_StoreDown()))
+        client.connect()
+        client.send("SUBSCRIBE", {"id": "1", "destination": CHAT_TOPIC, "receipt": "r"})
+        frame = client.next()
+        self.assertEqual(frame.command, "ERROR")
+        self.assertEqual(frame.get("message"), "service unavailable")
+        self.assertEqual(frame.get("receipt-id"), "r")
+        self.assertTrue(client.closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 CHAT = "6b92c178-c22b-4bbb-8dec-8d497660b5bf"
