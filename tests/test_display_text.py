@@ -23,7 +23,7 @@ from medichat.domain.presence import InProcessPresence
 from medichat.errors import AuthenticationFailed, BadRequest
 from medichat.model import is_blank, is_display_name
 from medichat.pubsub.hub import InProcessHub
-from medichat.store import open_store
+from medichat.testing import MemoryStore
 
 NOW = 1_700_000_000
 SECRET = b"s" * 32
@@ -118,7 +118,7 @@ class BlankMessageTests(SynchronousTestCase):
 
     def test_invisible_only(self) -> None:
         """Zero-width spaces and friends with whitespace: 'message: must not be blank'."""
-        store = open_store(None, self.mktemp(), reactor)
+        store = MemoryStore(Clock())
         hub = InProcessHub()
         service = ConversationService(store, hub, Clock(), InProcessPresence(hub))
         for text in ("\u200b", "\u200b\u200c\u200d \n\u2060\ufeff", "\u3164\u2800"):

@@ -16,7 +16,6 @@ import jwt
 from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -33,7 +32,7 @@ from medichat.http.problems import Problem, write_problem
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site
 from medichat.pubsub.hub import InProcessHub
-from medichat.store import open_store
+from medichat.testing import MemoryStore
 
 SECRET = b"k" * 32
 DASHBOARD = "https://dashboard.example"
@@ -88,7 +87,7 @@ class EdgeTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        store = open_store(None, self.mktemp(), reactor)
+        store = MemoryStore(self.clock)
         hub = InProcessHub()
         self.api = api = RestAPI(
             conversations=ConversationService(store, hub, self.clock, InProcessPresence(hub)),
