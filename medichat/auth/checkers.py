@@ -54,6 +54,9 @@ from medichat.model import ROLES, User, is_blank, is_display_name, micros
 DEFAULT_SESSION_TTL = 12 * 60 * 60
 """Seconds an employee's login session lives without use (it slides with use)."""
 
+VERIFIED_TOKENS = 4096
+"""How many verified tokens a L{JWTChecker} remembers, so as not to verify them again."""
+
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 DEFAULT_HMAC_ALGORITHMS = ("HS256",)
 DEFAULT_KEY_ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -257,6 +260,10 @@ class JWTChecker:
         self._secret: bytes | None = None
         self._public_key: PublicKey | None = None
         self._jwks: list[jwt.PyJWK] = []
+        # Tokens whose signature has been verified, with their claims: a client sends the
+        # same token with every request, and the signature is what costs.  The claims are
+        # checked against the clock again on every use.
+        self._verified: dict[str, Mapping[str, Any]] = {}
 
         if secret is not None:
             allowed = _check_algorithm_names(algorithms or DEFAULT_HMAC_ALGORITHMS)
@@ -325,6 +332,14 @@ class JWTChecker:
         """
         if self._clock is None:
             raise RuntimeError("JWTChecker has no clock: pass clock= or call attach()")
+        if isinstance(token, str):
+            verified = self._verified.get(token)
+            if verified is not None:
+                try:
+                    return self._user_from_claims(verified, self._clock.seconds())
+                except AuthenticationFailed:
+                    del self._verified[token]
+                    raise
         if not token:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
         if not isinstance(token, str) or not looks_like_jwt(token):
@@ -354,7 +369,12 @@ class JWTChecker:
             # token's fault, not a server error.
             _log.failure("unexpected error verifying a JWT")
             raise AuthenticationFailed(MALFORMED_TOKEN) from e
-        return self._user_from_claims(payload, self._clock.seconds())
+        user = self._user_from_claims(payload, self._clock.seconds())
+        if len(self._verified) >= VERIFIED_TOKENS:
+            # Dicts keep insertion order: forget the token verified longest ago.
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = payload
+        return user
 
     def _key_for(self, header: Mapping[str, Any]) -> bytes | PublicKey | jwt.PyJWK:
         if self._secret is not None:

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+import medichat.auth.checkers as checkers_module
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.credentials import (
     BearerToken,
@@ -196,6 +197,64 @@ class HMACTests(JWTCheckerTestCase):
         """A checker without a clock refuses to guess the time."""
         checker = JWTChecker(secret=SECRET)
         self.assertRaises(RuntimeError, checker.verify, jwt.encode(claims(), SECRET, "HS256"))
+
+
+class VerifiedTokenTests(JWTCheckerTestCase):
+    """
+    A token verified once is not verified again; its claims are judged on every use.
+    """
+
+    def count_decodes(self) -> list[object]:
+        calls: list[object] = []
+        original = jwt.decode
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[0])
+            return original(*args, **kwargs)
+
+        self.patch(jwt, "decode", counting)
+        return calls
+
+    def test_signature_verified_once(self) -> None:
+        """The second use of a token gives the same user without verifying it again."""
+        checker, _ = self.make(secret=SECRET)
+        calls = self.count_decodes()
+        token = jwt.encode(claims(), SECRET, "HS256")
+        first = self.check(checker, token)
+        self.assertEqual(self.check(checker, token), first)
+        self.assertEqual(len(calls), 1)
+
+    def test_expiry_judged_on_every_use(self) -> None:
+        """A remembered token that has since expired is refused, and forgotten."""
+        checker, clock = self.make(secret=SECRET)
+        calls = self.count_decodes()
+        token = jwt.encode(claims(), SECRET, "HS256")
+        self.check(checker, token)
+        clock.advance(600)
+        self.assertReason(checker, token, "credential expired")
+        self.assertReason(checker, token, "credential expired")
+        self.assertEqual(len(calls), 2)
+
+    def test_other_signature_not_remembered(self) -> None:
+        """A token differing only in its signature is verified (and refused) on its own."""
+        checker, _ = self.make(secret=SECRET)
+        token = jwt.encode(claims(), SECRET, "HS256")
+        self.check(checker, token)
+        forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        self.assertReason(checker, forged, "bad signature")
+
+    def test_bounded(self) -> None:
+        """At most VERIFIED_TOKENS are remembered; the oldest is forgotten first."""
+        self.patch(checkers_module, "VERIFIED_TOKENS", 3)
+        checker, _ = self.make(secret=SECRET)
+        tokens = [jwt.encode(claims(sub=f"u{i}"), SECRET, "HS256") for i in range(4)]
+        for token in tokens:
+            self.check(checker, token)
+        calls = self.count_decodes()
+        self.check(checker, tokens[3])
+        self.assertEqual(calls, [])
+        self.check(checker, tokens[0])
+        self.assertEqual(calls, [tokens[0]])
 
 
 class TimeClaimTests(JWTCheckerTestCase):
