@@ -69,6 +69,16 @@ def _positive_float(name: str, value: str) -> float:
     return number
 
 
+def _non_negative_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise usage.UsageError(f"--{name} must be zero or positive, not {value!r}")
+    return number
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     Command-line options of C{twistd medichat}.
@@ -129,6 +139,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-write-buffer", None, 1024 * 1024,
          "Bytes a slow client may have waiting before it is dropped.",
          lambda v: _positive_int("max-write-buffer", v)],
+        ["ws-ping-interval", None, 30.0,
+         "Seconds between WebSocket pings to a STOMP session without client heart-beats "
+         "(dropped when one goes unanswered that long), and the TCP keepalive idle time "
+         "of --stomp-listen connections; 0 turns the pings off.",
+         lambda v: _non_negative_float("ws-ping-interval", v)],
+        ["ws-ping-rate", None, 1.0,
+         "WebSocket pings a client may send per second, after a burst of 10.",
+         lambda v: _positive_float("ws-ping-rate", v)],
         ["max-message-length", None, 4000, "Longest chat message, in characters.",
          lambda v: _positive_int("max-message-length", v)],
         ["max-body", None, 65536, "Largest HTTP request body, in bytes.",
@@ -596,6 +614,7 @@ def makeService(
         services, origins, max_buffer=config["max-write-buffer"],
         max_message=max(4 * limits.max_frame_bytes, 256 * 1024),
         reactor=reactor, fast_paths=not config["no-fast-paths"],
+        ping_interval=config["ws-ping-interval"], ping_rate=config["ws-ping-rate"],
     )
     rest = RestAPI(
         conversations=conversations,
@@ -627,7 +646,8 @@ def makeService(
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))
     tcp_factory = CappedFactory(
         StompTCPFactory(services, max_buffer=config["max-write-buffer"],
-                        fast_paths=not config["no-fast-paths"]),
+                        fast_paths=not config["no-fast-paths"],
+                        keepalive=config["ws-ping-interval"]),
         cap,
     )
     for description in config["stomp-listen"]:

@@ -1,8 +1,8 @@
 """
 Every use of Twisted's and Autobahn's private state, in one place.
 
-Four shortcuts make fan-out and idle sessions cheap; each reads or writes state that the
-libraries do not promise to keep:
+Five shortcuts make fan-out, idle sessions and new connections cheap; each reads or writes
+state that the libraries do not promise to keep:
 
   - the eager send (L{send_now}): one C{send()} on the socket of a plain TCP transport
     with nothing queued, instead of Twisted's queue-and-wait-for-writability;
@@ -10,11 +10,16 @@ libraries do not promise to keep:
     to the transport as one unmasked text frame, past Autobahn's general send machinery;
   - the client heart-beat shortcut (L{is_client_heartbeat}): a 7-byte masked C{"\\n"}
     frame is recognised before Autobahn parses it, when Autobahn has no frame in progress;
+  - the quiet open (L{copy_config}): Autobahn copies its factory's options onto each new
+    connection by walking the class's C{CONFIG_ATTRS}, and pretty-prints the whole list for
+    a debug line whether or not debug logging is on (about two thirds of the cost of
+    opening a connection); the carrier copies the options itself and gives the connection
+    an empty C{CONFIG_ATTRS}, so the list Autobahn formats is empty;
   - Autobahn's timers on our clock (L{timers_on_wheel}): Autobahn schedules its handshake
     timers through a private batched timer on txaio's global reactor; the carrier replaces
     it with the server's L{TimerWheel}, so they run on the injected clock and stop with it.
 
-The first three are what C{--no-fast-paths} turns off; the fourth only moves timers.
+The first four are what C{--no-fast-paths} turns off; the fifth only moves timers.
 L{FastPaths.probe} runs when a carrier factory is made.  It checks that every attribute a
 shortcut needs exists on the installed versions' classes (and, for the eager send, on a
 real transport instance); a shortcut whose attributes are missing is switched off, with one
@@ -33,7 +38,7 @@ from functools import partial
 from typing import Any
 
 from attrs import define
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -52,6 +57,9 @@ FRAME_ATTRIBUTES = ("STATE_OPEN", "sendMessage")
 
 #: What L{is_client_heartbeat} reads on an open Autobahn protocol instance.
 HEARTBEAT_ATTRIBUTES = ("state", "current_frame", "inside_message", "data")
+
+#: The Autobahn protocol attribute that L{copy_config} empties.
+CONFIG_ATTRIBUTE = "CONFIG_ATTRS"
 
 #: The Autobahn factory attribute that L{timers_on_wheel} replaces.
 TIMER_ATTRIBUTE = "_batched_timer"
@@ -97,11 +105,14 @@ class FastPaths:
     @ivar eager_send: L{send_now} may write to a plain TCP socket directly.
     @ivar own_frames: the WebSocket carrier writes its own frame headers.
     @ivar heartbeat_shortcut: the WebSocket carrier recognises client heart-beats itself.
+    @ivar quiet_open: the WebSocket carrier copies Autobahn's options onto a new
+        connection itself (L{copy_config}).
     """
 
     eager_send: bool = False
     own_frames: bool = False
     heartbeat_shortcut: bool = False
+    quiet_open: bool = False
 
     @classmethod
     def probe(cls, enabled: bool = True) -> FastPaths:
@@ -119,10 +130,17 @@ class FastPaths:
         missing_frames = [n for n in FRAME_ATTRIBUTES if not hasattr(WebSocketProtocol, n)]
         if missing_frames:
             _warn_once("own frame headers", missing_frames, "Autobahn's WebSocketProtocol")
+        config = getattr(WebSocketServerProtocol, CONFIG_ATTRIBUTE, None)
+        quiet_open = isinstance(config, (list, tuple)) and all(
+            isinstance(name, str) for name in config
+        )
+        if not quiet_open:
+            _warn_once("quiet open", [CONFIG_ATTRIBUTE], "Autobahn's WebSocketServerProtocol")
         return cls(
             eager_send=not missing_tcp,
             own_frames=not missing_frames,
             heartbeat_shortcut=_STATE_OPEN is not None,
+            quiet_open=quiet_open,
         )
 
     def heartbeat_usable(self, protocol: Any) -> bool:
@@ -225,6 +243,20 @@ def is_client_heartbeat(protocol: Any, data: bytes) -> bool:
         and not protocol.inside_message
         and not protocol.data
     )
+
+
+def copy_config(protocol: Any, factory: Any) -> None:
+    """
+    Before Autobahn's C{connectionMade}: copy the factory's options onto a new server
+    C{protocol} (those not already set on it, as Autobahn would) and give the protocol an
+    empty C{CONFIG_ATTRS}, so that Autobahn finds nothing left to copy and formats an empty
+    list for its debug line instead of all of the options.
+    """
+    names = getattr(WebSocketServerProtocol, CONFIG_ATTRIBUTE)
+    for name in names:
+        if not hasattr(protocol, name):
+            setattr(protocol, name, getattr(factory, name))
+    setattr(protocol, CONFIG_ATTRIBUTE, ())
 
 
 class _WheelTimer:

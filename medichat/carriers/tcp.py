@@ -1,10 +1,14 @@
 """
 STOMP carried by a plain TCP stream (C{--stomp-listen tcp:61613}), for backend services and
 command-line STOMP clients.  Credentials come in the C{CONNECT} frame.
+
+Every connection uses TCP keepalive: a peer that vanished (a phone that lost its network, a
+host that crashed) is noticed by the kernel even when its session negotiated no heart-beats.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.interfaces import IAddress
@@ -31,6 +35,7 @@ class StompTCPProtocol(Protocol):
     _socket: Any = None
 
     def connectionMade(self) -> None:
+        keep_alive(self.transport, self.factory.keepalive)
         self._budget = WriteBudget(self.transport, self.factory.max_buffer)
         self._socket = socket_of(self.transport, self.factory.fast_paths)
         peer = self.transport.getPeer()
@@ -65,6 +70,8 @@ class StompTCPFactory(Factory):
     Makes L{StompTCPProtocol}s that share one set of L{StompServices}.
 
     @param fast_paths: C{False} to write only through C{transport.write}.
+    @param keepalive: seconds of silence after which the kernel starts probing a
+        connection (see L{keep_alive}); 0 leaves the system's default.
 
     @ivar fast_paths: the L{FastPaths} in use.
     """
@@ -72,10 +79,44 @@ class StompTCPFactory(Factory):
     protocol = StompTCPProtocol  # type: ignore[assignment]
 
     def __init__(self, services: StompServices, max_buffer: int = DEFAULT_MAX_BUFFER,
-                 *, fast_paths: bool = True) -> None:
+                 *, fast_paths: bool = True, keepalive: float = 30.0) -> None:
         self.services = services
         self.max_buffer = max_buffer
         self.fast_paths = FastPaths.probe(fast_paths)
+        self.keepalive = keepalive
+
+
+#: Unanswered keepalive probes after which the kernel gives a connection up.
+KEEPALIVE_PROBES = 3
+
+
+def keep_alive(transport: Any, idle: float) -> bool:
+    """
+    Turn TCP keepalive on for C{transport} (C{ITCPTransport.setTcpKeepAlive}) and, where
+    the platform allows, make the kernel probe after C{idle} seconds of silence, every
+    C{idle / 3} seconds, and give up after L{KEEPALIVE_PROBES} unanswered probes: a dead
+    peer is found within about twice C{idle} rather than the system's default two hours.
+
+    @param idle: seconds; 0 keeps the system's timing.
+    @return: C{False} if the transport has no keepalive (not TCP).
+    """
+    enable = getattr(transport, "setTcpKeepAlive", None)
+    if enable is None:
+        return False
+    enable(True)
+    if idle <= 0 or not hasattr(socket, "TCP_KEEPIDLE"):
+        return True
+    try:
+        handle = transport.getHandle()
+        seconds = max(1, int(idle))
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL,
+                          max(1, seconds // KEEPALIVE_PROBES))
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except (AttributeError, OSError):
+        # A transport with no socket handle (a test double): keepalive alone is on.
+        pass
+    return True
 
 
 def _describe(address: IAddress) -> str:

@@ -8,6 +8,20 @@ the session to check at C{CONNECT}.  Inbound text and binary messages are fed to
 session as bytes, so several frames in one message and one frame over several both work;
 each outbound frame is one text message.  The server sends the close frame; once the client
 has answered it, the server closes TCP in order (RFC 6455 section 7.1.1).
+
+What one connection may cost is bounded:
+
+  - until C{CONNECT} is accepted a message may be no larger than a pre-auth STOMP frame
+    (16 KiB), so Autobahn refuses a larger one (1009) from its header instead of
+    buffering it; once C{CONNECTED}, the configured size applies;
+  - each pong counts against the write budget like any frame, and pings beyond a rate end
+    the session (C{ERROR} C{too many pings}, 1008);
+  - a session whose client promised no heart-beats is sent a ping every
+    C{ping_interval} seconds and dropped when one goes unanswered for an interval;
+  - once the session has ended and the close frame is out, further data frames are
+    discarded unread (no UTF-8 check, no buffering) until the client's close arrives; a
+    client that sends more than L{DISCARD_LIMIT} bytes of them meanwhile is not closing
+    and is dropped at once, rather than read until the close handshake times out.
 """
 
 from __future__ import annotations
@@ -21,10 +35,13 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from medichat._ratelimit import TokenBucket
+from medichat._timers import Timer
 from medichat.auth.credentials import handshake_credentials
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
 from medichat.carriers._fastpath import (
     FastPaths,
+    copy_config,
     frame_header,
     is_client_heartbeat,
     send_now,
@@ -36,6 +53,16 @@ from medichat.interfaces import ICarrier
 from medichat.stomp.session import StompServices, StompSession
 
 SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+#: The payload of the server's liveness pings.
+PROBE = b"medichat"
+
+#: Bytes of data frames a client may still send after the server's close frame (what it
+#: had in flight) before it is dropped.
+DISCARD_LIMIT = 64 * 1024
+
+#: Bytes of a frame header of a control frame (payload up to 125 bytes, unmasked).
+_CONTROL_HEADER = 2
 
 
 @implementer(ICarrier)
@@ -51,6 +78,21 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _credentials: object | None = None
     _socket: Any = None
     _heartbeats = False
+    _authenticated = False
+    _pings: TokenBucket | None = None
+    _probe: Timer | None = None
+    _ping_unanswered = False
+    _discarding = False
+    _discarded = 0
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        if factory.fast_paths.quiet_open:
+            copy_config(self, factory)
+        super().connectionMade()
+        # Until CONNECT is accepted a message may be no larger than a pre-auth STOMP frame.
+        self.maxMessagePayloadSize = factory.preauth_message
+        self.maxFramePayloadSize = factory.preauth_message
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         factory = self.factory
@@ -78,6 +120,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self._budget = WriteBudget(self.transport, factory.max_buffer)
         self._socket = socket_of(self.transport, factory.fast_paths)
         self._heartbeats = factory.fast_paths.heartbeat_usable(self)
+        self._pings = TokenBucket(factory.ping_rate, factory.ping_burst,
+                                  factory.services.clock.seconds())
         credentials, self._credentials = self._credentials, None
         # Autobahn keeps the raw handshake; an idle session need not.
         self.http_request_data = b""
@@ -111,7 +155,111 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 self.factory._log.failure("STOMP session failed")
                 self.dropConnection(abort=True)
 
+    def onMessageFrameBegin(self, length: int) -> None:
+        if self._discarding:
+            self._discarded += length
+            if self._discarded > DISCARD_LIMIT:
+                self.factory._log.info(
+                    "peer {peer} kept sending after the close frame: dropped", peer=self.peer
+                )
+                self.dropConnection(abort=True)
+                return
+        super().onMessageFrameBegin(length)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self._discarding:
+            super().onMessageFrameData(payload)
+
+    def onMessageEnd(self) -> None:
+        if not self._discarding:
+            super().onMessageEnd()
+
+    def onPing(self, payload: bytes) -> None:
+        """
+        Answer a ping, counting the pong against the write budget; past the ping rate, end
+        the session instead.
+        """
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        budget = self._budget
+        if budget is not None and budget.overflowed:
+            return
+        pings = self._pings
+        if pings is not None and pings.take(self.factory.services.clock.seconds()) is not None:
+            self.factory._log.info("peer {peer} sent too many pings: closed", peer=self.peer)
+            session = self._session
+            detail = f"at most {self.factory.ping_rate:g} pings a second"
+            if session is not None:
+                session.end("too many pings", detail)
+            else:
+                self.close(1008, "too many pings")
+            return
+        self.sendPong(payload)
+        if budget is not None:
+            budget.written(len(payload) + _CONTROL_HEADER)
+
+    def onPong(self, payload: bytes) -> None:
+        self._ping_unanswered = False
+
+    def _authenticated_now(self) -> None:
+        """
+        The session was accepted (its C{CONNECTED} is being sent): allow the configured
+        message size and, when the client promised no heart-beats, start the pings.
+        """
+        session = self._session
+        if session is None or session.user is None:
+            return
+        self._authenticated = True
+        factory = self.factory
+        self.maxMessagePayloadSize = factory.maxMessagePayloadSize
+        self.maxFramePayloadSize = factory.maxFramePayloadSize
+        if factory.ping_interval > 0 and not session.heartbeats_expected:
+            self._probe = factory.services.wheel.call_later(factory.ping_interval,
+                                                            self._probe_due)
+
+    def _probe_due(self) -> None:
+        self._probe = None
+        if self.state != WebSocketServerProtocol.STATE_OPEN or self._session is None:
+            return
+        factory = self.factory
+        if self._ping_unanswered:
+            factory._log.info(
+                "peer {peer} did not answer a ping within {interval}s: dropped",
+                peer=self.peer,
+                interval=factory.ping_interval,
+            )
+            self.dropConnection(abort=True)
+            return
+        self._ping_unanswered = True
+        self.sendPing(PROBE)
+        budget = self._budget
+        if budget is not None:
+            budget.written(len(PROBE) + _CONTROL_HEADER)
+        self._probe = factory.services.wheel.call_later(factory.ping_interval,
+                                                        self._probe_due)
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        """
+        Send a close frame (the session's, Autobahn's for a protocol violation, or the reply
+        to the client's); from then on whatever data frames still arrive are discarded, not
+        UTF-8 checked or buffered: nobody will read them.
+        """
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self.state == WebSocketServerProtocol.STATE_CLOSING and not self._discarding:
+            self._stop_reading_messages()
+
+    def _stop_reading_messages(self) -> None:
+        self._discarding = True
+        self.utf8validateIncoming = False
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
         session, self._session = self._session, None
         if session is not None:
             session.connection_lost(reason or f"WebSocket closed ({code})")
@@ -136,6 +284,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def send(self, data: bytes) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
+        if not self._authenticated:
+            self._authenticated_now()
         size = len(data)
         if self.factory.fast_paths.own_frames:
             # No extension is negotiated, so a text frame is a header and the payload,
@@ -161,8 +311,12 @@ class StompWebSocketFactory(WebSocketServerFactory):
     """
     Makes L{StompWebSocketProtocol}s that share one set of L{StompServices}.
 
-    @param max_message: largest WebSocket message accepted (the STOMP parser enforces the
-        frame limits; a message may hold several frames).
+    @param max_message: largest WebSocket message accepted once the session is
+        authenticated (the STOMP parser enforces the frame limits; a message may hold
+        several frames); before, the pre-auth STOMP frame budget is the limit.
+    @param ping_interval: seconds between liveness pings to a session whose client
+        promised no heart-beats, and how long it has to answer one; 0 sends none.
+    @param ping_rate: pings a client may send per second, after a burst of C{ping_burst}.
     @param reactor: the reactor the connections run on (its clock also drives Autobahn's
         handshake timers, through the services' timer wheel).
     @param fast_paths: C{False} to use only the public Twisted and Autobahn API.
@@ -186,12 +340,19 @@ class StompWebSocketFactory(WebSocketServerFactory):
         server: str = "medichat",
         reactor: IReactorTime | None = None,
         fast_paths: bool = True,
+        ping_interval: float = 30.0,
+        ping_rate: float = 1.0,
+        ping_burst: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(server=server, reactor=reactor or services.clock, **kwargs)
         self.services = services
         self.origins = origins
         self.max_buffer = max_buffer
+        self.ping_interval = ping_interval
+        self.ping_rate = ping_rate
+        self.ping_burst = ping_burst
+        self.preauth_message = min(max_message, services.config.preauth_limits.max_frame_bytes)
         self.fast_paths = FastPaths.probe(fast_paths)
         self._open: set[StompWebSocketProtocol] = set()
         timers_on_wheel(self, services.wheel)
@@ -202,6 +363,9 @@ class StompWebSocketFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=self.close_handshake_timeout,
+            # A violation (a message too large, invalid UTF-8) gets a close frame with its
+            # code, so the client learns why, rather than a reset.
+            failByDrop=False,
         )
 
     def opened(self, protocol: StompWebSocketProtocol) -> None:

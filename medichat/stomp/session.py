@@ -338,6 +338,14 @@ class StompSession:
         """
         self._last_read = self._clock.seconds()
 
+    @property
+    def heartbeats_expected(self) -> bool:
+        """
+        Whether the client promised heart-beats, so that its silence ends the session (a
+        carrier probes the liveness of the other sessions itself).
+        """
+        return self._expect_every > 0
+
     def connection_lost(self, reason: str = "") -> None:
         """
         The connection is gone: release subscriptions, presence and timers.

@@ -5,11 +5,14 @@ plain TCP or over WebSocket with a real Autobahn client protocol, on a memory cl
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
@@ -29,10 +32,14 @@ class RecordingTransport(FakeTransport):
     """
 
     aborted = False
+    keepalive = False
 
     def abortConnection(self) -> None:
         self.aborted = True
         super().abortConnection()
+
+    def setTcpKeepAlive(self, enabled: int) -> None:
+        self.keepalive = bool(enabled)
 
 
 class _Inbox:
@@ -71,9 +78,20 @@ class WSClientProtocol(WebSocketClientProtocol):
         self.inbox = _Inbox()
         self.opened = False
         self.close_info: tuple[bool, int | None, str | None] | None = None
+        self.answer_pings = True
+        self.pings = 0
+        self.pongs = 0
 
     def onOpen(self) -> None:
         self.opened = True
+
+    def onPing(self, payload: bytes) -> None:
+        self.pings += 1
+        if self.answer_pings:
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self.pongs += 1
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.inbox.add(payload)
@@ -183,3 +201,53 @@ def connect_ws(factory: StompWebSocketFactory, headers: dict[str, str] | None = 
     server_transport, client_transport, pump = _connect(server, client, clock)
     assert client.opened, "WebSocket handshake did not complete"
     return MemoryConnection(client, server, client_transport, server_transport, pump, True)
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One client-to-server WebSocket frame (masked, RFC 6455 section 5.2)."""
+    size = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if size < 126:
+        head = bytes((first, 0x80 | size))
+    elif size < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, size)
+    mask = b"\x12\x34\x56\x78"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+class RawWebSocket:
+    """
+    The WebSocket carrier's server protocol on a L{StringTransport} that never drains,
+    driven by hand-made client frames: what the server writes stays countable.
+
+    @ivar server: the carrier's protocol.
+    @ivar transport: everything it wrote since the handshake (C{value()}).
+    """
+
+    def __init__(self, factory: StompWebSocketFactory) -> None:
+        self.server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+        )
+        self.server.makeConnection(self.transport)
+        key = base64.b64encode(b"0123456789abcdef")
+        self.server.dataReceived(
+            b"GET /api/v1/chat HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+        )
+        assert self.transport.value().startswith(b"HTTP/1.1 101"), self.transport.value()
+        self.transport.clear()
+
+    def send(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        """Deliver one frame (1 text, 2 binary, 8 close, 9 ping) to the server."""
+        self.server.dataReceived(masked_frame(opcode, payload, fin))
+
+    @property
+    def written(self) -> int:
+        """Bytes the server wrote since the handshake (none was ever sent on)."""
+        return len(self.transport.value())

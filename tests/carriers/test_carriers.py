@@ -7,24 +7,32 @@ an attribute they need is missing.
 
 from __future__ import annotations
 
+import socket
+import struct
+from pprint import pformat
 from typing import Any
 
+from autobahn.websocket import protocol as autobahn_protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
 from medichat.carriers import _fastpath
+from medichat.carriers.tcp import keep_alive
 from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
 from medichat.stomp.codec import Frame, encode_frame
 from medichat.stomp.session import StompServices
 from tests._stomp import make_services, mint
 from tests.carriers._memory import (
     MemoryConnection,
+    RawWebSocket,
     connect_tcp,
     connect_ws,
+    masked_frame,
     tcp_factory,
     ws_factory,
 )
 
+CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 CONNECT_HEADERS = {"accept-version": "1.2", "host": "medichat", "heart-beat": "0,0"}
 
 
@@ -199,6 +207,44 @@ class TCPCarrierTests(CarrierScenariosMixin, TestCase):
         self.assertFalse(connection.server_transport.aborted)
 
 
+class TCPKeepAliveTests(TestCase):
+    """
+    TCP keepalive on C{--stomp-listen} connections: a peer that vanished is noticed even
+    when its session negotiated no heart-beats.
+    """
+
+    def test_connections_keep_alive(self) -> None:
+        """Every accepted STOMP/TCP connection has keepalive on."""
+        connection = connect_tcp(tcp_factory(make_services()))
+        self.assertTrue(connection.server_transport.keepalive)
+
+    def test_probe_timing(self) -> None:
+        """Where the platform allows, probing starts after the idle time given."""
+        if not hasattr(socket, "TCP_KEEPIDLE"):
+            self.skipTest("no TCP_KEEPIDLE on this platform")
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+
+        class Transport:
+            enabled = False
+
+            def setTcpKeepAlive(self, enabled: int) -> None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+            def getHandle(self) -> socket.socket:
+                return sock
+
+        self.assertTrue(keep_alive(Transport(), 30))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 30)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 10)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 3)
+
+    def test_no_keepalive_support(self) -> None:
+        """A transport without keepalive (a test double, a UNIX socket) is left alone."""
+        self.assertFalse(keep_alive(object(), 30))
+
+
 class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
     """
     The scenarios over the WebSocket carrier, fast paths on.
@@ -249,6 +295,173 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
     def test_drain_nothing_open(self) -> None:
         """With no connection open, drain() fires at once."""
         self.successResultOf(self.factory.drain())
+
+    def step(self, connection: MemoryConnection, seconds: int) -> None:
+        """Let C{seconds} pass, one at a time, moving bytes both ways."""
+        for _ in range(seconds):
+            self.clock.advance(1)
+            connection.pump.flush()
+
+    def test_ping_flood_bounded(self) -> None:
+        """
+        Pongs count against the write budget: a client that sends pings and reads nothing
+        (here before CONNECT, with no ping rate limit) is dropped once the budget is spent.
+        """
+        factory = self.make_factory(make_services(self.clock), max_buffer=16384,
+                                    ping_rate=1e9, ping_burst=1e9)
+        raw = RawWebSocket(factory)
+        # The transport's buffer is full: it pauses its producer, the write budget.
+        raw.transport.producer.pauseProducing()
+        for _ in range(2000):
+            raw.send(9, b"p" * 125)
+        self.assertTrue(raw.transport.disconnecting)
+        self.assertLessEqual(raw.written, 16384 + 127)
+
+    def test_ping_rate_limited(self) -> None:
+        """
+        Pings beyond the per-connection rate end the session with an ERROR and 1008; a
+        client pinging at the rate is answered every time.
+        """
+        connection = self.connected()
+        for _ in range(10):
+            self.step(connection, 1)
+            connection.client.sendPing(b"ok")
+            connection.pump.flush()
+        self.assertEqual(connection.client.pongs, 10)
+        self.assertFalse(connection.closed)
+        for _ in range(30):
+            connection.client.sendPing(b"flood")
+        connection.pump.flush()
+        (error,) = connection.take()
+        self.assertEqual((error.command, error.get("message")), ("ERROR", "too many pings"))
+        self.assertEqual(connection.client.close_info[:2], (True, 1008))
+
+    def test_large_message_before_connect(self) -> None:
+        """
+        Before CONNECT a WebSocket message may be no larger than the pre-auth STOMP frame
+        budget: a 100 KiB frame is refused (1009) from its header, never buffered.
+        """
+        raw = RawWebSocket(self.factory)
+        frame = masked_frame(1, b"\n" * 100 * 1024)
+        raw.server.dataReceived(frame[:1024])
+        written = raw.transport.value()
+        self.assertEqual(written[:1], b"\x88")
+        self.assertEqual(written[2:4], struct.pack("!H", 1009))
+        self.assertTrue(raw.server.wasMaxFramePayloadSizeExceeded
+                        or raw.server.wasMaxMessagePayloadSizeExceeded)
+
+    def test_large_message_after_connected(self) -> None:
+        """Once CONNECTED, messages up to the configured size are accepted again."""
+        connection = self.connected()
+        connection.message(b"\n" * 40000 + encode_frame(
+            "SUBSCRIBE", [("id", "s1"), ("destination", HEARTBEAT_TOPIC), ("receipt", "r")]))
+        self.assertEqual([(f.command, f.get("receipt-id")) for f in connection.take()],
+                         [("RECEIPT", "r")])
+        self.assertFalse(connection.closed)
+
+    def test_unanswered_ping_drops_session(self) -> None:
+        """
+        A session without heart-beats (0,0) is probed with a ping every interval; while the
+        client answers it stays, and one that leaves a ping unanswered for an interval is
+        dropped, which ends its presence.
+        """
+        services = make_services(self.clock)
+        factory = self.make_factory(services, ping_interval=30)
+        connection = self.open(factory)
+        connection.message(_connect_frame())
+        connection.take()
+        self.assertEqual(services.registry.session_count(CUSTOMER), 1)
+        self.step(connection, 61)
+        self.assertEqual(connection.client.pings, 2)
+        self.assertFalse(connection.closed)
+        connection.client.answer_pings = False
+        self.step(connection, 30)
+        self.assertEqual(connection.client.pings, 3)
+        self.assertFalse(connection.server_transport.disconnecting)
+        self.step(connection, 30)
+        self.assertTrue(connection.server_transport.aborted)
+        self.assertEqual(services.registry.session_count(CUSTOMER), 0)
+
+    def test_heartbeat_session_not_pinged(self) -> None:
+        """A session whose client promised heart-beats is checked by them, not by pings."""
+        services = make_services(self.clock)
+        factory = self.make_factory(services, ping_interval=5)
+        connection = self.open(factory)
+        connection.message(_connect_frame(heart_beat="1000,0"))
+        for _ in range(5):
+            self.step(connection, 5)
+            connection.message(b"\n")
+        self.assertEqual(connection.client.pings, 0)
+        self.assertFalse(connection.closed)
+
+    def test_no_ping_before_connect(self) -> None:
+        """Before CONNECT the CONNECT timeout guards the connection; no ping is sent."""
+        connection = self.open(self.make_factory(make_services(self.clock), ping_interval=2))
+        self.step(connection, 5)
+        self.assertEqual(connection.client.pings, 0)
+
+    def test_frames_after_close_discarded(self) -> None:
+        """
+        Once the session has ended and the close frame is out, further data frames are
+        neither UTF-8 checked nor buffered nor delivered; the client's close reply still
+        completes the handshake in order.
+        """
+        raw = RawWebSocket(self.factory)
+        raw.send(2, b"\x00\xffnot stomp\n\n\x00")
+        self.assertIn(b"\x88", raw.transport.value())
+        checked: list[bytes] = []
+        delivered: list[bytes] = []
+        real = raw.server.utf8validator
+
+        class Spy:
+            def reset(self) -> None:
+                real.reset()
+
+            def validate(self, payload: bytes) -> Any:
+                checked.append(payload)
+                return real.validate(payload)
+
+        raw.server.utf8validator = Spy()
+        raw.server.onMessage = lambda payload, binary: delivered.append(payload)
+        for _ in range(20):
+            raw.send(1, b"SEND\ndestination:/x\n\n" + b"x" * 1000 + b"\x00")
+        self.assertEqual((checked, delivered), ([], []))
+        self.assertFalse(raw.server.message_data)
+        raw.send(8, struct.pack("!H", 1002))
+        self.assertTrue(raw.transport.disconnecting)
+        self.assertFalse(raw.transport.disconnected)
+
+    def test_flood_after_close_dropped(self) -> None:
+        """
+        A client that keeps sending data frames after the server's close frame, past what
+        it could have had in flight, is dropped at once rather than read until the close
+        handshake times out.
+        """
+        raw = RawWebSocket(self.factory)
+        raw.send(2, b"\x00\xffnot stomp\n\n\x00")
+        message = masked_frame(1, b"x" * 1000)
+        raw.server.dataReceived(message * 60)
+        self.assertFalse(raw.transport.disconnecting)
+        raw.server.dataReceived(message * 10)
+        self.assertTrue(raw.transport.disconnected)
+        self.assertEqual(raw.server.state, raw.server.STATE_CLOSED)
+
+    def test_open_skips_config_log(self) -> None:
+        """
+        With fast paths on, opening a connection does not pretty-print Autobahn's options
+        for a debug line nobody reads; the options are copied all the same.
+        """
+        formatted: list[object] = []
+        self.patch(autobahn_protocol, "pformat",
+                   lambda value: formatted.append(value) or pformat(value))
+        connection = self.connected()
+        self.assertEqual(connection.server.closeHandshakeTimeout,
+                         self.factory.closeHandshakeTimeout)
+        self.assertEqual(connection.server.openHandshakeTimeout, 10)
+        server_lists = [v for v in formatted if isinstance(v, list) and len(v) > 20]
+        # The client's own list is formatted too: Autobahn's client is not ours.
+        expected = 1 if self.factory.fast_paths.quiet_open else 2
+        self.assertEqual(len(server_lists), expected)
 
 
 class WebSocketPublicAPITests(WebSocketCarrierTests):

@@ -64,7 +64,8 @@ class ProbeTests(TestCase):
     def test_installed_versions(self) -> None:
         """The installed Twisted and Autobahn have everything every shortcut needs."""
         self.assertEqual(FastPaths.probe(),
-                         FastPaths(eager_send=True, own_frames=True, heartbeat_shortcut=True))
+                         FastPaths(eager_send=True, own_frames=True, heartbeat_shortcut=True,
+                                   quiet_open=True))
         self.assertEqual(len(self.events), 0)
 
     def test_disabled(self) -> None:

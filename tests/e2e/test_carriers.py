@@ -1,11 +1,13 @@
 """
 End to end, over real loopback sockets: the carriers' fast paths keep every byte in order
 when the kernel's buffer fills, the heart-beat shortcut notes life without disturbing
-Autobahn, and the WebSocket close handshake ends with an orderly TCP close (FIN, not RST).
+Autobahn, the WebSocket close handshake ends with an orderly TCP close (FIN, not RST), and
+STOMP/TCP connections use keepalive.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any
 
@@ -155,3 +157,29 @@ class CleanCloseTests(TestCase):
         server = yield start_server(self)
         code, after = yield in_thread(_disconnect_and_close, server)
         self.assertEqual((code, after), (1000, b""))
+
+
+class KeepAliveTests(TestCase):
+    """
+    A real C{--stomp-listen} connection has TCP keepalive on, timed by C{--ws-ping-interval}.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_stomp_listen_keepalive(self) -> Any:
+        """The server's socket of an accepted STOMP/TCP connection probes after 20 s idle."""
+        server = yield start_server(self, "--ws-ping-interval", "20")
+        client = yield TCP4ClientEndpoint(reactor, "127.0.0.1", server.stomp_port).connect(
+            Factory.forProtocol(Protocol)
+        )
+        self.addCleanup(client.transport.loseConnection)
+        (capped,) = [listener._factory for listener in server.service.listeners
+                     if listener._what == "STOMP/TCP"]
+        while not capped.protocols:
+            yield deferLater(reactor, 0.01, lambda: None)
+        (connection,) = capped.protocols
+        sock = connection.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 20)
