@@ -294,8 +294,12 @@ class Abuser:
             "--http-rate", str(options.abuse_http_rate),
             "--http-in-flight", str(options.abuse_http_in_flight),
         ]
-        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
-        log(f"abuser pid {self.process.pid}")
+        niceness = options.abuser_nice
+        self.process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+        )
+        log(f"abuser pid {self.process.pid} (nice +{niceness})")
 
     @property
     def pid(self) -> int:
@@ -359,6 +363,10 @@ def main() -> int:
                              "abuser at this nice value, e.g. -10 to shield the measurement "
                              "from other work on a shared machine (needs the privilege; "
                              "default %(default)s: unchanged)")
+    parser.add_argument("--abuser-nice", type=int, default=0,
+                        help="run the abuser child at this (positive) nice value: it stands "
+                             "for clients on other machines, and on a 2-core box its own CPU "
+                             "otherwise competes with the server's (default %(default)s)")
     parser.add_argument("--http-connections", type=int, default=8,
                         help="the victims' persistent HTTP connections (default %(default)s)")
     common_arguments(parser, duration=10.0, timeout=240.0)
@@ -389,6 +397,7 @@ def main() -> int:
             "frames_per_tick": options.abuse_frames_per_tick,
             "reconnect_delay_s": options.abuse_reconnect_delay,
             "http_rate_per_s": options.abuse_http_rate,
+            "abuser_nice": options.abuser_nice,
         },
         "generator_open_files": raise_nofile(),
     }
