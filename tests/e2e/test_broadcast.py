@@ -1,0 +1,192 @@
+"""
+Integration tests of L{medichat.store.broadcast.PostgreSQLBroadcast} on a real PostgreSQL
+database, with the real reactor: processes (here, broadcasts) exchange messages, big
+turns are split and oversized messages refused, and a listening connection that the
+server ends is replaced, listening again, with the reconnected callback told.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from medichat.store.broadcast import MAX_PAYLOAD, PostgreSQLBroadcast
+from tests._pg import create_test_database
+
+WAIT = 10.0
+"""Seconds any one expected thing may take before the test fails."""
+
+
+class Inbox:
+    """What one broadcast received, as C{(node, message)}, and how often it (re)connected."""
+
+    def __init__(self, broadcast: PostgreSQLBroadcast) -> None:
+        self.received: list[tuple[str, Any]] = []
+        self.connects = 0
+        broadcast.set_receiver(lambda node, message: self.received.append((node, message)))
+        broadcast.set_reconnected(self._connected)
+
+    def _connected(self) -> None:
+        self.connects += 1
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (polling, bounded by L{WAIT}) until C{condition()} holds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def _terminate_listeners(url: str) -> int:
+    """End every other backend of the database that is LISTENing; return how many."""
+    connection = psycopg2.connect(url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query LIKE 'LISTEN%%'"
+            )
+            (count,) = cursor.fetchone()
+            return int(count)
+    finally:
+        connection.close()
+
+
+class BroadcastTests(TestCase):
+    """
+    Two broadcasts on one database act as two processes of a cluster.
+    """
+
+    timeout = 60
+
+    async def _broadcast(self, url: str, node_id: str, **kwargs: Any) -> PostgreSQLBroadcast:
+        broadcast = PostgreSQLBroadcast(url, reactor, node_id=node_id, **kwargs)
+        self.addCleanup(broadcast.stop)
+        return broadcast
+
+    def test_exchange(self) -> Deferred[None]:
+        """Each message reaches every process (the sender too), in order, tagged with its node."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await self._broadcast(url, "a")
+            b = await self._broadcast(url, "b")
+            inbox_a, inbox_b = Inbox(a), Inbox(b)
+            await a.start()
+            await b.start()
+            self.assertTrue(a.connected and b.connected)
+            self.assertEqual((inbox_a.connects, inbox_b.connects), (1, 1))
+            for i in range(5):
+                self.assertTrue(a.send({"n": i, "text": "é"}))
+            self.assertTrue(b.send("from b"))
+            await until(lambda: len(inbox_b.received) == 6, "six messages at b")
+            await until(lambda: len(inbox_a.received) == 6, "six messages at a")
+            from_a = [(n, m) for n, m in inbox_b.received if n == "a"]
+            self.assertEqual(from_a, [("a", {"n": i, "text": "é"}) for i in range(5)])
+            self.assertIn(("b", "from b"), inbox_a.received)
+            self.assertEqual(sorted(inbox_a.received, key=repr), sorted(inbox_b.received, key=repr))
+
+        return Deferred.fromCoroutine(run())
+
+    def test_split_and_refuse(self) -> Deferred[None]:
+        """A turn over the payload limit is split and arrives whole; an oversized one is refused."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await self._broadcast(url, "a")
+            b = await self._broadcast(url, "b")
+            inbox = Inbox(b)
+            await a.start()
+            await b.start()
+            self.assertFalse(a.send("x" * MAX_PAYLOAD))
+            errors = [e for e in logged if e["log_level"] == LogLevel.error]
+            self.assertEqual(len(errors), 1)
+            self.assertEqual(errors[0]["size"], MAX_PAYLOAD + 2)
+            chunks = [f"{i:04d}" + "ü" * 1000 for i in range(40)]  # 2 KB each, 80 KB in all
+            for chunk in chunks:
+                self.assertTrue(a.send(chunk))
+            await until(lambda: len(inbox.received) == len(chunks), "every chunk")
+            self.assertEqual([m for _, m in inbox.received], chunks)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_reconnect(self) -> Deferred[None]:
+        """An ended LISTEN backend is replaced: down meanwhile, then told; messages flow again."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await self._broadcast(url, "a")
+            b = await self._broadcast(url, "b", keepalive=60.0)
+            inbox = Inbox(b)
+            await a.start()
+            await b.start()
+            a.send("before")
+            await until(lambda: ("a", "before") in inbox.received, "the first message")
+            # What b says of itself at the moment it reports the loss.
+            seen: list[bool] = []
+            nodes = {"a": a, "b": b}
+
+            def observe(event: dict[str, Any]) -> None:
+                if "LISTEN connection of node" in event.get("log_format", ""):
+                    seen.append(nodes[event["node"]].connected)
+
+            globalLogPublisher.addObserver(observe)
+            self.addCleanup(globalLogPublisher.removeObserver, observe)
+            self.assertEqual(_terminate_listeners(url), 2)
+            await until(lambda: len(seen) == 2, "both to notice")
+            self.assertEqual(seen, [False, False])
+            await until(lambda: b.connected and a.connected, "both to listen again")
+            self.assertEqual(inbox.connects, 2)
+            a.send("after")
+            await until(lambda: ("a", "after") in inbox.received, "a message after")
+
+        return Deferred.fromCoroutine(run())
+
+    def test_probe_finds_silent_loss(self) -> Deferred[None]:
+        """A LISTEN connection that answers no probe in time is dropped and replaced."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            b = await self._broadcast(url, "b", keepalive=0.2, probe_timeout=0.5)
+            inbox = Inbox(b)
+            await b.start()
+            listener = b._listener
+            assert listener is not None
+            # The socket stays open but nothing it receives is read: a half-open socket.
+            reactor.removeReader(listener)
+            original = listener.runQuery
+            listener.runQuery = lambda *args: Deferred()  # type: ignore[method-assign]
+            self.addCleanup(setattr, listener, "runQuery", original)
+            await until(lambda: not b.connected, "the probe to fail")
+            await until(lambda: b.connected, "a new connection")
+            self.assertIsNot(b._listener, listener)
+            self.assertEqual(inbox.connects, 2)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_unreachable(self) -> Deferred[None]:
+        """Starting against an unreachable server returns, not connected, and keeps trying."""
+
+        async def run() -> None:
+            b = await self._broadcast(
+                "postgresql://postgres@127.0.0.1:1/none", "b", connect_timeout=2.0
+            )
+            await b.start()
+            self.assertFalse(b.connected)
+            self.assertIsNotNone(b._retry)
+
+        return Deferred.fromCoroutine(run())
