@@ -10,8 +10,10 @@ Two kinds of broadcast message:
   - C{{"kind":"wake"}}: something durable was committed (into the events table, read by
     every process's event feed); the other processes call their catch-up function.
 
-Durable events do not travel in broadcasts: every process reads them from the store, in
-commit order, and publishes them with L{ClusterHub.publish_local}.
+Durable events (L{DURABLE_KINDS}) never travel in broadcasts, whichever way they are
+published: every process reads them from the store, in commit order, and publishes them to
+its own subscribers (L{ClusterHub.publish_local}, or L{ClusterHub.publish}, which keeps
+them local too).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ EVENT = "event"
 
 WAKE = "wake"
 """The kind of a broadcast that asks the other processes to catch up with the store."""
+
+DURABLE_KINDS = frozenset({"message", "read", "received"})
+"""The conversation events (named by their one key) that are stored, and so never broadcast."""
 
 
 @implementer(IHub)
@@ -73,11 +78,12 @@ class ClusterHub:
 
     def publish(self, destination: str, event: dict[str, Any]) -> None:
         """
-        See L{IHub.publish}: deliver to this process's subscribers, and (except on the
-        heartbeat topic) have every other process deliver it to theirs.
+        See L{IHub.publish}: deliver to this process's subscribers, and have every other
+        process deliver it to theirs, unless it is durable (L{DURABLE_KINDS}: the other
+        processes read it from the store) or on the heartbeat topic.
         """
         self.local.publish(destination, event)
-        if destination != HEARTBEAT_TOPIC:
+        if destination != HEARTBEAT_TOPIC and not DURABLE_KINDS.intersection(event):
             self.broadcast.send({"kind": EVENT, "destination": destination, "event": event})
 
     # -- durable events --------------------------------------------------------------------
@@ -142,4 +148,4 @@ class ClusterHub:
             _log.failure("catching up with the store failed")
 
 
-__all__ = ["EVENT", "WAKE", "ClusterHub"]
+__all__ = ["DURABLE_KINDS", "EVENT", "WAKE", "ClusterHub"]

@@ -281,6 +281,7 @@ class PostgreSQLBroadcast:
         self._first: Deferred[None] | None = None
         # sending
         self._sender = _Slot(reactor, timeout=connect_timeout)
+        self._sender_opening: Deferred[None] | None = None
         self._pending: list[bytes] = []
         self._flush_call: IDelayedCall | None = None
         self._in_flight: Deferred[None] | None = None
@@ -302,9 +303,13 @@ class PostgreSQLBroadcast:
         if self._state != "new":
             return succeed(None)
         self._state = "running"
-        opening = self._sender.connect(self.url, **self._connect_kwargs)
-        # A sender that cannot open now opens again when next used.
-        opening.addErrback(lambda _: None)
+        opening = self._sender_opening = self._sender.connect(self.url, **self._connect_kwargs)
+
+        def opened(_: object) -> None:
+            # A sender that could not open is opened again when next used.
+            self._sender_opening = None
+
+        opening.addBoth(opened)
         first = self._first = Deferred()
         self._connect()
         self._schedule_flush()
@@ -383,9 +388,12 @@ class PostgreSQLBroadcast:
         # A half-open socket would hold the transaction for ever: dropping the connection
         # fails it, and the next turn opens a new one.
         timer = self._reactor.callLater(self._send_timeout, self._sender.close)
-        sending: Deferred[None] = self._sender.runInteraction(
-            _notify_all, self._channel, payloads
-        )
+        def run(_: object = None) -> Deferred[None]:
+            return self._sender.runInteraction(_notify_all, self._channel, payloads)  # type: ignore[no-any-return]
+
+        # The slot would run a query on a connection still opening.
+        opening = self._sender_opening
+        sending: Deferred[None] = run() if opening is None else opening.addCallback(run)
         self._in_flight = sending
 
         def done(outcome: object) -> None:

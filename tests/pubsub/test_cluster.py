@@ -101,6 +101,16 @@ class ClusterHubTests(SynchronousTestCase):
         self.assertEqual((len(on_a.publications), len(on_b.publications)), (1, 0))
         self.assertEqual(self.bus.batches, [])
 
+    def test_durable_stays_local(self) -> None:
+        """Durable events are never broadcast, even through publish: the store carries them."""
+        on_a, on_b = self.subscribed(self.a), self.subscribed(self.b)
+        for kind in ("message", "read", "received"):
+            self.a.publish(TOPIC, {kind: {"userId": "u1"}})
+        self.a.publish(TOPIC, {"stopTyping": {"userId": "u1"}})
+        self.clock.advance(0)
+        self.assertEqual((len(on_a.publications), len(on_b.publications)), (4, 1))
+        self.assertEqual(on_b.publications[0].body, b'{"stopTyping":{"userId":"u1"}}')
+
     def test_wake(self) -> None:
         """A wake makes every other process catch up; one per turn however often it is called."""
         self.a.wake()
