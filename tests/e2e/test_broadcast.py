@@ -19,8 +19,13 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from medichat.pubsub.cluster import ClusterHub
+from medichat.pubsub.hub import InProcessHub
+from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC
 from medichat.store.broadcast import MAX_PAYLOAD, PostgreSQLBroadcast
 from tests._pg import create_test_database
+from tests._server import start_server
+from tests.pubsub.test_hub import Keeper
 
 WAIT = 10.0
 """Seconds any one expected thing may take before the test fails."""
@@ -85,17 +90,29 @@ class BroadcastTests(TestCase):
             a = await self._broadcast(url, "a")
             b = await self._broadcast(url, "b")
             inbox_a, inbox_b = Inbox(a), Inbox(b)
-            await a.start()
             await b.start()
+            # Sent in the turn a starts, so before its sending connection is open.
+            starting = a.start()
+            self.assertTrue(a.send("early"))
+            await starting
             self.assertTrue(a.connected and b.connected)
             self.assertEqual((inbox_a.connects, inbox_b.connects), (1, 1))
+            await until(lambda: len(inbox_b.received) == 1, "the early message")
             for i in range(5):
                 self.assertTrue(a.send({"n": i, "text": "é"}))
             self.assertTrue(b.send("from b"))
-            await until(lambda: len(inbox_b.received) == 6, "six messages at b")
-            await until(lambda: len(inbox_a.received) == 6, "six messages at a")
+            await until(lambda: len(inbox_b.received) == 7, "seven messages at b")
+            # a may or may not have been listening already when its early message left.
+            await until(
+                lambda: len([m for _, m in inbox_a.received if m != "early"]) == 6,
+                "six messages at a",
+            )
+            if ("a", "early") in inbox_a.received:
+                inbox_a.received.remove(("a", "early"))
             from_a = [(n, m) for n, m in inbox_b.received if n == "a"]
-            self.assertEqual(from_a, [("a", {"n": i, "text": "é"}) for i in range(5)])
+            expected = [("a", {"n": i, "text": "é"}) for i in range(5)]
+            self.assertEqual(from_a, [("a", "early"), *expected])
+            inbox_b.received.remove(("a", "early"))
             self.assertIn(("b", "from b"), inbox_a.received)
             self.assertEqual(sorted(inbox_a.received, key=repr), sorted(inbox_b.received, key=repr))
 
@@ -188,5 +205,44 @@ class BroadcastTests(TestCase):
             await b.start()
             self.assertFalse(b.connected)
             self.assertIsNotNone(b._retry)
+
+        return Deferred.fromCoroutine(run())
+
+
+class ServiceTests(TestCase):
+    """
+    C{twistd medichat} with PostgreSQL runs a L{ClusterHub} over a started broadcast;
+    with SQLite, the in-process hub alone.
+    """
+
+    timeout = 60
+
+    def test_two_servers(self) -> Deferred[None]:
+        """An event published on one server reaches a subscriber of another on the database."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await start_server(self, "--database", url, "--listen-keepalive", "5")
+            b = await start_server(self, "--database", url)
+            for server in (a, b):
+                self.assertIsInstance(server.service.hub, ClusterHub)
+                self.assertTrue(server.service.broadcast.connected)
+            keeper = Keeper()
+            a.service.hub.subscribe(ONLINE_EMPLOYEES_TOPIC, keeper)
+            b.service.hub.publish(ONLINE_EMPLOYEES_TOPIC, {"online": 7})
+            await until(lambda: len(keeper.publications) == 1, "the event on a")
+            self.assertEqual(keeper.publications[0].body, b'{"online":7}')
+            await b.service.stopService()
+            self.assertFalse(b.service.broadcast.connected)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_sqlite(self) -> Deferred[None]:
+        """With SQLite there is no broadcast, and the hub is the in-process one."""
+
+        async def run() -> None:
+            server = await start_server(self)
+            self.assertIsNone(server.service.broadcast)
+            self.assertIsInstance(server.service.hub, InProcessHub)
 
         return Deferred.fromCoroutine(run())
