@@ -53,8 +53,8 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await deferLater(reactor, 0.02, lambda: None)
 
 
-def _terminate_listeners(url: str) -> int:
-    """End every other backend of the database that is LISTENing; return how many."""
+def _terminate(url: str, only_listening: bool = True) -> int:
+    """End every other backend of the database (or only those LISTENing); return how many."""
     connection = psycopg2.connect(url)
     try:
         connection.autocommit = True
@@ -62,7 +62,7 @@ def _terminate_listeners(url: str) -> int:
             cursor.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND query LIKE 'LISTEN%%'"
+                + (" AND query LIKE 'LISTEN%%'" if only_listening else "")
             )
             (count,) = cursor.fetchone()
             return int(count)
@@ -163,11 +163,32 @@ class BroadcastTests(TestCase):
 
             globalLogPublisher.addObserver(observe)
             self.addCleanup(globalLogPublisher.removeObserver, observe)
-            self.assertEqual(_terminate_listeners(url), 2)
+            self.assertEqual(_terminate(url), 2)
             await until(lambda: len(seen) == 2, "both to notice")
             self.assertEqual(seen, [False, False])
             await until(lambda: b.connected and a.connected, "both to listen again")
             self.assertEqual(inbox.connects, 2)
+            a.send("after")
+            await until(lambda: ("a", "after") in inbox.received, "a message after")
+
+        return Deferred.fromCoroutine(run())
+
+    def test_failover(self) -> Deferred[None]:
+        """When every connection is ended at once, as by a fail-over, messages flow again."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await self._broadcast(url, "a")
+            b = await self._broadcast(url, "b")
+            inbox_a, inbox = Inbox(a), Inbox(b)
+            await a.start()
+            await b.start()
+            a.send("before")
+            await until(lambda: ("a", "before") in inbox.received, "the first message")
+            # Two listening and two sending connections.
+            self.assertEqual(_terminate(url, only_listening=False), 4)
+            await until(lambda: (inbox_a.connects, inbox.connects) == (2, 2), "new LISTENs")
+            self.assertTrue(a.connected and b.connected)
             a.send("after")
             await until(lambda: ("a", "after") in inbox.received, "a message after")
 
