@@ -151,6 +151,13 @@ class BroadcastTests(TestCase):
             inbox = Inbox(b)
             await a.start()
             await b.start()
+            listener = b._listener
+            assert listener is not None
+            parameters = listener.get_dsn_parameters()
+            self.assertEqual(
+                [parameters.get(k) for k in ("keepalives", "keepalives_idle", "keepalives_count")],
+                ["1", "60", "3"],
+            )
             a.send("before")
             await until(lambda: ("a", "before") in inbox.received, "the first message")
             # What b says of itself at the moment it reports the loss.

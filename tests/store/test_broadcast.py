@@ -91,3 +91,30 @@ class SendTests(SynchronousTestCase):
             ValueError,
             PostgreSQLBroadcast, "postgresql://u@h/db", Clock(), node_id="n", channel="a b",
         )
+
+
+class BackoffTests(SynchronousTestCase):
+    """
+    Attempts to listen again start at once and back off, jittered, up to a cap.
+    """
+
+    def delays(self, jitter: float) -> list[float]:
+        clock = Clock()
+        broadcast = PostgreSQLBroadcast(
+            "postgresql://u@h/db", clock, node_id="n", max_backoff=2.0, jitter=lambda: jitter
+        )
+        delays = []
+        for _ in range(7):
+            broadcast._schedule_retry()
+            (call,) = clock.getDelayedCalls()
+            delays.append(round(call.getTime() - clock.seconds(), 4))
+            call.cancel()
+        return delays
+
+    def test_growing(self) -> None:
+        """The waits double from a tenth of a second up to the cap."""
+        self.assertEqual(self.delays(0.999999), [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+
+    def test_jitter(self) -> None:
+        """Jitter shortens each wait down to half, never lengthens it."""
+        self.assertEqual(self.delays(0.0), [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
