@@ -385,28 +385,42 @@ class PostgreSQLBroadcast:
         messages, self._pending = self._pending, []
         payloads = pack(self.node_id, self._seq, messages)
         self._seq += len(payloads)
-        # A half-open socket would hold the transaction for ever: dropping the connection
-        # fails it, and the next turn opens a new one.
-        timer = self._reactor.callLater(self._send_timeout, self._sender.close)
-        def run(_: object = None) -> Deferred[None]:
-            return self._sender.runInteraction(_notify_all, self._channel, payloads)  # type: ignore[no-any-return]
-
         # The slot would run a query on a connection still opening.
         opening = self._sender_opening
-        sending: Deferred[None] = run() if opening is None else opening.addCallback(run)
-        self._in_flight = sending
+        if opening is None:
+            sending = self._run_notify(payloads)
+        else:
+            sending = opening.addCallback(lambda _: self._run_notify(payloads))
+        # A half-open socket would hold the transaction for ever: past the timeout the
+        # turn counts as failed and the connection is dropped, so the next one opens anew.
+        outcome: Deferred[None] = Deferred()
+        timer = self._reactor.callLater(
+            self._send_timeout,
+            self._send_timed_out,
+            outcome,
+        )
 
-        def done(outcome: object) -> None:
-            if timer.active():
-                timer.cancel()
+        def settle(result: object) -> None:
+            if not outcome.called:
+                if timer.active():
+                    timer.cancel()
+                if isinstance(result, Failure):
+                    outcome.errback(result)
+                else:
+                    outcome.callback(None)
+
+        sending.addBoth(settle)
+        self._in_flight = outcome
+
+        def done(result: object) -> None:
             self._in_flight = None
-            if isinstance(outcome, Failure):
+            if isinstance(result, Failure):
                 if not self._send_failing:
                     _log.warn(
                         "cannot NOTIFY on PostgreSQL at {url}, messages to other "
                         "processes are lost: {reason}",
                         url=redact(self.url),
-                        reason=_why(outcome),
+                        reason=_why(result),
                     )
                 self._send_failing = True
             elif self._send_failing:
@@ -417,7 +431,18 @@ class PostgreSQLBroadcast:
             else:
                 self._schedule_flush()
 
-        sending.addBoth(done)
+        outcome.addBoth(done)
+
+    def _run_notify(self, payloads: Sequence[str]) -> Deferred[None]:
+        d: Deferred[None] = self._sender.runInteraction(_notify_all, self._channel, payloads)
+        return d
+
+    def _send_timed_out(self, outcome: Deferred[None]) -> None:
+        self._sender.close()
+        if not outcome.called:
+            outcome.errback(
+                TimeoutError(f"no answer within {self._send_timeout:g} seconds")
+            )
 
     # -- listening -------------------------------------------------------------------------
 

@@ -223,6 +223,38 @@ class BroadcastTests(TestCase):
 
         return Deferred.fromCoroutine(run())
 
+    def test_send_timeout(self) -> Deferred[None]:
+        """A NOTIFY that gets no answer in time is given up and logged; later turns still go out."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await self._broadcast(url, "a", send_timeout=0.5)
+            b = await self._broadcast(url, "b")
+            inbox = Inbox(b)
+            await a.start()
+            await b.start()
+            sender = a._sender
+            original = sender.runInteraction
+            hung: list[Deferred[None]] = []
+
+            def hang(*args: Any) -> Deferred[None]:
+                sender.runInteraction = original  # type: ignore[method-assign]
+                hung.append(Deferred())
+                return hung[0]
+
+            sender.runInteraction = hang  # type: ignore[method-assign]
+            a.send("lost")
+            await until(lambda: a._in_flight is not None, "the turn to leave")
+            await until(lambda: a._in_flight is None, "the turn to be given up")
+            warnings = [e for e in logged if "cannot NOTIFY" in e["log_format"]]
+            self.assertEqual(len(warnings), 1)
+            a.send("after")
+            await until(lambda: ("a", "after") in inbox.received, "a later message")
+            self.assertNotIn(("a", "lost"), inbox.received)
+
+        return Deferred.fromCoroutine(run())
+
     def test_unreachable(self) -> Deferred[None]:
         """Starting against an unreachable server returns, not connected, and keeps trying."""
 
