@@ -7,24 +7,30 @@ server ends is replaced, listening again, with the reconnected callback told.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import psycopg2
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
 
 from medichat.pubsub.cluster import ClusterHub
 from medichat.pubsub.hub import InProcessHub
 from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC
 from medichat.store.broadcast import MAX_PAYLOAD, PostgreSQLBroadcast
 from tests._pg import create_test_database
-from tests._server import start_server
+from tests._server import in_thread, start_server
+from tests._stompclient import disconnect_all, wait_for, ws_connection
+from tests.e2e.test_flows import CUSTOMER, EMPLOYEE
 from tests.pubsub.test_hub import Keeper
 
 WAIT = 10.0
@@ -294,6 +300,78 @@ class ServiceTests(TestCase):
             self.assertEqual(keeper.publications[0].body, b'{"online":7}')
             await b.service.stopService()
             self.assertFalse(b.service.broadcast.connected)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_typing_across_servers(self) -> Deferred[None]:
+        """STOMP clients on two servers see each other's typing and arrival, each once."""
+
+        async def run() -> None:
+            url = await create_test_database(self)
+            a = await start_server(self, "--database", url)
+            b = await start_server(self, "--database", url)
+            clients: list[Any] = []
+            self.addCleanup(in_thread, disconnect_all, clients)
+
+            def token(server: Any, sub: str, role: str) -> str:
+                claims = {"sub": sub, "name": role, "role": role}
+                return jwt.encode(claims, server.secret, algorithm="HS256")
+
+            def connect(server: Any, bearer: str) -> Any:
+                conn, recorder = ws_connection(
+                    server.http_port, header={"Authorization": f"Bearer {bearer}"}
+                )
+                conn.connect(wait=True)
+                clients.append(conn)
+                return conn, recorder
+
+            customer_token = token(a, CUSTOMER, "customer")
+            response = await treq.post(
+                a.base_url + "/v1/conversation",
+                headers={"Authorization": f"Bearer {customer_token}"},
+                pool=HTTPConnectionPool(reactor, persistent=False),
+            )
+            self.assertEqual(response.code, 201)
+            topic = f"/v1/topic/conversation/{(await response.json())['id']}"
+            customer, on_a = await in_thread(connect, a, customer_token)
+            employee, on_b = await in_thread(connect, b, token(b, EMPLOYEE, "employee"))
+
+            def subscribe(conn: Any, recorder: Any, sub_id: str) -> None:
+                conn.subscribe(topic, id=sub_id, receipt=f"r-{sub_id}")
+                assert wait_for(recorder.receipts) == f"r-{sub_id}"
+
+            def next_event(recorder: Any) -> Any:
+                return json.loads(wait_for(recorder.messages).body)
+
+            def nothing_more(recorder: Any) -> bool:
+                # No echo and no duplicate arrives.
+                time.sleep(0.3)
+                return recorder.messages.empty()
+
+            # Each step waits until the other server has its broadcast, so that the order
+            # of what each client sees is fixed.
+            seen_on_b = Keeper()
+            b.service.hub.subscribe(topic, seen_on_b)
+            await in_thread(subscribe, customer, on_a, "c")
+            self.assertEqual(
+                await in_thread(next_event, on_a), {"userConnected": {"userId": CUSTOMER}}
+            )
+            await until(lambda: len(seen_on_b.publications) == 1, "the customer's arrival on b")
+            await in_thread(subscribe, employee, on_b, "e")
+            for recorder in (on_b, on_a):
+                self.assertEqual(
+                    await in_thread(next_event, recorder),
+                    {"userConnected": {"userId": EMPLOYEE}},
+                )
+            await in_thread(
+                customer.send, topic.replace("/topic/", "/app/") + "/typing/start", ""
+            )
+            for recorder in (on_a, on_b):
+                self.assertEqual(
+                    await in_thread(next_event, recorder), {"startTyping": {"userId": CUSTOMER}}
+                )
+            for recorder in (on_a, on_b):
+                self.assertTrue(await in_thread(nothing_more, recorder))
 
         return Deferred.fromCoroutine(run())
 
