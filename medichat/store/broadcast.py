@@ -20,7 +20,8 @@ Each process holds two dedicated connections, neither from the store's pool:
   - the sending one, so that the payloads of successive turns leave in order over one
     session (a pool would let two turns overtake each other) and a write transaction of
     the store never waits for, or holds, the C{NOTIFY} lock.  It is opened again when next
-    used after a loss; what fails to send is logged and dropped.
+    used after a loss; a turn that fails, or gets no answer within L{DEFAULT_SEND_TIMEOUT}
+    seconds, is logged and dropped.
 """
 
 from __future__ import annotations
