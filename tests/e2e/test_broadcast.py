@@ -293,6 +293,7 @@ class ServiceTests(TestCase):
             for server in (a, b):
                 self.assertIsInstance(server.service.hub, ClusterHub)
                 self.assertTrue(server.service.broadcast.connected)
+            self.assertEqual(a.service.broadcast._keepalive, 5.0)
             keeper = Keeper()
             a.service.hub.subscribe(ONLINE_EMPLOYEES_TOPIC, keeper)
             b.service.hub.publish(ONLINE_EMPLOYEES_TOPIC, {"online": 7})
