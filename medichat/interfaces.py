@@ -114,6 +114,60 @@ class IHub(Interface):
         """
 
 
+class IBroadcast(Interface):
+    """
+    Small messages to every process of a cluster (each process holds one), fire and forget.
+
+    Messages are JSON-serialisable values, kept small: a broadcast is a wake-up or an
+    ephemeral event, never the carrier of anything that must arrive.  What is sent within
+    one reactor turn travels together, in order (for PostgreSQL, one C{NOTIFY} transaction
+    per turn at most); messages are received by every process, the sender included, in
+    the order each sender sent them, tagged with the sender's L{node_id} so that a receiver
+    can skip its own.  Messages sent while a process cannot listen are lost to it, which is
+    why it is told when it listens again (L{set_reconnected}).
+    """
+
+    node_id = Attribute("This process's id (C{str}), sent with every message it sends.")
+
+    connected = Attribute(
+        "C{True} while this process is listening, so that it receives what is sent "
+        "(for readiness checks)."
+    )
+
+    def start() -> Deferred[None]:
+        """
+        Begin listening, and keep doing so (reconnecting when the connection is lost)
+        until L{stop}.
+
+        @return: fires once the first attempt to listen has succeeded or failed; after a
+            failure the attempts go on, and L{connected} stays C{False} until one succeeds.
+        """
+
+    def stop() -> Deferred[None]:
+        """
+        Send what is queued, then stop listening and sending.
+        """
+
+    def send(message: Any) -> bool:
+        """
+        Queue C{message} for every process; it leaves at the end of this reactor turn.
+
+        @return: C{False} if the message is too big to send at all (it is dropped and
+            logged); C{True} once queued, which does not promise delivery.
+        """
+
+    def set_receiver(receiver: Any) -> None:
+        """
+        Call C{receiver(node_id, message)} for each message received, in order.
+        """
+
+    def set_reconnected(callback: Any) -> None:
+        """
+        Call C{callback()} each time listening begins, the first time included: whatever
+        was sent while this process was not listening has been lost to it.
+        """
+
+
 # --------------------------------------------------------------------------------------
 # Domain services
 

@@ -42,6 +42,7 @@ from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import (
     IBearerToken,
+    IBroadcast,
     ICarrier,
     IConversations,
     IHub,
@@ -52,11 +53,14 @@ from medichat.interfaces import (
     ISubscriber,
 )
 from medichat.model import User
+from medichat.pubsub.cluster import ClusterHub
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.destinations import route_subscription
 from medichat.stomp.session import _Subscription
 from medichat.store import PostgreSQLStore, SQLiteStore
+from medichat.store.broadcast import PostgreSQLBroadcast
 from medichat.testing import MemoryStore
+from tests._broadcast import Bus, MemoryBroadcast
 from tests._stomp import Client, NoConversations, make_services
 from tests.domain import test_conversations, test_presence
 from tests.http import test_rest
@@ -104,6 +108,10 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ICarrier, _websocket_protocol),
     (ISubscriber, _subscription),
     (IHub, lambda case: InProcessHub("test")),
+    (IHub, lambda case: ClusterHub(InProcessHub("t"), Bus().join("t"), Clock())),
+    (IBroadcast, lambda case: PostgreSQLBroadcast(
+        "postgresql://postgres@127.0.0.1/none", Clock(), node_id="t"
+    )),
     (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
     (IConversations, lambda case: ConversationService(
         MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t"))
@@ -124,6 +132,7 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ISubscriber, lambda case: test_rest.Recorder(USER.user_id)),
     (ISubscriber, lambda case: test_conversations.Recorder(USER)),
     (ICarrier, lambda case: test_session_revalidation._Carrier()),
+    (IBroadcast, lambda case: MemoryBroadcast(Bus(), "t")),
     (ISubscriber, lambda case: test_hub.Keeper()),
     (ISubscriber, lambda case: test_presence.Events()),
     (IConversations, lambda case: NoConversations()),

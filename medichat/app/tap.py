@@ -38,13 +38,15 @@ from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
-from medichat.interfaces import IBearerToken, ISessionCookie, IStoreBound
+from medichat.interfaces import IBearerToken, IBroadcast, IHub, ISessionCookie, IStoreBound
+from medichat.pubsub.cluster import ClusterHub
 from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.codec import Limits
 from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
+from medichat.store.broadcast import DEFAULT_KEEPALIVE, PostgreSQLBroadcast
 
 _log = Logger()
 
@@ -163,6 +165,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "Most connections open at once (HTTP, WebSocket and STOMP/TCP together); "
          "default 100 below the open-file limit, at most 20000.",
          lambda v: _positive_int("max-connections", v)],
+        ["listen-keepalive", None, DEFAULT_KEEPALIVE,
+         "With PostgreSQL: seconds of silence on the LISTEN connection before TCP keepalive "
+         "probes start, and between two SELECT 1 probes of it.",
+         lambda v: _positive_float("listen-keepalive", v)],
         ["shutdown-timeout", None, 25.0,
          "Seconds a stop waits for HTTP requests in flight.",
          lambda v: _positive_float("shutdown-timeout", v)],
@@ -404,12 +410,19 @@ class MedichatService(MultiService):
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
+    @ivar hub: the hub of the STOMP sessions.
+    @ivar broadcast: with PostgreSQL, what carries events between this process and the
+        others on the database (started after the store, stopped before it); its
+        C{connected} says whether this process hears the others now, which a readiness
+        check must require.  L{None} with SQLite (one process).
     """
 
     def __init__(self, reactor: Any, store: Any, registry: SessionRegistry,
                  wheel: TimerWheel, threadpool: ThreadPool,
                  websockets: StompWebSocketFactory, *,
                  http: HTTPConnections | None = None,
+                 hub: IHub | None = None,
+                 broadcast: IBroadcast | None = None,
                  shutdown_timeout: float = 25.0,
                  exit_on_failure: bool = False) -> None:
         super().__init__()
@@ -419,6 +432,8 @@ class MedichatService(MultiService):
         self._reactor = reactor
         self.store = store
         self.registry = registry
+        self.hub = hub
+        self.broadcast = broadcast
         self._wheel = wheel
         self._threadpool = threadpool
         self._websockets = websockets
@@ -450,6 +465,9 @@ class MedichatService(MultiService):
     def _start(self) -> Any:
         try:
             yield self.store.start()
+            if self.broadcast is not None:
+                # Returns once the first LISTEN worked or failed; it keeps trying.
+                yield self.broadcast.start()
             for listener in self.listeners:
                 yield listener.listen()
         except (CannotStart, StoreError) as e:
@@ -511,6 +529,9 @@ class MedichatService(MultiService):
         # The sessions were sent close frames: let their handshakes finish (bounded).
         yield self._websockets.drain()
         self._wheel.stop()
+        if self.broadcast is not None:
+            # After the sessions' last events, which it sends before it stops.
+            yield self.broadcast.stop()
         yield self.store.stop()
         self._threadpool.stop()
 
@@ -558,7 +579,17 @@ def makeService(
     cookie_checkers = [c for c in checkers if isinstance(c, SessionCookieChecker)]
     session_ttl = cookie_checkers[0].ttl if cookie_checkers else config["session-ttl"]
 
-    hub = InProcessHub()
+    hub: IHub
+    broadcast: PostgreSQLBroadcast | None = None
+    if config["database"] is None:
+        hub = InProcessHub()
+    else:
+        # One process of several on the database: ephemeral events cross to the others.
+        node_id = os.urandom(6).hex()
+        broadcast = PostgreSQLBroadcast(
+            config["database"], reactor, node_id=node_id, keepalive=config["listen-keepalive"]
+        )
+        hub = ClusterHub(InProcessHub(node_id), broadcast, clock)
     presence = InProcessPresence(hub)
     wheel = TimerWheel(clock)
     registry = SessionRegistry()
@@ -640,7 +671,8 @@ def makeService(
 
     top = MedichatService(
         reactor, store, registry, wheel, threadpool, ws_factory,
-        http=http, shutdown_timeout=config["shutdown-timeout"], exit_on_failure=exit_on_failure,
+        http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
+        exit_on_failure=exit_on_failure,
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))
