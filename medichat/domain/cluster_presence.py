@@ -72,41 +72,44 @@ class ClusterPresence:
         self._store = store
         self._hub = hub
         self.node_id = node_id if node_id is not None else new_id()
+        # Sessions open as far as calls go (checked when a call is made) ...
+        self._open: set[str] = set()
+        # ... and what they hold as far as the store was told (updated as each call runs).
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, DeferredLock] = {}
         self._positions = itertools.count(1)
+        # Calls in flight, and who waits for none to be (a restore).
+        self._active = 0
+        self._idle: list[Deferred[None]] = []
+        # While a restore runs, calls wait for it: (waiting, session, action, arguments).
+        self._restoring: list[tuple[Deferred[None], str, Callable[..., Deferred[None]],
+                                    tuple[Any, ...]]] | None = None
 
     # -- IPresence
 
     def session_opened(self, session_key: str, user_id: str, employee: bool) -> Deferred[None]:
-        if session_key in self._held:
+        if session_key in self._open:
             return succeed(None)
-        self._held[session_key] = _Held(user_id, employee)
-        return self._serially(session_key, self._open, session_key, user_id, employee)
+        self._open.add(session_key)
+        return self._serially(session_key, self._opened, session_key, user_id, employee)
 
     def session_closed(self, session_key: str) -> Deferred[None]:
-        if self._held.pop(session_key, None) is None:
+        if session_key not in self._open:
             return succeed(None)
-        return self._serially(session_key, self._close, session_key)
+        self._open.discard(session_key)
+        return self._serially(session_key, self._closed, session_key)
 
     def joined(self, session_key: str, conversation_id: str) -> Deferred[None]:
-        held = self._held.get(session_key)
-        if held is None:
+        if session_key not in self._open:
             return succeed(None)
-        position = next(self._positions)
-        entry = held.joined.setdefault(conversation_id, [0, position])
-        entry[0] += 1
-        return self._serially(session_key, self._join, session_key, conversation_id, position)
+        return self._serially(
+            session_key, self._joined, session_key, conversation_id, next(self._positions)
+        )
 
     def left(self, session_key: str, conversation_id: str) -> Deferred[None]:
-        held = self._held.get(session_key)
-        if held is None or conversation_id not in held.joined:
+        if session_key not in self._open:
             return succeed(None)
-        entry = held.joined[conversation_id]
-        entry[0] -= 1
-        if entry[0] <= 0:
-            del held.joined[conversation_id]
-        return self._serially(session_key, self._leave, session_key, conversation_id)
+        return self._serially(session_key, self._left, session_key, conversation_id)
 
     def subscribed_users(self, conversation_id: str) -> Deferred[frozenset[str]]:
         d: Deferred[frozenset[str]] = self._store.presence_subscribed_users(conversation_id)
@@ -121,34 +124,51 @@ class ClusterPresence:
     def restore(self) -> Deferred[None]:
         """
         Make this node's rows in the store match its open sessions again, after the others
-        removed it as dead; publish the net change.
+        removed it as dead; publish the net change.  Calls made meanwhile wait for it, and
+        it waits for those in flight, so that the store and this node agree on what was
+        applied.
         """
-        sessions = [
-            NodePresence(
-                session_key=key,
-                user_id=held.user_id,
-                employee=held.employee,
-                joined=tuple(
-                    (conversation_id, count, position)
-                    for conversation_id, (count, position) in held.joined.items()
-                ),
+        if self._restoring is not None:
+            return succeed(None)
+        self._restoring = []
+        return Deferred.fromCoroutine(self._restore())
+
+    async def _restore(self) -> None:
+        try:
+            if self._active:
+                idle: Deferred[None] = Deferred()
+                self._idle.append(idle)
+                await idle
+            sessions = [
+                NodePresence(
+                    session_key=key,
+                    user_id=held.user_id,
+                    employee=held.employee,
+                    joined=tuple(
+                        (conversation_id, count, position)
+                        for conversation_id, (count, position) in held.joined.items()
+                    ),
+                )
+                for key, held in self._held.items()
+            ]
+            _log.warn(
+                "node {node} was taken for dead by another process: restoring the presence "
+                "of its {count} sessions",
+                node=self.node_id,
+                count=len(sessions),
             )
-            for key, held in self._held.items()
-        ]
-        _log.warn(
-            "node {node} was taken for dead by another process: restoring the presence of "
-            "its {count} sessions",
-            node=self.node_id,
-            count=len(sessions),
-        )
-        d: Deferred[PresenceChange] = self._store.restore_node(self.node_id, sessions)
-        return d.addCallback(self.publish)
+            self.publish(await self._store.restore_node(self.node_id, sessions))
+        finally:
+            waiting, self._restoring = self._restoring or [], None
+            for d, session_key, action, args in waiting:
+                self._serially(session_key, action, *args).chainDeferred(d)
 
     def leave(self) -> Deferred[None]:
         """
         Remove this node and all its presence from the store (it stops); publish what
         that changes at once.
         """
+        self._open.clear()
         self._held.clear()
         d: Deferred[PresenceChange] = self._store.leave_node(self.node_id)
         return d.addCallback(self.publish)
@@ -174,19 +194,30 @@ class ClusterPresence:
     def _serially(
         self, session_key: str, action: Callable[..., Deferred[None]], *args: Any
     ) -> Deferred[None]:
+        if self._restoring is not None:
+            waiting: Deferred[None] = Deferred()
+            self._restoring.append((waiting, session_key, action, args))
+            return waiting
         lock = self._locks.get(session_key)
         if lock is None:
             lock = self._locks[session_key] = DeferredLock()
+        self._active += 1
         d: Deferred[None] = lock.run(action, *args)
 
-        def forget(result: object) -> object:
+        def finished(result: object) -> object:
             if not lock.locked and not lock.waiting and self._locks.get(session_key) is lock:
                 del self._locks[session_key]
+            self._active -= 1
+            if not self._active:
+                idle, self._idle = self._idle, []
+                for waiter in idle:
+                    waiter.callback(None)
             return result
 
-        return d.addBoth(forget)
+        return d.addBoth(finished)
 
-    def _open(self, session_key: str, user_id: str, employee: bool) -> Deferred[None]:
+    def _opened(self, session_key: str, user_id: str, employee: bool) -> Deferred[None]:
+        self._held[session_key] = _Held(user_id, employee)
         d: Deferred[int | None] = self._store.presence_session_opened(
             self.node_id, session_key, user_id, employee
         )
@@ -194,13 +225,20 @@ class ClusterPresence:
             lambda online: None if online is None else self._online_changed(online)
         )
 
-    def _close(self, session_key: str) -> Deferred[None]:
+    def _closed(self, session_key: str) -> Deferred[None]:
+        if self._held.pop(session_key, None) is None:
+            return succeed(None)  # the node left meanwhile
         d: Deferred[PresenceChange] = self._store.presence_session_closed(
             self.node_id, session_key
         )
         return d.addCallback(self.publish)
 
-    def _join(self, session_key: str, conversation_id: str, position: int) -> Deferred[None]:
+    def _joined(self, session_key: str, conversation_id: str, position: int) -> Deferred[None]:
+        held = self._held.get(session_key)
+        if held is None:
+            return succeed(None)
+        entry = held.joined.setdefault(conversation_id, [0, position])
+        entry[0] += 1
         d: Deferred[str | None] = self._store.presence_joined(
             self.node_id, session_key, conversation_id, position
         )
@@ -210,7 +248,14 @@ class ClusterPresence:
             else self.publish(PresenceChange(connected=((conversation_id, user_id),)))
         )
 
-    def _leave(self, session_key: str, conversation_id: str) -> Deferred[None]:
+    def _left(self, session_key: str, conversation_id: str) -> Deferred[None]:
+        held = self._held.get(session_key)
+        if held is None or conversation_id not in held.joined:
+            return succeed(None)
+        entry = held.joined[conversation_id]
+        entry[0] -= 1
+        if entry[0] <= 0:
+            del held.joined[conversation_id]
         d: Deferred[str | None] = self._store.presence_left(
             self.node_id, session_key, conversation_id
         )
@@ -263,6 +308,9 @@ class NodeService(Service):
         self._call: IDelayedCall | None = None
         self._beating: Deferred[None] | None = None
         self._registered = False
+        # Removed as dead while alive, and not yet restored (a restore that failed is
+        # tried again at the next beat).
+        self._restore_pending = False
 
     @property
     def node_id(self) -> str:
@@ -309,7 +357,10 @@ class NodeService(Service):
         now = self._now()
         try:
             if await self._store.register_node(self.node_id, now):
+                self._restore_pending = True
+            if self._restore_pending:
                 await self._presence.restore()
+                self._restore_pending = False
             dead, change = await self._store.reap_nodes(
                 self.node_id, now - micros(self.ttl)
             )

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial.unittest import TestCase
 
 from medichat.domain.cluster_presence import DEFAULT_NODE_TTL, ClusterPresence, NodeService
+from medichat.errors import StoreUnavailable
 from medichat.interfaces import IHub, IPresence, IStore
 from medichat.pubsub.hub import InProcessHub
 from medichat.pubsub.topics import ONLINE_EMPLOYEES_TOPIC, conversation_topic
@@ -148,9 +149,8 @@ class _ClusterScenarios(_Stores):
             node.service.startService()
         await node.service.register()
 
-        async def stop() -> None:
-            if node.service.running:
-                await node.service.stopService()
+        def stop() -> Deferred[None] | None:
+            return node.service.stopService() if node.service.running else None
 
         test.addCleanup(stop)
         return node
@@ -294,8 +294,62 @@ def _global_publisher() -> Any:
 
 class ClusterMemoryTests(_MemoryStores, _ClusterScenarios, InlineTestCase):
     """
-    Several nodes on one in-memory SQLite database.
+    Several nodes on one in-memory SQLite database, and what needs operations held.
     """
+
+    async def test_restore_waits_for_calls(self) -> None:
+        """
+        A restore waits for the calls in flight, and calls made during it wait for it, so
+        that it restores exactly what the store was told.
+        """
+        a, b = await self.node("a"), await self.node("b")
+        store: Any = b.store
+        await b.presence.session_opened("tab1", NURSE, True)
+        await b.presence.joined("tab1", CHAT)
+        self.clock.advance(DEFAULT_NODE_TTL + 1)
+        await a.service.beat()
+        await b.store.register_node("b", 0)
+        self.events.take()
+        store.hold()
+        joining = b.presence.joined("tab1", OTHER_CHAT)
+        restoring = b.presence.restore()
+        leaving = b.presence.left("tab1", CHAT)
+        store.flush()
+        self.successResultOf(joining)
+        self.assertNoResult(restoring)
+        store.flush()
+        self.successResultOf(restoring)
+        self.assertNoResult(leaving)
+        self.assertEqual(
+            self.events.take(),
+            [connected(CHAT, NURSE), connected(OTHER_CHAT, NURSE), online(1)],
+        )
+        store.release()
+        self.successResultOf(leaving)
+        self.assertEqual(self.events.take(), [disconnected(CHAT, NURSE)])
+        self.assertEqual(await a.presence.subscribed_users(OTHER_CHAT), {NURSE})
+        self.assertEqual(await a.presence.subscribed_users(CHAT), frozenset())
+
+    async def test_failed_restore_retried(self) -> None:
+        """A restore that fails is tried again at the next heartbeat."""
+        a, b = await self.node("a"), await self.node("b")
+        await b.presence.session_opened("tab1", NURSE, True)
+        self.clock.advance(DEFAULT_NODE_TTL + 1)
+        await a.service.beat()
+        self.events.take()
+        failing = [False, True]  # popped from the end: fail once, then work
+        restore_node = b.store.restore_node
+
+        def flaky(*args: Any) -> Any:
+            if failing.pop():
+                return fail(StoreUnavailable("gone for a moment"))
+            return restore_node(*args)
+
+        b.store.restore_node = flaky  # type: ignore[method-assign]
+        await b.service.beat()
+        self.assertEqual(self.events.take(), [])
+        await b.service.beat()
+        self.assertEqual(self.events.take(), [online(1)])
 
 
 class ClusterPostgreSQLTests(_PostgreSQLStores, _ClusterScenarios, TestCase):
