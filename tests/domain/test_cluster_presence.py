@@ -186,10 +186,7 @@ class _ClusterScenarios(_Stores):
         test.assertEqual(self.events.take(), [disconnected(CHAT, DOCTOR)])
 
     async def test_dead_node_reaped_once(self) -> None:
-        """
-        A node without heartbeats for the TTL is removed by one survivor, which publishes
-        its users' departures and the online count once, in one batch.
-        """
+        """A node silent for the TTL is removed by one survivor, which publishes once."""
         test: Any = self
         a, b, c = await self.node("a"), await self.node("b"), await self.node("c")
         await a.presence.session_opened("phone", CUSTOMER, False)
@@ -246,10 +243,7 @@ class _ClusterScenarios(_Stores):
         test.assertEqual(self.events.take(), [], "the node's sessions were removed already")
 
     async def test_restored_after_pause(self) -> None:
-        """
-        A node taken for dead while alive puts its sessions back at its next heartbeat,
-        announcing its users again, and warns.
-        """
+        """A node taken for dead while alive restores its sessions at its next beat."""
         test: Any = self
         logged = EventLoggingObserver.createWithCleanup(test, _global_publisher())
         a, b = await self.node("a"), await self.node("b")
@@ -298,10 +292,7 @@ class ClusterMemoryTests(_MemoryStores, _ClusterScenarios, InlineTestCase):
     """
 
     async def test_restore_waits_for_calls(self) -> None:
-        """
-        A restore waits for the calls in flight, and calls made during it wait for it, so
-        that it restores exactly what the store was told.
-        """
+        """A restore waits for the calls in flight, and calls made during it wait."""
         a, b = await self.node("a"), await self.node("b")
         store: Any = b.store
         await b.presence.session_opened("tab1", NURSE, True)

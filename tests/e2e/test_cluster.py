@@ -159,10 +159,7 @@ class ClusterTests(SynchronousTestCase):
         return seen
 
     def test_presence_shared_and_dead_node_removed(self) -> None:
-        """
-        A nurse subscribed on B counts for auto-received on A; killed with -9, B is
-        removed by A within the TTL, which tells A's subscribers once.
-        """
+        """A subscriber on B counts on A; B killed with -9 is removed by A within the TTL."""
         conversation = self.a.request("POST", "/v1/conversation", self.customer)["id"]
         customer = self.subscribe(self.a, self.customer, conversation)
         self.subscribe(self.b, self.nurse, conversation)

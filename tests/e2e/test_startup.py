@@ -182,10 +182,7 @@ class StartupSuccessTests(SynchronousTestCase):
         self.assertNotIn("Traceback", output)
 
     def test_second_process_on_sqlite_refused(self) -> None:
-        """
-        A second server on the same SQLite data directory exits 1 with one clear line,
-        while the first serves on; medichat-admin still works beside it.
-        """
+        """A second server on an SQLite data directory exits 1 with one line; admin runs."""
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         data_dir = os.path.join(workdir, "data")
