@@ -311,6 +311,9 @@ class NodeService(Service):
         # Removed as dead while alive, and not yet restored (a restore that failed is
         # tried again at the next beat).
         self._restore_pending = False
+        # When this node last recorded a heartbeat (microseconds), and why the last failed.
+        self._last_beat: int | None = None
+        self._failing: str | None = None
 
     @property
     def node_id(self) -> str:
@@ -325,6 +328,7 @@ class NodeService(Service):
 
         def registered(_: bool) -> None:
             self._registered = True
+            self._last_beat = self._now()
             _log.info("cluster node {node} registered", node=self.node_id)
             if self.running:
                 self._call = self._clock.callLater(self.interval, self.beat)
@@ -355,18 +359,36 @@ class NodeService(Service):
 
     async def _beat(self) -> None:
         now = self._now()
+        # After a gap in this node's own heartbeats longer than the TTL (the database was
+        # unreachable for everyone, say), the others' rows are stale for the same reason:
+        # give them one interval to beat again before taking any of them for dead.
+        others_may_lag = self._last_beat is not None and now - self._last_beat > micros(self.ttl)
         try:
             if await self._store.register_node(self.node_id, now):
                 self._restore_pending = True
+            self._last_beat = now
             if self._restore_pending:
                 await self._presence.restore()
                 self._restore_pending = False
-            dead, change = await self._store.reap_nodes(
-                self.node_id, now - micros(self.ttl)
-            )
+            if others_may_lag:
+                dead, change = (), PresenceChange()
+            else:
+                dead, change = await self._store.reap_nodes(
+                    self.node_id, now - micros(self.ttl)
+                )
         except Exception as e:
-            _log.warn("cluster node heartbeat failed: {reason}", reason=str(e) or type(e).__name__)
+            if self._failing is None:
+                _log.warn(
+                    "cluster node heartbeat failed: {reason}; trying again every {interval} s",
+                    reason=str(e) or type(e).__name__,
+                    interval=self.interval,
+                )
+            self._failing = str(e) or type(e).__name__
             return
+        if self._failing is not None:
+            _log.info("cluster node heartbeats recorded again (were failing: {reason})",
+                      reason=self._failing)
+            self._failing = None
         if dead:
             _log.info(
                 "removed {count} dead cluster nodes: {nodes}",

@@ -155,6 +155,14 @@ class _ClusterScenarios(_Stores):
         test.addCleanup(stop)
         return node
 
+    async def elapse(self, seconds: float, *alive: _Node) -> None:
+        """Let C{seconds} pass, the C{alive} nodes beating every interval meanwhile."""
+        while seconds > 0:
+            step = min(seconds, min(node.service.interval for node in alive))
+            self.clock.advance(step)
+            seconds -= step
+            await gatherResults([node.service.beat() for node in alive])
+
     async def test_second_tab_elsewhere(self) -> None:
         """A user's subscriptions on two nodes announce them once and remove them once."""
         test: Any = self
@@ -251,8 +259,7 @@ class _ClusterScenarios(_Stores):
         await b.presence.joined("tab1", CHAT)
         await b.presence.joined("tab1", CHAT)
         self.events.take()
-        self.clock.advance(DEFAULT_NODE_TTL + 1)
-        await a.service.beat()
+        await self.elapse(DEFAULT_NODE_TTL + 1, a)
         test.assertEqual(self.events.take(), [disconnected(CHAT, NURSE), online(0)])
         await b.presence.session_opened("tab3", DOCTOR, True)
         test.assertEqual(self.events.take(), [], "b is not a node now")
@@ -268,16 +275,38 @@ class _ClusterScenarios(_Stores):
         test.assertIn("taken for dead", warnings[0]["log_format"])
 
     async def test_heartbeat_failure_logged(self) -> None:
-        """A heartbeat the store cannot record is logged, and the node beats on."""
+        """Heartbeats the store cannot record are logged once, and the node beats on."""
         test: Any = self
         logged = EventLoggingObserver.createWithCleanup(test, _global_publisher())
         a = await self.node("a", running=True)
         await a.store.stop()
         await a.service.beat()
+        await a.service.beat()
         warnings = [e for e in logged if e["log_level"] == LogLevel.warn]
         test.assertEqual(len(warnings), 1)
         test.assertIn("heartbeat failed", warnings[0]["log_format"])
         test.assertIsNotNone(a.service._call, "the next beat is scheduled")
+
+    async def test_no_reaping_after_own_gap(self) -> None:
+        """A node whose own beats failed past the TTL lets the others beat before reaping."""
+        test: Any = self
+        a, b = await self.node("a"), await self.node("b")
+        await b.presence.session_opened("tab1", NURSE, True)
+        self.events.take()
+        stored = a.store.register_node
+        a.store.register_node = lambda *args: fail(StoreUnavailable("down"))  # type: ignore
+        await a.service.beat()
+        await self.elapse(DEFAULT_NODE_TTL + 1, a)
+        a.store.register_node = stored  # type: ignore[method-assign]
+        await a.service.beat()
+        test.assertEqual(self.events.take(), [], "b was as silent as a, for the same reason")
+        await b.service.beat()
+        self.clock.advance(a.service.interval)
+        await a.service.beat()
+        test.assertEqual(self.events.take(), [])
+        test.assertEqual(await a.presence.online_employees(), 1)
+        await self.elapse(DEFAULT_NODE_TTL + 1, a)
+        test.assertEqual(self.events.take(), [online(0)], "b really stopped")
 
 
 def _global_publisher() -> Any:
@@ -297,8 +326,7 @@ class ClusterMemoryTests(_MemoryStores, _ClusterScenarios, InlineTestCase):
         store: Any = b.store
         await b.presence.session_opened("tab1", NURSE, True)
         await b.presence.joined("tab1", CHAT)
-        self.clock.advance(DEFAULT_NODE_TTL + 1)
-        await a.service.beat()
+        await self.elapse(DEFAULT_NODE_TTL + 1, a)
         await b.store.register_node("b", 0)
         self.events.take()
         store.hold()
@@ -325,8 +353,7 @@ class ClusterMemoryTests(_MemoryStores, _ClusterScenarios, InlineTestCase):
         """A restore that fails is tried again at the next heartbeat."""
         a, b = await self.node("a"), await self.node("b")
         await b.presence.session_opened("tab1", NURSE, True)
-        self.clock.advance(DEFAULT_NODE_TTL + 1)
-        await a.service.beat()
+        await self.elapse(DEFAULT_NODE_TTL + 1, a)
         self.events.take()
         failing = [False, True]  # popped from the end: fail once, then work
         restore_node = b.store.restore_node
