@@ -234,6 +234,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except ValueError:
             raise usage.UsageError(f"--stomp-heartbeat must be 'cx,cy' in ms, not {hb!r}") from None
         self["stomp-heartbeat"] = (cx, cy)
+        if self["close-spread"] >= self["shutdown-timeout"]:
+            raise usage.UsageError(
+                "--close-spread must be shorter than --shutdown-timeout "
+                f"({self['close-spread']:g} >= {self['shutdown-timeout']:g})"
+            )
         database = self["database"]
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
             raise usage.UsageError("--database must be a postgresql:// URL")

@@ -116,7 +116,8 @@ class ClusterWiringTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--node-ttl", "5", "--close-spread", "0"])
         self.assertEqual((options["node-ttl"], options["close-spread"]), (5.0, 0.0))
-        for args in (["--node-ttl", "0"], ["--close-spread", "-1"], ["--close-spread", "x"]):
+        for args in (["--node-ttl", "0"], ["--close-spread", "-1"], ["--close-spread", "x"],
+                     ["--close-spread", "5", "--shutdown-timeout", "5"]):
             self.assertRaises(usage.UsageError, Options().parseOptions, args)
 
     def test_postgresql(self) -> None:
