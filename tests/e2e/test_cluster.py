@@ -20,23 +20,23 @@ from typing import Any
 
 import jwt
 import psycopg2
-from psycopg2 import sql
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from medichat.auth.devsecret import load_or_create_dev_secret
-from tests._pg import CONNECT_TIMEOUT, DATABASE_PREFIX, database_url, server_url
+from tests._pg import (
+    CONNECT_TIMEOUT,
+    DATABASE_PREFIX,
+    _create,
+    _drop,
+    database_url,
+    server_url,
+)
 from tests._stompclient import disconnect_all, wait_for, wait_until, ws_connection
 from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 NURSE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
 TTL = 2.0
-
-
-def _admin(server: str) -> Any:
-    connection = psycopg2.connect(server, connect_timeout=CONNECT_TIMEOUT)
-    connection.autocommit = True
-    return connection
 
 
 class _Server:
@@ -91,15 +91,12 @@ class ClusterTests(SynchronousTestCase):
         server = server_url()
         name = DATABASE_PREFIX + secrets.token_hex(8)
         try:
-            admin = _admin(server)
+            _create(server, name)
         except psycopg2.OperationalError as e:
             if os.environ.get("CI") == "true":
                 raise
             raise SkipTest(f"PostgreSQL not reachable: {e}") from None
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        admin.close()
-        self.addCleanup(self._drop, server, name)
+        self.addCleanup(_drop, server, name)
         self.database = database_url(server, name)
         self.workdir = os.path.abspath(self.mktemp())
         self.data_dir = os.path.join(self.workdir, "data")
@@ -116,14 +113,6 @@ class ClusterTests(SynchronousTestCase):
         self.nurse = jwt.encode(
             {"sub": NURSE, "name": "nurse", "role": "employee"}, secret, algorithm="HS256"
         )
-
-    def _drop(self, server: str, name: str) -> None:
-        admin = _admin(server)
-        with admin.cursor() as cursor:
-            cursor.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        admin.close()
 
     def server(self) -> _Server:
         started = _Server(self.workdir, self.data_dir, self.database)
