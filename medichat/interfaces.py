@@ -433,3 +433,77 @@ class IStore(Interface):
 
         @return: how many were revoked.
         """
+
+    # presence shared by several processes (see medichat.store.presence_scripts)
+
+    def register_node(node_id: str, now: int) -> Deferred[bool]:
+        """
+        Record a heartbeat of this process's node at C{now}, adding its row if missing.
+
+        @return: C{True} if the row was added (a new node, or one that the others had
+            removed as dead, with its presence).
+        """
+
+    def reap_nodes(node_id: str, cutoff: int) -> Deferred[Any]:
+        """
+        Remove the other nodes whose last heartbeat is older than C{cutoff}, with their
+        presence; of several callers, one claims each dead node.
+
+        @return: the removed node ids and the L{medichat.model.PresenceChange} it made.
+        """
+
+    def leave_node(node_id: str) -> Deferred[Any]:
+        """
+        Remove a stopping node and its presence.
+
+        @return: the L{medichat.model.PresenceChange} it made.
+        """
+
+    def restore_node(node_id: str, sessions: Sequence[Any]) -> Deferred[Any]:
+        """
+        Make a node's presence exactly C{sessions} (L{medichat.model.NodePresence}s).
+
+        @return: the net L{medichat.model.PresenceChange}.
+        """
+
+    def presence_session_opened(
+        node_id: str, session_key: str, user_id: str, employee: bool
+    ) -> Deferred[int | None]:
+        """
+        Record an open session on a node.
+
+        @return: the number of distinct employees online if it changed, else L{None}.
+        """
+
+    def presence_session_closed(node_id: str, session_key: str) -> Deferred[Any]:
+        """
+        Remove a session and its subscriptions.
+
+        @return: the L{medichat.model.PresenceChange} it made.
+        """
+
+    def presence_joined(
+        node_id: str, session_key: str, conversation_id: str, position: int
+    ) -> Deferred[str | None]:
+        """
+        Record one more subscription of an open session to a conversation.
+
+        @return: the user, if it is their first subscription to it on any node.
+        """
+
+    def presence_left(node_id: str, session_key: str, conversation_id: str) -> Deferred[str | None]:
+        """
+        Record one subscription fewer.
+
+        @return: the user, if it was their last subscription to it on any node.
+        """
+
+    def presence_subscribed_users(conversation_id: str) -> Deferred[frozenset[str]]:
+        """
+        The users subscribed to a conversation on any node.
+        """
+
+    def presence_online_employees() -> Deferred[int]:
+        """
+        The distinct employees with an open session on any node.
+        """

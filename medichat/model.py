@@ -135,6 +135,38 @@ class LoginSession:
     revoked: bool
 
 
+@frozen
+class PresenceChange:
+    """
+    What a change of presence shared by several processes means to everyone, as the store
+    decided it: who appeared in or left a conversation (on every node), and the new number
+    of employees online if it changed.
+
+    @ivar connected: C{(conversation_id, user_id)} pairs whose first subscription appeared.
+    @ivar disconnected: C{(conversation_id, user_id)} pairs whose last subscription ended.
+    @ivar online: the distinct employees online now, or L{None} if that did not change.
+    """
+
+    connected: tuple[tuple[str, str], ...] = ()
+    disconnected: tuple[tuple[str, str], ...] = ()
+    online: int | None = None
+
+
+@frozen
+class NodePresence:
+    """
+    One open STOMP session as the process holding it knows it, to restore its presence.
+
+    @ivar joined: C{(conversation_id, subscriptions, position)} for each conversation it
+        subscribes to.
+    """
+
+    session_key: str
+    user_id: str
+    employee: bool
+    joined: tuple[tuple[str, int, int], ...] = ()
+
+
 def new_id() -> str:
     """A fresh random UUID string."""
     return str(uuid.uuid4())

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from medichat.errors import StoreError
 from medichat.interfaces import IStore
+from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import SQLITE, Migration, Script, SQLStore
 from medichat.store.sqlite import MINIMUM_SQLITE_VERSION, run_script, translate_failure
 
@@ -51,7 +52,7 @@ def memory_database() -> sqlite3.Connection:
 
 
 @implementer(IStore)
-class MemoryStore(SQLStore):
+class MemoryStore(PresenceOperations, SQLStore):
     """
     L{IStore} on an in-memory SQLite database, each operation run to completion before
     the call returns (unless held).

@@ -37,6 +37,7 @@ from medichat.auth.realm import MedichatRealm
 from medichat.carriers._budget import WriteBudget
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
+from medichat.domain.cluster_presence import ClusterPresence
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
@@ -113,6 +114,7 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
         "postgresql://postgres@127.0.0.1/none", Clock(), node_id="t"
     )),
     (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
+    (IPresence, lambda case: ClusterPresence(MemoryStore(Clock()), InProcessHub("test"))),
     (IConversations, lambda case: ConversationService(
         MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t"))
     )),

@@ -12,7 +12,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -23,13 +23,16 @@ from twisted.python.threadpool import ThreadPool
 
 from medichat import __version__
 from medichat._connections import CappedFactory, ConnectionCap, default_max_connections
+from medichat._readiness import Readiness
 from medichat._timers import TimerWheel
+from medichat.app._datalock import DataDirectoryLock, LockedError
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
 from medichat.auth.realm import build_portal
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.accounts import Accounts
+from medichat.domain.cluster_presence import DEFAULT_NODE_TTL, ClusterPresence, NodeService
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import StoreError
@@ -38,7 +41,15 @@ from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
-from medichat.interfaces import IBearerToken, IBroadcast, IHub, ISessionCookie, IStoreBound
+from medichat.interfaces import (
+    IBearerToken,
+    IBroadcast,
+    IHub,
+    IPresence,
+    ISessionCookie,
+    IStoreBound,
+)
+from medichat.model import new_id
 from medichat.pubsub.cluster import ClusterHub
 from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
@@ -61,6 +72,16 @@ def _positive_int(name: str, value: str) -> int:
     return number
 
 
+def _non_negative_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise usage.UsageError(f"--{name} must be zero or more, not {value!r}")
+    return number
+
+
 def _positive_float(name: str, value: str) -> float:
     try:
         number = float(value)
@@ -68,16 +89,6 @@ def _positive_float(name: str, value: str) -> float:
         raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
     if not number > 0 or number == float("inf"):
         raise usage.UsageError(f"--{name} must be positive, not {value!r}")
-    return number
-
-
-def _non_negative_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
-    if not number >= 0 or number == float("inf"):
-        raise usage.UsageError(f"--{name} must be zero or positive, not {value!r}")
     return number
 
 
@@ -170,8 +181,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "probes start, and between two SELECT 1 probes of it.",
          lambda v: _positive_float("listen-keepalive", v)],
         ["shutdown-timeout", None, 25.0,
-         "Seconds a stop waits for HTTP requests in flight.",
+         "Seconds a stop (SIGTERM) may take: it waits this long at most for HTTP requests "
+         "in flight.",
          lambda v: _positive_float("shutdown-timeout", v)],
+        ["close-spread", None, 2.0,
+         "Seconds over which a stop closes the STOMP sessions (WebSocket code 1001), in "
+         "slices, so that clients do not all reconnect at once (0: all at once).",
+         lambda v: _non_negative_float("close-spread", v)],
+        ["node-ttl", None, DEFAULT_NODE_TTL,
+         "With --database: seconds after which a process that stopped sending heartbeats "
+         "(killed) is taken for dead and its presence removed by the others.",
+         lambda v: _positive_float("node-ttl", v)],
     ]
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
@@ -236,6 +256,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except ValueError:
             raise usage.UsageError(f"--stomp-heartbeat must be 'cx,cy' in ms, not {hb!r}") from None
         self["stomp-heartbeat"] = (cx, cy)
+        if self["close-spread"] >= self["shutdown-timeout"]:
+            raise usage.UsageError(
+                "--close-spread must be shorter than --shutdown-timeout "
+                f"({self['close-spread']:g} >= {self['shutdown-timeout']:g})"
+            )
         database = self["database"]
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
             raise usage.UsageError("--database must be a postgresql:// URL")
@@ -396,10 +421,15 @@ class _Listener(Service):
 
 class MedichatService(MultiService):
     """
-    The whole server: checks that the database can be opened and binds its ports, then
-    starts the store (migrating it) and accepts connections; on stop, closes every STOMP
-    session with "going away", stops listening, finishes the HTTP requests in flight (for
-    at most C{shutdown_timeout} seconds) and closes the store.
+    The whole server: takes the SQLite data directory's lock (if given one), checks that
+    the database can be opened and binds its ports, then starts the store (migrating it),
+    registers its cluster node (with PostgreSQL) and accepts connections.
+
+    On stop it I{drains}: C{/readyz} answers 503 at once, it stops listening, closes the
+    STOMP sessions with "going away" (WebSocket 1001) spread over C{close_spread} seconds
+    while it finishes the HTTP requests in flight (for at most C{shutdown_timeout}
+    seconds), removes its node's presence (the other processes' subscribers see its users
+    leave at once), and closes the store.
 
     A server that cannot start logs one line (C{medichat cannot start: <reason>}).  With
     C{exit_on_failure}, as under C{twistd} and C{twist}, it then exits with status 1:
@@ -424,8 +454,16 @@ class MedichatService(MultiService):
                  hub: IHub | None = None,
                  broadcast: IBroadcast | None = None,
                  shutdown_timeout: float = 25.0,
-                 exit_on_failure: bool = False) -> None:
+                 exit_on_failure: bool = False,
+                 readiness: Readiness | None = None,
+                 close_spread: float = 0.0,
+                 node: NodeService | None = None,
+                 lock: DataDirectoryLock | None = None) -> None:
         super().__init__()
+        self.readiness = readiness if readiness is not None else Readiness()
+        self._close_spread = close_spread
+        self._node = node
+        self._lock = lock
         self._http = http
         self._shutdown_timeout = shutdown_timeout
         self._exit_on_failure = exit_on_failure
@@ -452,6 +490,15 @@ class MedichatService(MultiService):
         try:
             # Blocking, but before anything is served; twistd reports a start only after
             # this returns, so a daemon's parent exits non-zero for what is found here.
+            if self._lock is not None:
+                try:
+                    self._lock.acquire()
+                except LockedError as e:
+                    raise CannotStart(str(e)) from None
+                except OSError as e:
+                    raise CannotStart(
+                        f"cannot lock {self._lock.path}: {e.strerror or e}"
+                    ) from None
             self.store.preflight()
             for listener in self.listeners:
                 listener.bind()
@@ -468,6 +515,12 @@ class MedichatService(MultiService):
             if self.broadcast is not None:
                 # Returns once the first LISTEN worked or failed; it keeps trying.
                 yield self.broadcast.start()
+            if self._node is not None:
+                self._node.startService()
+                try:
+                    yield self._node.register()
+                except StoreError as e:
+                    raise CannotStart(f"cannot register this cluster node: {e}") from None
             for listener in self.listeners:
                 yield listener.listen()
         except (CannotStart, StoreError) as e:
@@ -507,6 +560,8 @@ class MedichatService(MultiService):
         not asked to, fail L{ready}.
         """
         _log.critical("medichat cannot start: {reason}", reason=reason)
+        if self._lock is not None:
+            self._lock.release()
         if not self._exit_on_failure:
             self.ready.errback(CannotStart(reason))
             return
@@ -519,21 +574,60 @@ class MedichatService(MultiService):
 
     @inlineCallbacks
     def _stop(self) -> Any:
-        ended = self.registry.shutdown()
-        if ended:
-            _log.info("closing {count} STOMP sessions", count=ended)
+        self.readiness.draining = True
+        _log.info("medichat draining: not ready, no longer accepting")
+        # Listeners first: nothing new arrives while the rest winds down.
         yield MultiService.stopService(self)
+        waits = [self._close_sessions().addCallback(lambda _: self._websockets.drain())]
         if self._http is not None:
-            # Listening has stopped: answer what is in flight before the store goes.
-            yield self._http.drain(self._shutdown_timeout)
-        # The sessions were sent close frames: let their handshakes finish (bounded).
-        yield self._websockets.drain()
+            # Answer what is in flight before the store goes.
+            waits.append(self._http.drain(self._shutdown_timeout))
+        yield gatherResults(waits)
+        if self._node is not None:
+            # The sessions' own departures went out as each closed; this removes what
+            # is left at once rather than after the node TTL.
+            yield self._node.stopService()
         self._wheel.stop()
         if self.broadcast is not None:
             # After the sessions' last events, which it sends before it stops.
             yield self.broadcast.stop()
         yield self.store.stop()
         self._threadpool.stop()
+        if self._lock is not None:
+            self._lock.release()
+
+    def _close_sessions(self) -> Deferred[None]:
+        """
+        End every STOMP session with "going away", in slices spread evenly over
+        C{close_spread} seconds, so that their clients do not all reconnect at once.
+
+        @return: fires once the last slice was closed.
+        """
+        sessions = self.registry.sessions()
+        if sessions:
+            _log.info(
+                "closing {count} STOMP sessions over {spread} s",
+                count=len(sessions),
+                spread=self._close_spread,
+            )
+        slices = max(1, min(len(sessions), int(self._close_spread / _CLOSE_SLICE)))
+        size = -(-len(sessions) // slices) if sessions else 0
+        done: Deferred[None] = Deferred()
+
+        def close(index: int) -> None:
+            for session in sessions[index * size:(index + 1) * size]:
+                session.shutdown()
+            if index + 1 < slices:
+                self._reactor.callLater(self._close_spread / slices, close, index + 1)
+            else:
+                done.callback(None)
+
+        close(0)
+        return done
+
+
+_CLOSE_SLICE = 0.1
+"""Seconds between two slices of sessions closed at shutdown (at most)."""
 
 
 def _dev_checkers(data_dir: str, session_ttl: int) -> list[Any]:
@@ -581,16 +675,28 @@ def makeService(
 
     hub: IHub
     broadcast: PostgreSQLBroadcast | None = None
+    readiness = Readiness()
+    presence: IPresence
+    node: NodeService | None = None
+    lock: DataDirectoryLock | None = None
     if config["database"] is None:
+        # SQLite serves one process, which keeps presence in memory and the data
+        # directory locked.
         hub = InProcessHub()
+        presence = InProcessPresence(hub)
+        lock = DataDirectoryLock(data_dir)
     else:
-        # One process of several on the database: ephemeral events cross to the others.
-        node_id = os.urandom(6).hex()
+        # One process of several on the database: ephemeral events cross to the others
+        # through LISTEN/NOTIFY, and presence lives in the database, per node.
+        node_id = new_id()
         broadcast = PostgreSQLBroadcast(
             config["database"], reactor, node_id=node_id, keepalive=config["listen-keepalive"]
         )
         hub = ClusterHub(InProcessHub(node_id), broadcast, clock)
-    presence = InProcessPresence(hub)
+        cluster = ClusterPresence(store, hub, node_id=node_id)
+        node = NodeService(store, cluster, clock, ttl=config["node-ttl"])
+        presence = cluster
+        readiness.add_check("listen", broadcast.ready)
     wheel = TimerWheel(clock)
     registry = SessionRegistry()
     threadpool = ThreadPool(minthreads=1, maxthreads=4, name="medichat-kdf")
@@ -660,6 +766,7 @@ def makeService(
         message_rate=config["message-rate"],
         conversation_rate=config["conversation-rate"],
         trusted_proxies=tuple(config["trusted-proxy"]),
+        readiness=readiness,
     )
     root = build_root(
         config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
@@ -672,7 +779,8 @@ def makeService(
     top = MedichatService(
         reactor, store, registry, wheel, threadpool, ws_factory,
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
-        exit_on_failure=exit_on_failure,
+        exit_on_failure=exit_on_failure, readiness=readiness, close_spread=config["close-spread"],
+        node=node, lock=lock,
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))

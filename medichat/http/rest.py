@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from medichat._ratelimit import TokenBuckets
+from medichat._readiness import Readiness
 from medichat.auth.credentials import SESSION_COOKIE, SessionCookie, authenticate, parse_bearer
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import MAX_LIMIT, ConversationDetail, ConversationService
@@ -234,6 +235,8 @@ class RestAPI:
         seconds (at once, or spread out).
     @ivar trusted_proxies: networks of the reverse proxies whose C{Forwarded} /
         C{X-Forwarded-For} name the client's address (for login rate limits).
+    @ivar readiness: draining and the readiness checks of services, for C{/readyz};
+        L{None} for none (ready while the store is).
     """
 
     conversations: ConversationService
@@ -250,6 +253,7 @@ class RestAPI:
     conversation_rate: int = 10
     conversation_window: float = 60.0
     trusted_proxies: tuple[Network, ...] = ()
+    readiness: Readiness | None = None
     _message_buckets: TokenBuckets = field(init=False)
     _conversation_buckets: TokenBuckets = field(init=False)
     _openapi: bytes | None = field(default=None, init=False)
@@ -579,13 +583,10 @@ class RestAPI:
 
     # -- routes: operations -----------------------------------------------------------------
 
-    @router.route("/health", methods=["GET"])
-    async def health(self, request: IRequest) -> bytes:
+    async def _store_state(self) -> str:
         """
-        C{GET /health}: 200 C{{"status": "ok", "store": "ok"}}, or 503 with C{"store":
-        "unreachable"} when the store does not answer a ping within a few seconds, or
-        C{"cannot-write"} when it answers but cannot commit a write (read-only, full).
-        A change of state is logged once.
+        C{"ok"} if the store answers a ping and commits a write within a few seconds each,
+        else C{"unreachable"} or C{"cannot-write"}.  A change of state is logged once.
         """
         state = "unreachable"
         try:
@@ -599,11 +600,61 @@ class RestAPI:
             if self._health_failure is None:
                 _log.warn("health check failing: the store is {reason}", reason=reason)
             self._health_failure = reason
-            return self._json(request, 503, {"status": "unavailable", "store": state})
+            return state
         if self._health_failure is not None:
             _log.info("health check passing again (was: {reason})", reason=self._health_failure)
             self._health_failure = None
+        return "ok"
+
+    @router.route("/health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        """
+        C{GET /health}: 200 C{{"status": "ok", "store": "ok"}}, or 503 with C{"store":
+        "unreachable"} when the store does not answer a ping within a few seconds, or
+        C{"cannot-write"} when it answers but cannot commit a write (read-only, full).
+        A change of state is logged once.
+        """
+        state = await self._store_state()
+        if state != "ok":
+            return self._json(request, 503, {"status": "unavailable", "store": state})
         return self._json(request, 200, {"status": "ok", "store": "ok"})
+
+    @router.route("/livez", methods=["GET"])
+    def livez(self, request: IRequest) -> bytes:
+        """
+        C{GET /livez}: 200 C{{"status": "ok"}} whenever the process answers at all (its
+        reactor runs), draining or not, store or no store.
+        """
+        return self._json(request, 200, {"status": "ok"})
+
+    @router.route("/readyz", methods=["GET"])
+    async def readyz(self, request: IRequest) -> bytes:
+        """
+        C{GET /readyz}: 200 C{{"status": "ready", ...}} when this process should be sent
+        traffic; 503 C{{"status": "draining"}} at once when it is stopping, and 503
+        C{{"status": "unavailable", "store": ..., "checks": {...}}} while the store (as for
+        C{/health}) or a check that a service registered (see L{Readiness}) fails.
+        """
+        readiness = self.readiness
+        if readiness is not None and readiness.draining:
+            return self._json(request, 503, {"status": "draining"})
+        store = await self._store_state()
+        checks: dict[str, str] = {}
+        for name, check in readiness.checks() if readiness is not None else ():
+            try:
+                d = check()
+                d.addTimeout(HEALTH_TIMEOUT, self.clock)
+                await d
+            except Exception as e:
+                _log.debug("readiness check {name} failing: {e}", name=name, e=e)
+                checks[name] = "failing"
+            else:
+                checks[name] = "ok"
+        if readiness is not None and readiness.draining:
+            return self._json(request, 503, {"status": "draining"})
+        ready = store == "ok" and all(state == "ok" for state in checks.values())
+        body = {"status": "ready" if ready else "unavailable", "store": store, "checks": checks}
+        return self._json(request, 200 if ready else 503, body)
 
     @router.route("/v1/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:

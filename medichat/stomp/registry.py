@@ -102,6 +102,12 @@ class SessionRegistry:
             count += 1
         return count
 
+    def sessions(self) -> list[LiveSession]:
+        """
+        Every live session, grouped by user.
+        """
+        return [s for group in self._by_user.values() for s in group]
+
     def shutdown(self) -> int:
         """
         End every live session because the server is going away.

@@ -34,13 +34,14 @@ from random import random
 from typing import Any
 
 import psycopg2
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
 from zope.interface import implementer
 
+from medichat.errors import StoreUnavailable
 from medichat.interfaces import IBroadcast
 from medichat.store.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -298,6 +299,15 @@ class PostgreSQLBroadcast:
     def set_reconnected(self, callback: Callable[[], None]) -> None:
         """See L{IBroadcast.set_reconnected}."""
         self._reconnected = callback
+
+    def ready(self) -> Deferred[None]:
+        """
+        A readiness check (see L{medichat._readiness.Readiness}): fails while the C{LISTEN}
+        is not in place, since events from other processes would then be late.
+        """
+        if self.connected:
+            return succeed(None)
+        return fail(StoreUnavailable("the LISTEN connection to PostgreSQL is down"))
 
     def start(self) -> Deferred[None]:
         """See L{IBroadcast.start}."""

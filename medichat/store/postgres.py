@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from medichat.errors import DuplicateError, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
+from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import POSTGRESQL, Migration, Result, Script, SQLStore
 
 T = TypeVar("T")
@@ -64,7 +65,7 @@ def redact(url: str) -> str:
 
 
 @implementer(IStore)
-class PostgreSQLStore(SQLStore):
+class PostgreSQLStore(PresenceOperations, SQLStore):
     """
     L{IStore} in a PostgreSQL database, which any number of medichat processes may share.
 

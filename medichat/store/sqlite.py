@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
+from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 
 T = TypeVar("T")
@@ -55,7 +56,7 @@ now, rather than of a wrong statement."""
 
 
 @implementer(IStore)
-class SQLiteStore(SQLStore):
+class SQLiteStore(PresenceOperations, SQLStore):
     """
     L{IStore} in one SQLite file.
 

@@ -1,10 +1,12 @@
 """
-Tests for the shutdown and connection-limit parts of L{medichat.app.tap}: the options, and
-L{MedichatService.stopService} answering HTTP requests in flight before the store stops.
+Tests for the shutdown and connection-limit parts of L{medichat.app.tap}: the options,
+L{MedichatService.stopService} answering HTTP requests in flight before the store stops and
+draining, and the SQLite data directory's lock.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import Any
 
@@ -21,10 +23,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from medichat._connections import ConnectionCap, default_max_connections
+from medichat._readiness import Readiness
 from medichat._timers import TimerWheel
-from medichat.app.tap import MedichatService, Options
+from medichat.app._datalock import DataDirectoryLock, LockedError
+from medichat.app.tap import CannotStart, MedichatService, Options
 from medichat.http._channel import HTTPConnections
 from medichat.http.site import make_site
+from medichat.model import User
 from medichat.stomp.registry import SessionRegistry
 
 
@@ -168,3 +173,145 @@ class StopServiceTests(SynchronousTestCase):
         self.successResultOf(second)
         self.successResultOf(self.service.stopService())
         self.assertEqual(self.log, ["store stopped"])
+
+
+class _Session:
+    """A live STOMP session that records when it was shut down."""
+
+    def __init__(self, user_id: str, clock: Clock, log: list[str]) -> None:
+        self.user = User(user_id, user_id, "customer")
+        self._clock = clock
+        self._log = log
+        self.closed_at: float | None = None
+
+    def end(self, message: str, detail: str = "") -> None:
+        raise AssertionError("not ended by a stop")
+
+    def shutdown(self) -> None:
+        self.closed_at = self._clock.seconds()
+        self._log.append("session closed")
+
+
+class _Node:
+    """A cluster node that records when it left."""
+
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    def stopService(self) -> Deferred[None]:
+        self._log.append("node left")
+        return succeed(None)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    SIGTERM drains: not ready at once, sessions closed in slices over the spread, the
+    node's presence removed after them and before the store stops.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.log: list[str] = []
+        self.registry = SessionRegistry()
+        self.sessions = [_Session(f"user-{i}", self.clock, self.log) for i in range(40)]
+        for session in self.sessions:
+            self.registry.add(session)
+        self.readiness = Readiness()
+        self.service = MedichatService(
+            self.clock, _Store(self.log), self.registry,
+            TimerWheel(self.clock), ThreadPool(), _WebSockets(),  # type: ignore[arg-type]
+            shutdown_timeout=25, readiness=self.readiness, close_spread=2.0,
+            node=_Node(self.log),  # type: ignore[arg-type]
+        )
+
+    def test_not_ready_at_once(self) -> None:
+        """Readiness reports draining as soon as the stop begins."""
+        self.assertFalse(self.readiness.draining)
+        self.service.stopService()
+        self.assertTrue(self.readiness.draining)
+
+    def test_sessions_closed_in_slices(self) -> None:
+        """Sessions close a slice at a time over --close-spread, not all at once."""
+        stopped = self.service.stopService()
+        closed_now = [s for s in self.sessions if s.closed_at is not None]
+        self.assertEqual(len(closed_now), 2)
+        self.clock.pump([0.1] * 19)
+        times = sorted(s.closed_at for s in self.sessions if s.closed_at is not None)
+        self.assertEqual(len(times), 40)
+        self.assertEqual(len(set(times)), 20)
+        self.assertLess(times[-1], 2.0)
+        self.successResultOf(stopped)
+        self.assertEqual(self.log, ["session closed"] * 40 + ["node left", "store stopped"])
+
+    def test_no_spread(self) -> None:
+        """With a spread of 0 every session closes at once."""
+        service = MedichatService(
+            self.clock, _Store(self.log), self.registry,
+            TimerWheel(self.clock), ThreadPool(), _WebSockets(),  # type: ignore[arg-type]
+            close_spread=0.0,
+        )
+        self.successResultOf(service.stopService())
+        self.assertEqual({s.closed_at for s in self.sessions}, {0.0})
+        self.assertEqual(self.log[-1], "store stopped")
+
+
+class _LockStore(_Store):
+    """A store whose preflight and start succeed."""
+
+    kind = "sqlite"
+
+    def preflight(self) -> None:
+        self._log.append("preflight")
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class DataDirectoryLockTests(SynchronousTestCase):
+    """
+    An SQLite data directory serves one server process at a time.
+    """
+
+    def test_second_holder_refused(self) -> None:
+        """A second lock on the same directory fails with one line naming the holder."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        first = DataDirectoryLock(data_dir)
+        first.acquire()
+        self.addCleanup(first.release)
+        self.assertEqual(os.stat(data_dir).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(first.path).st_mode & 0o777, 0o600)
+        error = self.assertRaises(LockedError, DataDirectoryLock(data_dir).acquire)
+        self.assertIn(f"in use by process {os.getpid()}", str(error))
+        self.assertIn("--database", str(error))
+        self.assertNotIn("\n", str(error))
+        first.release()
+        again = DataDirectoryLock(data_dir)
+        again.acquire()
+        again.release()
+
+    def test_service_refuses_to_start(self) -> None:
+        """A server whose data directory is locked cannot start; one that can, holds it."""
+        data_dir = self.mktemp()
+        log: list[str] = []
+
+        def service() -> MedichatService:
+            return MedichatService(
+                self.clock, _LockStore(log), SessionRegistry(),  # type: ignore[arg-type]
+                TimerWheel(self.clock), ThreadPool(), _WebSockets(),  # type: ignore[arg-type]
+                lock=DataDirectoryLock(data_dir),
+            )
+
+        self.clock = Clock()
+        running = service()
+        running.startService()
+        self.successResultOf(running.ready)
+        second = service()
+        second.startService()
+        error = self.failureResultOf(second.ready, CannotStart).value
+        self.assertIn("is in use", str(error))
+        self.assertEqual(log, ["preflight"], "the second never reached its store")
+        self.successResultOf(running.stopService())
+        third = service()
+        third.startService()
+        self.successResultOf(third.ready)
+        self.successResultOf(third.stopService())

@@ -5,6 +5,7 @@ files of C{--listen}, and a server that cannot start.
 
 from __future__ import annotations
 
+import os
 from ipaddress import ip_network
 from typing import Any
 
@@ -15,7 +16,9 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from medichat.app._datalock import DataDirectoryLock
 from medichat.app.tap import CannotStart, Options, makeService
+from medichat.domain.cluster_presence import ClusterPresence, NodeService
 
 
 class TrustedProxyOptionTests(SynchronousTestCase):
@@ -97,3 +100,46 @@ class CannotStartTests(TestCase):
         self.assertEqual(len(lines), 1)
         self.assertNotIn("log_failure", lines[0])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ClusterWiringTests(SynchronousTestCase):
+    """
+    PostgreSQL gets presence in the store and a heartbeating node; SQLite in-process
+    presence and the data directory's lock.
+    """
+
+    def test_options(self) -> None:
+        """--node-ttl defaults to 15 s and --close-spread to 2 s; both take given values."""
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual((options["node-ttl"], options["close-spread"]), (15.0, 2.0))
+        options = Options()
+        options.parseOptions(["--node-ttl", "5", "--close-spread", "0"])
+        self.assertEqual((options["node-ttl"], options["close-spread"]), (5.0, 0.0))
+        for args in (["--node-ttl", "0"], ["--close-spread", "-1"], ["--close-spread", "x"],
+                     ["--close-spread", "5", "--shutdown-timeout", "5"]):
+            self.assertRaises(usage.UsageError, Options().parseOptions, args)
+
+    def test_postgresql(self) -> None:
+        """With --database: a node with the given TTL, cluster presence, no file lock."""
+        options = Options()
+        options.parseOptions(
+            ["--data-dir", self.mktemp(), "--database", "postgresql://u@127.0.0.1:1/x",
+             "--node-ttl", "6"]
+        )
+        service: Any = makeService(options, reactor)
+        self.assertIsInstance(service._node, NodeService)
+        self.assertEqual((service._node.ttl, service._node.interval), (6.0, 1.2))
+        self.assertIsInstance(service._node._presence, ClusterPresence)
+        self.assertIsNone(service._lock)
+
+    def test_sqlite(self) -> None:
+        """Without --database: no node, and the data directory's lock."""
+        options = Options()
+        data_dir = self.mktemp()
+        options.parseOptions(["--data-dir", data_dir])
+        service: Any = makeService(options, reactor)
+        self.assertIsNone(service._node)
+        self.assertIsInstance(service._lock, DataDirectoryLock)
+        self.assertEqual(service._lock.path, os.path.join(os.path.abspath(data_dir),
+                                                          "medichat.lock"))

@@ -8,6 +8,7 @@ traceback.  And one that can start still does, and stops on SIGTERM as Twisted m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -179,6 +180,47 @@ class StartupSuccessTests(SynchronousTestCase):
         output, _ = process.communicate(timeout=TIMEOUT)
         self.assertEqual(process.returncode, -signal.SIGTERM, output)
         self.assertNotIn("Traceback", output)
+
+    def test_second_process_on_sqlite_refused(self) -> None:
+        """A second server on an SQLite data directory exits 1 with one line; admin runs."""
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        data_dir = os.path.join(workdir, "data")
+        port = _free_port()
+        process = subprocess.Popen(
+            [*_command("twist", workdir), "--data-dir", data_dir,
+             "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.addCleanup(self.kill, process)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                urlopen(f"http://127.0.0.1:{port}/api/readyz", timeout=5).close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.2)
+        for mode in ("twistd -n", "twist"):
+            second = subprocess.run(
+                [*_command(mode, workdir), "--data-dir", data_dir,
+                 "--listen", f"tcp:{_free_port()}:interface=127.0.0.1"],
+                cwd=workdir, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+            )
+            output = second.stdout + second.stderr
+            self.assertEqual(second.returncode, 1, output)
+            self.assertNotIn("Traceback", output)
+            lines = [line for line in output.splitlines()
+                     if "medichat cannot start" in line and "is in use by process" in line]
+            self.assertEqual(len(lines), 1, output)
+        admin = subprocess.run(
+            [sys.executable, "-m", "medichat.app.admin", "--data-dir", data_dir, "migrate"],
+            cwd=workdir, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        )
+        self.assertEqual(admin.returncode, 0, admin.stdout + admin.stderr)
+        with urlopen(f"http://127.0.0.1:{port}/api/readyz", timeout=5) as response:
+            self.assertEqual(json.loads(response.read())["status"], "ready")
 
     def kill(self, process: subprocess.Popen[str]) -> None:
         if process.poll() is None:

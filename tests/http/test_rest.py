@@ -17,7 +17,7 @@ import argon2
 import jwt
 from attrs import frozen
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -28,12 +28,13 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from zope.interface import implementer
 
 from medichat._ratelimit import TokenBuckets
+from medichat._readiness import Readiness
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.accounts import Accounts, run_here
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
-from medichat.errors import PayloadTooLarge, StoreError
+from medichat.errors import PayloadTooLarge, StoreError, StoreUnavailable
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI, query_params
 from medichat.http.site import build_root
@@ -236,7 +237,9 @@ class APITestCase(InlineTestCase):
         if not path.startswith("/api"):
             return reply
         self.assertEqual(reply.header("Cache-Control"), "no-store")
-        if reply.status >= 400 and method != "HEAD" and not path.startswith("/api/health"):
+        if reply.status >= 400 and method != "HEAD" and not path.startswith(
+            ("/api/health", "/api/readyz")
+        ):
             self.assertEqual(reply.header("Content-Type"), "application/problem+json")
             problem = reply.json
             self.assertEqual(list(problem), ["type", "title", "status", "detail"])
@@ -1309,6 +1312,68 @@ class OperationsTests(APITestCase):
         self.assertEqual(len(failing), 1)
         self.assertIn("not running", failing[0]["reason"])
         self.assertEqual(self.flushLoggedErrors(StoreError), [])
+
+    async def test_livez(self) -> None:
+        """Liveness is 200 while the process answers: store down or draining alike."""
+        reply = await self.request("GET", "/api/livez")
+        self.assertEqual((reply.status, reply.json), (200, {"status": "ok"}))
+        self.api.readiness = Readiness(draining=True)
+        await self.store.stop()
+        reply = await self.request("GET", "/api/livez")
+        self.assertEqual((reply.status, reply.json), (200, {"status": "ok"}))
+
+    async def test_readyz(self) -> None:
+        """Ready while the store answers and writes; 503 unavailable when it does not."""
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual(
+            (reply.status, reply.json), (200, {"status": "ready", "store": "ok", "checks": {}})
+        )
+        await self.store.stop()
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual(
+            (reply.status, reply.json),
+            (503, {"status": "unavailable", "store": "unreachable", "checks": {}}),
+        )
+        self.flushLoggedErrors(StoreError)
+
+    async def test_readyz_draining(self) -> None:
+        """A draining process is not ready, at once, without probing anything."""
+        readiness = self.api.readiness = Readiness()
+        probed: list[str] = []
+
+        def check() -> Deferred[None]:
+            probed.append("listen")
+            return succeed(None)
+
+        readiness.add_check("listen", check)
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual(reply.json["checks"], {"listen": "ok"})
+        readiness.draining = True
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual((reply.status, reply.json), (503, {"status": "draining"}))
+        self.assertEqual(probed, ["listen"])
+
+    async def test_readyz_checks(self) -> None:
+        """A registered check that fails (or never answers) makes the process unready."""
+        readiness = self.api.readiness = Readiness()
+        readiness.add_check("listen", lambda: fail(StoreUnavailable("LISTEN connection lost")))
+        readiness.add_check("store-2", lambda: succeed(None))
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual(reply.status, 503)
+        self.assertEqual(
+            reply.json,
+            {"status": "unavailable", "store": "ok",
+             "checks": {"listen": "failing", "store-2": "ok"}},
+        )
+        readiness.remove_check("listen")
+        readiness.add_check("slow", Deferred)
+        pending = self.treq.get("http://medichat.test/api/readyz")
+        self.clock.advance(60)
+        reply = await self.settle(pending)
+        self.assertEqual(reply.code, 503)
+        readiness.remove_check("slow")
+        reply = await self.request("GET", "/api/readyz")
+        self.assertEqual(reply.status, 200)
 
     async def test_head(self) -> None:
         """HEAD works where GET does."""
