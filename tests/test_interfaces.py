@@ -43,6 +43,7 @@ from medichat.http.origins import OriginPolicy
 from medichat.interfaces import (
     IBearerToken,
     IConversations,
+    IEventFeed,
     IFrameTransport,
     IHub,
     IPresence,
@@ -52,6 +53,7 @@ from medichat.interfaces import (
     ISubscriber,
 )
 from medichat.model import User
+from medichat.pubsub.feed import EventFeed
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.destinations import route_subscription
 from medichat.stomp.session import _Subscription
@@ -106,8 +108,10 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IHub, lambda case: InProcessHub("test")),
     (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
     (IConversations, lambda case: ConversationService(
-        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t"))
+        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t")),
+        EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock()),
     )),
+    (IEventFeed, lambda case: EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock())),
     (IStore, lambda case: SQLiteStore(case.mktemp(), Clock())),
     (IStore, lambda case: PostgreSQLStore("postgresql://postgres@127.0.0.1/none", Clock())),
     (IStore, lambda case: MemoryStore(Clock())),

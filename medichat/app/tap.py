@@ -39,6 +39,12 @@ from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
 from medichat.interfaces import IBearerToken, ISessionCookie, IStoreBound
+from medichat.pubsub.feed import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETENTION,
+    EventFeed,
+    EventPruner,
+)
 from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.codec import Limits
@@ -135,6 +141,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          lambda v: _positive_int("max-body", v)],
         ["session-ttl", None, 43200, "Seconds an employee login session lives without use.",
          lambda v: _positive_int("session-ttl", v)],
+        ["event-retention", None, DEFAULT_RETENTION,
+         "Seconds a durable conversation event is kept for x-stream-offset replay "
+         "(messages themselves are never deleted).",
+         lambda v: _positive_int("event-retention", v)],
+        ["event-poll-interval", None, DEFAULT_POLL_INTERVAL,
+         "Seconds between the event feed's fallback reads of the events table.",
+         lambda v: _positive_float("event-poll-interval", v)],
         ["session-recheck-interval", None, 30.0,
          "Seconds between re-checks of a cookie-authenticated STOMP session's login.",
          lambda v: _positive_float("session-recheck-interval", v)],
@@ -385,6 +398,9 @@ class MedichatService(MultiService):
     and ending the process with status 1 after shutdown.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
+    @ivar _after_store: what starts once the store is running and before the listeners
+        (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
+        before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
     """
 
@@ -393,8 +409,10 @@ class MedichatService(MultiService):
                  websockets: StompWebSocketFactory, *,
                  http: HTTPConnections | None = None,
                  shutdown_timeout: float = 25.0,
-                 exit_on_failure: bool = False) -> None:
+                 exit_on_failure: bool = False,
+                 after_store: Sequence[Any] = ()) -> None:
         super().__init__()
+        self._after_store = tuple(after_store)
         self._http = http
         self._shutdown_timeout = shutdown_timeout
         self._exit_on_failure = exit_on_failure
@@ -432,6 +450,8 @@ class MedichatService(MultiService):
     def _start(self) -> Any:
         try:
             yield self.store.start()
+            for part in self._after_store:
+                yield part.start()
             for listener in self.listeners:
                 yield listener.listen()
         except (CannotStart, StoreError) as e:
@@ -493,6 +513,8 @@ class MedichatService(MultiService):
         # The sessions were sent close frames: let their handshakes finish (bounded).
         yield self._websockets.drain()
         self._wheel.stop()
+        for part in reversed(self._after_store):
+            part.stop()
         yield self.store.stop()
         self._threadpool.stop()
 
@@ -551,8 +573,10 @@ def makeService(
 
     accounts = Accounts(store, clock, session_ttl=session_ttl, run_blocking=run_blocking)
     accounts.add_revocation_observer(RevocationObserver(registry))
+    feed = EventFeed(store, hub, clock, poll_interval=config["event-poll-interval"])
+    pruner = EventPruner(store, clock, config["event-retention"])
     conversations = ConversationService(
-        store, hub, clock, presence, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, feed, max_message_length=config["max-message-length"]
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
@@ -622,6 +646,7 @@ def makeService(
     top = MedichatService(
         reactor, store, registry, wheel, threadpool, ws_factory,
         http=http, shutdown_timeout=config["shutdown-timeout"], exit_on_failure=exit_on_failure,
+        after_store=(feed, pruner),
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))

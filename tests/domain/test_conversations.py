@@ -27,6 +27,7 @@ from medichat.model import Conversation, Receipt, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
+from tests._feed import started_feed
 from tests._inline import InlineTestCase
 
 # The seed's first message event happened at 2021-07-26T12:05:22Z.
@@ -75,7 +76,10 @@ class ServiceTestCase(InlineTestCase):
         self.hub = InProcessHub()
         # Presence publishes on a hub of its own: these tests record conversation events.
         self.presence = InProcessPresence(InProcessHub())
-        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
+        self.feed = started_feed(self.store, self.hub, self.clock)
+        self.service = ConversationService(
+            self.store, self.hub, self.clock, self.presence, self.feed
+        )
 
     async def conversation(self, user: User = CUSTOMER) -> Conversation:
         conversation: Conversation = await self.service.create(user)

@@ -34,6 +34,7 @@ from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site
 from medichat.pubsub.hub import InProcessHub
 from medichat.store import open_store
+from tests._feed import started_feed
 
 SECRET = b"k" * 32
 DASHBOARD = "https://dashboard.example"
@@ -91,7 +92,9 @@ class EdgeTestCase(SynchronousTestCase):
         store = open_store(None, self.mktemp(), reactor)
         hub = InProcessHub()
         self.api = api = RestAPI(
-            conversations=ConversationService(store, hub, self.clock, InProcessPresence(hub)),
+            conversations=ConversationService(
+                store, hub, self.clock, InProcessPresence(hub), started_feed(store, hub, self.clock)
+            ),
             portal=build_portal([JWTChecker(secret=SECRET, clock=self.clock)]),
             accounts=None,
             origins=OriginPolicy(self.allowed_origins),

@@ -601,6 +601,14 @@ class _EveryoneTakesPart:
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return succeed(None)
 
+    def stream_start(
+        self, conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        return succeed(1)
+
+    def stream_events(self, conversation_id: str, offset: int, limit: int) -> Deferred[Any]:
+        return succeed([])
+
 
 CHAT = "6b92c178-c22b-4bbb-8dec-8d497660b5bf"
 CHAT_TOPIC = f"/v1/topic/conversation/{CHAT}"

@@ -41,6 +41,7 @@ from medichat.store.scripts import (
     POSTGRESQL,
     SQLITE,
     Migration,
+    Script,
     SQLStore,
     conversations_query,
     load_migrations,
@@ -102,6 +103,15 @@ async def raised(d: Deferred[Any], kind: type[E]) -> E:
     except kind as e:
         return e
     raise AssertionError(f"expected {kind.__name__}, got the result {result!r}")
+
+
+def raw_write(store: SQLStore, sql: str, *params: object) -> Deferred[None]:
+    """Run one statement (written with C{?} placeholders) in a write transaction."""
+
+    def script() -> Script[None]:
+        yield store._dialect.statement(sql, *params)
+
+    return store._run(script(), write=True)
 
 
 def present(value: V | None) -> V:
@@ -178,12 +188,26 @@ class StoreTestsMixin(_Base):
         old = await self.started(location, migrations[:-1])
         self.assertEqual(await old.schema_version(), len(migrations) - 1)
         conversation = await self.stored_conversation(old)
-        message, _ = await old.add_message(a_message(conversation, T0 + 1), "key-1")
+        # Messages and receipts as the previous version wrote them: the scripts of this
+        # one write events too, which the previous schema has no table for.
+        message = a_message(conversation, T0 + 1)
+        await raw_write(
+            old,
+            "INSERT INTO messages (id, conversation_id, created, user_id, user_name,"
+            " user_role, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            message.id, conversation.id, message.created, message.user_id,
+            message.user_name, message.user_role, message.message,
+        )
+        await raw_write(
+            old,
+            "INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES (?, ?, ?, ?)",
+            conversation.id, "read", "customer-1", T0 + 2,
+        )
         employee = an_employee()
         await old.add_employee(employee)
         session = a_login_session(employee)
         await old.add_login_session(session)
-        await old.mark_read(conversation.id, "customer-1", T0 + 2)
+        [message] = await self.all_messages(old, conversation)
         await old.stop()
 
         new = await self.started(location)
@@ -455,7 +479,10 @@ class StoreTestsMixin(_Base):
     async def test_times_round_trip(self) -> None:
         """Times far beyond float precision come back exactly."""
         store = await self.started()
-        big = 2**62 + 1
+        # The latest time an event can carry (its JSON has RFC 3339 times, years up to
+        # 9999), far beyond 2**53 microseconds, where floats lose microseconds.
+        big = parse_time("9999-12-31T23:59:59.999999Z")
+        self.assertGreater(big, 2**53)
         conversation = await self.stored_conversation(store, created=big)
         message, _ = await store.add_message(a_message(conversation, big - 1), None)
         self.assertEqual((await store.get_conversation(conversation.id)), conversation)
