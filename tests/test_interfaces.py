@@ -62,8 +62,8 @@ from medichat.testing import MemoryStore
 from tests._stomp import Client, NoConversations, make_services
 from tests.domain import test_conversations, test_presence
 from tests.http import test_rest
-from tests.pubsub import test_hub
-from tests.stomp import test_session, test_session_revalidation
+from tests.pubsub import test_feed, test_hub
+from tests.stomp import test_session, test_session_revalidation, test_stream
 
 Make = Callable[[SynchronousTestCase], object]
 
@@ -132,6 +132,11 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (ISubscriber, lambda case: test_presence.Events()),
     (IConversations, lambda case: NoConversations()),
     (IConversations, lambda case: test_session._EveryoneTakesPart()),
+    (ISubscriber, lambda case: test_feed.Keeper()),
+    (IConversations, lambda case: test_stream.Interleaved(ConversationService(
+        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t")),
+        EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock()),
+    ))),
 ]
 """Each implementation, as the interface and how to make one."""
 
