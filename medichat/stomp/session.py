@@ -595,7 +595,6 @@ class StompSession:
         route = route_subscription(destination)
         if route is None:
             raise StompError("unknown destination", destination)
-        start = _parse_stream_offset(frame.get("x-stream-offset"))
         for existing in self._subscriptions.values():
             if existing.route.destination == route.destination:
                 raise StompError(
@@ -605,6 +604,8 @@ class StompSession:
                 )
         if route.kind == "conversation":
             assert self.user is not None and route.conversation_id is not None
+            # Only conversations are streams; elsewhere the header means nothing.
+            start = _parse_stream_offset(frame.get("x-stream-offset"))
             d = self._services.conversations.check_participant(self.user, route.conversation_id)
             d.addCallback(lambda _: self._subscribe(sub_id, route, ack, start))
             return d

@@ -222,6 +222,12 @@ class SubscribeFormTests(StreamTestCase):
             self.assertEqual(error.get("receipt-id"), "r")
             self.assertTrue(client.closed, value)
 
+    def test_other_destinations(self) -> None:
+        """Other destinations are no streams: the header, whatever its value, is ignored."""
+        self.client.send("SUBSCRIBE", {"id": "h", "destination": "/v1/topic/heartbeat",
+                                       "receipt": "r", "x-stream-offset": "bogus"})
+        self.assertEqual([f.command for f in self.frames()], ["RECEIPT"])
+
     def test_not_a_participant(self) -> None:
         """Another customer cannot replay someone else's conversation."""
         stranger = Client(self.services, 40003)
