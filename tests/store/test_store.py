@@ -1066,6 +1066,46 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         """A PostgreSQL store on the database URL C{location}."""
         return PostgreSQLStore(location, reactor, migrations=migrations)
 
+    async def test_positions_follow_commits(self) -> None:
+        """
+        Eight concurrent writers queue for the event counter only at their transactions'
+        ends, readers meanwhile see nothing half-done, and a rollback gives its position
+        back: the positions are 1..8 without a gap.
+        """
+        url = await self.new_location()
+        store = PostgreSQLStore(url, reactor, pool_size=9)
+        await store.start()
+        self.addCleanup(store.stop)
+        conversations = [await self.stored_conversation(store) for _ in range(8)]
+        # Another writer at the end of its transaction, holding the counter.
+        other = psycopg2.connect(url)
+        self.addCleanup(other.close)
+        cursor = other.cursor()
+        cursor.execute("UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last")
+        self.assertEqual(cursor.fetchone(), (1,))
+        posts = gatherResults(
+            [store.add_message(a_message(c, T0 + i), None) for i, c in enumerate(conversations)]
+        )
+
+        def waiting() -> Script[int]:
+            result = yield store._dialect.statement(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return int(result.rows[0][0])
+
+        for _ in range(10_000):
+            if await store._run(waiting()) == 8:
+                break
+        else:
+            self.fail("the writers never queued for the counter")
+        self.assertEqual(list(await store.events_after(0, 100)), [])
+        other.rollback()
+        await posts
+        events = list(await store.events_after(0, 100))
+        self.assertEqual([e.position for e in events], list(range(1, 9)))
+        self.assertEqual({e.offset for e in events}, {1})
+
     async def test_concurrent_starts(self) -> None:
         """Processes starting together on an empty database migrate it once, in turn."""
         location = await self.new_location()
