@@ -113,6 +113,33 @@ class IHub(Interface):
         Deliver C{event} (JSON-serialisable) to every current subscriber of C{destination}.
         """
 
+    def publish_encoded(destination: str, body: bytes, offset: int | None = None) -> None:
+        """
+        Deliver an event already encoded as JSON (C{body}, UTF-8) to every current
+        subscriber of C{destination}; C{offset} is its place in the destination's stream,
+        for a durable conversation event (see L{IEventFeed}).
+        """
+
+
+class IEventFeed(Interface):
+    """
+    Delivers the durable conversation events that the store committed to the hub, in
+    commit order, each exactly once per process.
+    """
+
+    def catch_up() -> None:
+        """
+        Events were (or may have been) committed: publish every one committed since the
+        last one published.  Calls while a read is under way are coalesced into one more
+        read after it.
+        """
+
+    def committed() -> None:
+        """
+        This process committed events: L{catch_up}, and have every other process that
+        shares the store catch up too.
+        """
+
 
 class IBroadcast(Interface):
     """
@@ -247,6 +274,27 @@ class IConversations(Interface):
         @raise medichat.errors.NotFound: (asynchronously) as L{check_participant}.
         """
 
+    def stream_start(
+        conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        """
+        Where a replay of the conversation's stored events starts (for a subscriber the
+        L{check_participant} check let in).
+
+        @param offset: start at this offset (the oldest stored, if pruned); or L{None}.
+        @param since: or start at the first event at or after this time (microseconds);
+            L{None} with C{offset} L{None} means from the first stored event.
+        @param most: replay at most this many of the events stored now: a start further
+            back moves up to the newest C{most}.
+        @return: the first offset to replay (past the last stored event if none is due).
+        """
+
+    def stream_events(conversation_id: str, offset: int, limit: int) -> Deferred[Sequence[Any]]:
+        """
+        Up to C{limit} stored events of the conversation (L{medichat.model.StoredEvent}s)
+        from C{offset} on (inclusive), in offset order.
+        """
+
 
 # --------------------------------------------------------------------------------------
 # Storage
@@ -370,6 +418,44 @@ class IStore(Interface):
     def receipts(conversation_id: str) -> Deferred[tuple[Sequence[Any], Sequence[Any]]]:
         """
         C{(read, received)}: lists of L{medichat.model.Receipt}, ordered by user id.
+        """
+
+    # durable events (written by add_message, mark_read and mark_received in their own
+    # transaction, for every message stored and every receipt moved)
+
+    def last_event_position() -> Deferred[int]:
+        """
+        The position of the newest event committed (0 if none ever was).
+        """
+
+    def events_after(position: int, limit: int) -> Deferred[Sequence[Any]]:
+        """
+        Up to C{limit} committed L{medichat.model.StoredEvent}s with a position past
+        C{position}, in position order.  Positions are gap-free and committed in order:
+        once position M is visible, every smaller one is too (or pruned).
+        """
+
+    def conversation_events(
+        conversation_id: str, offset: int, limit: int
+    ) -> Deferred[Sequence[Any]]:
+        """
+        Up to C{limit} of the conversation's stored events with an offset of at least
+        C{offset}, in offset order.
+        """
+
+    def stream_offsets(conversation_id: str, since: int | None) -> Deferred[tuple[int, int | None]]:
+        """
+        C{(last, first_since)}: the conversation's newest offset (0 if it has no events,
+        or no such conversation), and the offset of its first stored event at or after
+        time C{since} (L{None} if none, or if C{since} is L{None}).
+        """
+
+    def prune_events(before: int, batch: int = 1000) -> Deferred[int]:
+        """
+        Delete the events that happened before time C{before}, in batches of C{batch}
+        (each its own transaction).
+
+        @return: how many were deleted.
         """
 
     # employees and login sessions

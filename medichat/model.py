@@ -11,10 +11,11 @@ strings (lower case, with hyphens).
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import unicodedata
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from attrs import frozen
 
@@ -104,6 +105,50 @@ class Receipt:
     conversation_id: str
     user_id: str
     at: int
+
+
+@frozen
+class StoredEvent:
+    """
+    A durable conversation event (C{message}, C{read} or C{received}) as the store keeps
+    it, committed with the change it reports.
+
+    @ivar position: global, gap-free, in commit order across every conversation.
+    @ivar conversation_id: the conversation it belongs to.
+    @ivar offset: its place in the conversation's stream: 1, 2, 3, ... in commit order
+        (the C{x-stream-offset} of its STOMP C{MESSAGE} frames).
+    @ivar kind: C{"message"}, C{"read"} or C{"received"}.
+    @ivar body: the event's JSON text, exactly as published (L{event_json}).
+    @ivar created: when it happened, microseconds since the epoch.
+    """
+
+    position: int
+    conversation_id: str
+    offset: int
+    kind: str
+    body: str
+    created: int
+
+
+def message_event(message: Message) -> dict[str, Any]:
+    """The seed's C{message} event for a stored message."""
+    return {"message": message.as_json()}
+
+
+def receipt_event(kind: str, user_id: str, at: int) -> dict[str, Any]:
+    """
+    The seed's C{read} (C{{"read": {"userId", "readAt"}}}) or C{received}
+    (C{{"received": {"userId", "receivedAt"}}}) event.
+    """
+    key = "readAt" if kind == "read" else "receivedAt"
+    return {kind: {"userId": user_id, key: format_time(at)}}
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """
+    An event's JSON text as published: compact, key order kept, non-ASCII as is.
+    """
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 @frozen

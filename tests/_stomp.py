@@ -61,6 +61,14 @@ class NoConversations:
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return fail(NotFound("no such conversation"))
 
+    def stream_start(
+        self, conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        return fail(NotFound("no such conversation"))
+
+    def stream_events(self, conversation_id: str, offset: int, limit: int) -> Deferred[Any]:
+        return fail(NotFound("no such conversation"))
+
 
 def make_services(
     clock: MemoryReactorClock | None = None,

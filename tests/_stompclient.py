@@ -11,6 +11,7 @@ from typing import Any
 
 import stomp
 from stomp.adapter.ws import WSStompConnection
+from stomp.exception import NotConnectedException
 
 
 class Recorder(stomp.ConnectionListener):
@@ -79,5 +80,6 @@ def disconnect_all(connections: list[Any]) -> None:
         if conn.is_connected():
             try:
                 conn.disconnect()
-            except OSError:
+            except (OSError, NotConnectedException):
+                # The server closed it between the check and the DISCONNECT.
                 pass

@@ -24,6 +24,7 @@ from medichat.errors import AuthenticationFailed, BadRequest
 from medichat.model import is_blank, is_display_name
 from medichat.pubsub.hub import InProcessHub
 from medichat.testing import MemoryStore
+from tests._feed import started_feed
 
 NOW = 1_700_000_000
 SECRET = b"s" * 32
@@ -120,7 +121,9 @@ class BlankMessageTests(SynchronousTestCase):
         """Zero-width spaces and friends with whitespace: 'message: must not be blank'."""
         store = MemoryStore(Clock())
         hub = InProcessHub()
-        service = ConversationService(store, hub, Clock(), InProcessPresence(hub))
+        service = ConversationService(
+            store, hub, Clock(), InProcessPresence(hub), started_feed(store, hub, Clock())
+        )
         for text in ("\u200b", "\u200b\u200c\u200d \n\u2060\ufeff", "\u3164\u2800"):
             with self.assertRaises(BadRequest) as raised:
                 service.validate_message(text)

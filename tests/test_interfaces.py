@@ -46,6 +46,7 @@ from medichat.interfaces import (
     IBroadcast,
     ICarrier,
     IConversations,
+    IEventFeed,
     IHub,
     IPresence,
     ISessionCookie,
@@ -55,6 +56,7 @@ from medichat.interfaces import (
 )
 from medichat.model import User
 from medichat.pubsub.cluster import ClusterHub
+from medichat.pubsub.feed import EventFeed
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.destinations import route_subscription
 from medichat.stomp.session import _Subscription
@@ -65,8 +67,8 @@ from tests._broadcast import Bus, MemoryBroadcast
 from tests._stomp import Client, NoConversations, make_services
 from tests.domain import test_conversations, test_presence
 from tests.http import test_rest
-from tests.pubsub import test_hub
-from tests.stomp import test_session, test_session_revalidation
+from tests.pubsub import test_feed, test_hub
+from tests.stomp import test_session, test_session_revalidation, test_stream
 
 Make = Callable[[SynchronousTestCase], object]
 
@@ -116,8 +118,10 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IPresence, lambda case: InProcessPresence(InProcessHub("test"))),
     (IPresence, lambda case: ClusterPresence(MemoryStore(Clock()), InProcessHub("test"))),
     (IConversations, lambda case: ConversationService(
-        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t"))
+        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t")),
+        EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock()),
     )),
+    (IEventFeed, lambda case: EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock())),
     (IStore, lambda case: SQLiteStore(case.mktemp(), Clock())),
     (IStore, lambda case: PostgreSQLStore("postgresql://postgres@127.0.0.1/none", Clock())),
     (IStore, lambda case: MemoryStore(Clock())),
@@ -140,6 +144,11 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IConversations, lambda case: NoConversations()),
     (IConversations, lambda case: test_session._EveryoneTakesPart()),
     (IConversations, lambda case: test_session._StoreDown()),
+    (ISubscriber, lambda case: test_feed.Keeper()),
+    (IConversations, lambda case: test_stream.Interleaved(ConversationService(
+        MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t")),
+        EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock()),
+    ))),
 ]
 """Each implementation, as the interface and how to make one."""
 

@@ -51,6 +51,12 @@ from medichat.interfaces import (
 )
 from medichat.model import new_id
 from medichat.pubsub.cluster import ClusterHub
+from medichat.pubsub.feed import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETENTION,
+    EventFeed,
+    EventPruner,
+)
 from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.codec import Limits
@@ -166,6 +172,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          lambda v: _positive_int("max-body", v)],
         ["session-ttl", None, 43200, "Seconds an employee login session lives without use.",
          lambda v: _positive_int("session-ttl", v)],
+        ["event-retention", None, DEFAULT_RETENTION,
+         "Seconds a durable conversation event is kept for x-stream-offset replay "
+         "(messages themselves are never deleted).",
+         lambda v: _positive_int("event-retention", v)],
+        ["event-poll-interval", None, DEFAULT_POLL_INTERVAL,
+         "Seconds between the event feed's fallback reads of the events table.",
+         lambda v: _positive_float("event-poll-interval", v)],
         ["session-recheck-interval", None, 30.0,
          "Seconds between re-checks of a cookie-authenticated STOMP session's login.",
          lambda v: _positive_float("session-recheck-interval", v)],
@@ -439,6 +452,9 @@ class MedichatService(MultiService):
     and ending the process with status 1 after shutdown.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
+    @ivar _after_store: what starts once the store is running and before the listeners
+        (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
+        before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
     @ivar hub: the hub of the STOMP sessions.
     @ivar broadcast: with PostgreSQL, what carries events between this process and the
@@ -458,8 +474,10 @@ class MedichatService(MultiService):
                  readiness: Readiness | None = None,
                  close_spread: float = 0.0,
                  node: NodeService | None = None,
-                 lock: DataDirectoryLock | None = None) -> None:
+                 lock: DataDirectoryLock | None = None,
+                 after_store: Sequence[Any] = ()) -> None:
         super().__init__()
+        self._after_store = tuple(after_store)
         self.readiness = readiness if readiness is not None else Readiness()
         self._close_spread = close_spread
         self._node = node
@@ -521,6 +539,8 @@ class MedichatService(MultiService):
                     yield self._node.register()
                 except StoreError as e:
                     raise CannotStart(f"cannot register this cluster node: {e}") from None
+            for part in self._after_store:
+                yield part.start()
             for listener in self.listeners:
                 yield listener.listen()
         except (CannotStart, StoreError) as e:
@@ -588,6 +608,8 @@ class MedichatService(MultiService):
             # is left at once rather than after the node TTL.
             yield self._node.stopService()
         self._wheel.stop()
+        for part in reversed(self._after_store):
+            part.stop()
         if self.broadcast is not None:
             # After the sessions' last events, which it sends before it stops.
             yield self.broadcast.stop()
@@ -706,8 +728,17 @@ def makeService(
 
     accounts = Accounts(store, clock, session_ttl=session_ttl, run_blocking=run_blocking)
     accounts.add_revocation_observer(RevocationObserver(registry))
+    feed = EventFeed(
+        store, hub, clock, poll_interval=config["event-poll-interval"],
+        # With PostgreSQL, a commit here wakes the other processes' feeds, and a wake from
+        # them (or a LISTEN connection opened again) makes this one read.
+        tell_others=hub.wake if isinstance(hub, ClusterHub) else None,
+    )
+    if isinstance(hub, ClusterHub):
+        hub.set_catch_up(feed.catch_up)
+    pruner = EventPruner(store, clock, config["event-retention"])
     conversations = ConversationService(
-        store, hub, clock, presence, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, feed, max_message_length=config["max-message-length"]
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
@@ -781,6 +812,7 @@ def makeService(
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
         exit_on_failure=exit_on_failure, readiness=readiness, close_spread=config["close-spread"],
         node=node, lock=lock,
+        after_store=(feed, pruner),
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))

@@ -1,17 +1,23 @@
 """
 Conversations: the domain service behind both the REST API and the STOMP session.
 
-It knows neither HTTP nor STOMP.  It checks who may do what, validates input, commits
-through the store and, only after a commit, publishes the conversation's events on its
-topic (C{/v1/topic/conversation/{id}}) through the hub, in the seed's exact shapes::
+It knows neither HTTP nor STOMP.  It checks who may do what, validates input and commits
+through the store.  The conversation's events reach its topic
+(C{/v1/topic/conversation/{id}}) in the seed's exact shapes::
 
     {"message": {"userId", "userName", "userRole", "id", "created", "message"}}
     {"read": {"userId", "readAt"}}
     {"received": {"userId", "receivedAt"}}
     {"startTyping": {"userId"}}  {"stopTyping": {"userId"}}
 
-Everything that writes and publishes for one conversation runs under that conversation's
-own L{DeferredLock}, so that its events leave this process in commit order; the lock is
+The durable ones (C{message}, C{read}, C{received}) are written by the store in the
+transaction of the change they report; after each such commit the service asks the event
+feed (L{IEventFeed}) to catch up, and the feed publishes them in commit order, each with
+its offset in the conversation's stream.  Typing events are not stored: they go straight
+to the hub.
+
+Everything that writes for one conversation runs under that conversation's own
+L{DeferredLock}, so that this process commits one change of it at a time; the lock is
 dropped as soon as nobody holds or waits for it, so memory stays bounded by the number of
 conversations busy at this moment.
 
@@ -35,13 +41,13 @@ from zope.interface import implementer
 
 from medichat import rsql
 from medichat.errors import BadRequest, Forbidden, NotFound
-from medichat.interfaces import IConversations, IHub, IPresence, IStore
+from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, IStore
 from medichat.model import (
     Conversation,
     Message,
     Receipt,
+    StoredEvent,
     User,
-    format_time,
     is_blank,
     is_uuid,
     micros,
@@ -209,11 +215,12 @@ class ConversationService:
     """
     Conversations, messages and receipts, for customers and employees.
 
-    @ivar store: where conversations live.
-    @ivar hub: where their events are published.
+    @ivar store: where conversations and their durable events live.
+    @ivar hub: where typing events are published.
     @ivar clock: the source of every time stamp.
     @ivar presence: who is subscribed to a conversation, to mark new messages received for
         them.
+    @ivar feed: publishes the durable events once committed; told after each commit.
     @ivar max_message_length: the longest chat message accepted, in characters.
     """
 
@@ -221,6 +228,7 @@ class ConversationService:
     hub: IHub
     clock: IReactorTime
     presence: IPresence
+    feed: IEventFeed
     max_message_length: int = MAX_MESSAGE_LENGTH
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
 
@@ -251,10 +259,21 @@ class ConversationService:
         d.addBoth(done)
         return d
 
+    def _committed(self) -> None:
+        """
+        A durable event was committed: have the feed publish it.  A failing feed must not
+        turn a committed write into an error for the writer (its poll catches up later),
+        so the failure is logged.
+        """
+        try:
+            self.feed.committed()
+        except Exception:
+            _log.failure("the event feed failed to catch up")
+
     def _publish(self, conversation_id: str, event: dict[str, Any]) -> None:
         """
-        Publish after a commit; a failing hub must not turn a committed write into an
-        error for the writer, so the failure is logged.
+        Publish an ephemeral event; a failing hub must not turn the call into an error,
+        so the failure is logged.
         """
         try:
             self.hub.publish(conversation_topic(conversation_id), event)
@@ -277,18 +296,17 @@ class ConversationService:
 
     async def _mark(self, user_id: str, conversation_id: str, kind: str) -> bool:
         """
-        Move the user's C{read} or C{received} time forward to now and publish the event
-        if the stored value changed.  Call with the conversation's lock held.
+        Move the user's C{read} or C{received} time forward to now; if the stored value
+        changed, the store wrote the event with it, and the feed publishes it.  Call with
+        the conversation's lock held.
         """
         at = self._now()
         if kind == "read":
             changed = await self.store.mark_read(conversation_id, user_id, at)
-            key = "readAt"
         else:
             changed = await self.store.mark_received(conversation_id, user_id, at)
-            key = "receivedAt"
         if changed:
-            self._publish(conversation_id, {kind: {"userId": user_id, key: format_time(at)}})
+            self._committed()
         return bool(changed)
 
     # -- conversations --------------------------------------------------------------------
@@ -472,7 +490,7 @@ class ConversationService:
         stored, created = await self.store.add_message(message, idempotency_key)
         if not created:
             return stored  # type: ignore[no-any-return]
-        self._publish(conversation.id, {"message": stored.as_json()})
+        self._committed()
         try:
             subscribed = await self.presence.subscribed_users(conversation.id)
         except Exception:
@@ -520,6 +538,46 @@ class ConversationService:
             )
 
         return Deferred.fromCoroutine(mark())
+
+    # -- stream replay ----------------------------------------------------------------------
+
+    def stream_start(
+        self, conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        """
+        Where a replay of the conversation's stored events starts: at C{offset}, at the
+        first event at or after C{since}, or (both L{None}) at the first stored; and no
+        further back than the newest C{most} events stored now.  An offset that was
+        pruned starts at the oldest kept, as L{stream_events} skips what is gone.
+
+        @return: the first offset to replay; past the newest when nothing is due.
+        """
+
+        async def start() -> int:
+            last, first_since = await self.store.stream_offsets(conversation_id, since)
+            if offset is not None:
+                begin = offset
+            elif since is not None:
+                begin = last + 1 if first_since is None else first_since
+            else:
+                begin = 1
+            # Past the newest means "from the next one"; further back than the newest
+            # most, from the newest most.
+            return max(min(begin, last + 1), last - most + 1, 1)
+
+        return Deferred.fromCoroutine(start())
+
+    def stream_events(
+        self, conversation_id: str, offset: int, limit: int
+    ) -> Deferred[Sequence[StoredEvent]]:
+        """
+        Up to C{limit} stored events of the conversation from C{offset} on, in offset
+        order (one page of a replay).
+        """
+        d: Deferred[Sequence[StoredEvent]] = self.store.conversation_events(
+            conversation_id, offset, limit
+        )
+        return d
 
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         """

@@ -12,7 +12,7 @@ Two kinds of broadcast message:
 
 Durable events (L{DURABLE_KINDS}) never travel in broadcasts, whichever way they are
 published: every process reads them from the store, in commit order, and publishes them to
-its own subscribers (L{ClusterHub.publish_local}, or L{ClusterHub.publish}, which keeps
+its own subscribers (L{ClusterHub.publish_encoded}, or L{ClusterHub.publish}, which keeps
 them local too).
 """
 
@@ -88,12 +88,13 @@ class ClusterHub:
 
     # -- durable events --------------------------------------------------------------------
 
-    def publish_local(self, destination: str, event: dict[str, Any]) -> None:
+    def publish_encoded(self, destination: str, body: bytes, offset: int | None = None) -> None:
         """
-        Deliver C{event} to this process's subscribers only: for durable events, which
-        every process's event feed reads from the store itself.
+        See L{IHub.publish_encoded}: deliver to this process's subscribers only.  The event
+        feed publishes durable events so, and every process's feed reads them from the
+        store itself.
         """
-        self.local.publish(destination, event)
+        self.local.publish_encoded(destination, body, offset)
 
     def set_catch_up(self, catch_up: Callable[[], object]) -> None:
         """

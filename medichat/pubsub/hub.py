@@ -30,17 +30,22 @@ class Publication:
     @ivar destination: where it was published.
     @ivar body: the event's JSON, UTF-8.
     @ivar message_id: unique among all publications of this process.
+    @ivar offset: for a durable conversation event, its place in the conversation's stream
+        (the C{x-stream-offset} of its STOMP C{MESSAGE} frame); L{None} for the others.
     @ivar encoded: what the delivering protocol layer derived from this publication, kept
         by that layer the first time one of its subscribers needed it (L{None} until then),
         so that it is derived once per publication rather than once per subscriber.
     """
 
-    __slots__ = ("destination", "body", "message_id", "encoded")
+    __slots__ = ("destination", "body", "message_id", "offset", "encoded")
 
-    def __init__(self, destination: str, body: bytes, message_id: str) -> None:
+    def __init__(
+        self, destination: str, body: bytes, message_id: str, offset: int | None = None
+    ) -> None:
         self.destination = destination
         self.body = body
         self.message_id = message_id
+        self.offset = offset
         self.encoded: Any = None
 
 
@@ -76,11 +81,16 @@ class InProcessHub:
             del self._subscribers[destination]
 
     def publish(self, destination: str, event: dict[str, Any]) -> None:
+        if destination not in self._subscribers:
+            return
+        self.publish_encoded(destination, encode_event(event))
+
+    def publish_encoded(self, destination: str, body: bytes, offset: int | None = None) -> None:
         subs = self._subscribers.get(destination)
         if not subs:
             return
         publication = Publication(
-            destination, encode_event(event), f"{self._node}-{next(self._counter)}"
+            destination, body, f"{self._node}-{next(self._counter)}", offset
         )
         # A snapshot: a delivery may end a session, which unsubscribes it.
         for subscriber in list(subs):

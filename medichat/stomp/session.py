@@ -96,6 +96,12 @@ class StompConfig:
     @ivar revalidate_interval: seconds between re-checks of a cookie-authenticated
         session's login session, so that logout, a password change or disablement (from
         any process) ends it, and its sliding expiry follows.
+    @ivar max_replay: the most stored events one C{x-stream-offset} SUBSCRIBE replays: a
+        start further back moves up to the newest C{max_replay} (the client sees the
+        jump in the offsets, as with a RabbitMQ stream's retention).
+    @ivar replay_page: events read from the store at once while replaying.
+    @ivar replay_page_bytes: bytes of C{MESSAGE} frames sent before the next read, so
+        that a replay of large messages reaches the socket a page at a time.
     """
 
     limits: Limits = Limits()
@@ -116,6 +122,9 @@ class StompConfig:
     subscribe_burst: float = 200.0
     max_pending_frames: int = 100
     revalidate_interval: float = 30.0
+    max_replay: int = 10000
+    replay_page: int = 100
+    replay_page_bytes: int = 256 * 1024
     server_name: str = f"medichat/{__version__}"
 
 
@@ -175,7 +184,7 @@ class _Subscription:
     One SUBSCRIBE of one session.
     """
 
-    __slots__ = ("session", "id", "id_bytes", "route", "ack", "__weakref__")
+    __slots__ = ("session", "id", "id_bytes", "route", "ack", "held", "floor", "__weakref__")
 
     def __init__(self, session: StompSession, sub_id: str, route: Route, ack: str) -> None:
         self.session = session
@@ -183,6 +192,10 @@ class _Subscription:
         self.id_bytes = escape_header(sub_id, session.version).encode("utf-8")
         self.route = route
         self.ack = ack
+        # While stored events are replayed: the live publications that arrived meanwhile.
+        self.held: list[Publication] | None = None
+        # The last offset replayed: a live publication of it (or before) is a duplicate.
+        self.floor = 0
 
     def deliver(self, publication: Publication) -> None:
         self.session.deliver(self, publication)
@@ -214,21 +227,26 @@ _HELD_SEND_OVERHEAD = 64
 def _message_parts(publication: Publication) -> tuple[bytes, bytes]:
     """
     Encode the bytes of a publication's C{MESSAGE} frame before the subscription id (from
-    the command to C{subscription:}) and after it (the blank line, body and NUL), and cache
-    them on the publication (L{Publication.encoded}) for its other subscribers.
+    the command to C{subscription:}, with C{x-stream-offset} for a durable conversation
+    event) and after it (the blank line, body and NUL), and cache them on the publication
+    (L{Publication.encoded}) for its other subscribers.
     """
     body = publication.body
     # Destinations and message ids never contain characters that STOMP 1.1/1.2 escape (the
     # router only accepts fixed names and UUIDs), so these bytes serve all versions.
     head = (
         b"MESSAGE\ndestination:%s\nmessage-id:%s\ncontent-type:application/json\n"
-        b"content-length:%d\nsubscription:"
+        b"content-length:%d\n"
         % (
             publication.destination.encode("utf-8"),
             publication.message_id.encode("ascii"),
             len(body),
         )
     )
+    if publication.offset is not None:
+        # A durable conversation event: its place in the conversation's stream.
+        head += b"x-stream-offset:%d\n" % publication.offset
+    head += b"subscription:"
     parts = publication.encoded = (head, b"\n\n" + body + b"\x00")
     return parts
 
@@ -380,8 +398,17 @@ class StompSession:
 
     def deliver(self, subscription: _Subscription, publication: Publication) -> None:
         """
-        Send one publication to this session on one of its subscriptions.
+        Send one publication to this session on one of its subscriptions (or hold it
+        while that subscription replays stored events).
         """
+        if subscription.held is not None:
+            subscription.held.append(publication)
+            return
+        if publication.offset is not None and publication.offset <= subscription.floor:
+            return  # replayed already (this process's feed was behind the store)
+        self._send_publication(subscription, publication)
+
+    def _send_publication(self, subscription: _Subscription, publication: Publication) -> None:
         if self._state != _CONNECTED:
             return
         parts = publication.encoded
@@ -596,16 +623,23 @@ class StompSession:
                 )
         if route.kind == "conversation":
             assert self.user is not None and route.conversation_id is not None
+            # Only conversations are streams; elsewhere the header means nothing.
+            start = _parse_stream_offset(frame.get("x-stream-offset"))
             d = self._services.conversations.check_participant(self.user, route.conversation_id)
-            d.addCallback(lambda _: self._subscribe(sub_id, route, ack))
+            d.addCallback(lambda _: self._subscribe(sub_id, route, ack, start))
             return d
-        return self._subscribe(sub_id, route, ack)
+        return self._subscribe(sub_id, route, ack, None)
 
-    def _subscribe(self, sub_id: str, route: Route, ack: str) -> Deferred[None] | None:
+    def _subscribe(
+        self, sub_id: str, route: Route, ack: str, start: _StreamStart | None
+    ) -> Deferred[None] | None:
         if self._state != _CONNECTED:
             return None
         subscription = _Subscription(self, sub_id, route, ack)
         self._subscriptions[sub_id] = subscription
+        if start is not None:
+            # Live first, held, so that nothing committed during the replay is missed.
+            subscription.held = []
         self._services.hub.subscribe(route.destination, subscription)
         presence = self._services.presence
         if route.kind == "online-employees":
@@ -614,8 +648,66 @@ class StompSession:
             return online.addCallback(self._deliver_online, subscription)
         if route.kind == "conversation":
             assert route.conversation_id is not None
-            return presence.joined(self.session_id, route.conversation_id)
+            joined = presence.joined(self.session_id, route.conversation_id)
+            if start is None:
+                return joined
+            conversation_id = route.conversation_id
+            return joined.addCallback(
+                lambda _: Deferred.fromCoroutine(
+                    self._replay(subscription, conversation_id, start)
+                )
+            )
         return None
+
+    async def _replay(
+        self, subscription: _Subscription, conversation_id: str, start: _StreamStart
+    ) -> None:
+        """
+        Send the conversation's stored events from C{start} on, a page at a time, then the
+        live ones held meanwhile that the replay did not cover, and go live.
+
+        Live publications of a durable event carry its offset, and a conversation's events
+        reach the hub in offset order, so whatever was committed after the replay's last
+        read is held (or published later), and whatever the replay sent is recognised by
+        its offset, now or later (L{_Subscription.floor}).
+        """
+        conversations = self._services.conversations
+        config = self._config
+        offset, since = start
+        begin = await conversations.stream_start(
+            conversation_id, offset, since, config.max_replay
+        )
+        last = begin - 1
+        destination = subscription.route.destination
+        while True:
+            if self._subscriptions.get(subscription.id) is not subscription:
+                return  # the session ended meanwhile
+            page = await conversations.stream_events(conversation_id, last + 1, config.replay_page)
+            sent = 0
+            for event in page:
+                if self._subscriptions.get(subscription.id) is not subscription:
+                    return
+                last = event.offset
+                body = event.body.encode("utf-8")
+                self._send_publication(
+                    subscription,
+                    Publication(
+                        destination,
+                        body,
+                        f"{self.session_id}-{next(self._own_messages)}",
+                        event.offset,
+                    ),
+                )
+                sent += len(body)
+                if sent >= config.replay_page_bytes:
+                    break
+            else:
+                if len(page) < config.replay_page:
+                    break
+        subscription.floor = last
+        held, subscription.held = subscription.held or [], None
+        for publication in held:
+            self.deliver(subscription, publication)
 
     def _deliver_online(self, online: int, subscription: _Subscription) -> None:
         if self._subscriptions.get(subscription.id) is not subscription:
@@ -924,6 +1016,41 @@ def _required(frame: Frame, name: str) -> str:
     if value is None or value == "":
         raise StompError(f"missing {name} header", f"{frame.command} needs a {name} header")
     return value
+
+
+_StreamStart = tuple[int | None, int | None]
+"""Where a replay starts: C{(offset, None)}, C{(None, since)} in microseconds, or
+C{(None, None)} for the first stored event."""
+
+_MAX_OFFSET = 2**63 - 1
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _parse_stream_offset(value: str | None) -> _StreamStart | None:
+    """
+    Read a SUBSCRIBE's C{x-stream-offset} header (RabbitMQ's STOMP convention for
+    streams): absent or C{next} (only new events: L{None}), C{first}, C{offset=N} (from
+    offset N, inclusive) or C{timestamp=T} (from the first event at or after T, seconds
+    since the epoch).
+
+    @raise StompError: for anything else.
+    """
+    if value is None or value == "next":
+        return None
+    if value == "first":
+        return (None, None)
+    kind, equals, number = value.partition("=")
+    if equals and _DIGITS.fullmatch(number):
+        if kind == "offset" and int(number) <= _MAX_OFFSET:
+            return (int(number), None)
+        if kind == "timestamp" and int(number) <= _MAX_TIMESTAMP:
+            return (None, int(number) * 1_000_000)
+    raise StompError(
+        "invalid x-stream-offset",
+        "x-stream-offset must be next, first, offset=N or timestamp=T (seconds since the "
+        "epoch)",
+    )
 
 
 _MAX_HEARTBEAT_MS = 2**31 - 1

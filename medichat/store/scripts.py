@@ -35,8 +35,12 @@ from medichat.model import (
     Message,
     Receipt,
     Role,
+    StoredEvent,
+    event_json,
+    message_event,
     micros,
     parse_time,
+    receipt_event,
 )
 
 T = TypeVar("T")
@@ -291,6 +295,7 @@ _CONVERSATION_COLUMNS = "id, created, customer_id, customer_name"
 _MESSAGE_COLUMNS = "seq, id, conversation_id, created, user_id, user_name, user_role, message"
 _EMPLOYEE_COLUMNS = "id, email, name, password_hash, disabled, created, last_login"
 _LOGIN_SESSION_COLUMNS = "id, employee_id, token_hash, created, expires_at, revoked"
+_EVENT_COLUMNS = "position, conversation_id, stream_offset, kind, body, created"
 
 
 def conversation_from_row(row: Sequence[Any]) -> Conversation:
@@ -313,6 +318,19 @@ def message_from_row(row: Sequence[Any]) -> Message:
         user_role=cast(Role, user_role),
         message=text,
         seq=int(seq),
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> StoredEvent:
+    """A L{StoredEvent} from a row of L{_EVENT_COLUMNS}."""
+    position, conversation_id, offset, kind, body, created = row
+    return StoredEvent(
+        position=int(position),
+        conversation_id=conversation_id,
+        offset=int(offset),
+        kind=kind,
+        body=body,
+        created=int(created),
     )
 
 
@@ -538,10 +556,15 @@ def _add_message(
             message.id,
             message.created,
         )
+    yield from _append_event(
+        dialect, message.conversation_id, "message", message_event(stored), message.created
+    )
     return stored, True
 
 
 def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: int) -> Script[bool]:
+    # The conversation first, as for a message: one lock order for every writer of it.
+    yield from _lock_conversation(dialect, conversation_id)
     # One statement, so that two writers cannot both read the old time and both win;
     # RETURNING gives a row only where a row was inserted or moved forward.
     result = yield dialect.statement(
@@ -554,7 +577,71 @@ def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: i
         user_id,
         at,
     )
-    return bool(result.rows)
+    if not result.rows:
+        return False  # a receipt that does not move writes no event
+    yield from _append_event(
+        dialect, conversation_id, kind, receipt_event(kind, user_id, at), at
+    )
+    return True
+
+
+def _append_event(
+    dialect: Dialect, conversation_id: str, kind: str, event: dict[str, Any], created: int
+) -> Script[StoredEvent]:
+    """
+    Write a durable event in the current transaction; call at its very end, with the
+    conversation's row locked (L{_lock_conversation}).
+
+    The conversation's row gives the next offset of its stream.  The global position comes
+    last: the one row of C{event_counter} stays locked from here to the commit, so writers
+    queue for it only for the tail of their transactions, take positions in the order in
+    which they commit, and a rollback gives its number back.  Readers therefore never see
+    position M committed while a smaller one is still to come.
+    """
+    result = yield dialect.statement(
+        "UPDATE conversations SET last_offset = last_offset + 1 WHERE id = ? RETURNING last_offset",
+        conversation_id,
+    )
+    offset = int(result.rows[0][0])
+    result = yield dialect.statement(
+        "UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last"
+    )
+    position = int(result.rows[0][0])
+    stored = StoredEvent(position, conversation_id, offset, kind, event_json(event), created)
+    yield dialect.statement(
+        f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        stored.position,
+        stored.conversation_id,
+        stored.offset,
+        stored.kind,
+        stored.body,
+        stored.created,
+    )
+    return stored
+
+
+def _last_position(dialect: Dialect) -> Script[int]:
+    result = yield dialect.statement("SELECT last FROM event_counter WHERE id = 1")
+    return int(result.rows[0][0]) if result.rows else 0
+
+
+def _stream_offsets(
+    dialect: Dialect, conversation_id: str, since: int | None
+) -> Script[tuple[int, int | None]]:
+    result = yield dialect.statement(
+        "SELECT last_offset FROM conversations WHERE id = ?", conversation_id
+    )
+    last = int(result.rows[0][0]) if result.rows else 0
+    if since is None:
+        return last, None
+    # The (conversation_id, stream_offset) index walks the stream in order.
+    result = yield dialect.statement(
+        "SELECT stream_offset FROM events WHERE conversation_id = ? AND created >= ?"
+        " ORDER BY stream_offset LIMIT 1",
+        conversation_id,
+        since,
+    )
+    return last, int(result.rows[0][0]) if result.rows else None
 
 
 def _receipts(
@@ -828,6 +915,60 @@ class SQLStore:
     ) -> Deferred[tuple[Sequence[Receipt], Sequence[Receipt]]]:
         """See L{medichat.interfaces.IStore.receipts}."""
         return self._run(_receipts(self._dialect, conversation_id))
+
+    # -- events
+
+    def last_event_position(self) -> Deferred[int]:
+        """See L{medichat.interfaces.IStore.last_event_position}."""
+        return self._run(_last_position(self._dialect))
+
+    def events_after(self, position: int, limit: int) -> Deferred[Sequence[StoredEvent]]:
+        """See L{medichat.interfaces.IStore.events_after}."""
+        statement = self._dialect.statement(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            position,
+            max(0, limit),
+        )
+        return self._run(_select_all(statement, event_from_row))
+
+    def conversation_events(
+        self, conversation_id: str, offset: int, limit: int
+    ) -> Deferred[Sequence[StoredEvent]]:
+        """See L{medichat.interfaces.IStore.conversation_events}."""
+        statement = self._dialect.statement(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE conversation_id = ?"
+            " AND stream_offset >= ? ORDER BY stream_offset LIMIT ?",
+            conversation_id,
+            offset,
+            max(0, limit),
+        )
+        return self._run(_select_all(statement, event_from_row))
+
+    def stream_offsets(
+        self, conversation_id: str, since: int | None
+    ) -> Deferred[tuple[int, int | None]]:
+        """See L{medichat.interfaces.IStore.stream_offsets}."""
+        return self._run(_stream_offsets(self._dialect, conversation_id, since))
+
+    def prune_events(self, before: int, batch: int = 1000) -> Deferred[int]:
+        """See L{medichat.interfaces.IStore.prune_events}."""
+        return Deferred.fromCoroutine(self._prune_events(before, batch))
+
+    async def _prune_events(self, before: int, batch: int) -> int:
+        # Batches, each its own short transaction, so that a large backlog never holds
+        # locks (or SQLite's one writer) for long.
+        statement = self._dialect.statement(
+            "DELETE FROM events WHERE position IN"
+            " (SELECT position FROM events WHERE created < ? ORDER BY position LIMIT ?)",
+            before,
+            batch,
+        )
+        removed = 0
+        while True:
+            count = await self._run(_count(statement), write=True)
+            removed += count
+            if count < batch:
+                return removed
 
     # -- employees
 

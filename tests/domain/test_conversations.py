@@ -27,6 +27,7 @@ from medichat.model import Conversation, Receipt, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
+from tests._feed import started_feed
 from tests._inline import InlineTestCase
 
 # The seed's first message event happened at 2021-07-26T12:05:22Z.
@@ -46,9 +47,11 @@ class Recorder:
     def __init__(self, user: User) -> None:
         self.user_id = user.user_id
         self.bodies: list[str] = []
+        self.offsets: list[int | None] = []
 
     def deliver(self, publication: Publication) -> None:
         self.bodies.append(publication.body.decode("utf-8"))
+        self.offsets.append(publication.offset)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -75,7 +78,10 @@ class ServiceTestCase(InlineTestCase):
         self.hub = InProcessHub()
         # Presence publishes on a hub of its own: these tests record conversation events.
         self.presence = InProcessPresence(InProcessHub())
-        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
+        self.feed = started_feed(self.store, self.hub, self.clock)
+        self.service = ConversationService(
+            self.store, self.hub, self.clock, self.presence, self.feed
+        )
 
     async def conversation(self, user: User = CUSTOMER) -> Conversation:
         conversation: Conversation = await self.service.create(user)
@@ -557,6 +563,75 @@ class ListTests(ServiceTestCase):
                 self.service.list_conversations(EMPLOYEE, **kwargs), BadRequest
             )
             self.assertEqual(detail, expected)
+
+
+class DurableEventTests(ServiceTestCase):
+    """
+    Durable events are committed with the change and reach the hub through the feed, with
+    their stream offsets; typing events go straight to the hub.
+    """
+
+    async def test_offsets(self) -> None:
+        """Message, auto-received, read: stored and published in order with offsets 1..3."""
+        conversation = await self.conversation()
+        author = self.subscribe(conversation, CUSTOMER)
+        self.subscribe(conversation, EMPLOYEE)
+        await self.service.post_message(CUSTOMER, conversation.id, "Hello")
+        await self.service.mark_read(EMPLOYEE, conversation.id)
+        await self.service.typing(EMPLOYEE, conversation.id, True)
+        self.assertEqual(
+            [list(e) for e in author.events], [["message"], ["received"], ["read"], ["startTyping"]]
+        )
+        self.assertEqual(author.offsets, [1, 2, 3, None])
+        stored = await self.store.conversation_events(conversation.id, 1, 10)
+        self.assertEqual([e.body for e in stored], author.bodies[:3])
+
+    async def test_one_read_per_commit_at_most(self) -> None:
+        """Each commit asks the feed once; a receipt that does not move asks nothing."""
+        conversation = await self.conversation()
+        await self.service.mark_read(CUSTOMER, conversation.id)
+        reads = self.feed.reads
+        self.assertFalse(await self.service.mark_read(CUSTOMER, conversation.id))
+        self.assertEqual(self.feed.reads, reads)
+
+    async def test_broken_feed(self) -> None:
+        """A feed that raises does not turn a committed message into an error."""
+        conversation = await self.conversation()
+
+        def broken() -> None:
+            raise RuntimeError("feed broke")
+
+        self.feed.catch_up = broken  # type: ignore[method-assign]
+        message = await self.service.post_message(CUSTOMER, conversation.id, "Hello")
+        self.assertEqual(len(await self.store.list_messages(conversation.id, None, False, None)),
+                         1)
+        self.assertEqual(message.message, "Hello")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_stream_start(self) -> None:
+        """Replays start at an offset, a time or the first, within the newest 'most'."""
+        conversation = await self.conversation()
+        cid = conversation.id
+        for i in range(5):
+            self.clock.advance(10)
+            await self.service.post_message(CUSTOMER, cid, str(i))
+        first_time = int((NOW + 10) * 1_000_000)
+        cases = [
+            ((None, None, 100), 1),
+            ((3, None, 100), 3),
+            ((0, None, 100), 1),
+            ((99, None, 100), 6),  # past the newest: from the next one
+            ((None, first_time + 1, 100), 2),
+            ((None, first_time, 100), 1),
+            ((None, first_time + 10**9, 100), 6),  # after the newest: from the next one
+            ((None, None, 2), 4),  # at most the newest two
+            ((1, None, 2), 4),
+        ]
+        for (offset, since, most), expected in cases:
+            start = await self.service.stream_start(cid, offset, since, most)
+            self.assertEqual(start, expected, (offset, since, most))
+        page = await self.service.stream_events(cid, 4, 10)
+        self.assertEqual([e.offset for e in page], [4, 5])
 
 
 class CursorTests(SynchronousTestCase):

@@ -35,6 +35,7 @@ from medichat.http.site import build_root
 from medichat.pubsub.hub import InProcessHub
 from medichat.store import open_store
 from medichat.store.scripts import SQLStore
+from tests._feed import started_feed
 from tests._pg import create_test_database
 from tests.http.test_rest import Reply
 
@@ -97,7 +98,8 @@ class _StoreAPI:
         hub = InProcessHub()
         self.api = RestAPI(
             conversations=ConversationService(
-                self.store, hub, self.clock, InProcessPresence(hub)
+                self.store, hub, self.clock, InProcessPresence(hub),
+                started_feed(self.store, hub, self.clock),
             ),
             portal=portal,
             accounts=self.accounts,

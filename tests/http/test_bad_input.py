@@ -33,6 +33,7 @@ from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site
 from medichat.pubsub.hub import InProcessHub
 from medichat.testing import MemoryStore
+from tests._feed import started_feed
 
 SECRET = b"k" * 32
 DASHBOARD = "https://dashboard.example"
@@ -90,7 +91,9 @@ class EdgeTestCase(SynchronousTestCase):
         store = MemoryStore(self.clock)
         hub = InProcessHub()
         self.api = api = RestAPI(
-            conversations=ConversationService(store, hub, self.clock, InProcessPresence(hub)),
+            conversations=ConversationService(
+                store, hub, self.clock, InProcessPresence(hub), started_feed(store, hub, self.clock)
+            ),
             portal=build_portal([JWTChecker(secret=SECRET, clock=self.clock)]),
             accounts=None,
             origins=OriginPolicy(self.allowed_origins),

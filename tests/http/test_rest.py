@@ -43,6 +43,7 @@ from medichat.model import Conversation, micros
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
+from tests._feed import started_feed
 from tests._inline import InlineTestCase
 
 SECRET = b"k" * 32
@@ -184,7 +185,10 @@ class APITestCase(InlineTestCase):
         self.employee = await self.accounts.add_employee(EMAIL, "Nurse Joy", PASSWORD)
         # Presence publishes on a hub of its own: these tests record conversation events.
         self.presence = InProcessPresence(InProcessHub())
-        self.service = ConversationService(self.store, self.hub, self.clock, self.presence)
+        self.service = ConversationService(
+            self.store, self.hub, self.clock, self.presence,
+            started_feed(self.store, self.hub, self.clock),
+        )
         self.api = RestAPI(
             conversations=self.service,
             portal=self.portal,
@@ -1401,7 +1405,8 @@ class MountTests(InlineTestCase):
         self.addCleanup(store.stop)
         api = RestAPI(
             conversations=ConversationService(
-                store, InProcessHub(), clock, InProcessPresence(InProcessHub())
+                store, InProcessHub(), clock, InProcessPresence(InProcessHub()),
+                started_feed(store, InProcessHub(), clock),
             ),
             portal=build_portal([]),
             accounts=None,

@@ -93,12 +93,13 @@ class ClusterHubTests(SynchronousTestCase):
         self.assertEqual(on_b.publications, [])
         self.assertEqual(self.bus.batches, [])
 
-    def test_publish_local(self) -> None:
-        """A durable event published locally (by the event feed) is not broadcast."""
+    def test_publish_encoded(self) -> None:
+        """A durable event published by the event feed, with its offset, is not broadcast."""
         on_a, on_b = self.subscribed(self.a), self.subscribed(self.b)
-        self.a.publish_local(TOPIC, {"message": {}})
+        self.a.publish_encoded(TOPIC, b'{"message":{}}', 7)
         self.clock.advance(0)
         self.assertEqual((len(on_a.publications), len(on_b.publications)), (1, 0))
+        self.assertEqual(on_a.publications[0].offset, 7)
         self.assertEqual(self.bus.batches, [])
 
     def test_durable_stays_local(self) -> None:

@@ -602,6 +602,14 @@ class _EveryoneTakesPart:
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return succeed(None)
 
+    def stream_start(
+        self, conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        return succeed(1)
+
+    def stream_events(self, conversation_id: str, offset: int, limit: int) -> Deferred[Any]:
+        return succeed([])
+
 
 @implementer(IConversations)
 class _StoreDown:
@@ -611,6 +619,14 @@ class _StoreDown:
         return fail(StoreUnavailable("database unreachable"))
 
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
+        return fail(StoreUnavailable("database unreachable"))
+
+    def stream_start(
+        self, conversation_id: str, offset: int | None, since: int | None, most: int
+    ) -> Deferred[int]:
+        return fail(StoreUnavailable("database unreachable"))
+
+    def stream_events(self, conversation_id: str, offset: int, limit: int) -> Deferred[Any]:
         return fail(StoreUnavailable("database unreachable"))
 
 

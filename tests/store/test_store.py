@@ -41,6 +41,7 @@ from medichat.store.scripts import (
     POSTGRESQL,
     SQLITE,
     Migration,
+    Script,
     SQLStore,
     conversations_query,
     load_migrations,
@@ -102,6 +103,15 @@ async def raised(d: Deferred[Any], kind: type[E]) -> E:
     except kind as e:
         return e
     raise AssertionError(f"expected {kind.__name__}, got the result {result!r}")
+
+
+def raw_write(store: SQLStore, sql: str, *params: object) -> Deferred[None]:
+    """Run one statement (written with C{?} placeholders) in a write transaction."""
+
+    def script() -> Script[None]:
+        yield store._dialect.statement(sql, *params)
+
+    return store._run(script(), write=True)
 
 
 def present(value: V | None) -> V:
@@ -178,12 +188,26 @@ class StoreTestsMixin(_Base):
         old = await self.started(location, migrations[:-1])
         self.assertEqual(await old.schema_version(), len(migrations) - 1)
         conversation = await self.stored_conversation(old)
-        message, _ = await old.add_message(a_message(conversation, T0 + 1), "key-1")
+        # Messages and receipts as the previous version wrote them: the scripts of this
+        # one write events too, which the previous schema has no table for.
+        message = a_message(conversation, T0 + 1)
+        await raw_write(
+            old,
+            "INSERT INTO messages (id, conversation_id, created, user_id, user_name,"
+            " user_role, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            message.id, conversation.id, message.created, message.user_id,
+            message.user_name, message.user_role, message.message,
+        )
+        await raw_write(
+            old,
+            "INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES (?, ?, ?, ?)",
+            conversation.id, "read", "customer-1", T0 + 2,
+        )
         employee = an_employee()
         await old.add_employee(employee)
         session = a_login_session(employee)
         await old.add_login_session(session)
-        await old.mark_read(conversation.id, "customer-1", T0 + 2)
+        [message] = await self.all_messages(old, conversation)
         await old.stop()
 
         new = await self.started(location)
@@ -455,7 +479,10 @@ class StoreTestsMixin(_Base):
     async def test_times_round_trip(self) -> None:
         """Times far beyond float precision come back exactly."""
         store = await self.started()
-        big = 2**62 + 1
+        # The latest time an event can carry (its JSON has RFC 3339 times, years up to
+        # 9999), far beyond 2**53 microseconds, where floats lose microseconds.
+        big = parse_time("9999-12-31T23:59:59.999999Z")
+        self.assertGreater(big, 2**53)
         conversation = await self.stored_conversation(store, created=big)
         message, _ = await store.add_message(a_message(conversation, big - 1), None)
         self.assertEqual((await store.get_conversation(conversation.id)), conversation)
@@ -579,6 +606,145 @@ class StoreTestsMixin(_Base):
         store = await self.started()
         await self.assertFailure(store.mark_read(new_id(), "ann", T0), StoreError)
         await self.assertFailure(store.mark_received(new_id(), "ann", T0), StoreError)
+
+    # -- events
+
+    async def test_events_written_with_changes(self) -> None:
+        """A message and each receipt that moves write one event, in the seed's JSON."""
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        cid = conversation.id
+        message, _ = await store.add_message(a_message(conversation, T0 + 1, "Grüße"), None)
+        await store.mark_read(cid, "ann", T0 + 2)
+        await store.mark_received(cid, "bob", T0 + 3)
+        events = list(await store.events_after(0, 10))
+        self.assertEqual([e.position for e in events], [1, 2, 3])
+        self.assertEqual([e.offset for e in events], [1, 2, 3])
+        self.assertEqual([e.kind for e in events], ["message", "read", "received"])
+        self.assertEqual({e.conversation_id for e in events}, {cid})
+        self.assertEqual([e.created for e in events], [T0 + 1, T0 + 2, T0 + 3])
+        self.assertEqual(
+            [e.body for e in events],
+            [
+                '{"message":{"userId":"customer-1","userName":"name of customer-1",'
+                f'"userRole":"customer","id":"{message.id}",'
+                f'"created":"{format_time(T0 + 1)}","message":"Grüße"}}}}',
+                f'{{"read":{{"userId":"ann","readAt":"{format_time(T0 + 2)}"}}}}',
+                f'{{"received":{{"userId":"bob","receivedAt":"{format_time(T0 + 3)}"}}}}',
+            ],
+        )
+        self.assertEqual(await store.last_event_position(), 3)
+
+    async def test_no_event_without_change(self) -> None:
+        """A receipt that does not move and a replayed idempotent post write no event."""
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        cid = conversation.id
+        await store.add_message(a_message(conversation, T0), "key")
+        await store.add_message(a_message(conversation, T0 + 1), "key")
+        self.assertTrue(await store.mark_read(cid, "ann", T0 + 5))
+        self.assertFalse(await store.mark_read(cid, "ann", T0 + 5))
+        self.assertFalse(await store.mark_read(cid, "ann", T0 + 4))
+        self.assertEqual(
+            [e.kind for e in await store.events_after(0, 10)], ["message", "read"]
+        )
+        self.assertEqual(await store.stream_offsets(cid, None), (2, None))
+
+    async def test_no_events_at_first(self) -> None:
+        """A new database has no events: position 0, and nothing after it."""
+        store = await self.started()
+        self.assertEqual(await store.last_event_position(), 0)
+        self.assertEqual(list(await store.events_after(0, 10)), [])
+        self.assertEqual(await store.stream_offsets(new_id(), T0), (0, None))
+
+    async def test_offsets_per_conversation(self) -> None:
+        """Each conversation's offsets count 1, 2, 3, ...; positions count across all."""
+        store = await self.started()
+        one = await self.stored_conversation(store)
+        two = await self.stored_conversation(store)
+        for i, conversation in enumerate([one, two, one, one, two]):
+            await store.add_message(a_message(conversation, T0 + i), None)
+        events = list(await store.events_after(0, 10))
+        self.assertEqual([e.position for e in events], [1, 2, 3, 4, 5])
+        self.assertEqual(
+            [(e.conversation_id, e.offset) for e in events],
+            [(one.id, 1), (two.id, 1), (one.id, 2), (one.id, 3), (two.id, 2)],
+        )
+        self.assertEqual([e.offset for e in await store.conversation_events(one.id, 2, 10)],
+                         [2, 3])
+        self.assertEqual([e.offset for e in await store.conversation_events(two.id, 1, 1)],
+                         [1])
+        self.assertEqual(await store.stream_offsets(one.id, None), (3, None))
+
+    async def test_events_after_pages(self) -> None:
+        """events_after reads pages in position order from past the given position."""
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        for i in range(7):
+            await store.add_message(a_message(conversation, T0 + i), None)
+        seen: list[int] = []
+        position = 0
+        while True:
+            page = list(await store.events_after(position, 3))
+            if not page:
+                break
+            self.assertLessEqual(len(page), 3)
+            seen.extend(e.position for e in page)
+            position = page[-1].position
+        self.assertEqual(seen, list(range(1, 8)))
+        self.assertEqual(list(await store.events_after(7, 3)), [])
+
+    async def test_stream_offsets_since(self) -> None:
+        """The first offset at or after a time, if any, and the newest offset."""
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        for at in (T0 + 10, T0 + 20, T0 + 30):
+            await store.add_message(a_message(conversation, at), None)
+        cid = conversation.id
+        self.assertEqual(await store.stream_offsets(cid, T0), (3, 1))
+        self.assertEqual(await store.stream_offsets(cid, T0 + 11), (3, 2))
+        self.assertEqual(await store.stream_offsets(cid, T0 + 30), (3, 3))
+        self.assertEqual(await store.stream_offsets(cid, T0 + 31), (3, None))
+
+    async def test_prune_events(self) -> None:
+        """Pruning deletes only older events, in batches; messages and offsets stay."""
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        for i in range(5):
+            await store.add_message(a_message(conversation, T0 + i), None)
+        self.assertEqual(await store.prune_events(T0 + 3, batch=2), 3)
+        self.assertEqual([e.offset for e in await store.events_after(0, 10)], [4, 5])
+        self.assertEqual(await store.prune_events(T0 + 3), 0)
+        self.assertEqual(len(await self.all_messages(store, conversation)), 5)
+        # The stream goes on from where it was; a replay from the start finds the oldest kept.
+        await store.add_message(a_message(conversation, T0 + 9), None)
+        replay = await store.conversation_events(conversation.id, 1, 10)
+        self.assertEqual([e.offset for e in replay], [4, 5, 6])
+        self.assertEqual(await store.last_event_position(), 6)
+
+    async def test_concurrent_positions_gap_free(self) -> None:
+        """
+        Concurrent writers to several conversations get positions 1..N without gaps, and a
+        reader never sees a position before every smaller one is visible.
+        """
+        store = await self.started()
+        conversations = [await self.stored_conversation(store) for _ in range(4)]
+        observed: list[list[int]] = []
+        writes = []
+        for i in range(8):
+            conversation = conversations[i % 4]
+            writes.append(store.add_message(a_message(conversation, T0 + i), None))
+            writes.append(store.mark_read(conversation.id, f"user-{i}", T0 + i))
+            observed.append([e.position for e in await store.events_after(0, 100)])
+        await gatherResults(writes)
+        events = list(await store.events_after(0, 100))
+        self.assertEqual([e.position for e in events], list(range(1, 17)))
+        for seen in observed:
+            self.assertEqual(seen, list(range(1, len(seen) + 1)))
+        for conversation in conversations:
+            mine = [e for e in events if e.conversation_id == conversation.id]
+            # Within a conversation, offsets follow positions: one commit order.
+            self.assertEqual([e.offset for e in mine], list(range(1, len(mine) + 1)))
 
     # -- employees
 
@@ -899,6 +1065,46 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
     def make_store(self, location: str, migrations: Sequence[Any] | None = None) -> SQLStore:
         """A PostgreSQL store on the database URL C{location}."""
         return PostgreSQLStore(location, reactor, migrations=migrations)
+
+    async def test_positions_follow_commits(self) -> None:
+        """
+        Eight concurrent writers queue for the event counter only at their transactions'
+        ends, readers meanwhile see nothing half-done, and a rollback gives its position
+        back: the positions are 1..8 without a gap.
+        """
+        url = await self.new_location()
+        store = PostgreSQLStore(url, reactor, pool_size=9)
+        await store.start()
+        self.addCleanup(store.stop)
+        conversations = [await self.stored_conversation(store) for _ in range(8)]
+        # Another writer at the end of its transaction, holding the counter.
+        other = psycopg2.connect(url)
+        self.addCleanup(other.close)
+        cursor = other.cursor()
+        cursor.execute("UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last")
+        self.assertEqual(cursor.fetchone(), (1,))
+        posts = gatherResults(
+            [store.add_message(a_message(c, T0 + i), None) for i, c in enumerate(conversations)]
+        )
+
+        def waiting() -> Script[int]:
+            result = yield store._dialect.statement(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return int(result.rows[0][0])
+
+        for _ in range(10_000):
+            if await store._run(waiting()) == 8:
+                break
+        else:
+            self.fail("the writers never queued for the counter")
+        self.assertEqual(list(await store.events_after(0, 100)), [])
+        other.rollback()
+        await posts
+        events = list(await store.events_after(0, 100))
+        self.assertEqual([e.position for e in events], list(range(1, 9)))
+        self.assertEqual({e.offset for e in events}, {1})
 
     async def test_concurrent_starts(self) -> None:
         """Processes starting together on an empty database migrate it once, in turn."""

@@ -1,0 +1,252 @@
+"""
+The durable event feed: from the store's events table to the hub.
+
+The durable conversation events (C{message}, C{read}, C{received}) are committed by the
+store in the transaction of the change they report, each with a global position (gap-free,
+in commit order) and an offset in its conversation's stream.  L{EventFeed} publishes them
+on the hub in position order, each exactly once in this process, by reading what was
+committed after the last position it published whenever it is told that something may
+have been committed (L{EventFeed.catch_up}): after each commit of this process, on each
+tick of a fallback poll, and (with several processes) on a wake-up from the others.
+Whoever calls, it is the same read, so a lost wake-up only delays an event.
+
+L{EventPruner} deletes the events older than the retention, on the injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from medichat.interfaces import IEventFeed, IHub, IStore
+from medichat.model import StoredEvent, micros
+from medichat.pubsub.topics import conversation_topic
+
+__all__ = ["DEFAULT_PAGE", "DEFAULT_POLL_INTERVAL", "DEFAULT_RETENTION", "EventFeed", "EventPruner"]
+
+DEFAULT_PAGE = 500
+"""Events the feed reads at once."""
+
+DEFAULT_POLL_INTERVAL = 1.0
+"""Seconds between the feed's fallback reads."""
+
+DEFAULT_RETENTION = 7 * 24 * 3600
+"""Seconds an event is kept for replay (C{--event-retention})."""
+
+_log = Logger()
+
+
+@implementer(IEventFeed)
+class EventFeed:
+    """
+    Publishes committed events to the hub in position order, each once.
+
+    At most one read of the store is under way at a time: however many commits ask for a
+    catch-up meanwhile, they make one more read once it is done.  A read that returns a
+    full page is followed by the next at once.
+
+    @ivar position: the position of the last event published (L{None} until started).
+    @ivar reads: how many reads of the store it made (for operators and tests).
+    """
+
+    def __init__(
+        self,
+        store: IStore,
+        hub: IHub,
+        clock: IReactorTime,
+        *,
+        poll_interval: float | None = DEFAULT_POLL_INTERVAL,
+        page: int = DEFAULT_PAGE,
+        tell_others: Callable[[], object] | None = None,
+    ) -> None:
+        """
+        @param store: where events are committed.
+        @param hub: where they are published.
+        @param clock: drives the fallback poll.
+        @param poll_interval: seconds between fallback reads, or L{None} for none.
+        @param page: events read at once.
+        @param tell_others: called after this process's commits, to wake the feeds of the
+            other processes on the same store (L{medichat.pubsub.cluster.ClusterHub.wake});
+            L{None} for one process.
+        """
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._page = page
+        self._tell_others = tell_others
+        self.position: int | None = None
+        self._reading = False
+        self._again = False
+        self._failing = False
+        self._poll: LoopingCall | None = None
+        self.reads = 0
+
+    def start(self, position: int | None = None) -> Deferred[None]:
+        """
+        Start after the newest event committed now (older ones are nobody's news: a
+        client that wants them replays them with C{x-stream-offset}), or after
+        C{position}; then poll.
+        """
+        if position is not None:
+            self._started(position)
+            return succeed(None)
+        return self._store.last_event_position().addCallback(self._started)
+
+    def _started(self, position: int) -> None:
+        self.position = position
+        _log.info("event feed starts after position {position}", position=position)
+        if self._poll_interval is not None:
+            self._poll = LoopingCall(self.catch_up)
+            self._poll.clock = self._clock
+            self._poll.start(self._poll_interval, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop polling and publishing.
+        """
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        self.position = None
+
+    def catch_up(self) -> None:
+        """See L{IEventFeed.catch_up}."""
+        if self.position is None:
+            return
+        if self._reading:
+            self._again = True
+            return
+        self._reading = True
+        self._read()
+
+    def committed(self) -> None:
+        """See L{IEventFeed.committed}."""
+        self.catch_up()
+        if self._tell_others is not None:
+            self._tell_others()
+
+    def _read(self) -> None:
+        # Loops while the store answers at once (an in-memory store), rather than
+        # recursing page after page; otherwise carries on from the callback.
+        while True:
+            if self.position is None:
+                self._reading = False
+                return
+            self._again = False
+            self.reads += 1
+            outcome: list[Any] = []
+            d: Deferred[Any] = self._store.events_after(self.position, self._page)
+            d.addBoth(outcome.append)
+            if not outcome:
+                d.addCallback(self._later, outcome)
+                return
+            if not self._handled(outcome[0]):
+                return
+
+    def _later(self, _: None, outcome: list[Any]) -> None:
+        if self._handled(outcome[0]):
+            self._read()
+
+    def _handled(self, result: Sequence[StoredEvent] | Failure) -> bool:
+        """
+        Publish what a read returned.
+
+        @return: whether to read again now.
+        """
+        if isinstance(result, Failure):
+            if not self._failing:
+                self._failing = True
+                _log.warn(
+                    "event feed cannot read the store, retrying at the next catch-up: {error}",
+                    error=result.getErrorMessage(),
+                )
+            self._reading = False
+            return False
+        if self._failing:
+            self._failing = False
+            _log.info("event feed reads the store again")
+        for event in result:
+            if self.position is None:
+                break
+            if event.position <= self.position:
+                continue
+            self.position = event.position
+            try:
+                self._hub.publish_encoded(
+                    conversation_topic(event.conversation_id),
+                    event.body.encode("utf-8"),
+                    event.offset,
+                )
+            except Exception:
+                _log.failure(
+                    "publishing event {position} of conversation {conversation} failed",
+                    position=event.position,
+                    conversation=event.conversation_id,
+                )
+        if self.position is not None and (len(result) >= self._page or self._again):
+            return True
+        self._reading = False
+        return False
+
+
+class EventPruner:
+    """
+    Deletes the events older than the retention: once at start, then every C{interval}
+    seconds.  Messages themselves are never deleted; only their replay goes.
+    """
+
+    def __init__(self, store: IStore, clock: IReactorTime, retention: float,
+                 interval: float = 3600.0) -> None:
+        """
+        @param store: where the events are.
+        @param clock: gives the time and drives the runs.
+        @param retention: seconds an event is kept.
+        @param interval: seconds between runs.
+        """
+        self._store = store
+        self._clock = clock
+        self.retention = retention
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> Deferred[None]:
+        """
+        Prune now and every C{interval} seconds.
+        """
+        self._loop = LoopingCall(self.prune)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=True)
+        return succeed(None)
+
+    def stop(self) -> None:
+        """
+        Stop pruning.
+        """
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def prune(self) -> Deferred[None]:
+        """
+        Delete the events older than the retention now; failures are logged (the next
+        run tries again).
+        """
+        before = micros(self._clock.seconds() - self.retention)
+        d = self._store.prune_events(before)
+
+        def pruned(count: int) -> None:
+            if count:
+                _log.info("pruned {count} events older than the retention", count=count)
+
+        def failed(failure: Failure) -> None:
+            _log.warn("pruning events failed: {error}", error=failure.getErrorMessage())
+
+        return d.addCallbacks(pruned, failed)

@@ -1,0 +1,217 @@
+"""
+Tests for L{medichat.pubsub.feed}: committed events reach the hub once each, in commit
+order, with their offsets; catch-ups coalesce; old events are pruned.  On the real SQL
+store run inline (L{MemoryStore}) and a L{Clock}: nothing waits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from medichat.errors import StoreUnavailable
+from medichat.interfaces import ISubscriber
+from medichat.model import Conversation, Message, micros, new_id
+from medichat.pubsub.feed import EventFeed, EventPruner
+from medichat.pubsub.hub import InProcessHub, Publication, encode_event
+from medichat.pubsub.topics import conversation_topic
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
+
+NOW = 1_780_000_000.0
+
+
+@implementer(ISubscriber)
+class Keeper:
+    """Keeps what is delivered to it."""
+
+    def __init__(self) -> None:
+        self.publications: list[Publication] = []
+
+    def deliver(self, publication: Publication) -> None:
+        self.publications.append(publication)
+
+    @property
+    def offsets(self) -> list[int | None]:
+        return [p.offset for p in self.publications]
+
+
+class FeedTestCase(InlineTestCase):
+    """A feed from a fresh in-memory store to a real hub, on a clock."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = MemoryStore(self.clock)
+        await self.store.start()
+        self.addCleanup(self.store.stop)
+        self.hub = InProcessHub("test")
+
+    async def conversation(self) -> Conversation:
+        conversation = Conversation(new_id(), micros(self.clock.seconds()), "c", "C")
+        await self.store.create_conversation(conversation)
+        return conversation
+
+    async def post(self, conversation: Conversation, text: str = "hi") -> Message:
+        message = Message(new_id(), conversation.id, micros(self.clock.seconds()), "c", "C",
+                          "customer", text)
+        stored, _ = await self.store.add_message(message, None)
+        return stored  # type: ignore[no-any-return]
+
+    def listen(self, conversation: Conversation) -> Keeper:
+        keeper = Keeper()
+        self.hub.subscribe(conversation_topic(conversation.id), keeper)
+        return keeper
+
+    def feed(self, **kwargs: Any) -> EventFeed:
+        feed = EventFeed(self.store, self.hub, self.clock, **kwargs)
+        self.addCleanup(feed.stop)
+        return feed
+
+
+class EventFeedTests(FeedTestCase):
+    """
+    L{EventFeed} publishes what was committed since its last position.
+    """
+
+    async def test_publishes_in_order_once(self) -> None:
+        """Each committed event is published once, in commit order, with its offset."""
+        one, two = await self.conversation(), await self.conversation()
+        ones, twos = self.listen(one), self.listen(two)
+        feed = self.feed(poll_interval=None)
+        await feed.start()
+        first = await self.post(one, "first")
+        await self.post(two)
+        await self.store.mark_read(one.id, "u", micros(NOW) + 1)
+        feed.catch_up()
+        feed.catch_up()
+        self.assertEqual(ones.offsets, [1, 2])
+        self.assertEqual(twos.offsets, [1])
+        self.assertEqual(ones.publications[0].body, encode_event({"message": first.as_json()}))
+        self.assertEqual(ones.publications[0].destination, conversation_topic(one.id))
+        self.assertEqual(feed.position, 3)
+
+    async def test_starts_after_newest(self) -> None:
+        """At start, events committed before are not published to anybody."""
+        conversation = await self.conversation()
+        await self.post(conversation)
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None)
+        await feed.start()
+        self.assertEqual(feed.position, 1)
+        feed.catch_up()
+        self.assertEqual(keeper.offsets, [])
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual(keeper.offsets, [2])
+
+    async def test_not_started(self) -> None:
+        """A feed that was not started (or was stopped) publishes nothing."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None)
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual((keeper.offsets, feed.reads), ([], 0))
+
+    async def test_coalesced(self) -> None:
+        """Catch-ups while a read is under way make one more read, however many."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None)
+        await feed.start()
+        for i in range(5):
+            await self.post(conversation, str(i))
+        self.store.hold()
+        for _ in range(5):
+            feed.catch_up()  # five commits ask, while the first read waits for the store
+        self.assertEqual(feed.reads, 1)
+        self.store.flush()
+        # The first read published all five; the four later asks made one more read.
+        self.assertEqual(keeper.offsets, [1, 2, 3, 4, 5])
+        self.assertEqual(feed.reads, 2)
+        self.store.flush()
+        self.assertEqual(feed.reads, 2)
+        self.store.release()
+        self.assertEqual(keeper.offsets, [1, 2, 3, 4, 5])
+
+    async def test_pages(self) -> None:
+        """A full page is followed by the next read at once, until all are published."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, page=2)
+        await feed.start()
+        for i in range(5):
+            await self.post(conversation, str(i))
+        feed.catch_up()
+        self.assertEqual(keeper.offsets, [1, 2, 3, 4, 5])
+        self.assertEqual(feed.reads, 3)
+
+    async def test_poll(self) -> None:
+        """Without being told, the poll publishes what was committed within an interval."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=1.0)
+        await feed.start()
+        await self.post(conversation)
+        self.clock.advance(0.9)
+        self.assertEqual(keeper.offsets, [])
+        self.clock.advance(0.1)
+        self.assertEqual(keeper.offsets, [1])
+        feed.stop()
+        await self.post(conversation)
+        self.clock.advance(5)
+        self.assertEqual(keeper.offsets, [1])
+
+    async def test_store_failure_retried(self) -> None:
+        """A read that fails is logged once; the next catch-up publishes everything."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None)
+        await feed.start()
+        await self.post(conversation)
+        events_after = self.store.events_after
+
+        def broken(position: int, limit: int) -> Deferred[Any]:
+            return fail(StoreUnavailable("down"))
+
+        self.store.events_after = broken  # type: ignore[method-assign]
+        feed.catch_up()
+        feed.catch_up()
+        warnings = [e for e in logged if "cannot read the store" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(keeper.offsets, [])
+        self.store.events_after = events_after  # type: ignore[method-assign]
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual(keeper.offsets, [1, 2])
+
+
+class EventPrunerTests(FeedTestCase):
+    """
+    L{EventPruner} deletes events older than the retention, at start and then
+    periodically.
+    """
+
+    async def test_prunes_periodically(self) -> None:
+        """Events older than the retention go at start and at each interval; messages stay."""
+        conversation = await self.conversation()
+        await self.post(conversation)
+        self.clock.advance(100)
+        await self.post(conversation)
+        pruner = EventPruner(self.store, self.clock, retention=150, interval=60)
+        await pruner.start()
+        self.addCleanup(pruner.stop)
+        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [1, 2])
+        self.clock.advance(60)  # now 160 s after the first event, 60 after the second
+        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [2])
+        self.clock.advance(120)
+        self.assertEqual(list(await self.store.events_after(0, 10)), [])
+        messages = await self.store.list_messages(conversation.id, None, False, None)
+        self.assertEqual(len(messages), 2)
