@@ -85,6 +85,9 @@ class MemoryStore(PresenceOperations, SQLStore):
         self._connection: sqlite3.Connection | None = None
         self._held: list[tuple[Script[Any], bool, Deferred[Any]]] | None = None
 
+    def preflight(self) -> None:
+        """See L{IStore.preflight}: a database in memory can always be opened."""
+
     def start(self) -> Deferred[None]:
         """See L{IStore.start}: fires before it returns."""
         if self._connection is not None:

@@ -4,6 +4,7 @@ C{twistd medichat}: options and the service tree.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -456,6 +457,9 @@ class MedichatService(MultiService):
         (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
         before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
+
+    With C{freeze_gc} (the service owns its process, as under C{twistd}), what exists once
+    it serves is moved out of the garbage collector's reach (C{gc.freeze}).
     @ivar hub: the hub of the STOMP sessions.
     @ivar broadcast: with PostgreSQL, what carries events between this process and the
         others on the database (started after the store, stopped before it); its
@@ -471,6 +475,7 @@ class MedichatService(MultiService):
                  broadcast: IBroadcast | None = None,
                  shutdown_timeout: float = 25.0,
                  exit_on_failure: bool = False,
+                 freeze_gc: bool = False,
                  readiness: Readiness | None = None,
                  close_spread: float = 0.0,
                  node: NodeService | None = None,
@@ -485,6 +490,7 @@ class MedichatService(MultiService):
         self._http = http
         self._shutdown_timeout = shutdown_timeout
         self._exit_on_failure = exit_on_failure
+        self._freeze_gc = freeze_gc
         self._reactor = reactor
         self.store = store
         self.registry = registry
@@ -551,6 +557,11 @@ class MedichatService(MultiService):
             self._cannot_start("an unexpected error (logged above)")
             return
         _log.info("medichat {version} ready", version=__version__)
+        if self._freeze_gc:
+            # Everything made so far (modules, the service tree) lives as long as the
+            # process: keep it out of the collector's full passes, which otherwise walk it
+            # each time; under a flood of requests they took 31-43 ms (benchmarks/abuse.py).
+            gc.freeze()
         self.ready.callback(None)
 
     def stopService(self) -> Deferred[None]:
@@ -810,9 +821,8 @@ def makeService(
     top = MedichatService(
         reactor, store, registry, wheel, threadpool, ws_factory,
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
-        exit_on_failure=exit_on_failure, readiness=readiness, close_spread=config["close-spread"],
-        node=node, lock=lock,
-        after_store=(feed, pruner),
+        exit_on_failure=exit_on_failure, freeze_gc=exit_on_failure, readiness=readiness,
+        close_spread=config["close-spread"], node=node, lock=lock, after_store=(feed, pruner),
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))

@@ -494,6 +494,10 @@ class StompSession:
         handler = self._handlers.get(command)
         if handler is None:
             raise StompError(f"unexpected frame {command}")
+        if frame.body and command != "SEND":
+            # STOMP 1.2: only SEND, MESSAGE and ERROR frames may have a body.  Refusing it
+            # here keeps a client from making the server read and hold bodies for nothing.
+            raise StompError("frame must not have a body", f"{command} frames carry no body")
         result = handler(self, frame)
         if not isinstance(result, Deferred):
             self._receipt(frame)

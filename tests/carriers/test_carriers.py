@@ -121,8 +121,10 @@ class CarrierScenariosMixin:
         own is delivered intact, not cut short ("no NUL after content-length bytes").
         """
         connection = self.connected()
-        frame = encode_frame("SUBSCRIBE", [("id", "s2"), ("destination", HEARTBEAT_TOPIC),
-                                           ("receipt", "r2"), ("content-length", "3")], b"a\nb")
+        # A SEND in a transaction: it has a body and is answered without the store.
+        connection.frame("BEGIN", {"transaction": "t1"})
+        frame = encode_frame("SEND", [("destination", "/v1/app/x"), ("transaction", "t1"),
+                                      ("receipt", "r2"), ("content-length", "3")], b"a\nb")
         body = frame.index(b"a\nb")
         for piece in (frame[:body + 1], b"\n", frame[body + 2:]):
             connection.message(piece)

@@ -492,6 +492,31 @@ class RobustnessTests(SynchronousTestCase):
         self.services.hub.publish(HEARTBEAT_TOPIC, {})
         self.assertEqual(good.next().command, "MESSAGE")
 
+    def test_body_only_on_send(self) -> None:
+        """A body on any frame but SEND (STOMP 1.2 forbids it) is an ERROR, with the receipt."""
+        for command, headers in (
+            ("ACK", {"id": "m"}),
+            ("SUBSCRIBE", {"id": "1", "destination": HEARTBEAT_TOPIC}),
+            ("BEGIN", {"transaction": "t"}),
+        ):
+            client = Client(self.services)
+            client.connect()
+            client.send(command, {**headers, "receipt": "r"}, b"x" * 100)
+            frame = client.next()
+            self.assertEqual(
+                (frame.command, frame.get("message"), frame.get("receipt-id")),
+                ("ERROR", "frame must not have a body", "r"),
+            )
+            self.assertTrue(client.closed)
+
+    def test_empty_body_any_frame(self) -> None:
+        """An empty body with content-length:0 (Krossbow) is no body."""
+        client = Client(self.services)
+        client.connect()
+        client.send("SUBSCRIBE", {"id": "1", "destination": HEARTBEAT_TOPIC,
+                                  "content-length": "0", "receipt": "r"})
+        self.assertEqual(client.next().command, "RECEIPT")
+
     def test_oversized_frame(self) -> None:
         """A frame over the limit is refused by its content-length, before the body."""
         services = make_services(self.clock, limits=Limits(max_frame_bytes=1024))
