@@ -52,6 +52,18 @@ class TokenBuckets:
         self.max_keys = max_keys
         self._buckets: dict[str, TokenBucket] = {}
 
+    @classmethod
+    def per_second(cls, rate: float, burst: float) -> TokenBuckets:
+        """
+        Buckets of C{burst} tokens refilled at C{rate} a second (the per-user limits of
+        STOMP frames).
+
+        @param rate: tokens per second on average (positive).
+        @param burst: tokens in one burst; rounded, at least one.
+        """
+        capacity = max(1, round(burst))
+        return cls(capacity, capacity / rate)
+
     def take(self, key: str, now: float) -> float | None:
         """
         Take a token for C{key}.

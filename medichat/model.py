@@ -285,18 +285,24 @@ DISPLAY_NAME_RULE = (
 """What L{is_display_name} refuses, for error messages (C{"name " + DISPLAY_NAME_RULE})."""
 
 
-def is_display_name(text: str) -> bool:
+def is_unicode(text: str) -> bool:
     """
-    C{True} if C{text} may be shown as a person's name: valid Unicode without control
-    characters, line or paragraph separators, or bidirectional overrides or isolates.
+    C{False} if C{text} holds lone surrogates (which JSON's C{\\ud800} escapes can make),
+    which no database or client could store or show.
     """
-    if _NOT_IN_NAMES.search(text):
-        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_display_name(text: str) -> bool:
+    """
+    C{True} if C{text} may be shown as a person's name: valid Unicode without control
+    characters, line or paragraph separators, or bidirectional overrides or isolates.
+    """
+    return _NOT_IN_NAMES.search(text) is None and is_unicode(text)
 
 
 def is_blank(text: str) -> bool:

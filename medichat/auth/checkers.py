@@ -49,7 +49,7 @@ from medichat.auth.credentials import (
 )
 from medichat.errors import AuthenticationFailed
 from medichat.interfaces import IBearerToken, ISessionCookie, IStore, IStoreBound
-from medichat.model import ROLES, User, is_blank, is_display_name, micros
+from medichat.model import ROLES, User, is_blank, is_display_name, is_unicode, micros
 
 DEFAULT_SESSION_TTL = 12 * 60 * 60
 """Seconds an employee's login session lives without use (it slides with use)."""
@@ -102,13 +102,7 @@ def _plain_text(text: str) -> bool:
     C{True} for text without control characters or lone surrogates: ids and names end up
     in STOMP headers, JSON and the store (PostgreSQL refuses NUL).
     """
-    if _CONTROL.search(text):
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return _CONTROL.search(text) is None and is_unicode(text)
 _LATEST_TIME = 253_402_300_799
 """9999-12-31T23:59:59Z."""
 

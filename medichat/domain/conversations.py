@@ -49,6 +49,7 @@ from medichat.model import (
     StoredEvent,
     User,
     is_blank,
+    is_unicode,
     is_uuid,
     micros,
     new_id,
@@ -185,18 +186,6 @@ def _check_limit(limit: int | None) -> None:
         return
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}")
-
-
-def _is_unicode(text: str) -> bool:
-    """
-    C{False} if C{text} holds lone surrogates (which JSON's C{\\ud800} escapes can make),
-    which no database or client could store or show.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------
@@ -439,7 +428,7 @@ class ConversationService:
             raise BadRequest("message: must not be empty")
         if len(text) > self.max_message_length:
             raise BadRequest(f"message: longer than {self.max_message_length} characters")
-        if not _is_unicode(text):
+        if not is_unicode(text):
             raise BadRequest("message: not valid Unicode (lone surrogate)")
         if "\x00" in text:
             # PostgreSQL cannot store NUL in text; refuse it on every store alike.

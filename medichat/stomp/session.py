@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -51,7 +51,6 @@ from medichat.stomp.codec import (
     escape_header,
 )
 from medichat.stomp.destinations import Route, route_send, route_subscription
-from medichat.stomp.ratelimits import UserRateLimits, user_buckets
 from medichat.stomp.registry import SessionRegistry
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
@@ -128,6 +127,24 @@ class StompConfig:
     server_name: str = f"medichat/{__version__}"
 
 
+@frozen
+class UserRateLimits:
+    """
+    Per-user rate limits of STOMP frames, shared by every session of a user in this
+    process (a user who opens more connections gets no more throughput): token buckets,
+    each keyed by user id.
+
+    @ivar send: C{SEND} frames.
+    @ivar ack: C{ACK} and C{NACK} frames.
+    @ivar subscribe: C{SUBSCRIBE} and C{UNSUBSCRIBE} frames (each may publish presence to
+        everyone watching a conversation).
+    """
+
+    send: TokenBuckets
+    ack: TokenBuckets
+    subscribe: TokenBuckets
+
+
 @define
 class StompServices:
     """
@@ -151,9 +168,9 @@ class StompServices:
         if self.rates is None:
             config = self.config
             self.rates = UserRateLimits(
-                send=user_buckets(config.send_rate, config.send_burst),
-                ack=user_buckets(config.ack_rate, config.ack_burst),
-                subscribe=user_buckets(config.subscribe_rate, config.subscribe_burst),
+                send=TokenBuckets.per_second(config.send_rate, config.send_burst),
+                ack=TokenBuckets.per_second(config.ack_rate, config.ack_burst),
+                subscribe=TokenBuckets.per_second(config.subscribe_rate, config.subscribe_burst),
             )
         if self.wheel is None:
             self.wheel = TimerWheel(self.clock)
