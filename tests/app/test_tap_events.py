@@ -1,20 +1,15 @@
 """
 Tests for the event options of L{medichat.app.tap}: C{--event-retention} and
-C{--event-poll-interval}, and the wiring of the event feed and pruner around the store.
+C{--event-poll-interval} (their wiring around the real store is in
+C{tests/e2e/test_event_wiring.py}).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import reactor
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from medichat.app.tap import Options, makeService
-from medichat.model import Conversation, Message, micros, new_id, parse_time
-from medichat.store import SQLiteStore
-from medichat.store.sqlite import SQLITE_FILE_NAME
+from medichat.app.tap import Options
 
 
 class EventOptionTests(SynchronousTestCase):
@@ -45,36 +40,3 @@ class EventOptionTests(SynchronousTestCase):
                     usage.UsageError, Options().parseOptions, [f"--{option}", bad]
                 )
                 self.assertIn(f"--{option}", str(error))
-
-
-class EventWiringTests(TestCase):
-    """
-    Once the store runs, the feed starts after the newest event and the pruner deletes
-    events past the retention.
-    """
-
-    async def test_started_with_the_store(self) -> None:
-        """An old event is pruned at start; the feed starts after the newest event."""
-        data_dir = self.mktemp()
-        store = SQLiteStore(f"{data_dir}/{SQLITE_FILE_NAME}", reactor)
-        await store.start()
-        conversation = Conversation(new_id(), parse_time("2021-07-14T12:00:00Z"), "c", "C")
-        await store.create_conversation(conversation)
-        for created in (conversation.created, micros(reactor.seconds())):
-            message = Message(new_id(), conversation.id, created, "c", "C", "customer", "hi")
-            await store.add_message(message, None)
-        await store.stop()
-
-        options = Options()
-        options.parseOptions(["--data-dir", data_dir,
-                              "--listen", "tcp:0:interface=127.0.0.1"])
-        service: Any = makeService(options, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        await service.ready
-        # The pruner's delete ran first: the one SQLite connection runs operations in order.
-        events = await service.store.events_after(0, 10)
-        self.assertEqual([e.offset for e in events], [2])
-        feed, pruner = service._after_store
-        self.assertEqual(feed.position, 2)
-        self.assertEqual(pruner.retention, 7 * 24 * 3600)
