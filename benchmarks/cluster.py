@@ -199,6 +199,13 @@ def main() -> int:
                         help="conversations per phase (default %(default)s)")
     parser.add_argument("--rates", default="500",
                         help="comma-separated POST rates per second (default %(default)s)")
+    parser.add_argument("--phases", default="one,two",
+                        help="which phases to run, in order: one (every session and POST on "
+                             "A) and two (customers on A, employees on B) "
+                             "(default %(default)s)")
+    parser.add_argument("--drain", type=float, default=30.0,
+                        help="seconds to wait after each rate's load for the POSTs still "
+                             "unanswered and events still undelivered (default %(default)s)")
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds of each measured window (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -217,6 +224,9 @@ def main() -> int:
                         help="keep the servers' data directories and logs")
     options = parser.parse_args()
     rates = [float(r) for r in options.rates.split(",")]
+    chosen = options.phases.split(",")
+    if not chosen or set(chosen) - {"one", "two"}:
+        parser.error("--phases: a comma-separated list of one and two")
     options.settle = 1.0
     report: dict[str, Any] = {
         "benchmark": "cluster",
@@ -254,7 +264,8 @@ def main() -> int:
         base = {"a": f"http://127.0.0.1:{a.port}/api", "b": f"http://127.0.0.1:{b.port}/api"}
         phases: dict[str, Any] = report.setdefault("phases", {})
         try:
-            for phase, employees_on in (("one", "a"), ("two", "b")):
+            for phase in chosen:
+                employees_on = {"one": "a", "two": "b"}[phase]
                 phases[phase] = await run_phase(
                     reactor, phase, employees_on, a, b, http, base, database, sampler, rates)
         finally:
@@ -317,7 +328,8 @@ def main() -> int:
                 await sleep(reactor, options.duration)
                 edges.append(Meter(servers, backends))
             traffic.stop()
-            deadline = time.monotonic() + 10
+            stopped = time.monotonic()
+            deadline = stopped + options.drain
             while time.monotonic() < deadline and (traffic.outstanding or any(
                     r.status == 201 and r.delivered is None for r in traffic.sent.values())):
                 await sleep(reactor, 0.1)
@@ -329,7 +341,15 @@ def main() -> int:
                 seconds = end.at - start.at
                 delivery = latency_figures([r.delivered - r.sent for r in delivered])
                 response = latency_figures([r.responded - r.sent for r in committed])
+                every = traffic.sent.values()
                 figures = {
+                    # Throughput: what finished inside the window, whenever it was sent.
+                    "answered_201_in_window_per_s": round(sum(
+                        1 for r in every if r.status == 201 and r.responded is not None
+                        and start.at <= r.responded < end.at) / seconds, 1),
+                    "delivered_in_window_per_s": round(sum(
+                        1 for r in every if r.delivered is not None
+                        and start.at <= r.delivered < end.at) / seconds, 1),
                     "posted": len(records),
                     "committed_per_s": round(len(committed) / seconds, 1),
                     "delivered_per_s": round(len(delivered) / seconds, 1),
@@ -345,15 +365,17 @@ def main() -> int:
                     "notify_lock": sampler.between(start.at, end.at),
                 }
                 windows.append(figures)
-                log(f"    {figures['delivered_per_s']} delivered/s, p50 "
+                log(f"    {figures['delivered_in_window_per_s']} delivered/s, p50 "
                     f"{figures['delivery_p50_ms']} ms, p99 {figures['delivery_p99_ms']} ms, "
                     f"servers {figures['servers_cpu_pct_of_core']}% of a core, notify "
                     f"waiters max {figures['notify_lock'].get('notify_lock_waiters_max')}")
-            keys = ["committed_per_s", "delivered_per_s", "delivery_p50_ms", "delivery_p99_ms",
+            keys = ["answered_201_in_window_per_s", "delivered_in_window_per_s",
+                    "committed_per_s", "delivered_per_s", "delivery_p50_ms", "delivery_p99_ms",
                     "servers_cpu_pct_of_core", "postgres_backends_cpu_pct_of_core",
                     "machine_busy_cores", "other_processes_busy_cores"]
             results.append({
                 "rate_per_s": rate,
+                "drained_in_s": round(time.monotonic() - stopped, 1),
                 "windows": windows,
                 "median": {key: median_of(windows, key) for key in keys},
             })

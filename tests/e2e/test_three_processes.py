@@ -197,11 +197,19 @@ class ThreeProcessTests(SynchronousTestCase):
         return seen
 
     def both(self) -> tuple[Any, Any]:
-        """The customer subscribed on A and the nurse on B (presence drained)."""
+        """
+        The customer subscribed on A and the nurse on B, once A's subscriber was told that
+        the nurse came (presence events are set aside in C{presence}).
+        """
         _, customer = self.subscribe(self.a, self.customer)
         _, nurse = self.subscribe(self.b, self.nurse)
         for recorder in (customer, nurse):
             recorder.presence = []
+        came = {"userConnected": {"userId": NURSE}}
+        while came not in customer.presence:
+            body = json.loads(wait_for(customer.messages).body)
+            self.assertIn(next(iter(body)), PRESENCE)
+            customer.presence.append(body)
         return customer, nurse
 
     def stream(self, recorder: Any, texts: list[str]) -> list[tuple[int, dict[str, Any]]]:
@@ -275,7 +283,6 @@ class ThreeProcessTests(SynchronousTestCase):
     def test_kill_9_within_ttl(self) -> None:
         """B killed with -9: within the TTL A's subscriber gets one userDisconnected."""
         customer, _ = self.both()
-        self.rest(customer, 0.3)
         killed = time.monotonic()
         self.b.kill()
         first = json.loads(wait_for(customer.messages, timeout=TTL * 3).body)
@@ -349,7 +356,6 @@ class ThreeProcessTests(SynchronousTestCase):
     def test_sigterm_drains(self) -> None:
         """SIGTERM of B: /readyz 503 at once, /livez 200, close 1001, others told, clean exit."""
         customer, _ = self.both()
-        self.rest(customer, 0.3)
         tab = websocket.create_connection(
             f"ws://127.0.0.1:{self.b.port}/api/v1/chat", timeout=WAIT,
             header=[f"Authorization: Bearer {self.nurse}"], subprotocols=["v12.stomp"],
