@@ -188,10 +188,11 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
     TLS may be started on a TCP connection at any time (C{startTLS}); from then on its
     C{write} encrypts, so the flag is checked on every call, not only at L{socket_of}.
 
+    @param transport: the TCP connection itself (L{raw_transport} of the protocol's,
+        resolved once per connection), so that a write never passes through the wrapper
+        that counts connections.
     @param sock: L{socket_of} the transport, or L{None} to always use C{write}.
     """
-    if sock is not None:
-        transport = raw_transport(transport)
     if (
         sock is not None
         and not transport.TLS

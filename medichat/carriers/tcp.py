@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from medichat._connections import raw_transport
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
 from medichat.carriers._fastpath import FastPaths, send_now, socket_of
 from medichat.interfaces import ICarrier
@@ -33,11 +34,14 @@ class StompTCPProtocol(Protocol):
     _session: StompSession | None = None
     _budget: WriteBudget | None = None
     _socket: Any = None
+    _raw: Any = None
 
     def connectionMade(self) -> None:
         keep_alive(self.transport, self.factory.keepalive)
         self._budget = WriteBudget(self.transport, self.factory.max_buffer)
-        self._socket = socket_of(self.transport, self.factory.fast_paths)
+        # The TCP connection under the connection counter, resolved once for every send.
+        self._raw = raw_transport(self.transport)
+        self._socket = socket_of(self._raw, self.factory.fast_paths)
         peer = self.transport.getPeer()
         self._session = StompSession(self, self.factory.services, peer=_describe(peer))
         self._session.connection_made()
@@ -54,7 +58,7 @@ class StompTCPProtocol(Protocol):
     # ICarrier
 
     def send(self, data: bytes) -> None:
-        send_now(self.transport, self._socket, data)
+        send_now(self._raw, self._socket, data)
         if self._budget is not None:
             self._budget.written(len(data))
 

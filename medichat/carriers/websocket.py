@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from medichat._connections import raw_transport
 from medichat._ratelimit import TokenBucket
 from medichat._timers import Timer
 from medichat.auth.credentials import handshake_credentials
@@ -77,6 +78,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _budget: WriteBudget | None = None
     _credentials: object | None = None
     _socket: Any = None
+    _raw: Any = None
+    _own_frames = False
     _heartbeats = False
     _authenticated = False
     _pings: TokenBucket | None = None
@@ -118,7 +121,11 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.opened(self)
         self._budget = WriteBudget(self.transport, factory.max_buffer)
-        self._socket = socket_of(self.transport, factory.fast_paths)
+        # The TCP connection under the connection counter, resolved once: the eager send
+        # writes to it directly on every delivery.
+        self._raw = raw_transport(self.transport)
+        self._socket = socket_of(self._raw, factory.fast_paths)
+        self._own_frames = factory.fast_paths.own_frames
         self._heartbeats = factory.fast_paths.heartbeat_usable(self)
         self._pings = TokenBucket(factory.ping_rate, factory.ping_burst,
                                   factory.services.clock.seconds())
@@ -287,10 +294,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if not self._authenticated:
             self._authenticated_now()
         size = len(data)
-        if self.factory.fast_paths.own_frames:
+        if self._own_frames:
             # No extension is negotiated, so a text frame is a header and the payload,
             # and this is the hot path of every delivery.
-            send_now(self.transport, self._socket, frame_header(size) + data)
+            send_now(self._raw, self._socket, frame_header(size) + data)
         else:
             self.sendMessage(data, isBinary=False)
         budget = self._budget
