@@ -127,8 +127,6 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self._socket = socket_of(self._raw, factory.fast_paths)
         self._own_frames = factory.fast_paths.own_frames
         self._heartbeats = factory.fast_paths.heartbeat_usable(self)
-        self._pings = TokenBucket(factory.ping_rate, factory.ping_burst,
-                                  factory.services.clock.seconds())
         credentials, self._credentials = self._credentials, None
         # Autobahn keeps the raw handshake; an idle session need not.
         self.http_request_data = b""
@@ -192,7 +190,11 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if budget is not None and budget.overflowed:
             return
         pings = self._pings
-        if pings is not None and pings.take(self.factory.services.clock.seconds()) is not None:
+        now = self.factory.services.clock.seconds()
+        if pings is None:
+            # Made at the first ping: most clients never send one.
+            pings = self._pings = TokenBucket(self.factory.ping_rate, self.factory.ping_burst, now)
+        if pings.take(now) is not None:
             self.factory._log.info("peer {peer} sent too many pings: closed", peer=self.peer)
             session = self._session
             detail = f"at most {self.factory.ping_rate:g} pings a second"

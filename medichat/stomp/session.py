@@ -17,7 +17,6 @@ participant check) the frames after it wait, so receipts and errors keep their o
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections import deque
@@ -326,7 +325,7 @@ class StompSession:
         self._send_every = 0.0
         self._expect_every = 0.0
         self._present = False
-        self._own_messages = itertools.count(1)
+        self._own_messages = 0
 
     # ---------------------------------------------------------------- carrier interface
 
@@ -715,7 +714,7 @@ class StompSession:
                     Publication(
                         destination,
                         body,
-                        f"{self.session_id}-{next(self._own_messages)}",
+                        self._own_message_id(),
                         event.offset,
                     ),
                 )
@@ -730,13 +729,19 @@ class StompSession:
         for publication in held:
             self.deliver(subscription, publication)
 
+    def _own_message_id(self) -> str:
+        # The session's own publications (a replay, the current online count) are unique
+        # by its id and a count; an int per idle session costs less than a counter object.
+        self._own_messages += 1
+        return f"{self.session_id}-{self._own_messages}"
+
     def _deliver_online(self, online: int, subscription: _Subscription) -> None:
         if self._subscriptions.get(subscription.id) is not subscription:
             return  # unsubscribed (or the session ended) meanwhile
         publication = Publication(
             ONLINE_EMPLOYEES_TOPIC,
             encode_event({"online": online}),
-            f"{self.session_id}-{next(self._own_messages)}",
+            self._own_message_id(),
         )
         self.deliver(subscription, publication)
 
