@@ -58,6 +58,27 @@ def database_url(server: str, name: str) -> str:
     return urlsplit(server)._replace(path="/" + name).geturl()
 
 
+def create_test_database_now(testcase: Any) -> str:
+    """
+    Like L{create_test_database}, but at once (blocking), for synchronous tests that start
+    server processes: create an empty database, dropped when the test has cleaned up.
+
+    @return: the new database's URL.
+    @raise SkipTest: if the server is unreachable (a failure instead under C{CI=true}).
+    """
+    server = server_url()
+    name = DATABASE_PREFIX + secrets.token_hex(8)
+    try:
+        _create(server, name)
+    except psycopg2.OperationalError as e:
+        message = f"PostgreSQL not reachable at {redact(server)}: {' '.join(str(e).split())}"
+        if os.environ.get("CI") == "true":
+            raise testcase.failureException(message) from None
+        raise SkipTest(message) from None
+    testcase.addCleanup(_drop, server, name)
+    return database_url(server, name)
+
+
 def create_test_database(testcase: TestCase) -> Deferred[str]:
     """
     Create an empty database for C{testcase} and drop it when the test has cleaned up.

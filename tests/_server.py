@@ -5,15 +5,20 @@ loopback ports of the real reactor.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jwt
+import treq
 from attrs import frozen
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
 
 from medichat.app.tap import MedichatService, Options, makeService
 from medichat.auth.devsecret import load_or_create_dev_secret
+from tests._stompclient import disconnect_all
 
 
 @frozen
@@ -94,3 +99,44 @@ def run_admin(data_dir: str, *argv: str, database: str | None = None, stdin: str
                             timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+class LiveServerMixin:
+    """
+    For end-to-end tests: the real server (L{start_server}, with L{server_args}), a
+    pool for HTTP, stomp.py clients disconnected at cleanup, and helpers for tokens and
+    JSON requests.  Mix into a L{TestCase}.
+    """
+
+    timeout = 90
+    server: Any
+
+    def server_args(self) -> Any:
+        """Extra options (a Deferred may be returned)."""
+        return []
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        args = yield self.server_args()
+        self.server = yield start_server(self, *args)  # type: ignore[arg-type]
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.clients: list[Any] = []
+        self.addCleanup(in_thread, disconnect_all, self.clients)  # type: ignore[attr-defined]
+
+    def token(self, sub: str, name: str, role: str) -> str:
+        """A JWT for this server, signed with its development secret."""
+        return jwt.encode({"sub": sub, "name": name, "role": role}, self.server.secret,
+                          algorithm="HS256")
+
+    @inlineCallbacks
+    def http(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        """C{(status, JSON or None)} of a request with a bearer token."""
+        headers = {"Authorization": f"Bearer {token}"}
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            kwargs["data"] = json.dumps(body).encode()
+        response = yield treq.request(method, self.server.base_url + path, headers=headers,
+                                      pool=self.pool, **kwargs)
+        text = yield response.text()
+        return response.code, (json.loads(text) if text else None)

@@ -12,6 +12,7 @@ from typing import Any
 import stomp
 from stomp.adapter.ws import WSStompConnection
 from stomp.exception import NotConnectedException
+from websocket import WebSocketConnectionClosedException
 
 
 class Recorder(stomp.ConnectionListener):
@@ -80,6 +81,6 @@ def disconnect_all(connections: list[Any]) -> None:
         if conn.is_connected():
             try:
                 conn.disconnect()
-            except (OSError, NotConnectedException):
+            except (OSError, NotConnectedException, WebSocketConnectionClosedException):
                 # The server closed it between the check and the DISCONNECT.
                 pass

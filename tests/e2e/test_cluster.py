@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -20,17 +19,10 @@ from typing import Any
 
 import jwt
 import psycopg2
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from medichat.auth.devsecret import load_or_create_dev_secret
-from tests._pg import (
-    CONNECT_TIMEOUT,
-    DATABASE_PREFIX,
-    _create,
-    _drop,
-    database_url,
-    server_url,
-)
+from tests._pg import CONNECT_TIMEOUT, create_test_database_now
 from tests._stompclient import disconnect_all, wait_for, wait_until, ws_connection
 from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
 
@@ -88,16 +80,7 @@ class ClusterTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        server = server_url()
-        name = DATABASE_PREFIX + secrets.token_hex(8)
-        try:
-            _create(server, name)
-        except psycopg2.OperationalError as e:
-            if os.environ.get("CI") == "true":
-                raise
-            raise SkipTest(f"PostgreSQL not reachable: {e}") from None
-        self.addCleanup(_drop, server, name)
-        self.database = database_url(server, name)
+        self.database = create_test_database_now(self)
         self.workdir = os.path.abspath(self.mktemp())
         self.data_dir = os.path.join(self.workdir, "data")
         os.makedirs(self.workdir)

@@ -9,58 +9,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jwt
 import treq
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
 from medichat.model import parse_time
 from tests._pg import create_test_database
-from tests._server import in_thread, start_server
-from tests._stompclient import disconnect_all, wait_for, ws_connection
+from tests._server import LiveServerMixin, in_thread
+from tests._stompclient import wait_for, ws_connection
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 EMPLOYEE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
 OTHER_CUSTOMER = "7f1f4b1e-98a3-4d0c-9a43-3f4f5d2f6a10"
 
 
-class FlowMixin:
+class FlowMixin(LiveServerMixin):
     """
     The seed's flows, written once, run on each store.
     """
-
-    timeout = 90
-    server: Any
-
-    def server_args(self) -> Any:
-        """Extra options (a Deferred may be returned)."""
-        return []
-
-    @inlineCallbacks
-    def setUp(self) -> Any:
-        args = yield self.server_args()
-        self.server = yield start_server(self, *args)  # type: ignore[arg-type]
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.clients: list[Any] = []
-        self.addCleanup(in_thread, disconnect_all, self.clients)  # type: ignore[attr-defined]
-
-    def token(self, sub: str, name: str, role: str) -> str:
-        return jwt.encode({"sub": sub, "name": name, "role": role}, self.server.secret,
-                          algorithm="HS256")
-
-    @inlineCallbacks
-    def http(self, method: str, path: str, token: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {token}"}
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            kwargs["data"] = json.dumps(body).encode()
-        response = yield treq.request(method, self.server.base_url + path, headers=headers,
-                                      pool=self.pool, **kwargs)
-        text = yield response.text()
-        return response.code, (json.loads(text) if text else None)
 
     def _connect(self, token: str) -> Any:
         # Seed step 1: "authentication has to be done in the headers".

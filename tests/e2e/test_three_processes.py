@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import queue
-import secrets
 import signal
 import socket
 import struct
@@ -30,10 +29,10 @@ from typing import Any
 import jwt
 import psycopg2
 import websocket
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from medichat.auth.devsecret import load_or_create_dev_secret
-from tests._pg import CONNECT_TIMEOUT, DATABASE_PREFIX, _create, _drop, database_url, server_url
+from tests._pg import CONNECT_TIMEOUT, create_test_database_now
 from tests._stompclient import disconnect_all, wait_for, ws_connection
 from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
 
@@ -106,16 +105,7 @@ class ThreeProcessTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        server = server_url()
-        name = DATABASE_PREFIX + secrets.token_hex(8)
-        try:
-            _create(server, name)
-        except psycopg2.OperationalError as e:
-            if os.environ.get("CI") == "true":
-                raise
-            raise SkipTest(f"PostgreSQL not reachable: {e}") from None
-        self.addCleanup(_drop, server, name)
-        self.database = database_url(server, name)
+        self.database = create_test_database_now(self)
         self.workdir = os.path.abspath(self.mktemp())
         self.data_dir = os.path.join(self.workdir, "data")
         os.makedirs(self.workdir)
