@@ -34,6 +34,16 @@ class TokenBucket:
         self._tokens = tokens - 1.0
         return None
 
+    def wait(self, now: float) -> float | None:
+        """
+        What L{take} would answer at C{now}, without taking anything: L{None} if a token
+        is there, else the seconds until one is.
+        """
+        tokens = min(self._burst, self._tokens + max(0.0, now - self._stamp) * self._rate)
+        if tokens < 1.0:
+            return (1.0 - tokens) / self._rate
+        return None
+
     def full(self, now: float) -> bool:
         """C{True} if the bucket would be full at C{now} (nothing to remember)."""
         return self._tokens + (now - self._stamp) * self._rate >= self._burst
@@ -79,6 +89,13 @@ class TokenBuckets:
         if wait is None and len(self._buckets) > self.max_keys:
             self._prune(now)
         return wait
+
+    def wait(self, key: str, now: float) -> float | None:
+        """
+        What L{take} would answer for C{key} at C{now}, without taking anything.
+        """
+        bucket = self._buckets.get(key)
+        return None if bucket is None else bucket.wait(now)
 
     def __len__(self) -> int:
         """How many keys are remembered."""

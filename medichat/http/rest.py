@@ -35,7 +35,13 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from medichat._ratelimit import TokenBuckets
 from medichat._readiness import Readiness
-from medichat.auth.credentials import SESSION_COOKIE, SessionCookie, authenticate, parse_bearer
+from medichat.auth.credentials import (
+    SESSION_COOKIE,
+    BearerToken,
+    SessionCookie,
+    authenticate,
+    parse_bearer,
+)
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import MAX_LIMIT, ConversationDetail, ConversationService
 from medichat.errors import (
@@ -54,7 +60,7 @@ from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
 from medichat.http.shapes import conversation_json, conversation_page_json
 from medichat.interfaces import IStore
-from medichat.model import User
+from medichat.model import User, micros
 
 __all__ = ["RestAPI"]
 
@@ -180,6 +186,10 @@ def _is_json_type(content_type: str | None) -> bool:
 # The application
 
 
+_REMEMBERED_BEARERS = 4096
+"""Bearer tokens whose user the API remembers, for refusing a flood before routing."""
+
+
 class _APIResource(Resource):
     """
     Wraps the Klein resource: headers every API response carries (C{Cache-Control},
@@ -211,6 +221,9 @@ class _APIResource(Resource):
             b"/".join(request.prepath + request.postpath).decode("utf-8")  # type: ignore[attr-defined]
         except UnicodeDecodeError:
             return write_problem(request, Problem.of(404, "no such path"))
+        refusal = self._api.refuse_early(request)
+        if refusal is not None:
+            return refusal
         return self._routed.render(request)
 
 
@@ -256,6 +269,7 @@ class RestAPI:
     readiness: Readiness | None = None
     _message_buckets: TokenBuckets = field(init=False)
     _conversation_buckets: TokenBuckets = field(init=False)
+    _bearer_users: dict[str, User] = field(factory=dict, init=False, repr=False)
     _openapi: bytes | None = field(default=None, init=False)
     _health_failure: str | None = field(default=None, init=False)
 
@@ -313,7 +327,45 @@ class RestAPI:
             user: User = await authenticate(self.portal, credentials)
         except AuthenticationFailed as e:
             raise Unauthorized(e.reason) from None
+        if isinstance(credentials, BearerToken):
+            self._remember_bearer(credentials.token, user)
         return user
+
+    def _remember_bearer(self, token: str, user: User) -> None:
+        known = self._bearer_users
+        if token in known:
+            return
+        if len(known) >= _REMEMBERED_BEARERS:
+            # Dicts keep insertion order: forget the token seen longest ago.
+            del known[next(iter(known))]
+        known[token] = user
+
+    def refuse_early(self, request: IRequest) -> bytes | None:
+        """
+        Answer 429 at once, before routing, to a C{POST /v1/conversation} whose bearer
+        token was seen before and whose user has no conversation left in their bucket:
+        the answer the route would give, at a fraction of its cost, so that one customer
+        flooding it slows nobody else down.  L{None} for every other request (and for a
+        token not seen, or expired: the route then authenticates it).
+        """
+        if request.method != b"POST" or request.postpath != [b"v1", b"conversation"]:
+            return None
+        authorization = request.getHeader(b"authorization")
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        user = self._bearer_users.get(token.strip().decode("ascii", "replace"))
+        if user is None:
+            return None
+        now = self.clock.seconds()
+        if user.expires_at is not None and user.expires_at <= micros(now):
+            return None
+        wait = self._conversation_buckets.wait(user.user_id, now)
+        if wait is None:
+            return None
+        return write_problem(request, problem_for(self._conversation_limit(wait)))
 
     def _check_message_rate(self, user: User) -> None:
         wait = self._message_buckets.take(user.user_id, self.clock.seconds())
@@ -326,11 +378,14 @@ class RestAPI:
     def _check_conversation_rate(self, user: User) -> None:
         wait = self._conversation_buckets.take(user.user_id, self.clock.seconds())
         if wait is not None:
-            raise RateLimited(
-                f"at most {self.conversation_rate} new conversations per "
-                f"{self.conversation_window:g} seconds",
-                retry_after=wait,
-            )
+            raise self._conversation_limit(wait)
+
+    def _conversation_limit(self, wait: float) -> RateLimited:
+        return RateLimited(
+            f"at most {self.conversation_rate} new conversations per "
+            f"{self.conversation_window:g} seconds",
+            retry_after=wait,
+        )
 
     # -- bodies and responses ---------------------------------------------------------------
 

@@ -1176,6 +1176,43 @@ class ErrorTests(APITestCase):
         self.clock.advance(6)
         await self.create()
 
+    async def test_conversation_flood_refused_before_routing(self) -> None:
+        """Over the limit, a known token's POST is refused before Klein, with the same 429."""
+        for _ in range(10):
+            await self.create()
+        routed = self.api.router.resource()
+        calls: list[object] = []
+        self.patch(routed.__class__, "render", lambda _self, request: calls.append(request))
+        early = await self.request("POST", "/api/v1/conversation", token=self.customer)
+        self.assertEqual(calls, [])
+        self.assertEqual(early.status, 429)
+        self.assertEqual(early.header("Retry-After"), "6")
+        self.assertEqual(early.json["detail"], "at most 10 new conversations per 60 seconds")
+        self.assertEqual(early.header("Cache-Control"), "no-store")
+
+    async def test_early_refusal_only_when_known_and_limited(self) -> None:
+        """A new, an expired or an unlimited token, and other routes, go through routing."""
+        self.assertIsNone(self.api.refuse_early(self._post_request(self.customer)))
+        await self.create()
+        self.assertIsNone(self.api.refuse_early(self._post_request(self.customer)))
+        for _ in range(9):
+            await self.create()
+        self.assertIsNotNone(self.api.refuse_early(self._post_request(self.customer)))
+        self.assertIsNone(self.api.refuse_early(self._post_request(self.customer, b"GET")))
+        self.assertIsNone(self.api.refuse_early(
+            self._post_request(self.customer, path=[b"v1", b"conversation", b"x", b"read"])
+        ))
+        self.clock.advance(3600)
+        self.assertIsNone(self.api.refuse_early(self._post_request(self.customer)))
+
+    def _post_request(
+        self, token: str, method: bytes = b"POST", path: list[bytes] | None = None
+    ) -> Any:
+        request = DummyRequest(path or [b"v1", b"conversation"])
+        request.method = method
+        request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {token}".encode()])
+        return request
+
     async def test_unexpected_failure(self) -> None:
         """An unexpected failure is a generic 500 problem; the traceback is only logged."""
         conversation_id = await self.create()
