@@ -487,14 +487,7 @@ def main() -> int:
         traffic.stop()
 
         log("draining")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pending = traffic.outstanding + sum(
-                1 for r in traffic.sent.values() if r.status == 201 and r.delivered is None
-            )
-            if not pending:
-                break
-            await sleep(reactor, 0.1)
+        await traffic.drain(reactor)
         population.stop_heartbeats()
 
         windows = []

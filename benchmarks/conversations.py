@@ -130,6 +130,20 @@ class Traffic:
         self._ticker.clock = self.reactor
         self._ticker.start(min(0.01, 1.0 / rate), now=True)
 
+    async def drain(self, reactor: Any, seconds: float = 10.0) -> None:
+        """
+        Wait (at most C{seconds}) until every POST is answered and every committed
+        message delivered, so that late ones count in no window.
+        """
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pending = self.outstanding + sum(
+                1 for r in self.sent.values() if r.status == 201 and r.delivered is None
+            )
+            if not pending:
+                return
+            await sleep(reactor, 0.1)
+
     def stop(self) -> None:
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
@@ -367,14 +381,7 @@ def main() -> int:
         traffic.stop()
 
         log("draining")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pending = traffic.outstanding + sum(
-                1 for r in traffic.sent.values() if r.status == 201 and r.delivered is None
-            )
-            if not pending:
-                break
-            await sleep(reactor, 0.1)
+        await traffic.drain(reactor)
         population.stop_heartbeats()
 
         windows = []

@@ -18,7 +18,6 @@ closes after it), and fires when no HTTP connection is left, or after a bound.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -29,25 +28,14 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
-from medichat.http.problems import CONTENT_TYPE, PROBLEM_TYPE_BASE
+from medichat.http.problems import Problem
 
 __all__ = ["HTTPConnections", "MedichatChannel"]
 
 
 def _timeout_answer(head_timeout: float) -> bytes:
-    body = json.dumps({
-        "type": f"{PROBLEM_TYPE_BASE}request-timeout",
-        "title": "Request Timeout",
-        "status": 408,
-        "detail": f"the request line and headers did not arrive within {head_timeout:g} s",
-    }).encode("utf-8")
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
-        f"Content-Type: {CONTENT_TYPE}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-    return head + body
+    detail = f"the request line and headers did not arrive within {head_timeout:g} s"
+    return Problem.of(408, detail).raw_response()
 
 
 def _describe(address: object) -> str:

@@ -49,6 +49,7 @@ _KINDS: dict[int, tuple[str, str]] = {
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not Found"),
     405: ("method-not-allowed", "Method Not Allowed"),
+    408: ("request-timeout", "Request Timeout"),
     413: ("payload-too-large", "Payload Too Large"),
     414: ("uri-too-long", "URI Too Long"),
     415: ("unsupported-media-type", "Unsupported Media Type"),
@@ -105,6 +106,22 @@ class Problem:
         The JSON body, encoded.
         """
         return json.dumps(self.as_json(), ensure_ascii=False).encode("utf-8")
+
+    def raw_response(self) -> bytes:
+        """
+        The whole HTTP/1.1 response, for a connection that is closed after it: for what is
+        refused below twisted.web's request objects (a request it cannot parse, a head
+        too slow), where no L{IRequest} exists to write to.
+        """
+        body = self.body()
+        head = (
+            f"HTTP/1.1 {self.status} {self.title}\r\n"
+            f"Content-Type: {CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        return head.encode("ascii") + body
 
 
 def problem_for(error: BaseException) -> Problem:

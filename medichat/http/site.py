@@ -19,7 +19,7 @@ from twisted.web.server import Request, Site
 from medichat.errors import NotFound
 from medichat.http._channel import MedichatChannel
 from medichat.http.origins import OriginPolicy
-from medichat.http.problems import CONTENT_TYPE, Problem, problem_for, write_problem
+from medichat.http.problems import Problem, problem_for, write_problem
 
 
 def normalise_base_path(base_path: str) -> str:
@@ -297,16 +297,7 @@ class Channel(MedichatChannel):
         """
         if self.transport is None:
             return
-        problem = Problem.of(status, detail)
-        body = problem.body()
-        head = (
-            f"HTTP/1.1 {status} {problem.title}\r\n"
-            f"Content-Type: {CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode("ascii") + body)
+        self.transport.write(Problem.of(status, detail).raw_response())
         self.loseConnection()
 
 
