@@ -17,8 +17,9 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, suc
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -26,6 +27,8 @@ from medichat import __version__
 from medichat._connections import CappedFactory, ConnectionCap, default_max_connections
 from medichat._readiness import Readiness
 from medichat._timers import TimerWheel
+from medichat.app import logs
+from medichat.app._about import version_text
 from medichat.app._datalock import DataDirectoryLock, LockedError
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
@@ -38,6 +41,7 @@ from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import StoreError
 from medichat.http._channel import HTTPConnections
+from medichat.http.accesslog import AccessLog
 from medichat.http.forwarded import parse_trusted_proxy
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
@@ -65,8 +69,19 @@ from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
 from medichat.store.broadcast import DEFAULT_KEEPALIVE, PostgreSQLBroadcast
+from medichat.store.postgres import redact
+from medichat.store.sqlite import SQLITE_FILE_NAME
 
 _log = Logger()
+
+
+def _choice(name: str, choices: Sequence[str]) -> Any:
+    def check(value: str) -> str:
+        if value.lower() not in choices:
+            raise usage.UsageError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value.lower()
+
+    return check
 
 
 def _positive_int(name: str, value: str) -> int:
@@ -206,6 +221,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "With --database: seconds after which a process that stopped sending heartbeats "
          "(killed) is taken for dead and its presence removed by the others.",
          lambda v: _positive_float("node-ttl", v)],
+        ["log-format", None, None,
+         "text or json (one JSON object per line) for the log; default text under twistd, "
+         "and twist's own --log-format under twist.",
+         _choice("log-format", logs.LOG_FORMATS)],
+        ["access-log", None, "on", "on or off: log each HTTP request (one line each).",
+         _choice("access-log", ("on", "off"))],
     ]
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
@@ -219,6 +240,23 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["stomp-listen"] = []
         self["allowed-origin"] = []
         self["trusted-proxy"] = []
+        self.auth_types: list[str] = []
+        self.log_observer: Any = None
+
+    def opt_version(self) -> None:
+        """
+        Print medichat's version (and Twisted's and Python's) and exit.
+        """
+        print(version_text())
+        sys.exit(0)
+
+    def opt_auth(self, description: str) -> None:
+        """
+        A credential checker, in the twisted.cred.strcred style (repeatable): jwt:... or
+        session[:ttl=SECONDS]; --help-auth lists them.
+        """
+        super().opt_auth(description)
+        self.auth_types.append(description.split(":", 1)[0])
 
     def opt_listen(self, description: str) -> None:
         """
@@ -278,6 +316,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         database = self["database"]
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
             raise usage.UsageError("--database must be a postgresql:// URL")
+        # The runner (twistd or twist) is the parent; it starts logging after this.
+        self.log_observer = logs.configure(self["log-format"], getattr(self, "parent", None))
 
 
 def _endpoint(option: str, description: str) -> str:
@@ -457,6 +497,8 @@ class MedichatService(MultiService):
         (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
         before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
+    @ivar _log_observer: makes the log observer of twistd's application (JSON logs), or
+        L{None} to leave twistd's own.
 
     With C{freeze_gc} (the service owns its process, as under C{twistd}), what exists once
     it serves is moved out of the garbage collector's reach (C{gc.freeze}).
@@ -480,9 +522,11 @@ class MedichatService(MultiService):
                  close_spread: float = 0.0,
                  node: NodeService | None = None,
                  lock: DataDirectoryLock | None = None,
-                 after_store: Sequence[Any] = ()) -> None:
+                 after_store: Sequence[Any] = (),
+                 log_observer: Any = None) -> None:
         super().__init__()
         self._after_store = tuple(after_store)
+        self._log_observer = log_observer
         self.readiness = readiness if readiness is not None else Readiness()
         self._close_spread = close_spread
         self._node = node
@@ -503,6 +547,15 @@ class MedichatService(MultiService):
         self.ready: Deferred[None] = Deferred()
         self._stopping: Deferred[None] | None = None
         self._stop_waiters: list[Deferred[None]] | None = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Join C{parent}; when that is twistd's application and C{log_observer} was given,
+        make the application log through it (see L{medichat.app.logs}).
+        """
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer())
+        super().setServiceParent(parent)
 
     def add_listener(self, listener: _Listener) -> None:
         """Listen on this endpoint once the store is ready."""
@@ -673,6 +726,45 @@ def _dev_checkers(data_dir: str, session_ttl: int) -> list[Any]:
     return [JWTChecker(secret=secret), SessionCookieChecker(session_ttl)]
 
 
+def describe_store(database: str | None, data_dir: str) -> str:
+    """
+    The store, for the log: the SQLite file, or PostgreSQL's URL without its password.
+    """
+    if database is None:
+        return f"SQLite {os.path.join(data_dir, SQLITE_FILE_NAME)}"
+    return f"PostgreSQL {redact(database)}"
+
+
+def listener_descriptions(config: Options) -> list[str]:
+    """
+    Each listener, as C{what endpoint}, for the log.
+    """
+    return [
+        *(f"HTTP/WebSocket {d}" for d in config["listen"]),
+        *(f"STOMP/TCP {d}" for d in config["stomp-listen"]),
+    ]
+
+
+def _log_start(config: Options, data_dir: str) -> None:
+    """
+    The first line medichat logs: what runs, on what, and how.
+    """
+    auth = list(getattr(config, "auth_types", ()))
+    development = not config.get("credCheckers")
+    listeners = listener_descriptions(config)
+    _log.info(
+        "{version} starting: store {store}; auth {auth}; listening {listeners}; "
+        "development defaults {development}",
+        version=version_text(),
+        medichat_version=__version__,
+        store=describe_store(config["database"], data_dir),
+        auth=", ".join(auth) if not development else "jwt (development secret), session",
+        listeners=", ".join(listeners),
+        development="ON" if development else "off",
+        development_defaults=development,
+    )
+
+
 def makeService(
     config: Options, reactor: Any = None, *, exit_on_failure: bool | None = None
 ) -> IService:
@@ -692,6 +784,7 @@ def makeService(
         reactor = global_reactor
     clock: IReactorTime = reactor
     data_dir = os.path.abspath(config["data-dir"])
+    _log_start(config, data_dir)
     store = open_store(config["database"], data_dir, reactor)
 
     checkers: Sequence[Any] = config.get("credCheckers") or _dev_checkers(
@@ -813,8 +906,11 @@ def makeService(
     root = build_root(
         config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
     )
+    access_log = AccessLog(
+        enabled=config["access-log"] == "on", trusted_proxies=config["trusted-proxy"]
+    )
     site = make_site(root, config["max-body"], clock=clock,
-                     head_timeout=config["request-head-timeout"])
+                     head_timeout=config["request-head-timeout"], access_log=access_log)
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 
@@ -823,6 +919,7 @@ def makeService(
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
         exit_on_failure=exit_on_failure, freeze_gc=exit_on_failure, readiness=readiness,
         close_spread=config["close-spread"], node=node, lock=lock, after_store=(feed, pruner),
+        log_observer=getattr(config, "log_observer", None),
     )
     for description in config["listen"]:
         top.add_listener(_Listener(reactor, description, http, "HTTP/WebSocket"))

@@ -55,6 +55,7 @@ from medichat.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from medichat.http.accesslog import remember_user
 from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
@@ -303,7 +304,15 @@ class RestAPI:
 
     def _check_origin(self, request: IRequest) -> None:
         if not self.origin_allowed(request):
-            raise Forbidden(f"origin {_header(request, 'origin')} is not allowed")
+            origin = _header(request, "origin")
+            _log.info(
+                "refused {method} {path} from {client}: origin {origin} not allowed",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),  # type: ignore[attr-defined]
+                client=client_address(request, self.trusted_proxies),
+                origin=origin,
+            )
+            raise Forbidden(f"origin {origin} is not allowed")
 
     async def _user(self, request: IRequest, *, changes_state: bool) -> User:
         """
@@ -329,6 +338,7 @@ class RestAPI:
             raise Unauthorized(e.reason) from None
         if isinstance(credentials, BearerToken):
             self._remember_bearer(credentials.token, user)
+        remember_user(request, user)
         return user
 
     def _remember_bearer(self, token: str, user: User) -> None:
@@ -365,6 +375,7 @@ class RestAPI:
         wait = self._conversation_buckets.wait(user.user_id, now)
         if wait is None:
             return None
+        remember_user(request, user)
         return write_problem(request, problem_for(self._conversation_limit(wait)))
 
     def _check_message_rate(self, user: User) -> None:
@@ -519,6 +530,7 @@ class RestAPI:
         password = _string_field(body, "password")
         address = client_address(request, self.trusted_proxies)
         token, user = await self.accounts.login(email, password, address)
+        remember_user(request, user)
         self._cookie(request, token)
         return self._json(request, 200, user.as_json())
 

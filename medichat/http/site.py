@@ -13,13 +13,19 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from medichat._logcontext import request_id
 from medichat.errors import NotFound
 from medichat.http._channel import MedichatChannel
+from medichat.http.accesslog import AccessLog, RequestIds
+from medichat.http.forwarded import client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, write_problem
+
+_log = Logger()
 
 
 def normalise_base_path(base_path: str) -> str:
@@ -145,9 +151,18 @@ class _ChatEndpoint(Resource):
                 scheme="https" if request.isSecure() else "http",
                 host_header=None if host is None else host.decode("utf-8"),
             ):
+                _log.info(
+                    "refused WebSocket handshake from {client}: origin {origin} not allowed",
+                    client=_client(request),
+                    origin=origin_text,
+                )
                 request.setHeader(b"Cache-Control", b"no-store")
                 problem = Problem.of(403, f"origin {origin_text} is not allowed")
                 return write_problem(request, problem)
+        site = getattr(request, "site", None)
+        if isinstance(site, MedichatSite):
+            # The request is handed over and never finishes: log it now.
+            site.access_log.log(request, status=101)
         return self._chat.render(request)
 
 
@@ -211,17 +226,37 @@ def build_root(
 
 class BoundedRequest(Request):
     """
-    A request that keeps at most C{max_body + 1} bytes of its body.
+    A request that keeps at most C{max_body + 1} bytes of its body, and has an id.
 
     twisted.web buffers a whole body before any resource sees it; this keeps an oversized
     one from being held in memory (or spooled to disk), while the one byte over the limit
     lets the API answer 413.
+
+    @ivar request_id: set when the request is dispatched, sent back as C{X-Request-Id},
+        and named in its log events (L{medichat.http.accesslog}).
+    @ivar started: when it was dispatched (by the site's clock), for the access log.
     """
+
+    request_id: str | None = None
+    started: float | None = None
 
     def __init__(self, *args: Any, max_body: int = 65536, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_body = max_body
         self._kept = 0
+
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, MedichatSite):
+            self.request_id = site.request_ids.next()
+            self.started = site.reactor.seconds()
+            self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
+        # Callbacks and coroutines started from here run in a copy of this context.
+        token = request_id.set(self.request_id)
+        try:
+            super().process()
+        finally:
+            request_id.reset(token)
 
     def gotLength(self, length: int | None) -> None:
         # Never more than the limit is kept, so the buffer is always a small BytesIO
@@ -301,17 +336,48 @@ class Channel(MedichatChannel):
         self.loseConnection()
 
 
+class MedichatSite(Site):
+    """
+    The site: requests get ids, and the access log is medichat's own
+    (L{medichat.http.accesslog}) rather than twisted.web's combined log format, which would
+    name the query string and the referrer.
+
+    @ivar access_log: logs each finished request.
+    @ivar request_ids: makes the requests' ids.
+    """
+
+    def __init__(self, root: IResource, *, access_log: AccessLog, clock: IReactorTime | None
+                 ) -> None:
+        super().__init__(root, reactor=clock)
+        self.access_log = access_log
+        self.request_ids = RequestIds()
+
+    def log(self, request: Request) -> None:  # type: ignore[override]
+        started = getattr(request, "started", None)
+        duration = None if started is None else self.reactor.seconds() - started
+        self.access_log.log(request, duration=duration)
+
+
+def _client(request: Request) -> str:
+    site = getattr(request, "site", None)
+    trusted = site.access_log.trusted_proxies if isinstance(site, MedichatSite) else ()
+    return client_address(request, trusted)
+
+
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
-              head_timeout: float = 10.0) -> Site:
+              head_timeout: float = 10.0, access_log: AccessLog | None = None) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
-    whatever twisted.web refuses itself, no tracebacks shown.
+    whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
 
     @param clock: the site's timers (twisted.web's idle timeout, the head deadline); the
         global reactor when L{None}.
     @param head_timeout: seconds a request line and its headers may take to arrive.
+    @param access_log: logs each request; one that logs every request by default.
     """
-    site = Site(root, reactor=clock)
+    site = MedichatSite(
+        root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
+    )
     site.protocol = partial(Channel, head_timeout)  # type: ignore[assignment]
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False

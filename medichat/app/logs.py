@@ -1,0 +1,148 @@
+"""
+The log format of C{twistd medichat} and C{twist medichat}: C{--log-format text|json}.
+
+C{json} writes each twisted.logger event as one JSON object on one line (twisted.logger's
+L{eventAsJSON}, with no record separator), to wherever the runner logs: twistd's
+C{--logfile} (C{twistd.log} for a daemon) or standard output under C{twistd -n}, and
+C{twist}'s C{--log-file}.  Every object has C{log_level}, C{log_namespace}, C{log_time} and
+C{log_format} besides the event's own fields; an event emitted while an HTTP request was
+handled has its C{request_id} (L{medichat._logcontext}), a STOMP session's events name the
+C{session}.
+
+Neither runner lets a plugin choose the format outright, so each is told in its own terms:
+
+  - C{twistd} builds its log observer after the plugin made its service and before it runs
+    it, and takes an L{ILogObserver} component of the application when there is one (the
+    documented way for an application to choose its logging).  L{twistd_observer} opens
+    the file that twistd would have opened, by twistd's rules, with the JSON format;
+    L{medichat.app.tap.MedichatService} sets it on the application when it is added to it.
+    twistd's own C{--logger} and C{--syslog} take the place of this file, so they cannot be
+    combined with C{--log-format json}.
+  - C{twist} reads its observer factory from its options after the plugin's options were
+    parsed: L{configure} replaces it.  Without C{--log-format}, C{twist}'s own choice
+    stands (text on a terminal, else JSON), its JSON written one object per line too.
+
+C{text} (the default under C{twistd}) leaves the runner's text format alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    eventAsJSON,
+    textFileLogObserver,
+)
+from twisted.python import usage
+from twisted.python.logfile import LogFile
+
+from medichat._logcontext import request_id
+
+LOG_FORMATS = ("text", "json")
+"""The values of C{--log-format}."""
+
+DEFAULT_TWISTD_LOG = "twistd.log"
+"""The log file of a twistd daemon given no C{--logfile} (twistd's own default)."""
+
+
+def json_line(event: LogEvent) -> str:
+    """
+    C{event} as one line of JSON (with its line end), with the id of the HTTP request it
+    was emitted for unless it names one.
+    """
+    if "request_id" not in event:
+        current = request_id.get()
+        if current is not None:
+            event = dict(event, request_id=current)
+    return eventAsJSON(event) + "\n"
+
+
+def json_file_observer(out_file: IO[Any]) -> ILogObserver:
+    """
+    An observer that writes each event to C{out_file} as one line of JSON.
+    """
+    return FileLogObserver(out_file, json_line)
+
+
+def _is_twistd(runner_options: usage.Options) -> bool:
+    return "logger" in runner_options and "logfile" in runner_options
+
+
+def _is_twist(runner_options: usage.Options) -> bool:
+    return "fileLogObserverFactory" in runner_options
+
+
+def twistd_log_file(runner_options: usage.Options) -> IO[Any]:
+    """
+    The file twistd would log to given C{runner_options}: standard output for C{-n}
+    without C{--logfile} or with C{--logfile -}, else the named file (C{twistd.log} by
+    default), which rotates on C{SIGUSR1} as twistd's own does.
+    """
+    name = runner_options.get("logfile")
+    if name == "-" or (runner_options.get("nodaemon") and not name):
+        return sys.stdout
+    log_file = LogFile.fromFullPath(name or DEFAULT_TWISTD_LOG)
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return log_file
+
+
+def configure(log_format: str | None, runner_options: usage.Options | None) -> (
+    Callable[[], ILogObserver] | None
+):
+    """
+    Choose the log format for the runner whose options are C{runner_options} (the parent
+    of medichat's options; L{None} when there is none, as in tests).
+
+    @param log_format: C{"text"}, C{"json"} or L{None} (not given).
+    @return: under twistd with C{json}, what makes the observer to set on the
+        application (L{twistd_observer}); else L{None}.
+    @raise usage.UsageError: for C{json} with twistd's C{--logger} or C{--syslog}, or
+        as a daemon logging to standard output.
+    """
+    if runner_options is None:
+        return None
+    if _is_twist(runner_options):
+        if log_format == "text":
+            runner_options["fileLogObserverFactory"] = textFileLogObserver
+        elif log_format == "json" or runner_options.get("logFormat") == "json":
+            runner_options["fileLogObserverFactory"] = json_file_observer
+        return None
+    if log_format != "json" or not _is_twistd(runner_options):
+        return None
+    if runner_options.get("logger"):
+        raise usage.UsageError("--log-format json cannot be combined with twistd's --logger")
+    if runner_options.get("syslog"):
+        raise usage.UsageError("--log-format json cannot be combined with twistd's --syslog")
+    if runner_options.get("logfile") == "-" and not runner_options.get("nodaemon"):
+        raise usage.UsageError("a daemon cannot log to standard output (--logfile -)")
+    return lambda: twistd_observer(runner_options)
+
+
+def twistd_observer(runner_options: usage.Options) -> ILogObserver:
+    """
+    The JSON observer for twistd: on L{twistd_log_file}.
+    """
+    return json_file_observer(twistd_log_file(runner_options))
+
+
+__all__ = [
+    "LOG_FORMATS",
+    "configure",
+    "json_file_observer",
+    "json_line",
+    "twistd_log_file",
+    "twistd_observer",
+]
