@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 from twisted.python import usage
 
+from medichat.app._about import version_text
 from medichat.auth.devsecret import SecretFileError, dev_secret_path, load_dev_secret, read_secret
 from medichat.domain.accounts import Accounts, normalise_email
 from medichat.errors import DomainError, DuplicateError, MissingDatabase, StoreError
@@ -41,6 +42,10 @@ class _Usage(Exception):
 
 class _Failed(Exception):
     """The command could not be done: exit status 1."""
+
+
+class _ShowVersion(Exception):
+    """C{--version} was given: print the version, exit status 0."""
 
 
 class _InterspersedOptions(usage.Options):
@@ -204,6 +209,12 @@ class Options(usage.Options):
         ["list-employees", None, NoArgsOptions, "List the employee accounts."],
         ["token", None, TokenOptions, "Mint a JWT signed with the development secret."],
     ]
+
+    def opt_version(self) -> None:
+        """
+        Print medichat's version (and Twisted's and Python's) and exit.
+        """
+        raise _ShowVersion()
 
     def postOptions(self) -> None:
         """Require a command."""
@@ -412,8 +423,11 @@ def run(
         io.error(f"{e}")
         io.error("try: medichat-admin --help")
         return succeed(2)
+    except _ShowVersion:
+        io.out(version_text())
+        return succeed(0)
     except SystemExit as e:
-        # --help and --version print and exit.
+        # --help prints and exits.
         return succeed(e.code if isinstance(e.code, int) else 0)
 
     async def running() -> int:

@@ -192,7 +192,7 @@ class Accounts:
         employee = await self._existing(email)
         password_hash = await self._run_blocking(lambda: self._hasher.hash(password))
         await self._store.update_employee(employee.id, password_hash=password_hash)
-        await self._revoke(employee_id=employee.id)
+        await self._revoke(employee_id=employee.id, reason="new password")
 
     def set_disabled(self, email: str, disabled: bool) -> Deferred[None]:
         """
@@ -206,7 +206,7 @@ class Accounts:
         employee = await self._existing(email)
         await self._store.update_employee(employee.id, disabled=disabled)
         if disabled:
-            await self._revoke(employee_id=employee.id)
+            await self._revoke(employee_id=employee.id, reason="account disabled")
 
     def list_employees(self) -> Deferred[list[Employee]]:
         """
@@ -312,7 +312,7 @@ class Accounts:
         session = await self._store.find_login_session(hash_session_token(token))
         if session is None or session.revoked:
             return False
-        await self._revoke(session_id=session.id, employee_id=session.employee_id)
+        await self._revoke(session_id=session.id, employee_id=session.employee_id, reason="logout")
         return True
 
     # ----------------------------------------------------------------------------------
@@ -344,11 +344,24 @@ class Accounts:
             raise NotFound(f"no employee with email {normalise_email(email)}")
         return employee
 
-    async def _revoke(self, *, session_id: str | None = None, employee_id: str) -> None:
+    async def _revoke(
+        self, *, session_id: str | None = None, employee_id: str, reason: str
+    ) -> None:
         if session_id is not None:
             await self._store.revoke_login_sessions(session_id=session_id)
+            self._log.info(
+                "login session {login_session} of employee {employee_id} revoked ({reason})",
+                login_session=session_id,
+                employee_id=employee_id,
+                reason=reason,
+            )
         else:
             await self._store.revoke_login_sessions(employee_id=employee_id)
+            self._log.info(
+                "every login session of employee {employee_id} revoked ({reason})",
+                employee_id=employee_id,
+                reason=reason,
+            )
         for observer in list(self._observers):
             try:
                 observer(session_id, employee_id)
