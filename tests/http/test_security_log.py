@@ -81,6 +81,7 @@ class SecurityEventTests(APITestCase):
                 json_body={"email": EMAIL, "password": "wrong-wrong"},
                 headers={"X-Forwarded-For": f"203.0.113.{number}"},
             )
+            self.assertEqual(reply.status, 401)
         (lockout,) = self.logged("too many failed logins for")
         self.assertEqual(lockout["log_level"], LogLevel.warn)
         self.assertEqual(lockout["email"], EMAIL)
