@@ -972,9 +972,10 @@ class StompSession:
                 headers.append(("receipt-id", receipt))
         body = (error.detail or error.message).encode("utf-8")
         self._log.info(
-            "session {session} error: {message} ({detail})",
+            "session {session} error: {error} ({detail})",
             session=self.session_id,
-            message=error.message,
+            # Not "message": legacy log observers take that key for their own.
+            error=error.message,
             detail=error.detail,
         )
         self._send_raw(_encode("ERROR", headers, body, self.version))

@@ -1,0 +1,192 @@
+"""
+Tests for C{--version}, the first log line, C{--log-format} (L{medichat.app.logs}) and
+C{--access-log}, in process.  Real twistd and twist processes: L{tests.e2e.test_logging}.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import Application
+from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    formatEvent,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+import twisted
+from medichat import __version__
+from medichat.app import admin, logs
+from medichat.app.tap import Options, makeService
+
+_log = Logger()
+
+
+class VersionTests(TestCase):
+    """
+    C{twistd medichat --version} and C{medichat-admin --version} say medichat's version.
+    """
+
+    def test_tap(self) -> None:
+        """The plugin's --version prints medichat's version, then Twisted's."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        error = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual(error.code, 0)
+        line = out.getvalue().strip()
+        self.assertTrue(line.startswith(f"medichat {__version__} (Twisted {twisted.__version__}"),
+                        line)
+
+    async def test_admin(self) -> None:
+        """medichat-admin --version prints the same line, exit status 0."""
+        out, err = io.StringIO(), io.StringIO()
+        status = await admin.run(reactor, ["--version"], io.StringIO(), out, err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertTrue(out.getvalue().startswith(f"medichat {__version__} (Twisted "))
+
+
+class StartLineTests(SynchronousTestCase):
+    """
+    The first thing medichat logs says what runs, on what store, checkers and listeners.
+    """
+
+    def start_line(self, *args: str) -> Any:
+        events: Any = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), *args])
+        makeService(options, reactor)
+        ours = [e for e in events if e.get("log_namespace", "").startswith("medichat")]
+        self.assertTrue(ours)
+        return ours[0]
+
+    def test_development(self) -> None:
+        """With no --auth: SQLite's file, development defaults ON, every listener."""
+        event = self.start_line("--listen", "tcp:0", "--stomp-listen", "tcp:0")
+        text = formatEvent(event)
+        self.assertTrue(text.startswith(f"medichat {__version__} (Twisted"), text)
+        self.assertIn("store SQLite ", text)
+        self.assertIn("medichat.sqlite3", text)
+        self.assertIn("listening HTTP/WebSocket tcp:0, STOMP/TCP tcp:0", text)
+        self.assertIn("development defaults ON", text)
+        self.assertIs(event["development_defaults"], True)
+
+    def test_production(self) -> None:
+        """With --auth and PostgreSQL: the checkers, the database without its password."""
+        event = self.start_line(
+            "--auth", "session:ttl=60",
+            "--database", "postgresql://medichat:pass-word-9@db.example:5433/chat",
+        )
+        text = formatEvent(event)
+        self.assertIn("store PostgreSQL postgresql://medichat:***@db.example:5433/chat", text)
+        self.assertIn("auth session;", text)
+        self.assertIn("listening HTTP/WebSocket tcp:8080;", text)
+        self.assertIn("development defaults off", text)
+        self.assertNotIn("pass-word-9", repr(event))
+
+
+class LogFormatOptionTests(SynchronousTestCase):
+    """
+    C{--log-format} and C{--access-log} take their values, and tell the runner.
+    """
+
+    def test_values(self) -> None:
+        """text and json (any case); on and off; anything else is a usage error."""
+        for args, key, value in [
+            ([], "log-format", None),
+            (["--log-format", "JSON"], "log-format", "json"),
+            ([], "access-log", "on"),
+            (["--access-log", "off"], "access-log", "off"),
+        ]:
+            options = Options()
+            options.parseOptions(args)
+            self.assertEqual(options[key], value)
+        for args in (["--log-format", "xml"], ["--access-log", "maybe"]):
+            self.assertRaises(usage.UsageError, Options().parseOptions, args)
+
+    def twistd(self, *args: str) -> ServerOptions:
+        previous = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        options = ServerOptions()
+        options.parseOptions(list(args))
+        return options
+
+    def test_twistd_json(self) -> None:
+        """Under twistd, json makes an observer on twistd's log file, one object a line."""
+        path = self.mktemp()
+        options = self.twistd("--logfile", path, "medichat", "--log-format", "json")
+        factory = options.subOptions.log_observer
+        observer = factory()
+        self.assertTrue(ILogObserver.providedBy(observer))
+        observer({"log_format": "hello {who}", "who": "world", "log_namespace": "x",
+                  "log_level": None, "log_time": 1.0})
+        observer({"log_format": "again", "log_time": 2.0})
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual([json.loads(line)["log_format"] for line in lines],
+                         ["hello {who}", "again"])
+        self.assertFalse(lines[0].startswith("\x1e"))
+
+    def test_twistd_text(self) -> None:
+        """Under twistd, text (the default) leaves twistd's own observer."""
+        for args in ([], ["--log-format", "text"]):
+            options = self.twistd("-n", "medichat", *args)
+            self.assertIsNone(options.subOptions.log_observer)
+
+    def test_twistd_conflicts(self) -> None:
+        """json cannot go with twistd's --syslog or --logger, nor a daemon on stdout."""
+        for args in (["--syslog"], ["--logger", "twisted.logger.textFileLogObserver"],
+                     ["--logfile", "-"]):
+            self.assertRaises(usage.UsageError, self.twistd,
+                              *args, "medichat", "--log-format", "json")
+
+    def test_application_component(self) -> None:
+        """The service sets the observer on twistd's application when added to it."""
+        path = self.mktemp()
+        options = self.twistd("--logfile", path, "medichat", "--data-dir", self.mktemp(),
+                              "--log-format", "json")
+        service = makeService(options.subOptions, reactor)
+        application = Application("medichat")
+        service.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        observer({"log_format": "x", "log_time": 1.0})
+        with open(path) as f:
+            self.assertEqual(json.loads(f.read())["log_format"], "x")
+
+    def test_twist(self) -> None:
+        """Under twist: json and text replace its factory; without, its JSON loses the RS."""
+        runner: dict[str, Any] = {"fileLogObserverFactory": textFileLogObserver,
+                                  "logFormat": "text"}
+        self.assertIsNone(logs.configure("json", runner))  # type: ignore[arg-type]
+        self.assertIs(runner["fileLogObserverFactory"], logs.json_file_observer)
+        logs.configure("text", runner)  # type: ignore[arg-type]
+        self.assertIs(runner["fileLogObserverFactory"], textFileLogObserver)
+        runner["logFormat"] = "json"
+        logs.configure(None, runner)  # type: ignore[arg-type]
+        self.assertIs(runner["fileLogObserverFactory"], logs.json_file_observer)
+
+    def test_json_line(self) -> None:
+        """A line parses back, with level and namespace, however odd the fields."""
+        out = io.StringIO()
+        observer = logs.json_file_observer(out)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        _log.warn("odd {value}", value=object(), text="line\nbreak", raw=b"\xff")
+        (line,) = out.getvalue().splitlines()
+        event = json.loads(line)
+        self.assertEqual(event["log_level"]["name"], "warn")
+        self.assertEqual(event["log_namespace"], __name__)
+        self.assertEqual(event["text"], "line\nbreak")
