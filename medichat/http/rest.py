@@ -68,7 +68,7 @@ __all__ = ["RestAPI"]
 """The name of the employee session cookie."""
 
 ALLOWED_REQUEST_HEADERS = "Authorization, Content-Type, Idempotency-Key"
-EXPOSED_RESPONSE_HEADERS = "Location, Retry-After, WWW-Authenticate"
+EXPOSED_RESPONSE_HEADERS = "Location, Retry-After, WWW-Authenticate, X-Request-Id"
 PREFLIGHT_MAX_AGE = 600
 HEALTH_TIMEOUT = 5.0
 
