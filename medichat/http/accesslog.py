@@ -6,7 +6,8 @@ to act as the client or learn what patients wrote::
 
     GET /api/v1/conversation/ID 200 1234B 3.1ms from 192.0.2.7 user ID (customer) [REQUEST-ID]
 
-Its fields (in JSON logs): C{request_id}, C{method}, C{path}, C{status}, C{bytes},
+The line is the event's C{access} field (its format is C{{access}}); its other fields, for
+JSON logs: C{request_id}, C{method}, C{path}, C{status}, C{bytes},
 C{duration_ms}, C{client} (the client's address, as a trusted proxy forwarded it),
 C{user_id} and C{user_role} (once authenticated; C{-} before), C{user_agent}.  Left out on
 purpose: the query string (some clients put tokens there), headers (C{Authorization},
@@ -91,20 +92,27 @@ class AccessLog:
         user: User | None = getattr(request, _USER_ATTRIBUTE, None)
         raw_path = getattr(request, "path", None) or request.uri.split(b"?", 1)[0]
         agent = request.getHeader(b"user-agent")
-        _log.info(
-            "{method} {path} {status} {bytes}B {duration_ms}ms from {client} "
-            "user {user_id} ({user_role}) [{request_id}]",
-            request_id=getattr(request, "request_id", None) or "-",
-            method=_text(request.method, 16),
-            path=_text(raw_path, _MAX_PATH),
-            status=getattr(request, "code", 0) if status is None else status,
-            bytes=getattr(request, "sentLength", 0),
-            duration_ms="-" if duration is None else round(duration * 1000, 1),
-            client=client_address(request, self.trusted_proxies),
-            user_id=user.user_id if user is not None else "-",
-            user_role=user.user_role if user is not None else "-",
-            user_agent=_text(agent, 256) if agent is not None else "-",
+        fields = {
+            "request_id": getattr(request, "request_id", None) or "-",
+            "method": _text(request.method, 16),
+            "path": _text(raw_path, _MAX_PATH),
+            "status": getattr(request, "code", 0) if status is None else status,
+            "bytes": getattr(request, "sentLength", 0),
+            "duration_ms": "-" if duration is None else round(duration * 1000, 1),
+            "client": client_address(request, self.trusted_proxies),
+            "user_id": user.user_id if user is not None else "-",
+            "user_role": user.user_role if user is not None else "-",
+            "user_agent": _text(agent, 256) if agent is not None else "-",
+        }
+        # The line is made here, once, rather than from a format string naming every
+        # field: twisted.logger's formatting (and the JSON log's flattening) of ten fields
+        # took twice as long as the rest of the event.
+        line = (
+            f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B "
+            f"{fields['duration_ms']}ms from {fields['client']} user {fields['user_id']} "
+            f"({fields['user_role']}) [{fields['request_id']}]"
         )
+        _log.info("{access}", access=line, **fields)
 
 
 __all__ = ["AccessLog", "RequestIds", "remember_user"]

@@ -162,7 +162,11 @@ class _ChatEndpoint(Resource):
         site = getattr(request, "site", None)
         if isinstance(site, MedichatSite):
             # The request is handed over and never finishes: log it now.
-            site.access_log.log(request, status=101)
+            started = getattr(request, "started", None)
+            site.access_log.log(
+                request, status=101,
+                duration=None if started is None else site.reactor.seconds() - started,
+            )
         return self._chat.render(request)
 
 

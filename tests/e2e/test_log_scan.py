@@ -170,6 +170,7 @@ class LogScanTests(TestCase):
         self.assertIn((f"/api/v1/conversation/{cid}/message", 201, CUSTOMER, "customer"),
                       [(e["path"], e["status"], e["user_id"], e["user_role"]) for e in access])
         self.assertIn(("employee", 201), [(e["user_role"], e["status"]) for e in access])
+        self.assertIn(("/api/v1/chat", 101), [(e["path"], e["status"]) for e in access])
         for event in events:
             self.assertIn("log_level", event)
             self.assertIn("log_namespace", event)
