@@ -188,3 +188,27 @@ class LogScanTests(TestCase):
         self.assertTrue(abuse)
         self.assertIn(abuse[0]["log_level"]["name"], ("info", "warn"))
         self.assertIn("session", abuse[0])
+
+
+class AccessLogOffTests(TestCase):
+    """
+    C{--access-log off} on a real server.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_off(self) -> Any:
+        """No access line is logged; requests still get their ids."""
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server = yield start_server(self, "--access-log", "off")
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = yield treq.get(server.base_url + "/livez", pool=pool)
+        yield response.content()
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers.getRawHeaders("x-request-id"))
+        self.assertEqual(
+            [e for e in events if e.get("log_namespace") == "medichat.http.access"], []
+        )
