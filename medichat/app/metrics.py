@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request
 
 from medichat.errors import DuplicateError, StoreUnavailable
@@ -330,6 +330,8 @@ class _Scrape(Resource):
         self._metrics = metrics
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath:
+            return NoResource().render(request)  # type: ignore[no-any-return]
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         return self._metrics.scrape()
