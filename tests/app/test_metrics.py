@@ -13,11 +13,15 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from medichat.app.metrics import LiveCollector, Metrics, MetricsResource
+from medichat.app.tap import Options, makeService
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.cluster_presence import ClusterPresence, NodeService
@@ -327,3 +331,38 @@ class ResourceTests(_Process):
             response = await treq.get(f"http://metrics.test{path}")
             await response.content()
             self.assertEqual(response.code, 404, path)
+
+
+class MetricsOptionTests(SynchronousTestCase):
+    """
+    C{--metrics-listen} takes endpoints, repeatedly; without it there are no metrics.
+    """
+
+    def service(self, *args: str) -> Any:
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), *args])
+        return makeService(options, reactor)
+
+    def test_off_by_default(self) -> None:
+        """No option: no metrics listener, no metrics service, no store hook."""
+        service = self.service()
+        self.assertEqual(service.metrics_listeners, [])
+        self.assertEqual([s for s in service if isinstance(s, Metrics)], [])
+        self.assertIsNone(service.store.observer)
+
+    def test_own_listeners(self) -> None:
+        """Each --metrics-listen is a listener of its own, never among the public ones."""
+        service = self.service("--metrics-listen", "tcp:0:interface=127.0.0.1",
+                               "--metrics-listen", "tcp:0:interface=\\:\\:1")
+        self.assertEqual(len(service.metrics_listeners), 2)
+        self.assertEqual(len(service.listeners), 1)
+        for listener in service.metrics_listeners:
+            self.assertNotIn(listener, service.listeners)
+        (metrics,) = [s for s in service if isinstance(s, Metrics)]
+        self.assertEqual(service.store.observer, metrics.store_operation)
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint that is not one is a usage error naming the option."""
+        error = self.assertRaises(usage.UsageError, Options().parseOptions,
+                                  ["--metrics-listen", "nonsense:9464"])
+        self.assertIn("--metrics-listen", str(error))
