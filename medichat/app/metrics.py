@@ -234,6 +234,7 @@ class Metrics(Service):
             ("generation",), buckets=GC_BUCKETS, registry=self.registry,
         )
         self._store_children: dict[str, Any] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._gc_started: float | None = None
 
     def add_live(self, collector: LiveCollector) -> None:
@@ -277,8 +278,16 @@ class Metrics(Service):
         started = self._timer()
 
         def answered(route: str, method: str, status: int) -> None:
-            self.http_duration.labels(route, method).observe(self._timer() - started)
-            self.http_requests.labels(route, method, str(status)).inc()
+            key = (route, method, status)
+            children = self._http_children.get(key)
+            if children is None:
+                children = self._http_children[key] = (
+                    self.http_duration.labels(route, method),
+                    self.http_requests.labels(route, method, str(status)),
+                )
+            duration, count = children
+            duration.observe(self._timer() - started)
+            count.inc()
 
         return answered
 

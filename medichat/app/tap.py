@@ -866,7 +866,7 @@ def makeService(
         ))
         store.observer = metrics.store_operation
         feed.lag_observer = metrics.event_lag
-        observe_requests(site, metrics.http_request)
+        observe_requests(site, metrics.http_request, RestAPI.router.url_map)
         metrics.setServiceParent(top)
         scrapes = Site(MetricsResource(metrics), reactor=clock)
         scrapes.displayTracebacks = False

@@ -11,13 +11,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from medichat.auth.checkers import JWTChecker
 from medichat.auth.realm import build_portal
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
-from medichat.http.observe import observe_requests
+from medichat.http.observe import RouteTemplates, observe_requests
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site
@@ -76,7 +77,7 @@ class ObserveRequestsTests(InlineTestCase):
 
             return answered
 
-        observe_requests(self.site, started)  # type: ignore[arg-type]
+        observe_requests(self.site, started, RestAPI.router.url_map)  # type: ignore[arg-type]
 
     def request(self, head: bytes) -> bytes:
         """Send one request on a new connection; what came back."""
@@ -128,3 +129,35 @@ class ObserveRequestsTests(InlineTestCase):
                              b"Content-Length: 10\r\n\r\n")
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.seen, [])
+
+
+class RouteTemplatesTests(SynchronousTestCase):
+    """
+    L{RouteTemplates} finds the template the routing matched, from the path alone.
+    """
+
+    def test_every_api_route(self) -> None:
+        """Each rule of the API, filled in with an id, is found as itself."""
+        templates = RouteTemplates.of(RestAPI.router.url_map)
+        for rule in RestAPI.router.url_map.iter_rules():
+            path = rule.rule.replace("<conversation_id>", CONVERSATION)
+            self.assertEqual(templates.match(path), rule.rule)
+
+    def test_trailing_slash_kept_apart(self) -> None:
+        """A path with a trailing slash is its own template, as in the routing."""
+        templates = RouteTemplates(["/c/<id>", "/c/<id>/"])
+        self.assertEqual(templates.match("/c/x"), "/c/<id>")
+        self.assertEqual(templates.match("/c/x/"), "/c/<id>/")
+
+    def test_literal_first_then_variable(self) -> None:
+        """A literal segment wins; when its branch leads nowhere, the variable one is tried."""
+        templates = RouteTemplates(["/c/new", "/c/<id>/message", "/c/new/x"])
+        self.assertEqual(templates.match("/c/new"), "/c/new")
+        self.assertEqual(templates.match("/c/new/message"), "/c/<id>/message")
+        self.assertEqual(templates.match("/c/new/x"), "/c/new/x")
+
+    def test_no_match(self) -> None:
+        """Unknown paths, and an empty segment where a variable is, match nothing."""
+        templates = RouteTemplates(["/c/<id>/message", "/health"])
+        for path in ("/c//message", "/c/x", "/other", "/health/x", "", "/"):
+            self.assertIsNone(templates.match(path), path)
