@@ -8,6 +8,7 @@ L{Clock} for every duration.
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -366,3 +367,46 @@ class MetricsOptionTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, Options().parseOptions,
                                   ["--metrics-listen", "nonsense:9464"])
         self.assertIn("--metrics-listen", str(error))
+
+
+class DocumentedTests(_Process):
+    """
+    Every metric the service serves is listed in the operators' documentation.
+    """
+
+    async def test_every_family_documented(self) -> None:
+        """Each family of a scrape that saw everything happen is in docs/operations.md."""
+        node = NodeService(self.store, ClusterPresence(self.store, self.hub, "a"), self.clock)
+        await node.register()
+        self.live.node = node
+        self.live.broadcast = PostgreSQLBroadcast("postgresql://nobody@127.0.0.1:1/none",
+                                                  self.clock, node_id="a")
+        self.store.observer = self.metrics.store_operation
+        await self.store.ping()
+        self.metrics.http_request()("/livez", "GET", 200)
+        self.metrics.event_lag(0.1)
+        self.metrics.gc_phase("start", {"generation": 0})
+        self.metrics.gc_phase("stop", {"generation": 0})
+        Client(self.services).connect()
+        self.services.registry.shutdown()
+        self.samples_of_twice()
+        text = self.metrics.scrape().decode("utf-8")
+        documented = self.operations_doc()
+        names = set()
+        for family in text_string_to_metric_families(text):
+            # prometheus-client adds a _created gauge beside each counter and histogram.
+            if family.name.startswith("medichat_") and not family.name.endswith("_created"):
+                names.add(family.name + ("_total" if family.type == "counter" else ""))
+        self.assertGreaterEqual(len(names), 25)
+        self.assertEqual({name for name in names if f"`{name}`" not in documented}, set())
+
+    def samples_of_twice(self) -> None:
+        # The figures read from the store appear from the second scrape on.
+        samples_of(self.metrics)
+
+    def operations_doc(self) -> str:
+        import medichat
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
+        with open(os.path.join(root, "docs", "operations.md"), encoding="utf-8") as f:
+            return f.read()

@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from tests._pg import create_test_database
 from tests._server import LiveServerMixin, in_thread
 from tests._stompclient import wait_for, wait_until, ws_connection
 
@@ -206,3 +207,40 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         self.assertEqual(families["medichat_stomp_sessions"], "gauge")
         self.assertEqual(families["medichat_stomp_sessions_closed"], "counter")
         self.assertIn("process_resident_memory_bytes", families)
+
+
+class PostgreSQLMetricsTests(LiveServerMixin, TestCase):
+    """
+    With PostgreSQL, a scrape has the cluster's families, read from the real LISTEN
+    connection and node.
+    """
+
+    @inlineCallbacks
+    def server_args(self) -> Any:
+        url = yield create_test_database(self)
+        return ["--database", url, "--metrics-listen", "tcp:0:interface=127.0.0.1"]
+
+    @inlineCallbacks
+    def scrape(self) -> Any:
+        (listener,) = self.server.service.metrics_listeners
+        url = f"http://127.0.0.1:{listener.port.getHost().port}/metrics"
+        response = yield treq.get(url, pool=self.pool)
+        return parse((yield response.text()))
+
+    @inlineCallbacks
+    def test_cluster_families(self) -> Any:
+        """LISTEN connected, no reconnects, one node (as of the previous scrape), none removed."""
+        first = yield self.scrape()
+        self.assertEqual(value(first, "medichat_cluster_listen_connected"), 1)
+        self.assertEqual(value(first, "medichat_cluster_listen_reconnects_total"), 0)
+        self.assertEqual(value(first, "medichat_cluster_dead_nodes_removed_total"), 0)
+        # The node count and online employees come from the database: asked at each
+        # scrape, reported from the previous answer.
+        second = yield self.scrape()
+        self.assertEqual(value(second, "medichat_cluster_nodes"), 1)
+        self.assertEqual(value(second, "medichat_online_employees"), 0)
+        self.assertGreaterEqual(value(second, "medichat_store_operation_duration_seconds_count",
+                                      operation="register_node"), 1)
+        yield self.server.service.broadcast.stop()
+        stopped = yield self.scrape()
+        self.assertEqual(value(stopped, "medichat_cluster_listen_connected"), 0)
