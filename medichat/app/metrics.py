@@ -65,11 +65,13 @@ class LiveCollector:
     @ivar broadcast: with PostgreSQL, the C{LISTEN} connection (C{connected},
         C{reconnects}); L{None} otherwise.
     @ivar node: with PostgreSQL, this process's node (C{removed_nodes}); L{None} otherwise.
+    @ivar connections: the cap on open connections (C{open}, C{limit}, C{refused_total}),
+        if any.
     """
 
     def __init__(self, *, sessions: Any, counters: StompCounters, hub: Any, feed: Any,
                  conversations: Any, presence: Any, store: Any, broadcast: Any = None,
-                 node: Any = None) -> None:
+                 node: Any = None, connections: Any = None) -> None:
         self.sessions = sessions
         self.counters = counters
         self.hub = hub
@@ -79,6 +81,7 @@ class LiveCollector:
         self.store = store
         self.broadcast = broadcast
         self.node = node
+        self.connections = connections
         # Answers that need the store (with the cluster) are asked for at each scrape and
         # reported as of the last answer: a scrape never waits for the database.
         self._online: int | None = None
@@ -166,6 +169,16 @@ class LiveCollector:
                                   "Durable events found only by the event feed's fallback "
                                   "poll (a missed wake-up).",
                                   value=self.feed.published_by_poll)
+        if self.connections is not None:
+            yield GaugeMetricFamily("medichat_connections",
+                                    "Connections open now (HTTP, WebSocket and STOMP/TCP).",
+                                    value=self.connections.open)
+            yield GaugeMetricFamily("medichat_connections_limit",
+                                    "The most connections open at once (--max-connections).",
+                                    value=self.connections.limit)
+            yield CounterMetricFamily("medichat_connections_refused",
+                                      "Connections refused because the limit was reached.",
+                                      value=self.connections.refused_total)
         if self._online is not None:
             yield GaugeMetricFamily("medichat_online_employees",
                                     "Employees with a STOMP session open (on any node).",

@@ -862,7 +862,7 @@ def makeService(
         metrics.add_live(LiveCollector(
             sessions=registry, counters=services.counters, hub=local_hub, feed=feed,
             conversations=conversations, presence=presence, store=store,
-            broadcast=broadcast, node=node,
+            broadcast=broadcast, node=node, connections=cap,
         ))
         store.observer = metrics.store_operation
         feed.lag_observer = metrics.event_lag

@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from medichat._connections import ConnectionCap
 from medichat.app.metrics import LiveCollector, Metrics, MetricsResource
 from medichat.app.tap import Options, makeService
 from medichat.auth.checkers import JWTChecker
@@ -171,6 +172,23 @@ class LiveCollectorTests(_Process):
         self.assertEqual(value(now, "medichat_cluster_listen_reconnects_total"), 0)
         self.assertEqual(value(now, "medichat_cluster_dead_nodes_removed_total"), 0)
         self.assertEqual(value(now, "medichat_online_employees"), 0)
+
+    async def test_connections(self) -> None:
+        """The cap's open connections, its limit and its refusals since start."""
+        cap = ConnectionCap(2, self.clock)
+        self.live.connections = cap
+        cap.open = 2
+        for _ in range(3):
+            self.assertFalse(cap.admit(None))
+        now = samples_of(self.metrics)
+        self.assertEqual(value(now, "medichat_connections"), 2)
+        self.assertEqual(value(now, "medichat_connections_limit"), 2)
+        self.assertEqual(value(now, "medichat_connections_refused_total"), 3)
+        # The log's count starts again at each report; this one only grows.
+        self.clock.advance(61)
+        self.assertFalse(cap.admit(None))
+        self.assertEqual(value(samples_of(self.metrics), "medichat_connections_refused_total"),
+                         4)
 
     async def test_store_slow_reports_last_answer(self) -> None:
         """While the store has not answered, a scrape reports the last answer it gave."""
@@ -381,6 +399,7 @@ class DocumentedTests(_Process):
         self.live.node = node
         self.live.broadcast = PostgreSQLBroadcast("postgresql://nobody@127.0.0.1:1/none",
                                                   self.clock, node_id="a")
+        self.live.connections = ConnectionCap(1, self.clock)
         self.store.observer = self.metrics.store_operation
         await self.store.ping()
         self.metrics.http_request()("/livez", "GET", 200)
