@@ -163,8 +163,10 @@ class EventFeed:
                 return
             self._again = False
             self.reads += 1
-            self._read_by_poll = self._polled and not self._nudged
-            self._polled = self._nudged = False
+            if self._polled or self._nudged:
+                # Otherwise this is the next page of the same catch-up.
+                self._read_by_poll = self._polled and not self._nudged
+                self._polled = self._nudged = False
             outcome: list[Any] = []
             d: Deferred[Any] = self._store.events_after(self.position, self._page)
             d.addBoth(outcome.append)

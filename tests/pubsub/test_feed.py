@@ -112,6 +112,19 @@ class EventFeedTests(FeedTestCase):
         self.clock.advance(5.0)
         self.assertEqual((feed.published, feed.published_by_poll), (3, 2))
 
+    async def test_poll_counts_every_page(self) -> None:
+        """What the poll finds is counted on every page its catch-up reads."""
+        conversation = await self.conversation()
+        feed = self.feed(poll_interval=5.0, page=1)
+        await feed.start()
+        for _ in range(3):
+            await self.post(conversation)
+        self.clock.advance(5.0)
+        self.assertEqual((feed.published, feed.published_by_poll), (3, 3))
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual((feed.published, feed.published_by_poll), (4, 3))
+
     async def test_publishes_in_order_once(self) -> None:
         """Each committed event is published once, in commit order, with its offset."""
         one, two = await self.conversation(), await self.conversation()
