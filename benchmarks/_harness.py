@@ -236,6 +236,7 @@ class Server:
         self.log_path = os.path.join(self.directory, "server.log")
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self.command: list[str] = []
 
     @property
@@ -271,6 +272,8 @@ class Server:
             port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
             if port and re.search(r"medichat \S+ ready", text):
                 self.port = int(port.group(1))
+                metrics = re.search(r"metrics listening on 127\.0\.0\.1:(\d+)", text)
+                self.metrics_port = int(metrics.group(1)) if metrics else None
                 log(f"server ready on port {self.port}")
                 return
             if self.process.poll() is not None:
@@ -643,11 +646,80 @@ def common_arguments(parser: argparse.ArgumentParser, *, duration: float,
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="start the server with --no-fast-paths (public Twisted and "
                              "Autobahn API only), to measure what the fast paths save")
+    parser.add_argument("--metrics-scrape", type=float, default=0.0, metavar="S",
+                        help="start the server with --metrics-listen on a loopback port and "
+                             "scrape its /metrics every S seconds throughout, as Prometheus "
+                             "would (default 0: no metrics)")
 
 
 def server_options(options: argparse.Namespace, *extra: str) -> list[str]:
     """The server's command-line options for these benchmark options, plus C{extra}."""
-    return [*extra, *(["--no-fast-paths"] if options.no_fast_paths else [])]
+    return [*extra, *(["--no-fast-paths"] if options.no_fast_paths else []),
+            *metrics_options(options)]
+
+
+def metrics_options(options: argparse.Namespace) -> list[str]:
+    """The server's metrics options for these benchmark options."""
+    if options.metrics_scrape > 0:
+        return ["--metrics-listen", "tcp:0:interface=127.0.0.1"]
+    return []
+
+
+class Scraper:
+    """
+    Scrapes the server's C{/metrics} every few seconds, as Prometheus would, and keeps
+    how many scrapes it made, how long they took and how large they were.
+    """
+
+    def __init__(self, reactor: Any, port: int, interval: float) -> None:
+        from twisted.web.client import Agent, readBody
+
+        self._agent = Agent(reactor)
+        self._read = readBody
+        self._url = f"http://127.0.0.1:{port}/metrics".encode("ascii")
+        self._loop = LoopingCall(self._scrape)
+        self._loop.clock = reactor
+        self._interval = interval
+        self._busy = False
+        self.seconds: list[float] = []
+        self.size = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _scrape(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        started = time.monotonic()
+
+        def done(body: bytes) -> None:
+            self.seconds.append(time.monotonic() - started)
+            self.size = len(body)
+
+        def failed(_: Any) -> None:
+            self.failures += 1
+
+        d = self._agent.request(b"GET", self._url)
+        d.addCallback(self._read)
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: setattr(self, "_busy", False))
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "interval_s": self._interval,
+            "scrapes": len(self.seconds),
+            "failures": self.failures,
+            "bytes_last": self.size,
+            "ms_median": round(1000 * statistics.median(self.seconds), 2)
+            if self.seconds else None,
+            "ms_max": round(1000 * max(self.seconds), 2) if self.seconds else None,
+        }
 
 
 def run(options: argparse.Namespace, server: Server,
@@ -689,7 +761,13 @@ def run(options: argparse.Namespace, server: Server,
             log(report["error"])
             reactor.stop()  # type: ignore[attr-defined]
 
+        scraper: Scraper | None = None
+        if getattr(options, "metrics_scrape", 0) > 0 and server.metrics_port is not None:
+            scraper = Scraper(reactor, server.metrics_port, options.metrics_scrape)
+
         def go() -> None:
+            if scraper is not None:
+                scraper.start()
             d = ensureDeferred(measure(reactor, report))
             d.addCallbacks(lambda _: finished(), finished)
 
@@ -700,6 +778,9 @@ def run(options: argparse.Namespace, server: Server,
         reactor.run()  # type: ignore[attr-defined]
         if watchdog.active():
             watchdog.cancel()
+        if scraper is not None:
+            scraper.stop()
+            report["metrics"] = scraper.figures()
     except Exception as e:  # the server did not start
         status["code"] = 1
         report["error"] = str(e)

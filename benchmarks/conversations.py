@@ -41,6 +41,7 @@ from _harness import (  # noqa: E402
     idle_window,
     log,
     median_of,
+    metrics_options,
     noise_figures,
     open_population,
     percentile,
@@ -310,6 +311,7 @@ def main() -> int:
         report["database"] = database.redacted
     if options.no_fast_paths:
         server_options.append("--no-fast-paths")
+    server_options.extend(metrics_options(options))
     report["fast_paths"] = not options.no_fast_paths
     server = Server(server_options, keep=options.keep)
 

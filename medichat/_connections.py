@@ -51,6 +51,7 @@ class ConnectionCap:
 
     @ivar limit: the most connections open at once.
     @ivar open: how many are open now.
+    @ivar refused_total: how many were refused since start (for metrics).
     """
 
     _log = Logger()
@@ -66,6 +67,7 @@ class ConnectionCap:
         self._log_interval = log_interval
         self._last_logged: float | None = None
         self._refused = 0
+        self.refused_total = 0
 
     def admit(self, addr: IAddress | None) -> bool:
         """
@@ -75,6 +77,7 @@ class ConnectionCap:
         if self.open < self.limit:
             return True
         self._refused += 1
+        self.refused_total += 1
         now = self._clock.seconds()
         if self._last_logged is None or now - self._last_logged >= self._log_interval:
             self._log.warn(

@@ -310,6 +310,10 @@ class IStore(Interface):
     """
 
     kind = Attribute("C{'sqlite'} or C{'postgresql'}.")
+    observer = Attribute(
+        "L{None}, or (for metrics) a callable given each operation's name as it starts, "
+        "which returns a callable given the operation's result or L{Failure} as it ends."
+    )
 
     def start() -> Deferred[None]:
         """
@@ -592,4 +596,10 @@ class IStore(Interface):
     def presence_online_employees() -> Deferred[int]:
         """
         The distinct employees with an open session on any node.
+        """
+
+    def count_nodes() -> Deferred[int]:
+        """
+        How many nodes (server processes) are registered: the live ones, and the dead ones
+        not yet removed.
         """

@@ -41,6 +41,7 @@ EDGE_LIBRARIES = {
     "psycopg2": frozenset({"store"}),
     "sqlite3": frozenset({"store", "testing"}),
     "twisted.enterprise": frozenset({"store"}),
+    "prometheus_client": frozenset({"app"}),
 }
 """Third-party and standard modules that belong to one edge, and the layers that may use them."""
 
@@ -184,6 +185,10 @@ class LayerTests(SynchronousTestCase):
             len(violations("medichat.domain.conversations", "from twisted.web import http\n")), 1
         )
         self.assertEqual(len(violations("medichat.http.rest", "import txpostgres\n")), 1)
+        self.assertEqual(
+            len(violations("medichat.stomp.session", "from prometheus_client import Counter\n")),
+            1,
+        )
 
     def test_allows_downward_imports(self) -> None:
         """Importing a lower layer, or the same one, is fine."""

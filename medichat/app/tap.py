@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
 
 from medichat import __version__
 from medichat._connections import CappedFactory, ConnectionCap, default_max_connections
@@ -30,6 +32,7 @@ from medichat._timers import TimerWheel
 from medichat.app import logs
 from medichat.app._about import version_text
 from medichat.app._datalock import DataDirectoryLock, LockedError
+from medichat.app.metrics import LiveCollector, Metrics, MetricsResource
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
 from medichat.auth.realm import build_portal
@@ -43,6 +46,7 @@ from medichat.errors import StoreError
 from medichat.http._channel import HTTPConnections
 from medichat.http.accesslog import AccessLog
 from medichat.http.forwarded import parse_trusted_proxy
+from medichat.http.observe import observe_requests
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
@@ -240,6 +244,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["stomp-listen"] = []
         self["allowed-origin"] = []
         self["trusted-proxy"] = []
+        self["metrics-listen"] = []
         self.auth_types: list[str] = []
         self.log_observer: Any = None
 
@@ -270,6 +275,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         An endpoint for plain STOMP over TCP (repeatable), e.g. tcp:61613.
         """
         self["stomp-listen"].append(_endpoint("stomp-listen", description))
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """
+        An endpoint serving GET /metrics for Prometheus, and nothing else (repeatable;
+        default none), e.g. tcp:9464:interface=127.0.0.1.
+        """
+        self["metrics-listen"].append(_endpoint("metrics-listen", description))
 
     def opt_allowed_origin(self, origin: str) -> None:
         """
@@ -493,6 +505,8 @@ class MedichatService(MultiService):
     and ending the process with status 1 after shutdown.
 
     @ivar listeners: the HTTP/WebSocket and STOMP/TCP listeners.
+    @ivar metrics_listeners: the C{--metrics-listen} listeners, bound and opened with the
+        others.
     @ivar _after_store: what starts once the store is running and before the listeners
         (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
         before the store: the event feed and the event pruner.
@@ -544,6 +558,7 @@ class MedichatService(MultiService):
         self._threadpool = threadpool
         self._websockets = websockets
         self.listeners: list[_Listener] = []
+        self.metrics_listeners: list[_Listener] = []
         self.ready: Deferred[None] = Deferred()
         self._stopping: Deferred[None] | None = None
         self._stop_waiters: list[Deferred[None]] | None = []
@@ -562,6 +577,11 @@ class MedichatService(MultiService):
         self.listeners.append(listener)
         listener.setServiceParent(self)
 
+    def add_metrics_listener(self, listener: _Listener) -> None:
+        """Serve the metrics on this endpoint, from when the others listen."""
+        self.metrics_listeners.append(listener)
+        listener.setServiceParent(self)
+
     def startService(self) -> None:
         super().startService()
         try:
@@ -577,7 +597,7 @@ class MedichatService(MultiService):
                         f"cannot lock {self._lock.path}: {e.strerror or e}"
                     ) from None
             self.store.preflight()
-            for listener in self.listeners:
+            for listener in (*self.listeners, *self.metrics_listeners):
                 listener.bind()
         except (CannotStart, StoreError) as e:
             self._cannot_start(str(e))
@@ -600,7 +620,7 @@ class MedichatService(MultiService):
                     raise CannotStart(f"cannot register this cluster node: {e}") from None
             for part in self._after_store:
                 yield part.start()
-            for listener in self.listeners:
+            for listener in (*self.listeners, *self.metrics_listeners):
                 yield listener.listen()
         except (CannotStart, StoreError) as e:
             self._cannot_start(str(e))
@@ -742,6 +762,7 @@ def listener_descriptions(config: Options) -> list[str]:
     return [
         *(f"HTTP/WebSocket {d}" for d in config["listen"]),
         *(f"STOMP/TCP {d}" for d in config["stomp-listen"]),
+        *(f"metrics {d}" for d in config["metrics-listen"]),
     ]
 
 
@@ -808,7 +829,7 @@ def makeService(
     if config["database"] is None:
         # SQLite serves one process, which keeps presence in memory and the data
         # directory locked.
-        hub = InProcessHub()
+        hub = local_hub = InProcessHub()
         presence = InProcessPresence(hub)
         lock = DataDirectoryLock(data_dir)
     else:
@@ -818,7 +839,8 @@ def makeService(
         broadcast = PostgreSQLBroadcast(
             config["database"], reactor, node_id=node_id, keepalive=config["listen-keepalive"]
         )
-        hub = ClusterHub(InProcessHub(node_id), broadcast, clock)
+        local_hub = InProcessHub(node_id)
+        hub = ClusterHub(local_hub, broadcast, clock)
         cluster = ClusterPresence(store, hub, node_id=node_id)
         node = NodeService(store, cluster, clock, ttl=config["node-ttl"])
         presence = cluster
@@ -933,5 +955,20 @@ def makeService(
         top.add_listener(_Listener(reactor, description, tcp_factory, "STOMP/TCP"))
 
     HeartbeatTopicService(hub, clock, config["heartbeat-topic-interval"]).setServiceParent(top)
+    if config["metrics-listen"]:
+        metrics = Metrics(time.perf_counter)
+        metrics.add_live(LiveCollector(
+            sessions=registry, counters=services.counters, hub=local_hub, feed=feed,
+            conversations=conversations, presence=presence, store=store,
+            broadcast=broadcast, node=node, connections=cap,
+        ))
+        store.observer = metrics.store_operation
+        feed.lag_observer = metrics.event_lag
+        observe_requests(site, metrics.http_request, RestAPI.router.url_map)
+        metrics.setServiceParent(top)
+        scrapes = Site(MetricsResource(metrics), reactor=clock)
+        scrapes.displayTracebacks = False
+        for description in config["metrics-listen"]:
+            top.add_metrics_listener(_Listener(reactor, description, scrapes, "metrics"))
     return top
 

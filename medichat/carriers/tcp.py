@@ -31,6 +31,7 @@ class StompTCPProtocol(Protocol):
 
     factory: StompTCPFactory
     transport: Any
+    carrier_kind = "tcp"
     _session: StompSession | None = None
     _budget: WriteBudget | None = None
     _socket: Any = None
@@ -53,7 +54,9 @@ class StompTCPProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         session, self._session = self._session, None
         if session is not None:
-            session.connection_lost(reason.getErrorMessage())
+            overflowed = self._budget is not None and self._budget.overflowed
+            session.connection_lost(reason.getErrorMessage(),
+                                    "slow_consumer" if overflowed else "disconnect")
 
     # ICarrier
 

@@ -74,6 +74,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     factory: StompWebSocketFactory
     transport: Any
+    carrier_kind = "websocket"
     _session: StompSession | None = None
     _budget: WriteBudget | None = None
     _credentials: object | None = None
@@ -85,6 +86,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _pings: TokenBucket | None = None
     _probe: Timer | None = None
     _ping_unanswered = False
+    _ping_timed_out = False
     _discarding = False
     _discarded = 0
 
@@ -110,6 +112,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 peer=request.peer,
                 origin=headers.get("origin"),
             )
+            factory.services.counters.refused["origin not allowed"] += 1
             raise ConnectionDeny(403, "origin not allowed")
         self._credentials = handshake_credentials(headers)
         for protocol in SUBPROTOCOLS:
@@ -199,7 +202,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             session = self._session
             detail = f"at most {self.factory.ping_rate:g} pings a second"
             if session is not None:
-                session.end("too many pings", detail)
+                session.end("too many pings", detail, cause="error")
             else:
                 self.close(1008, "too many pings")
             return
@@ -237,6 +240,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 peer=self.peer,
                 interval=factory.ping_interval,
             )
+            self._ping_timed_out = True
             self.dropConnection(abort=True)
             return
         self._ping_unanswered = True
@@ -271,7 +275,13 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             probe.cancel()
         session, self._session = self._session, None
         if session is not None:
-            session.connection_lost(reason or f"WebSocket closed ({code})")
+            if self._budget is not None and self._budget.overflowed:
+                cause = "slow_consumer"
+            elif self._ping_timed_out:
+                cause = "heartbeat_timeout"
+            else:
+                cause = "disconnect"
+            session.connection_lost(reason or f"WebSocket closed ({code})", cause)
 
     def dropConnection(self, abort: bool = False) -> None:
         """

@@ -282,6 +282,7 @@ class NodeService(Service):
 
     @ivar ttl: seconds without a heartbeat after which a node is dead.
     @ivar interval: seconds between heartbeats.
+    @ivar removed_nodes: dead nodes whose presence this node removed (for metrics).
     """
 
     def __init__(
@@ -314,6 +315,7 @@ class NodeService(Service):
         # When this node last recorded a heartbeat (microseconds), and why the last failed.
         self._last_beat: int | None = None
         self._failing: str | None = None
+        self.removed_nodes = 0
 
     @property
     def node_id(self) -> str:
@@ -390,6 +392,7 @@ class NodeService(Service):
                       reason=self._failing)
             self._failing = None
         if dead:
+            self.removed_nodes += len(dead)
             _log.info(
                 "removed {count} dead cluster nodes: {nodes}",
                 count=len(dead),

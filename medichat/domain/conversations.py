@@ -211,6 +211,8 @@ class ConversationService:
         them.
     @ivar feed: publishes the durable events once committed; told after each commit.
     @ivar max_message_length: the longest chat message accepted, in characters.
+    @ivar messages_committed: messages this process committed since it started (a repeat
+        of an idempotent POST is not counted again), for metrics.
     """
 
     store: IStore
@@ -220,6 +222,7 @@ class ConversationService:
     feed: IEventFeed
     max_message_length: int = MAX_MESSAGE_LENGTH
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
+    messages_committed: int = field(default=0, init=False)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -479,6 +482,7 @@ class ConversationService:
         stored, created = await self.store.add_message(message, idempotency_key)
         if not created:
             return stored  # type: ignore[no-any-return]
+        self.messages_committed += 1
         self._committed()
         try:
             subscribed = await self.presence.subscribed_users(conversation.id)

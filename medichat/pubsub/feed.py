@@ -54,6 +54,12 @@ class EventFeed:
 
     @ivar position: the position of the last event published (L{None} until started).
     @ivar reads: how many reads of the store it made (for operators and tests).
+    @ivar published: events it published, since start.
+    @ivar published_by_poll: of those, the events that a read of the fallback poll found
+        (no commit in this process nor a wake-up from another asked for that read): each
+        is an event that a lost wake-up would have left unseen until the poll.
+    @ivar lag_observer: called with the seconds from each event's commit to its
+        publication here, when set (for metrics).
     """
 
     def __init__(
@@ -88,6 +94,13 @@ class EventFeed:
         self._failing = False
         self._poll: LoopingCall | None = None
         self.reads = 0
+        self.published = 0
+        self.published_by_poll = 0
+        self.lag_observer: Callable[[float], object] | None = None
+        # What asked for the reads since the last one began: the poll, anything else.
+        self._polled = False
+        self._nudged = False
+        self._read_by_poll = False
 
     def start(self, position: int | None = None) -> Deferred[None]:
         """
@@ -104,7 +117,7 @@ class EventFeed:
         self.position = position
         _log.info("event feed starts after position {position}", position=position)
         if self._poll_interval is not None:
-            self._poll = LoopingCall(self.catch_up)
+            self._poll = LoopingCall(self._poll_due)
             self._poll.clock = self._clock
             self._poll.start(self._poll_interval, now=False)
 
@@ -117,8 +130,16 @@ class EventFeed:
         self._poll = None
         self.position = None
 
+    def _poll_due(self) -> None:
+        self._polled = True
+        self._catch_up()
+
     def catch_up(self) -> None:
         """See L{IEventFeed.catch_up}."""
+        self._nudged = True
+        self._catch_up()
+
+    def _catch_up(self) -> None:
         if self.position is None:
             return
         if self._reading:
@@ -142,6 +163,10 @@ class EventFeed:
                 return
             self._again = False
             self.reads += 1
+            if self._polled or self._nudged:
+                # Otherwise this is the next page of the same catch-up.
+                self._read_by_poll = self._polled and not self._nudged
+                self._polled = self._nudged = False
             outcome: list[Any] = []
             d: Deferred[Any] = self._store.events_after(self.position, self._page)
             d.addBoth(outcome.append)
@@ -173,12 +198,19 @@ class EventFeed:
         if self._failing:
             self._failing = False
             _log.info("event feed reads the store again")
+        lag_observer = self.lag_observer
+        now = self._clock.seconds() if lag_observer is not None else 0.0
         for event in result:
             if self.position is None:
                 break
             if event.position <= self.position:
                 continue
             self.position = event.position
+            self.published += 1
+            if self._read_by_poll:
+                self.published_by_poll += 1
+            if lag_observer is not None:
+                lag_observer(max(0.0, now - event.created / 1_000_000))
             try:
                 self._hub.publish_encoded(
                     conversation_topic(event.conversation_id),

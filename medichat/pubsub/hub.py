@@ -62,12 +62,18 @@ class InProcessHub:
     A hub for one process: destinations map to ordered sets of subscribers.
 
     @param node_id: prefixes this hub's message ids (random when not given).
+
+    @ivar publications: publications that had at least one subscriber, since start.
+    @ivar deliveries: publications handed to subscribers, since start (one per
+        subscriber of each publication; counted once per publication, not per delivery).
     """
 
     def __init__(self, node_id: str | None = None) -> None:
         self._subscribers: dict[str, dict[ISubscriber, None]] = {}
         self._node = node_id or os.urandom(4).hex()
         self._counter = itertools.count(1)
+        self.publications = 0
+        self.deliveries = 0
 
     def subscribe(self, destination: str, subscriber: ISubscriber) -> None:
         self._subscribers.setdefault(destination, {})[subscriber] = None
@@ -93,7 +99,10 @@ class InProcessHub:
             destination, body, f"{self._node}-{next(self._counter)}", offset
         )
         # A snapshot: a delivery may end a session, which unsubscribes it.
-        for subscriber in list(subs):
+        snapshot = list(subs)
+        self.publications += 1
+        self.deliveries += len(snapshot)
+        for subscriber in snapshot:
             try:
                 subscriber.deliver(publication)
             except Exception:
@@ -107,3 +116,9 @@ class InProcessHub:
         How many subscriptions C{destination} has now (for operators and tests).
         """
         return len(self._subscribers.get(destination, ()))
+
+    def subscription_count(self) -> int:
+        """
+        How many subscriptions all destinations have now (for metrics).
+        """
+        return sum(len(subs) for subs in self._subscribers.values())

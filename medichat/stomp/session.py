@@ -49,6 +49,7 @@ from medichat.stomp.codec import (
     encode_frame,
     escape_header,
 )
+from medichat.stomp.counters import StompCounters
 from medichat.stomp.destinations import Route, route_send, route_subscription
 from medichat.stomp.registry import SessionRegistry
 
@@ -151,6 +152,7 @@ class StompServices:
     registry of live sessions, time, and the per-user rate limits.
 
     @ivar wheel: the timers of every session; made on C{clock} when not given.
+    @ivar counters: what the sessions have done, for metrics.
     """
 
     hub: IHub
@@ -162,6 +164,7 @@ class StompServices:
     wheel: TimerWheel = field(default=None)
     config: StompConfig = StompConfig()
     rates: UserRateLimits = field(default=None)
+    counters: StompCounters = field(factory=StompCounters)
 
     def __attrs_post_init__(self) -> None:
         if self.rates is None:
@@ -178,6 +181,9 @@ class StompServices:
 class StompError(Exception):
     """
     A protocol error: the session sends C{ERROR} with this message and closes.
+
+    @ivar reason: what the error is counted as (L{StompCounters.errors}): a fixed name,
+        the message unless that carries more than the kind of error.
     """
 
     def __init__(
@@ -186,9 +192,11 @@ class StompError(Exception):
         detail: str = "",
         code: int = CLOSE_PROTOCOL_ERROR,
         headers: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = message if reason is None else reason
         self.detail = detail
         self.code = code
         self.headers = headers
@@ -288,6 +296,8 @@ class StompSession:
 
     @ivar user: the authenticated user, once C{CONNECT} has been accepted.
     @ivar version: the negotiated STOMP version (C{"1.2"} until negotiated).
+    @ivar carrier_kind: what carries the session (the carrier's C{carrier_kind}:
+        C{"websocket"}, C{"tcp"}), for metrics.
     """
 
     _log = Logger()
@@ -301,7 +311,13 @@ class StompSession:
         peer: str = "",
     ) -> None:
         self._carrier = carrier
+        self.carrier_kind: str = getattr(carrier, "carrier_kind", "other")
         self._services = services
+        self._counters = services.counters
+        # Why the session ends (one of CLOSE_CAUSES), set by whatever ends it first; and
+        # whether it is counted among the open ones.
+        self._cause: str | None = None
+        self._live = False
         self._config = services.config
         self._clock = services.clock
         self._handshake_credentials = credentials
@@ -347,8 +363,11 @@ class StompSession:
         try:
             frames = self._parser.feed(data)
         except FrameError as e:
-            code = CLOSE_TOO_BIG if isinstance(e, FrameTooLarge) else CLOSE_PROTOCOL_ERROR
-            self._fail(StompError(e.message, code=code), None)
+            if isinstance(e, FrameTooLarge):
+                self._fail(StompError(e.message, code=CLOSE_TOO_BIG, reason="frame too large"),
+                           None)
+            else:
+                self._fail(StompError(e.message, reason="malformed frame"), None)
             return
         if not frames:
             return
@@ -380,10 +399,15 @@ class StompSession:
         """
         return self._expect_every > 0
 
-    def connection_lost(self, reason: str = "") -> None:
+    def connection_lost(self, reason: str = "", cause: str = "disconnect") -> None:
         """
         The connection is gone: release subscriptions, presence and timers.
+
+        @param cause: why, when the carrier knows better than "the client went"
+            (C{"slow_consumer"}, C{"heartbeat_timeout"}): see L{CLOSE_CAUSES}.
         """
+        if self._cause is None:
+            self._cause = cause
         if self._state == _CLOSED:
             self._cleanup()
             return
@@ -393,14 +417,16 @@ class StompSession:
         self._state = _CLOSED
         self._cleanup()
 
-    def end(self, message: str, detail: str = "") -> None:
+    def end(self, message: str, detail: str = "", cause: str = "revoked") -> None:
         """
         End the session from the server side with an C{ERROR} (credential expired, login
         session revoked, server shutting down).
+
+        @param cause: why, as counted (see L{CLOSE_CAUSES}).
         """
         if self._state == _CLOSED:
             return
-        self._fail(StompError(message, detail, code=CLOSE_POLICY), None)
+        self._fail(StompError(message, detail, code=CLOSE_POLICY), None, cause)
 
     def shutdown(self) -> None:
         """
@@ -408,7 +434,7 @@ class StompSession:
         """
         if self._state == _CLOSED:
             return
-        self._fail(StompError("server shutting down", code=CLOSE_GOING_AWAY), None)
+        self._fail(StompError("server shutting down", code=CLOSE_GOING_AWAY), None, "shutdown")
 
     # ---------------------------------------------------------------- delivery
 
@@ -477,7 +503,10 @@ class StompSession:
         if isinstance(error, StompError):
             self._fail(error, frame)
         elif isinstance(error, AuthenticationFailed):
-            self._fail(StompError(error.reason, code=CLOSE_POLICY), frame)
+            self._fail(
+                StompError(error.reason, code=CLOSE_POLICY, reason="authentication failed"),
+                frame,
+            )
         elif isinstance(error, DomainError):
             self._fail(StompError(error.title.lower(), error.detail, CLOSE_POLICY), frame)
         elif isinstance(error, StoreUnavailable):
@@ -501,6 +530,8 @@ class StompSession:
 
     def _dispatch(self, frame: Frame) -> Deferred[Any] | None:
         command = frame.command
+        # The parser accepts only STOMP's commands: a fixed set of keys.
+        self._counters.frames_received[command] += 1
         if self._state == _AWAITING_CONNECT:
             if command in ("CONNECT", "STOMP"):
                 return self._on_connect(frame)
@@ -601,6 +632,8 @@ class StompSession:
         else:
             self._credentials = None
         self._services.registry.add(self)
+        self._live = True
+        self._counters.opened += 1
         self._log.info(
             "session {session} connected: user {user_id} ({role}) STOMP {version} from {peer}",
             session=self.session_id,
@@ -709,6 +742,7 @@ class StompSession:
                     return
                 last = event.offset
                 body = event.body.encode("utf-8")
+                self._counters.frames_sent["MESSAGE"] += 1
                 self._send_publication(
                     subscription,
                     Publication(
@@ -743,6 +777,7 @@ class StompSession:
             encode_event({"online": online}),
             self._own_message_id(),
         )
+        self._counters.frames_sent["MESSAGE"] += 1
         self.deliver(subscription, publication)
 
     def _on_unsubscribe(self, frame: Frame) -> Deferred[None] | None:
@@ -838,6 +873,8 @@ class StompSession:
         if receipt is not None:
             self._send_frame("RECEIPT", [("receipt-id", receipt)])
         self._queue.clear()
+        if self._cause is None:
+            self._cause = "disconnect"
         self._close(CLOSE_NORMAL, "client disconnected")
 
     def _in_transaction(self, transaction: str, destination: str | None) -> None:
@@ -905,6 +942,8 @@ class StompSession:
                 session=self.session_id,
                 seconds=now - self._last_read,
             )
+            if self._cause is None:
+                self._cause = "heartbeat_timeout"
             self._state = _CLOSED
             self._carrier.abort()
             self._cleanup()
@@ -920,7 +959,7 @@ class StompSession:
             # A sliding login session moved its expiry on since this timer was set.
             self._timers.append(self._services.wheel.call_at(expires_at / 1e6, self._expired))
             return
-        self.end("credential expired")
+        self.end("credential expired", cause="expired")
 
     def _revalidate(self) -> None:
         if self._state != _CONNECTED or self._credentials is None:
@@ -957,14 +996,23 @@ class StompSession:
 
     def _send_raw(self, data: bytes) -> None:
         self._last_write = self._clock.seconds()
+        self._counters.bytes_sent += len(data)
         self._carrier.send(data)
 
     def _send_frame(self, command: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self._counters.frames_sent[command] += 1
         self._send_raw(_encode(command, headers, body, self.version))
 
-    def _fail(self, error: StompError, frame: Frame | None) -> None:
+    def _fail(self, error: StompError, frame: Frame | None, cause: str = "error") -> None:
         if self._state == _CLOSED:
             return
+        counters = self._counters
+        if self._state != _CONNECTED:
+            counters.refused[error.reason] += 1
+        elif self._cause is None:
+            self._cause = cause
+        counters.errors[error.reason] += 1
+        counters.frames_sent["ERROR"] += 1
         headers = [("message", error.message), *error.headers, ("content-type", "text/plain")]
         if frame is not None:
             receipt = frame.get("receipt")
@@ -996,6 +1044,9 @@ class StompSession:
 
     def _cleanup(self) -> None:
         self._cleanup_timers()
+        if self._live:
+            self._live = False
+            self._counters.closed[self._cause or "disconnect"] += 1
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         self._transactions.clear()

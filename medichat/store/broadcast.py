@@ -222,6 +222,8 @@ class PostgreSQLBroadcast:
 
     @ivar url: the libpq URL connected to (the store's).
     @ivar connected: C{True} while the C{LISTEN} is in place.
+    @ivar reconnects: how many times the C{LISTEN} was in place again after it had been
+        lost (for metrics).
     """
 
     def __init__(
@@ -257,6 +259,8 @@ class PostgreSQLBroadcast:
         self.url = url
         self.node_id = node_id
         self.connected = False
+        self.reconnects = 0
+        self._listened = False
         self._reactor = reactor
         self._channel = channel
         self._keepalive = keepalive
@@ -489,6 +493,9 @@ class PostgreSQLBroadcast:
         connection.addNotifyObserver(self._notified)
         connection.on_lost = self._lost
         self.connected = True
+        if self._listened:
+            self.reconnects += 1
+        self._listened = True
         if self._failures:
             _log.info("listening on PostgreSQL again")
         else:

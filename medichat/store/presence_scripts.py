@@ -440,6 +440,12 @@ def subscribed_users(dialect: Dialect, conversation_id: str) -> Script[frozenset
     return frozenset(str(row[0]) for row in result.rows)
 
 
+def count_nodes(dialect: Dialect) -> Script[int]:
+    """The registered nodes, alive or not yet removed as dead."""
+    result = yield dialect.statement("SELECT COUNT(*) FROM nodes")
+    return int(result.rows[0][0])
+
+
 def online_employees(dialect: Dialect) -> Script[int]:
     """The distinct employees with an open session on any node."""
     result = yield dialect.statement("SELECT online FROM presence_online WHERE id = 1")
@@ -508,6 +514,10 @@ class PresenceOperations:
     def presence_online_employees(self) -> Deferred[int]:
         """See L{medichat.interfaces.IStore.presence_online_employees}."""
         return self._run(online_employees(self._dialect))
+
+    def count_nodes(self) -> Deferred[int]:
+        """See L{medichat.interfaces.IStore.count_nodes}."""
+        return self._run(count_nodes(self._dialect))
 
 
 __all__ = ["PresenceOperations"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -691,6 +692,9 @@ class SQLStore:
     @ivar _migrations: the migrations that C{start} applies.
     @ivar _create: whether C{start} may make a new database; if not, it fails with
         L{MissingDatabase} on one that medichat never migrated.
+    @ivar observer: when set (for metrics), called as each operation starts with the
+        operation's name (the store method's), and returns what is called with its outcome
+        (its result, or a L{Failure}) when it ends.
     """
 
     kind: str = ""
@@ -708,6 +712,7 @@ class SQLStore:
         self._in_flight: set[Deferred[None]] = set()
         self._outage: str | None = None
         self._outage_writes_only = False
+        self.observer: Callable[[str], Callable[[object], object]] | None = None
 
     # -- for subclasses
 
@@ -776,11 +781,18 @@ class SQLStore:
             return fail(StoreError(f"the {self.kind} store is not running"))
         done: Deferred[None] = Deferred()
         self._in_flight.add(done)
+        # The operation is the store method that called (a coroutine's frame, for those
+        # that run several scripts; "_add_message" is add_message's): a fixed set of names.
+        ended = None
+        if self.observer is not None:
+            ended = self.observer(sys._getframe(1).f_code.co_name.lstrip("_"))
 
         def finished(result: T | Failure) -> T | Failure:
             self._in_flight.discard(done)
             done.callback(None)
             self._note_outage(result, write)
+            if ended is not None:
+                ended(result)
             return result
 
         return self._execute(script, write).addBoth(finished)

@@ -12,11 +12,15 @@ import struct
 from pprint import pformat
 from typing import Any
 
+from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket import protocol as autobahn_protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
+from medichat._timers import TimerWheel
 from medichat.carriers import _fastpath
+from medichat.carriers._fastpath import timers_on_wheel
 from medichat.carriers.tcp import keep_alive
 from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
 from medichat.stomp.codec import Frame, encode_frame
@@ -25,12 +29,14 @@ from tests._stomp import make_services, mint
 from tests.carriers._memory import (
     MemoryConnection,
     RawWebSocket,
+    WSClientProtocol,
     connect_tcp,
     connect_ws,
     masked_frame,
     tcp_factory,
     ws_factory,
 )
+from tests.carriers._memory import _connect as open_connection
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 CONNECT_HEADERS = {"accept-version": "1.2", "host": "medichat", "heart-beat": "0,0"}
@@ -160,6 +166,7 @@ class CarrierScenariosMixin:
         connection.pump.flush()
         self.assertTrue(connection.server_transport.aborted)
         self.assertEqual(services.hub.subscriber_count(HEARTBEAT_TOPIC), 0)
+        self.assertEqual(dict(services.counters.closed), {"slow_consumer": 1})
 
     def test_disconnect_receipt_and_clean_close(self) -> None:
         """DISCONNECT gets its RECEIPT, then the connection closes cleanly (code 1000)."""
@@ -383,6 +390,29 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         self.step(connection, 30)
         self.assertTrue(connection.server_transport.aborted)
         self.assertEqual(services.registry.session_count(CUSTOMER), 0)
+        self.assertEqual(dict(services.counters.closed), {"heartbeat_timeout": 1})
+
+    def test_refused_origin_counted(self) -> None:
+        """A handshake from a foreign origin is refused and counted as such."""
+        services = make_services(self.clock)
+        factory = self.make_factory(services)
+        client_factory = WebSocketClientFactory(
+            "ws://localhost:8080/api/v1/chat", protocols=["v12.stomp"],
+            headers={"Origin": "https://elsewhere.example"}, reactor=self.clock,
+        )
+        client_factory.protocol = WSClientProtocol
+        timers_on_wheel(client_factory, TimerWheel(self.clock))
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        open_connection(server, client, self.clock)
+        self.assertFalse(client.opened)
+        self.assertEqual(dict(services.counters.refused), {"origin not allowed": 1})
+
+    def test_carrier_kind(self) -> None:
+        """Sessions over a WebSocket say so."""
+        self.connected()
+        (session,) = self.services.registry.sessions()
+        self.assertEqual(session.carrier_kind, "websocket")  # type: ignore[attr-defined]
 
     def test_heartbeat_session_not_pinged(self) -> None:
         """A session whose client promised heart-beats is checked by them, not by pings."""

@@ -204,6 +204,7 @@ class _ClusterScenarios(_Stores):
         await b.presence.joined("tab1", OTHER_CHAT)
         await c.presence.session_opened("tab2", DOCTOR, True)
         self.events.take()
+        test.assertEqual(await a.store.count_nodes(), 3)
         # b dies: it stops beating, without goodbye.
         self.clock.advance(DEFAULT_NODE_TTL / 2)
         await gatherResults([a.service.beat(), c.service.beat()])
@@ -218,6 +219,8 @@ class _ClusterScenarios(_Stores):
         test.assertEqual(await c.presence.online_employees(), 1)
         await gatherResults([a.service.beat(), c.service.beat()])
         test.assertEqual(self.events.take(), [], "reaped once")
+        test.assertEqual(a.service.removed_nodes + c.service.removed_nodes, 1)
+        test.assertEqual(await c.store.count_nodes(), 2)
 
     async def test_heartbeats_scheduled(self) -> None:
         """A running node beats every interval on its clock, which keeps it alive."""

@@ -166,6 +166,7 @@ class BroadcastTests(TestCase):
             )
             a.send("before")
             await until(lambda: ("a", "before") in inbox.received, "the first message")
+            self.assertEqual((a.reconnects, b.reconnects), (0, 0))
             # What b says of itself at the moment it reports the loss.
             seen: list[bool] = []
             nodes = {"a": a, "b": b}
@@ -181,6 +182,7 @@ class BroadcastTests(TestCase):
             self.assertEqual(seen, [False, False])
             await until(lambda: b.connected and a.connected, "both to listen again")
             self.assertEqual(inbox.connects, 2)
+            self.assertEqual((a.reconnects, b.reconnects), (1, 1))
             a.send("after")
             await until(lambda: ("a", "after") in inbox.received, "a message after")
 

@@ -79,6 +79,52 @@ class EventFeedTests(FeedTestCase):
     L{EventFeed} publishes what was committed since its last position.
     """
 
+    async def test_counts_and_lag(self) -> None:
+        """Published events are counted, and each one's commit-to-publication lag told."""
+        conversation = await self.conversation()
+        self.listen(conversation)
+        feed = self.feed(poll_interval=None)
+        lags: list[float] = []
+        feed.lag_observer = lags.append
+        await feed.start()
+        await self.post(conversation)
+        self.clock.advance(2.5)
+        await self.post(conversation)
+        self.clock.advance(0.5)
+        feed.catch_up()
+        self.assertEqual(lags, [3.0, 0.5])
+        self.assertEqual((feed.published, feed.published_by_poll), (2, 0))
+
+    async def test_counts_what_only_the_poll_found(self) -> None:
+        """Events that only the fallback poll's read found are counted as caught up by it."""
+        conversation = await self.conversation()
+        feed = self.feed(poll_interval=5.0)
+        await feed.start()
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual((feed.published, feed.published_by_poll), (1, 0))
+        # Two commits whose wake-ups were lost: the poll finds them.
+        await self.post(conversation)
+        await self.post(conversation)
+        self.clock.advance(5.0)
+        self.assertEqual((feed.published, feed.published_by_poll), (3, 2))
+        # A poll that finds nothing counts nothing.
+        self.clock.advance(5.0)
+        self.assertEqual((feed.published, feed.published_by_poll), (3, 2))
+
+    async def test_poll_counts_every_page(self) -> None:
+        """What the poll finds is counted on every page its catch-up reads."""
+        conversation = await self.conversation()
+        feed = self.feed(poll_interval=5.0, page=1)
+        await feed.start()
+        for _ in range(3):
+            await self.post(conversation)
+        self.clock.advance(5.0)
+        self.assertEqual((feed.published, feed.published_by_poll), (3, 3))
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual((feed.published, feed.published_by_poll), (4, 3))
+
     async def test_publishes_in_order_once(self) -> None:
         """Each committed event is published once, in commit order, with its offset."""
         one, two = await self.conversation(), await self.conversation()
