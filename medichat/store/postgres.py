@@ -149,10 +149,14 @@ class PostgreSQLStore(PresenceOperations, SQLStore):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        pool, self._pool = self._pool, None
+        pool = self._pool
         if pool is None:
             return
+        # Work accepted before stop (queued messages) still needs the pool.
         await self._stop_running()
+        if self._pool is not pool:
+            return  # another stop() finished first
+        self._pool = None
         pool.close()
 
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
