@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from attrs import evolve
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from medichat.errors import DuplicateError
 from medichat.model import Message, MessageCommit, MessageCommitted, new_id
+from medichat.store import PostgreSQLStore
 from medichat.store.scripts import Result, Script, SQLStore, Statement
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
@@ -315,3 +317,48 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
 
     new_location = scenario.PostgreSQLStoreTests.new_location
     make_store = scenario.PostgreSQLStoreTests.make_store
+
+    async def test_socket_stays_registered(self) -> None:
+        """
+        The store's statements leave the connections' sockets registered with the
+        reactor: no reader or writer is added or removed while transactions run.
+        """
+        counting = CountingReactor(reactor)
+        store = PostgreSQLStore(await self.new_location(), counting, pool_size=1)
+        await store.start()
+        self.addCleanup(store.stop)
+        conversation = await self.stored_conversation(store)
+        before = counting.changes
+        for i in range(5):
+            await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i), f"k{i}", (NURSE,))
+            )
+        self.assertEqual(len(await self.all_messages(store, conversation)), 5)
+        self.assertEqual(counting.changes, before)
+
+
+class CountingReactor:
+    """The reactor, counting the readers and writers added and removed."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.changes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def addReader(self, reader: Any) -> None:  # noqa: N802 - the reactor's name
+        self.changes += 1
+        self._real.addReader(reader)
+
+    def removeReader(self, reader: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.removeReader(reader)
+
+    def addWriter(self, writer: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.addWriter(writer)
+
+    def removeWriter(self, writer: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.removeWriter(writer)
