@@ -100,6 +100,9 @@ class PostgreSQLStore(PresenceOperations, SQLStore):
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._pool: _Pool | None = None
+        # Message groups commit side by side on all connections but one, which stays
+        # free for reads (the event feed's, a GET's).
+        self.max_groups = max(1, pool_size - 1)
 
     def start(self) -> Deferred[None]:
         """See L{IStore.start}."""

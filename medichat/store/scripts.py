@@ -888,6 +888,9 @@ class SQLStore:
         self._message_queue: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
         self._committing: Deferred[None] | None = None
         self.max_batch = DEFAULT_MAX_BATCH
+        self.max_groups = 1
+        self._groups = 0
+        self._busy: set[str] = set()
         self.message_transactions = 0
 
     # -- for subclasses
@@ -1065,12 +1068,15 @@ class SQLStore:
         See L{medichat.interfaces.IStore.commit_message}: one L{commit_message} script
         each, in group commits.
 
-        While a group is being committed, the messages that arrive queue; when it is
-        done, all of them (up to L{max_batch}) go together in one transaction
-        (L{commit_messages}), in the order they arrived, so that one message transaction at a
-        time is under way per store and commit order is arrival order.  A group that
-        fails is committed again one message at a time, so that each caller gets its own
-        outcome, unless it failed for an outage (L{StoreUnavailable}), which fails each.
+        At most L{max_groups} message transactions are under way at a time; messages that
+        arrive meanwhile queue, and when one is done, all of them (up to L{max_batch}) go
+        together in the next transaction (L{commit_messages}), in the order they arrived.
+        With one group at a time (SQLite, which has one connection anyway) commit order is
+        arrival order; with several (PostgreSQL), the conversations' row locks keep each
+        conversation's messages in commit order, and the event counter makes positions
+        commit order.  A group that fails is committed again one message at a time, so
+        that each caller gets its own outcome, unless it failed for an outage
+        (L{StoreUnavailable}), which fails each.
         """
         if not self._running:
             return fail(StoreError(f"the {self.kind} store is not running"))
@@ -1079,25 +1085,49 @@ class SQLStore:
         if self._committing is None:
             self._committing = Deferred()
             self._in_flight.add(self._committing)
-            self._commit_queued()
+        self._commit_queued()
         return waiting
 
-    def _commit_queued(self, _: object = None) -> None:
+    def _commit_queued(self) -> None:
         """
-        Commit what is queued, a group at a time, until nothing is; a group that
-        finishes at once (an in-memory store) is followed by the next in this loop.
+        Start a group of what is queued while fewer than L{max_groups} are under way; a
+        group that finishes at once (an in-memory store) is followed by the next in this
+        loop.  Once nothing is queued or under way, C{stop} may go on.
+
+        A conversation is in one group at a time: the messages of a conversation that a
+        group under way holds wait for the next, so that each conversation's messages
+        commit in the order they arrived.
         """
-        while self._message_queue:
-            group = self._message_queue[: self.max_batch]
-            del self._message_queue[: self.max_batch]
+        while self._message_queue and self._groups < self.max_groups:
+            group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
+            waiting = []
+            for queued in self._message_queue:
+                conversation_id = queued[0].message.conversation_id
+                if len(group) < self.max_batch and conversation_id not in self._busy:
+                    group.append(queued)
+                else:
+                    waiting.append(queued)
+            if not group:
+                break
+            self._message_queue = waiting
+            conversations = {commit.message.conversation_id for commit, _ in group}
+            self._busy |= conversations
+            self._groups += 1
             committing = Deferred.fromCoroutine(self._commit_group(group))
-            if not committing.called:
-                committing.addCallback(self._commit_queued)
-                return
-        done, self._committing = self._committing, None
-        if done is not None:
+            if committing.called:
+                self._group_done(None, conversations, again=False)
+            else:
+                committing.addCallback(self._group_done, conversations)
+        if not self._message_queue and self._groups == 0 and self._committing is not None:
+            done, self._committing = self._committing, None
             self._in_flight.discard(done)
             done.callback(None)
+
+    def _group_done(self, _: None, conversations: set[str], again: bool = True) -> None:
+        self._groups -= 1
+        self._busy -= conversations
+        if again:
+            self._commit_queued()
 
     async def _commit_group(
         self, group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]]

@@ -175,12 +175,13 @@ class GroupCommitMixin(_Base):
 
     async def test_group_commit(self) -> None:
         """
-        Sixty concurrent messages in six conversations: the first commits alone, the
-        other fifty-nine, which arrived meanwhile, in one transaction; every caller gets
-        its own message; seq and stream offsets follow arrival order in each conversation,
-        and the events' positions follow arrival order overall.
+        Sixty concurrent messages in six conversations, one group at a time: the first
+        commits alone, the other fifty-nine, which arrived meanwhile, in one transaction;
+        every caller gets its own message; seq and stream offsets follow arrival order in
+        each conversation, and the events' positions follow arrival order overall.
         """
         store = await self.started()
+        store.max_groups = 1
         conversations = [await self.stored_conversation(store) for _ in range(6)]
         messages = [
             a_message(conversations[i % 6], T0 + i, f"message {i}") for i in range(60)
@@ -217,6 +218,47 @@ class GroupCommitMixin(_Base):
             self.assertEqual(offsets, list(range(1, len(offsets) + 1)))
             self.assertIn(len(offsets), (10, 20))
 
+    async def test_groups_side_by_side(self) -> None:
+        """
+        With three groups under way at a time, sixty concurrent messages in six
+        conversations take a handful of transactions (three alone, then groups of what
+        arrived, a conversation in one group at a time), every caller gets its own
+        message, each conversation's seq and offsets follow arrival order, positions are
+        gap-free, and each message's receipt event follows its own.
+        """
+        store = await self.started()
+        store.max_groups = 3
+        conversations = [await self.stored_conversation(store) for _ in range(6)]
+        messages = [
+            a_message(conversations[i % 6], T0 + i, f"message {i}") for i in range(60)
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store,
+            lambda: [
+                store.commit_message(MessageCommit(m, None, (f"nurse-{i}",)))
+                for i, m in enumerate(messages)
+            ],
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertLessEqual(len(counted.runs), 9)
+        self.assertEqual([o.message.id for o in outcomes], [m.id for m in messages])
+        events = list(await store.events_after(0, 1000))
+        self.assertEqual([e.position for e in events], list(range(1, 121)))
+        for conversation in conversations:
+            mine = [m.id for m in messages if m.conversation_id == conversation.id]
+            stored = await self.all_messages(store, conversation)
+            self.assertEqual([m.id for m in stored], mine)
+            self.assertEqual([m.seq for m in stored], sorted(m.seq for m in stored))
+            theirs = [e for e in events if e.conversation_id == conversation.id]
+            self.assertEqual([e.offset for e in theirs], list(range(1, 21)))
+            self.assertEqual(
+                [message_or_user(e.body) for e in theirs if e.kind == "message"], mine
+            )
+        for i, message in enumerate(messages):
+            at = [message_or_user(e.body) for e in events].index(message.id)
+            self.assertEqual(message_or_user(events[at + 1].body), f"nurse-{i}")
+
     async def test_failing_message_alone(self) -> None:
         """
         A message that fails in a group (a message id stored already) fails alone: the
@@ -227,6 +269,7 @@ class GroupCommitMixin(_Base):
         conversation, other = [await self.stored_conversation(store) for _ in range(2)]
         taken = a_message(conversation, T0)
         await store.add_message(taken, None)
+        store.max_groups = 1
         commits = [
             MessageCommit(a_message(conversation, T0 + 1, "first")),
             MessageCommit(a_message(other, T0 + 2, "second"), None, (NURSE,)),
@@ -261,6 +304,7 @@ class GroupCommitMixin(_Base):
         """
         store = await self.started()
         conversation = await self.stored_conversation(store)
+        store.max_groups = 1
         messages = [a_message(conversation, T0 + i, f"try {i}") for i in range(3)]
         counted = Transactions(store)
         keys = ["other", "same", "same"]
