@@ -146,6 +146,11 @@ POSTGRESQL = Dialect(
 DEFAULT_MAX_BATCH = 200
 """The most messages one group commit takes (L{SQLStore.commit_message})."""
 
+DEFAULT_SIDE_GROUP = 16
+"""How many messages must be queued for a group to start beside one under way: fewer
+wait for it to end, so that groups stay large (every transaction costs a BEGIN, a COMMIT
+and a lock of the event counter) unless a backlog builds up."""
+
 MIGRATION_LOCK_KEY = int.from_bytes(b"medichat", "big")
 """The advisory lock key that serialises migrations on PostgreSQL."""
 
@@ -889,6 +894,7 @@ class SQLStore:
         self._committing: Deferred[None] | None = None
         self.max_batch = DEFAULT_MAX_BATCH
         self.max_groups = 1
+        self.side_group = DEFAULT_SIDE_GROUP
         self._groups = 0
         self._busy: set[str] = set()
         self.message_transactions = 0
@@ -1098,7 +1104,9 @@ class SQLStore:
         group under way holds wait for the next, so that each conversation's messages
         commit in the order they arrived.
         """
-        while self._message_queue and self._groups < self.max_groups:
+        while self._message_queue and self._groups < self.max_groups and (
+            self._groups == 0 or len(self._message_queue) >= self.side_group
+        ):
             group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
             waiting = []
             for queued in self._message_queue:
