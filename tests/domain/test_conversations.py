@@ -24,10 +24,13 @@ from medichat.domain.conversations import (
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
 from medichat.interfaces import IConversations, ISubscriber
-from medichat.model import Conversation, Receipt, User, format_time
+from medichat.model import Conversation, Receipt, User, format_time, new_id
+from medichat.pubsub.cluster import ClusterHub
+from medichat.pubsub.feed import EventFeed
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
+from tests._broadcast import Bus
 from tests._feed import started_feed
 from tests._inline import InlineTestCase
 from tests.store.test_group_commit import Transactions
@@ -441,6 +444,46 @@ class OneTransactionTests(ServiceTestCase):
         self.assertEqual([r.user_id for r in received], [EMPLOYEE.user_id])
         events = list(await self.store.events_after(0, 10))
         self.assertEqual([e.kind for e in events], ["message", "received"])
+
+
+class GroupCommitTests(InlineTestCase):
+    """
+    Concurrent posts share one transaction, one catch-up of the feed and one wake of the
+    other processes.
+    """
+
+    async def test_one_wake_per_group(self) -> None:
+        """
+        Twenty posts in ten conversations while the store is busy: a few transactions,
+        and one wake on the bus for the other processes; every post gets its message.
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        store = MemoryStore(clock)
+        await store.start()
+        self.addCleanup(store.stop)
+        bus = Bus(clock)
+        hub = ClusterHub(InProcessHub("a"), bus.join("a"), clock)
+        feed = EventFeed(store, hub, clock, poll_interval=None, tell_others=hub.wake)
+        feed.start(0)
+        service = ConversationService(store, hub, clock, InProcessPresence(InProcessHub()), feed)
+        customers = [User(new_id(), f"c{i}", "customer") for i in range(10)]
+        conversations = [await service.create(c) for c in customers]
+        counted = Transactions(store)
+        store.hold()
+        posts = [
+            service.post_message(customers[i % 10], conversations[i % 10].id, f"m{i}")
+            for i in range(20)
+        ]
+        store.release()
+        clock.advance(0)
+        texts = [(await post).message for post in posts]
+        self.assertEqual(texts, [f"m{i}" for i in range(20)])
+        # The first ten (one per conversation) in a group behind the first, the second
+        # ten after them (each conversation's posts are serialised by the service).
+        self.assertLessEqual(counted.writes, 3)
+        self.assertEqual(bus.batches, [("a", [{"kind": "wake"}])])
+        self.assertEqual(feed.position, 20)
 
 
 class ReceiptTests(ServiceTestCase):

@@ -223,8 +223,8 @@ class GroupCommitMixin(_Base):
         With up to three groups under way at a time, sixty concurrent messages in six
         conversations take a handful of transactions (the first alone, a group beside it
         whenever sixteen are queued, a conversation in one group at a time), every caller
-        gets its own message, each conversation's seq and offsets follow arrival order, positions are
-        gap-free, and each message's receipt event follows its own.
+        gets its own message, each conversation's seq and offsets follow arrival order,
+        positions are gap-free, and each message's receipt event follows its own.
         """
         store = await self.started()
         store.max_groups = 3
