@@ -610,7 +610,9 @@ def commit_message(
     to L{MessageCommit} as a field with a default, and call it with one line,
     C{yield from _your_step(dialect, commit, stored)}, at the marked place below.  It
     commits or rolls back with the message; an exception it raises fails this message
-    (and only it: see L{SQLStore.commit_message}).
+    (and only it: see L{SQLStore.commit_message}).  A step with a durable event of its
+    own to publish takes C{events} too and appends a L{PendingEvent} to it (never writes
+    C{events} itself): it is then written with the others, in order, at the end.
 
     @param customer: the customer of the message's conversation, or L{None} if there is
         no such conversation.
