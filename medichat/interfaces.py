@@ -393,6 +393,20 @@ class IStore(Interface):
         @return: C{(stored message, created)}; C{created} is C{False} for a replay.
         """
 
+    def commit_message(commit: Any) -> Deferred[Any]:
+        """
+        Commit a L{medichat.model.MessageCommit} in one transaction: check that the poster
+        takes part in the conversation, store the message (its C{seq} assigned) and its
+        idempotency key, move the C{received} receipts of the users it reaches, and write
+        the durable events (the message's, then one per receipt moved), all or nothing.
+        Concurrent calls may share a transaction (a group commit); each still gets its own
+        outcome or failure, and commit order is call order.
+
+        @return: a L{medichat.model.MessageCommitted} (for a replayed idempotency key, the
+            first message, C{created} C{False}, nothing written), or L{None} if the
+            conversation does not exist or the poster may not post in it (nothing written).
+        """
+
     def list_messages(
         conversation_id: str, query: Any, descending: bool, limit: int | None
     ) -> Deferred[Sequence[Any]]:

@@ -97,6 +97,48 @@ class Message:
 
 
 @frozen
+class MessageCommit:
+    """
+    One chat message and what must be committed with it, in the same transaction
+    (L{medichat.interfaces.IStore.commit_message}).
+
+    @ivar message: the message, as posted (its C{seq} is assigned by the store); its
+        C{user_id} and C{user_role} are the poster's.
+    @ivar idempotency_key: the poster's key, or L{None}; a key this poster used before in
+        this conversation commits nothing and answers with the first message.
+    @ivar received_by: the other users to mark the conversation received for, at the
+        message's time (the users subscribed to it); L{None} for every user that the
+        store's shared presence tables list as subscribed, read in the transaction
+        (several processes on one database), the poster excepted.
+    @ivar check_participant: refuse (commit nothing, answer L{None}) unless the poster
+        takes part in the conversation: its customer, or any employee.  L{False} only
+        for callers that checked already.
+    """
+
+    message: Message
+    idempotency_key: str | None = None
+    received_by: tuple[str, ...] | None = ()
+    check_participant: bool = True
+
+
+@frozen
+class MessageCommitted:
+    """
+    What committing a L{MessageCommit} did.
+
+    @ivar message: the stored message (with its C{seq}), or for a replayed idempotency
+        key the first message stored with it.
+    @ivar created: C{False} for a replay, which committed nothing.
+    @ivar received: the users whose received time moved (each with a C{received} event),
+        in the order their events were written.
+    """
+
+    message: Message
+    created: bool
+    received: tuple[str, ...] = ()
+
+
+@frozen
 class Receipt:
     """
     When a user last read, or last received, a conversation.

@@ -864,7 +864,8 @@ def makeService(
         hub.set_catch_up(feed.catch_up)
     pruner = EventPruner(store, clock, config["event-retention"])
     conversations = ConversationService(
-        store, hub, clock, presence, feed, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, feed, max_message_length=config["max-message-length"],
+        presence_in_store=node is not None,
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],

@@ -45,6 +45,7 @@ from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, ISt
 from medichat.model import (
     Conversation,
     Message,
+    MessageCommit,
     Receipt,
     StoredEvent,
     User,
@@ -213,6 +214,9 @@ class ConversationService:
     @ivar max_message_length: the longest chat message accepted, in characters.
     @ivar messages_committed: messages this process committed since it started (a repeat
         of an idempotent POST is not counted again), for metrics.
+    @ivar presence_in_store: C{True} when L{presence} keeps who is subscribed in
+        L{store}'s shared presence tables (several processes on one database): a message's
+        transaction then reads them itself rather than asking L{presence} first.
     """
 
     store: IStore
@@ -221,6 +225,7 @@ class ConversationService:
     presence: IPresence
     feed: IEventFeed
     max_message_length: int = MAX_MESSAGE_LENGTH
+    presence_in_store: bool = False
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
     messages_committed: int = field(default=0, init=False)
 
@@ -446,11 +451,14 @@ class ConversationService:
         """
         Add a message to a conversation.
 
-        After the commit, publishes the C{message} event and then, for every other user
-        subscribed to the conversation at that moment (as L{presence} knows it), marks it
-        received (with a C{received} event where that changed anything).  A replay, with an
-        C{idempotency_key} used before by this user in this conversation, stores and
-        publishes nothing and returns the first message.
+        Everything is one transaction (L{IStore.commit_message}, shared with concurrent
+        posts by the store's group commit): the participant check, the message, its
+        idempotency key, and, for every other user subscribed to the conversation at
+        that moment (as L{presence} knows it), the conversation marked received; then
+        the feed publishes the C{message} event and the C{received} events of the
+        receipts that moved.  A replay, with an C{idempotency_key} used before by this
+        user in this conversation, stores and publishes nothing and returns the first
+        message.
 
         @raise BadRequest: (asynchronously) if C{text} breaks a rule of
             L{validate_message}.
@@ -459,49 +467,46 @@ class ConversationService:
 
         async def post() -> Message:
             valid = self.validate_message(text)
-            conversation = await self._participant(user, conversation_id)
+            if not isinstance(conversation_id, str) or not is_uuid(conversation_id):
+                raise NotFound("no such conversation")
+            known = conversation_id.lower()
             return await self._serialised(
-                conversation.id,
-                lambda: self._commit_message(user, conversation, valid, idempotency_key),
+                known, lambda: self._commit_message(user, known, valid, idempotency_key)
             )
 
         return Deferred.fromCoroutine(post())
 
     async def _commit_message(
-        self, user: User, conversation: Conversation, text: str, idempotency_key: str | None
+        self, user: User, conversation_id: str, text: str, idempotency_key: str | None
     ) -> Message:
         message = Message(
             id=new_id(),
-            conversation_id=conversation.id,
+            conversation_id=conversation_id,
             created=self._now(),
             user_id=user.user_id,
             user_name=user.user_name,
             user_role=user.user_role,
             message=text,
         )
-        stored, created = await self.store.add_message(message, idempotency_key)
-        if not created:
-            return stored  # type: ignore[no-any-return]
-        self.messages_committed += 1
-        self._committed()
-        try:
-            subscribed = await self.presence.subscribed_users(conversation.id)
-        except Exception:
-            # As below: the message is committed; the receipts are a courtesy.
-            _log.failure("who is in conversation {conversation}?", conversation=conversation.id)
-            subscribed = frozenset()
-        for other in sorted(subscribed - {user.user_id}):
+        received_by: tuple[str, ...] | None = None
+        if not self.presence_in_store:
             try:
-                await self._mark(other, conversation.id, "received")
+                subscribed = await self.presence.subscribed_users(conversation_id)
             except Exception:
-                # The message is committed and must be answered as such; the receipt is a
-                # courtesy that a later GET or POST .../received makes up for.
-                _log.failure(
-                    "auto-received for {user} in {conversation} failed",
-                    user=other,
-                    conversation=conversation.id,
-                )
-        return stored  # type: ignore[no-any-return]
+                # The message matters; the receipts are a courtesy that a later GET or
+                # POST .../received makes up for.
+                _log.failure("who is in conversation {conversation}?", conversation=conversation_id)
+                subscribed = frozenset()
+            received_by = tuple(sorted(subscribed - {user.user_id}))
+        outcome = await self.store.commit_message(
+            MessageCommit(message, idempotency_key, received_by)
+        )
+        if outcome is None:
+            raise NotFound("no such conversation")
+        if outcome.created:
+            self.messages_committed += 1
+            self._committed()
+        return outcome.message  # type: ignore[no-any-return]
 
     def mark_read(self, user: User, conversation_id: str) -> Deferred[bool]:
         """

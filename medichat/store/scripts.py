@@ -34,6 +34,8 @@ from medichat.model import (
     Employee,
     LoginSession,
     Message,
+    MessageCommit,
+    MessageCommitted,
     Receipt,
     Role,
     StoredEvent,
@@ -141,6 +143,14 @@ POSTGRESQL = Dialect(
     ),
 )
 """PostgreSQL through psycopg2."""
+
+DEFAULT_MAX_BATCH = 200
+"""The most messages one group commit takes (L{SQLStore.commit_message})."""
+
+DEFAULT_SIDE_GROUP = 16
+"""How many messages must be queued for a group to start beside one under way: fewer
+wait for it to end, so that groups stay large (every transaction costs a BEGIN, a COMMIT
+and a lock of the event counter) unless a backlog builds up."""
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"medichat", "big")
 """The advisory lock key that serialises migrations on PostgreSQL."""
@@ -502,12 +512,12 @@ def _select_all(statement: Statement, convert: Callable[[Sequence[Any]], T]) -> 
 def _lock_conversation(dialect: Dialect, conversation_id: str) -> Script[None]:
     """
     Make sure the conversation exists and, where rows can be locked, lock it, so that
-    messages of one conversation commit one at a time, in C{seq} order.
+    writers of one conversation commit one at a time, in C{seq} order.  Every writer of a
+    conversation starts with this: one lock order (the conversation, then its rows, then
+    the event counter).
     """
-    result = yield dialect.statement(
-        "SELECT id FROM conversations WHERE id = ?" + dialect.lock_row, conversation_id
-    )
-    if not result.rows:
+    customers = yield from _lock_conversations(dialect, {conversation_id})
+    if not customers:
         raise StoreError(f"no conversation {conversation_id!r}")
 
 
@@ -525,14 +535,136 @@ def _find_by_key(
     return message_from_row(result.rows[0]) if result.rows else None
 
 
-def _add_message(
-    dialect: Dialect, message: Message, key: str | None
-) -> Script[tuple[Message, bool]]:
-    yield from _lock_conversation(dialect, message.conversation_id)
+# --------------------------------------------------------------------------------------
+# The message transaction
+
+
+@frozen
+class PendingEvent:
+    """
+    A durable event that the current transaction writes at its end (L{_append_events}).
+
+    @ivar conversation_id: its conversation.
+    @ivar kind: C{"message"}, C{"read"} or C{"received"}.
+    @ivar event: the event, as published.
+    @ivar created: its time.
+    """
+
+    conversation_id: str
+    kind: str
+    event: dict[str, Any]
+    created: int
+
+
+def commit_messages(
+    dialect: Dialect, commits: Sequence[MessageCommit]
+) -> Script[list[MessageCommitted | None]]:
+    """
+    B{The} transaction of chat messages: one message, or several at once (a group
+    commit, L{SQLStore.commit_message}), each with everything that posting it commits.
+
+      1. lock the rows of the conversations concerned, in id order, in one statement (so
+         that two such transactions, in two processes, never deadlock);
+      2. each message in turn, in order: L{commit_message};
+      3. write the durable events of all of them, last, in the same order: so the event
+         counter's row is locked only from there to the commit.
+
+    Should any step fail, the transaction rolls back as a whole; L{SQLStore} then commits
+    each message again on its own, so that each caller gets its own outcome or error.
+
+    @return: each message's outcome, in order (see L{commit_message}).
+    """
+    customers = yield from _lock_conversations(
+        dialect, {commit.message.conversation_id for commit in commits}
+    )
+    events: list[PendingEvent] = []
+    outcomes = []
+    for commit in commits:
+        outcome = yield from commit_message(
+            dialect, commit, customers.get(commit.message.conversation_id), events
+        )
+        outcomes.append(outcome)
+    yield from _append_events(dialect, events)
+    return outcomes
+
+
+def commit_message(
+    dialect: Dialect, commit: MessageCommit, customer: str | None, events: list[PendingEvent]
+) -> Script[MessageCommitted | None]:
+    """
+    What one chat message writes, inside L{commit_messages}, with its conversation's
+    row already locked:
+
+      1. check that the poster takes part in the conversation; if not (or there is no
+         such conversation), write nothing and return L{None};
+      2. a replayed idempotency key writes nothing and returns the first message;
+      3. insert the message (which gets its C{seq}) and its idempotency key;
+      4. move the C{received} receipts of the users it reaches
+         (L{MessageCommit.received_by});
+      5. the steps other features add (see below);
+      6. queue its durable events on C{events}: the message's, then one C{received} per
+         receipt that moved (L{commit_messages} writes them at the end).
+
+    B{Adding a step}: write a script C{_your_step(dialect, commit, stored) -> Script[None]}
+    that yields its statements (rows of this conversation, or rows of its own tables;
+    never C{event_counter}, never another conversation's row), add what it needs to know
+    to L{MessageCommit} as a field with a default, and call it with one line,
+    C{yield from _your_step(dialect, commit, stored)}, at the marked place below.  It
+    commits or rolls back with the message; an exception it raises fails this message
+    (and only it: see L{SQLStore.commit_message}).  A step with a durable event of its
+    own to publish takes C{events} too and appends a L{PendingEvent} to it (never writes
+    C{events} itself): it is then written with the others, in order, at the end.
+
+    @param customer: the customer of the message's conversation, or L{None} if there is
+        no such conversation.
+    @return: what was committed, or L{None} if the poster may not post there.
+    """
+    message = commit.message
+    if customer is None:
+        return None
+    if commit.check_participant and message.user_role != "employee" and (
+        customer != message.user_id
+    ):
+        return None
+    key = commit.idempotency_key
     if key is not None:
-        existing = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
-        if existing is not None:
-            return existing, False
+        first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
+        if first is not None:
+            return MessageCommitted(first, False)
+    stored = yield from _insert_message(dialect, message, key)
+    received = yield from _auto_received(dialect, commit)
+    # -- steps that other features add go here, each one line:
+    #    yield from _your_step(dialect, commit, stored)
+    # -- then the events, written by commit_messages at the end.
+    at = message.created
+    events.append(PendingEvent(message.conversation_id, "message", message_event(stored), at))
+    for user_id in received:
+        receipt = receipt_event("received", user_id, at)
+        events.append(PendingEvent(message.conversation_id, "received", receipt, at))
+    return MessageCommitted(stored, True, received)
+
+
+def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[dict[str, str]]:
+    """
+    Lock the rows of the conversations (where rows can be locked), in id order, and read
+    their customers.
+
+    @return: the customer of each conversation that exists, by conversation id.
+    """
+    if not conversation_ids:
+        return {}
+    ordered = sorted(conversation_ids)
+    marks = ", ".join("?" * len(ordered))
+    result = yield dialect.statement(
+        f"SELECT id, customer_id FROM conversations WHERE id IN ({marks}) ORDER BY id"
+        + dialect.lock_row,
+        *ordered,
+    )
+    return {str(row[0]): str(row[1]) for row in result.rows}
+
+
+def _insert_message(dialect: Dialect, message: Message, key: str | None) -> Script[Message]:
+    """Insert the message and its idempotency key; the message with its C{seq}."""
     result = yield dialect.statement(
         "INSERT INTO messages"
         " (id, conversation_id, created, user_id, user_name, user_role, message)"
@@ -557,10 +689,48 @@ def _add_message(
             message.id,
             message.created,
         )
-    yield from _append_event(
-        dialect, message.conversation_id, "message", message_event(stored), message.created
-    )
-    return stored, True
+    return stored
+
+
+_MOVE_RECEIPT = (
+    " ON CONFLICT (conversation_id, kind, user_id) DO UPDATE SET at = excluded.at"
+    " WHERE excluded.at > receipts.at RETURNING user_id"
+)
+"""Makes an C{INSERT INTO receipts} move receipts forward only, and name those it moved."""
+
+
+def _auto_received(dialect: Dialect, commit: MessageCommit) -> Script[tuple[str, ...]]:
+    """
+    Mark the conversation received, at the message's time, for the users it reaches;
+    one statement however many.
+
+    @return: the users whose receipt moved, in user id order.
+    """
+    message = commit.message
+    if commit.received_by is None:
+        # Who is subscribed, on any node, read in this very transaction.
+        result = yield dialect.statement(
+            "INSERT INTO receipts (conversation_id, kind, user_id, at)"
+            " SELECT conversation_id, 'received', user_id, ? FROM presence_members"
+            " WHERE conversation_id = ? AND user_id <> ?" + _MOVE_RECEIPT,
+            message.created,
+            message.conversation_id,
+            message.user_id,
+        )
+    else:
+        users = sorted(set(commit.received_by) - {message.user_id})
+        if not users:
+            return ()
+        values = ", ".join(["(?, 'received', ?, ?)"] * len(users))
+        params: list[object] = []
+        for user_id in users:
+            params.extend((message.conversation_id, user_id, message.created))
+        result = yield dialect.statement(
+            f"INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES {values}"
+            + _MOVE_RECEIPT,
+            *params,
+        )
+    return tuple(sorted(str(row[0]) for row in result.rows))
 
 
 def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: int) -> Script[bool]:
@@ -570,9 +740,7 @@ def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: i
     # RETURNING gives a row only where a row was inserted or moved forward.
     result = yield dialect.statement(
         "INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (conversation_id, kind, user_id) DO UPDATE SET at = excluded.at"
-        " WHERE excluded.at > receipts.at"
-        " RETURNING at",
+        + _MOVE_RECEIPT,
         conversation_id,
         kind,
         user_id,
@@ -580,44 +748,60 @@ def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: i
     )
     if not result.rows:
         return False  # a receipt that does not move writes no event
-    yield from _append_event(
-        dialect, conversation_id, kind, receipt_event(kind, user_id, at), at
-    )
+    event = receipt_event(kind, user_id, at)
+    yield from _append_events(dialect, [PendingEvent(conversation_id, kind, event, at)])
     return True
 
 
-def _append_event(
-    dialect: Dialect, conversation_id: str, kind: str, event: dict[str, Any], created: int
-) -> Script[StoredEvent]:
+def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[list[StoredEvent]]:
     """
-    Write a durable event in the current transaction; call at its very end, with the
-    conversation's row locked (L{_lock_conversation}).
+    Write durable events, in order, in the current transaction; call at its very end,
+    with their conversations' rows locked (L{_lock_conversations}).  Three statements
+    however many events and conversations.
 
-    The conversation's row gives the next offset of its stream.  The global position comes
-    last: the one row of C{event_counter} stays locked from here to the commit, so writers
-    queue for it only for the tail of their transactions, take positions in the order in
-    which they commit, and a rollback gives its number back.  Readers therefore never see
-    position M committed while a smaller one is still to come.
+    The conversations' rows give the next offsets of their streams.  The global positions
+    come last: the one row of C{event_counter} stays locked from here to the commit, so
+    writers queue for it only for the tail of their transactions, take positions in the
+    order in which they commit, and a rollback gives its numbers back.  Readers therefore
+    never see position M committed while a smaller one is still to come.
     """
+    if not events:
+        return []
+    counts: dict[str, int] = {}
+    for pending in events:
+        counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
+    values = ", ".join(["(?, ?)"] * len(counts))
+    params: list[object] = []
+    for conversation_id, count in counts.items():
+        params.extend((conversation_id, count))
     result = yield dialect.statement(
-        "UPDATE conversations SET last_offset = last_offset + 1 WHERE id = ? RETURNING last_offset",
-        conversation_id,
+        f"WITH added (id, events) AS (VALUES {values})"
+        " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
+        " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
+        *params,
     )
-    offset = int(result.rows[0][0])
+    # The first offset of each conversation's new events.
+    offsets = {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in result.rows}
     result = yield dialect.statement(
-        "UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last"
+        "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING last", len(events)
     )
-    position = int(result.rows[0][0])
-    stored = StoredEvent(position, conversation_id, offset, kind, event_json(event), created)
-    yield dialect.statement(
-        f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-        stored.position,
-        stored.conversation_id,
-        stored.offset,
-        stored.kind,
-        stored.body,
-        stored.created,
-    )
+    position = int(result.rows[0][0]) - len(events) + 1
+    stored = []
+    for pending in events:
+        offset = offsets[pending.conversation_id]
+        offsets[pending.conversation_id] = offset + 1
+        stored.append(
+            StoredEvent(
+                position, pending.conversation_id, offset, pending.kind,
+                event_json(pending.event), pending.created,
+            )
+        )
+        position += 1
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(stored))
+    params = []
+    for e in stored:
+        params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
+    yield dialect.statement(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params)
     return stored
 
 
@@ -713,6 +897,14 @@ class SQLStore:
         self._outage: str | None = None
         self._outage_writes_only = False
         self.observer: Callable[[str], Callable[[object], object]] | None = None
+        self._message_queue: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
+        self._committing: Deferred[None] | None = None
+        self.max_batch = DEFAULT_MAX_BATCH
+        self.max_groups = 1
+        self.side_group = DEFAULT_SIDE_GROUP
+        self._groups = 0
+        self._busy: set[str] = set()
+        self.message_transactions = 0
 
     # -- for subclasses
 
@@ -790,12 +982,11 @@ class SQLStore:
         def finished(result: T | Failure) -> T | Failure:
             self._in_flight.discard(done)
             done.callback(None)
-            self._note_outage(result, write)
             if ended is not None:
                 ended(result)
             return result
 
-        return self._execute(script, write).addBoth(finished)
+        return self._transaction(script, write).addBoth(finished)
 
     def _note_outage(self, result: object, write: bool) -> None:
         """
@@ -879,24 +1070,162 @@ class SQLStore:
     def add_message(
         self, message: Message, idempotency_key: str | None
     ) -> Deferred[tuple[Message, bool]]:
-        """See L{medichat.interfaces.IStore.add_message}."""
-        return Deferred.fromCoroutine(self._add_message(message, idempotency_key))
+        """
+        See L{medichat.interfaces.IStore.add_message}: L{commit_message} without the
+        participant check or receipts.
+        """
+        commit = MessageCommit(message, idempotency_key, check_participant=False)
 
-    async def _add_message(self, message: Message, key: str | None) -> tuple[Message, bool]:
+        def added(outcome: MessageCommitted | None) -> tuple[Message, bool]:
+            if outcome is None:
+                raise StoreError(f"no conversation {message.conversation_id!r}")
+            return outcome.message, outcome.created
+
+        return self.commit_message(commit).addCallback(added)
+
+    def commit_message(self, commit: MessageCommit) -> Deferred[MessageCommitted | None]:
+        """
+        See L{medichat.interfaces.IStore.commit_message}: one L{commit_message} script
+        each, in group commits.
+
+        At most L{max_groups} message transactions are under way at a time; messages that
+        arrive meanwhile queue, and when one is done, all of them (up to L{max_batch}) go
+        together in the next transaction (L{commit_messages}), in the order they arrived.
+        With one group at a time (SQLite, which has one connection anyway) commit order is
+        arrival order; with several (PostgreSQL), the conversations' row locks keep each
+        conversation's messages in commit order, and the event counter makes positions
+        commit order.  A group that fails is committed again one message at a time, so
+        that each caller gets its own outcome, unless it failed for an outage
+        (L{StoreUnavailable}), which fails each.
+        """
+        if not self._running:
+            return fail(StoreError(f"the {self.kind} store is not running"))
+        waiting: Deferred[MessageCommitted | None] = Deferred()
+        if self.observer is not None:
+            # Timed from the call to the answer: the wait for its group included.
+            ended = self.observer("commit_message")
+
+            def observed(result: object) -> object:
+                ended(result)
+                return result
+
+            waiting.addBoth(observed)
+        self._message_queue.append((commit, waiting))
+        if self._committing is None:
+            self._committing = Deferred()
+            self._in_flight.add(self._committing)
+        self._commit_queued()
+        return waiting
+
+    def _commit_queued(self) -> None:
+        """
+        Start a group of what is queued while fewer than L{max_groups} are under way; a
+        group that finishes at once (an in-memory store) is followed by the next in this
+        loop.  Once nothing is queued or under way, C{stop} may go on.
+
+        A conversation is in one group at a time: the messages of a conversation that a
+        group under way holds wait for the next, so that each conversation's messages
+        commit in the order they arrived.
+        """
+        while self._message_queue and self._groups < self.max_groups and (
+            self._groups == 0 or len(self._message_queue) >= self.side_group
+        ):
+            group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
+            waiting = []
+            for queued in self._message_queue:
+                conversation_id = queued[0].message.conversation_id
+                if len(group) < self.max_batch and conversation_id not in self._busy:
+                    group.append(queued)
+                else:
+                    waiting.append(queued)
+            if not group:
+                break
+            self._message_queue = waiting
+            conversations = {commit.message.conversation_id for commit, _ in group}
+            self._busy |= conversations
+            self._groups += 1
+            committing = Deferred.fromCoroutine(self._commit_group(group))
+            if committing.called:
+                self._group_done(None, conversations, again=False)
+            else:
+                committing.addCallback(self._group_done, conversations)
+        if not self._message_queue and self._groups == 0 and self._committing is not None:
+            done, self._committing = self._committing, None
+            self._in_flight.discard(done)
+            done.callback(None)
+
+    def _group_done(self, _: None, conversations: set[str], again: bool = True) -> None:
+        self._groups -= 1
+        self._busy -= conversations
+        if again:
+            self._commit_queued()
+
+    async def _commit_group(
+        self, group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]]
+    ) -> None:
+        """
+        Commit a group and give each caller its outcome; never fails.
+        """
+        if len(group) == 1:
+            outcomes: list[MessageCommitted | None | Failure] = [
+                await self._commit_one(group[0][0])
+            ]
+        else:
+            commits = [commit for commit, _ in group]
+            self.message_transactions += 1
+            try:
+                together = await self._transaction(commit_messages(self._dialect, commits), True)
+                outcomes = list(together)
+            except StoreUnavailable:
+                outcomes = [Failure()] * len(group)
+            except Exception:
+                # Which one failed, and was it even one of them?  Each on its own now.
+                outcomes = [await self._commit_one(commit) for commit in commits]
+        for (_, waiting), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, Failure):
+                waiting.errback(outcome)
+            else:
+                waiting.callback(outcome)
+
+    async def _commit_one(self, commit: MessageCommit) -> MessageCommitted | None | Failure:
+        """
+        One message in its own transaction: its outcome, or its failure.
+        """
+        self.message_transactions += 1
         try:
-            return await self._run(_add_message(self._dialect, message, key), write=True)
+            outcomes = await self._transaction(commit_messages(self._dialect, [commit]), True)
+            return outcomes[0]
         except DuplicateError:
+            failure = Failure()
+            key = commit.idempotency_key
             if key is None:
-                raise
+                return failure
             # The same key stored between our look-up and our insert.  Locking the
             # conversation rules that out today; should it ever happen, the first
             # message is still the answer, never an error.
-            first = await self._run(
-                _find_by_key(self._dialect, message.conversation_id, message.user_id, key)
-            )
-            if first is None:
-                raise
-            return first, False
+            message = commit.message
+            try:
+                first = await self._transaction(
+                    _find_by_key(self._dialect, message.conversation_id, message.user_id, key),
+                    False,
+                )
+            except Exception:
+                return Failure()
+            return failure if first is None else MessageCommitted(first, False)
+        except Exception:
+            return Failure()
+
+    def _transaction(self, script: Script[T], write: bool) -> Deferred[T]:
+        """
+        Run a script in one transaction, noting outages; for work already accepted (the
+        store may be stopping, but waits for it).
+        """
+
+        def noted(result: T | Failure) -> T | Failure:
+            self._note_outage(result, write)
+            return result
+
+        return self._execute(script, write).addBoth(noted)
 
     def list_messages(
         self,
@@ -1099,6 +1428,7 @@ class SQLStore:
 
 __all__ = [
     "CONVERSATION_FIELDS",
+    "DEFAULT_MAX_BATCH",
     "MESSAGE_FIELDS",
     "MIGRATION_LOCK_KEY",
     "POSTGRESQL",
@@ -1110,6 +1440,8 @@ __all__ = [
     "SQLStore",
     "Script",
     "Statement",
+    "commit_message",
+    "commit_messages",
     "conversations_query",
     "load_migrations",
     "messages_query",

@@ -167,10 +167,14 @@ class SQLiteStore(PresenceOperations, SQLStore):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        pool, self._pool = self._pool, None
+        pool = self._pool
         if pool is None:
             return
+        # Work accepted before stop (queued messages) still needs the pool.
         await self._stop_running()
+        if self._pool is not pool:
+            return  # another stop() finished first
+        self._pool = None
         try:
             # SQLite's advice for long-lived connections: let it refresh its statistics
             # before closing.  Not worth failing a shutdown over.

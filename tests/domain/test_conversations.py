@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from medichat.domain.cluster_presence import ClusterPresence
 from medichat.domain.conversations import (
     ConversationPage,
     ConversationService,
@@ -23,12 +24,16 @@ from medichat.domain.conversations import (
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
 from medichat.interfaces import IConversations, ISubscriber
-from medichat.model import Conversation, Receipt, User, format_time
+from medichat.model import Conversation, Receipt, User, format_time, new_id
+from medichat.pubsub.cluster import ClusterHub
+from medichat.pubsub.feed import EventFeed
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
+from tests._broadcast import Bus
 from tests._feed import started_feed
 from tests._inline import InlineTestCase
+from tests.store.test_group_commit import Transactions
 
 # The seed's first message event happened at 2021-07-26T12:05:22Z.
 NOW = 1627301122.0
@@ -384,6 +389,101 @@ class PostMessageTests(ServiceTestCase):
         published = [e["message"]["id"] for e in recorder.events if "message" in e]
         self.assertEqual(published, [m.id for m in sorted(stored, key=lambda m: m.seq)])
         self.assertEqual(self.service._locks, {})
+
+
+class OneTransactionTests(ServiceTestCase):
+    """
+    A post is one write transaction of the store: the participant check, the message and
+    the receipts together.
+    """
+
+    async def test_one_write_transaction(self) -> None:
+        """
+        A post with a subscribed nurse runs one write transaction and no read but the
+        feed's; the nurse's receipt and both events are committed by it.
+        """
+        conversation = await self.conversation()
+        nurse = self.subscribe(conversation, EMPLOYEE)
+        counted = Transactions(self.store)
+        await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key")
+        self.assertEqual(counted.writes, 1)
+        # The only read is the feed's catch-up.
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual([list(e) for e in nurse.events], [["message"], ["received"]])
+
+    async def test_not_participant_writes_nothing(self) -> None:
+        """
+        Another customer's post is refused as not found by the same single transaction,
+        which writes nothing.
+        """
+        conversation = await self.conversation()
+        counted = Transactions(self.store)
+        await self.fails(
+            self.service.post_message(OTHER_CUSTOMER, conversation.id, "Hi"), NotFound
+        )
+        self.assertEqual(len(counted.runs), 1)
+        self.assertEqual(list(await self.store.events_after(0, 10)), [])
+
+    async def test_presence_in_store(self) -> None:
+        """
+        With presence kept in the store (several processes), the message's transaction
+        reads who is subscribed itself: one transaction, the nurse's receipt in it.
+        """
+        await self.store.register_node("node-a", 0)
+        presence = ClusterPresence(self.store, InProcessHub(), "node-a")
+        service = ConversationService(
+            self.store, self.hub, self.clock, presence, self.feed, presence_in_store=True
+        )
+        conversation = await self.conversation()
+        await presence.session_opened("s-1", EMPLOYEE.user_id, True)
+        await presence.joined("s-1", conversation.id)
+        counted = Transactions(self.store)
+        await service.post_message(CUSTOMER, conversation.id, "Hello")
+        self.assertEqual(counted.writes, 1)
+        _, received = await self.store.receipts(conversation.id)
+        self.assertEqual([r.user_id for r in received], [EMPLOYEE.user_id])
+        events = list(await self.store.events_after(0, 10))
+        self.assertEqual([e.kind for e in events], ["message", "received"])
+
+
+class GroupCommitTests(InlineTestCase):
+    """
+    Concurrent posts share one transaction, one catch-up of the feed and one wake of the
+    other processes.
+    """
+
+    async def test_one_wake_per_group(self) -> None:
+        """
+        Twenty posts in ten conversations while the store is busy: a few transactions,
+        and one wake on the bus for the other processes; every post gets its message.
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        store = MemoryStore(clock)
+        await store.start()
+        self.addCleanup(store.stop)
+        bus = Bus(clock)
+        hub = ClusterHub(InProcessHub("a"), bus.join("a"), clock)
+        feed = EventFeed(store, hub, clock, poll_interval=None, tell_others=hub.wake)
+        feed.start(0)
+        service = ConversationService(store, hub, clock, InProcessPresence(InProcessHub()), feed)
+        customers = [User(new_id(), f"c{i}", "customer") for i in range(10)]
+        conversations = [await service.create(c) for c in customers]
+        counted = Transactions(store)
+        store.hold()
+        posts = [
+            service.post_message(customers[i % 10], conversations[i % 10].id, f"m{i}")
+            for i in range(20)
+        ]
+        store.release()
+        clock.advance(0)
+        texts = [(await post).message for post in posts]
+        self.assertEqual(texts, [f"m{i}" for i in range(20)])
+        # The first ten (one per conversation) in a group behind the first, the second
+        # ten after them (each conversation's posts are serialised by the service).
+        self.assertLessEqual(counted.writes, 3)
+        self.assertEqual(bus.batches, [("a", [{"kind": "wake"}])])
+        self.assertEqual(feed.position, 20)
 
 
 class ReceiptTests(ServiceTestCase):

@@ -1070,7 +1070,8 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         """
         Eight concurrent writers queue for the event counter only at their transactions'
         ends, readers meanwhile see nothing half-done, and a rollback gives its position
-        back: the positions are 1..8 without a gap.
+        back: the positions are 1..8 without a gap.  (One writes a message; the others
+        write receipts, as concurrent messages would share one group commit.)
         """
         url = await self.new_location()
         store = PostgreSQLStore(url, reactor, pool_size=9)
@@ -1084,7 +1085,8 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         cursor.execute("UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last")
         self.assertEqual(cursor.fetchone(), (1,))
         posts = gatherResults(
-            [store.add_message(a_message(c, T0 + i), None) for i, c in enumerate(conversations)]
+            [store.add_message(a_message(conversations[0], T0), None)]
+            + [store.mark_read(c.id, "ann", T0 + i) for i, c in enumerate(conversations[1:])]
         )
 
         def waiting() -> Script[int]:

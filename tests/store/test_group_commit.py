@@ -1,0 +1,408 @@
+"""
+Tests for the message transaction (L{medichat.store.scripts.commit_messages}) and its
+group commit (L{medichat.store.scripts.SQLStore.commit_message}), on the SQLite and the
+PostgreSQL store on the real reactor, and on L{medichat.testing.MemoryStore} inline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from medichat.errors import DuplicateError
+from medichat.model import Message, MessageCommit, MessageCommitted, new_id
+from medichat.store import PostgreSQLStore
+from medichat.store.scripts import Result, Script, SQLStore, Statement
+from medichat.testing import MemoryStore
+from tests._inline import InlineTestCase
+from tests.store import test_store as scenario
+from tests.store.test_store import T0, StoreTestsMixin, a_message, raw_write
+
+if TYPE_CHECKING:
+    _Base = StoreTestsMixin
+else:
+    _Base = object
+
+NURSE = "nurse-1"
+
+
+class Transactions:
+    """
+    Counts the transactions a store runs, and the statements of each, by wrapping its
+    C{_execute}.
+
+    @ivar runs: C{(write, statements)} per transaction, in the order they started.
+    """
+
+    def __init__(self, store: SQLStore) -> None:
+        self.runs: list[list[Any]] = []
+        execute = store._execute
+
+        def counted(script: Script[Any], write: bool) -> Deferred[Any]:
+            run = [write, 0]
+            self.runs.append(run)
+            return execute(self._counting(script, run), write)
+
+        store._execute = counted  # type: ignore[method-assign]
+
+    @staticmethod
+    def _counting(script: Script[Any], run: list[Any]) -> Script[Any]:
+        try:
+            statement: Statement = next(script)
+        except StopIteration as stop:
+            return stop.value
+        while True:
+            run[1] += 1
+            result: Result = yield statement
+            try:
+                statement = script.send(result)
+            except StopIteration as stop:
+                return stop.value
+
+    @property
+    def writes(self) -> int:
+        return sum(1 for write, _ in self.runs if write)
+
+
+class GroupCommitMixin(_Base):
+    """
+    The message transaction and its group commit, on every store.  Subclasses take
+    C{new_location} and C{make_store} from the store scenario's test case of their store.
+    """
+
+    started = StoreTestsMixin.started
+    stored_conversation = StoreTestsMixin.stored_conversation
+    all_messages = StoreTestsMixin.all_messages
+
+    def concurrently(
+        self, store: SQLStore, start: Callable[[], list[Deferred[Any]]]
+    ) -> list[Deferred[Any]]:
+        """
+        Start operations together, as concurrent callers do: all in one reactor turn
+        (a L{MemoryStore} holds the first until all are made).
+        """
+        return start()
+
+    async def outcomes(self, deferreds: Sequence[Deferred[Any]]) -> list[Any]:
+        """Each one's result, or its exception."""
+        results: list[Any] = []
+        for d in deferreds:
+            try:
+                results.append(await d)
+            except Exception as e:
+                results.append(e)
+        return results
+
+    async def test_one_transaction(self) -> None:
+        """
+        A message, its idempotency key, its receipt and both events commit in one write
+        transaction.
+        """
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        counted = Transactions(store)
+        message = a_message(conversation, T0)
+        outcome = await store.commit_message(MessageCommit(message, "key-1", (NURSE,)))
+        self.assertEqual([write for write, _ in counted.runs], [True])
+        assert outcome is not None
+        self.assertTrue(outcome.created)
+        self.assertEqual(outcome.received, (NURSE,))
+        self.assertEqual(outcome.message.id, message.id)
+        events = list(await store.events_after(0, 10))
+        self.assertEqual([(e.kind, e.offset) for e in events], [("message", 1), ("received", 2)])
+        _, received = await store.receipts(conversation.id)
+        self.assertEqual([(r.user_id, r.at) for r in received], [(NURSE, T0)])
+        # The key replays: nothing written, the first message back.
+        again = await store.commit_message(
+            MessageCommit(a_message(conversation, T0 + 5), "key-1", (NURSE,))
+        )
+        self.assertEqual(again, MessageCommitted(outcome.message, False))
+        self.assertEqual(len(await store.events_after(0, 10)), 2)
+
+    async def test_participants_only(self) -> None:
+        """
+        Another customer's message, or one to an unknown conversation, writes nothing and
+        is answered L{None}; an employee may post in any conversation.
+        """
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        stranger = a_message(conversation, T0, user_id="customer-2")
+        self.assertIsNone(await store.commit_message(MessageCommit(stranger, "k", (NURSE,))))
+        orphan = Message(new_id(), new_id(), T0, "customer-1", "Carla", "customer", "Hi")
+        self.assertIsNone(await store.commit_message(MessageCommit(orphan)))
+        self.assertEqual(await self.all_messages(store, conversation), [])
+        self.assertEqual(list(await store.events_after(0, 10)), [])
+        self.assertEqual(await store.receipts(conversation.id), ([], []))
+        nurse = a_message(conversation, T0, user_id=NURSE, role="employee")
+        outcome = await store.commit_message(MessageCommit(nurse, None, ("customer-1",)))
+        assert outcome is not None
+        self.assertEqual(outcome.received, ("customer-1",))
+        # Without the check (add_message), anybody's message is stored.
+        self.assertTrue(
+            await store.commit_message(MessageCommit(stranger, check_participant=False))
+        )
+
+    async def test_received_from_presence_tables(self) -> None:
+        """
+        With C{received_by=None} the transaction marks received every user the shared
+        presence tables list as subscribed, the poster excepted.
+        """
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        for user_id in ("customer-1", NURSE, "nurse-2"):
+            await raw_write(
+                store,
+                "INSERT INTO presence_members (conversation_id, user_id, subscriptions)"
+                " VALUES (?, ?, 1)",
+                conversation.id,
+                user_id,
+            )
+        counted = Transactions(store)
+        outcome = await store.commit_message(MessageCommit(a_message(conversation, T0), None, None))
+        assert outcome is not None
+        self.assertEqual(outcome.received, (NURSE, "nurse-2"))
+        self.assertEqual(len(counted.runs), 1)
+        events = list(await store.events_after(0, 10))
+        self.assertEqual([e.kind for e in events], ["message", "received", "received"])
+        self.assertIn(NURSE, events[1].body)
+        self.assertIn("nurse-2", events[2].body)
+
+    async def test_group_commit(self) -> None:
+        """
+        Sixty concurrent messages in six conversations, one group at a time: the first
+        commits alone, the other fifty-nine, which arrived meanwhile, in one transaction;
+        every caller gets its own message; seq and stream offsets follow arrival order in
+        each conversation, and the events' positions follow arrival order overall.
+        """
+        store = await self.started()
+        store.max_groups = 1
+        conversations = [await self.stored_conversation(store) for _ in range(6)]
+        messages = [
+            a_message(conversations[i % 6], T0 + i, f"message {i}") for i in range(60)
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store,
+            lambda: [
+                store.commit_message(MessageCommit(m, f"key-{i}", (NURSE,) if i % 2 else ()))
+                for i, m in enumerate(messages)
+            ],
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertEqual([write for write, _ in counted.runs], [True, True])
+        self.assertEqual([o.message.id for o in outcomes], [m.id for m in messages])
+        self.assertTrue(all(o.created for o in outcomes))
+        for conversation in conversations:
+            seqs = [o.message.seq for o in outcomes if o.message.conversation_id == conversation.id]
+            self.assertEqual(seqs, sorted(seqs))
+            stored = await self.all_messages(store, conversation)
+            self.assertEqual([m.seq for m in stored], seqs)
+        events = list(await store.events_after(0, 1000))
+        self.assertEqual([e.position for e in events], list(range(1, 91)))
+        expected = []
+        for i, message in enumerate(messages):
+            expected.append(("message", message.id))
+            if i % 2:
+                expected.append(("received", NURSE))
+        self.assertEqual(
+            [(e.kind, message_or_user(e.body)) for e in events], expected
+        )
+        for conversation in conversations:
+            offsets = [e.offset for e in events if e.conversation_id == conversation.id]
+            self.assertEqual(offsets, list(range(1, len(offsets) + 1)))
+            self.assertIn(len(offsets), (10, 20))
+
+    async def test_groups_side_by_side(self) -> None:
+        """
+        With up to three groups under way at a time, sixty concurrent messages in six
+        conversations take a handful of transactions (the first alone, a group beside it
+        whenever sixteen are queued, a conversation in one group at a time), every caller
+        gets its own message, each conversation's seq and offsets follow arrival order,
+        positions are gap-free, and each message's receipt event follows its own.
+        """
+        store = await self.started()
+        store.max_groups = 3
+        conversations = [await self.stored_conversation(store) for _ in range(6)]
+        messages = [
+            a_message(conversations[i % 6], T0 + i, f"message {i}") for i in range(60)
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store,
+            lambda: [
+                store.commit_message(MessageCommit(m, None, (f"nurse-{i}",)))
+                for i, m in enumerate(messages)
+            ],
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertLessEqual(len(counted.runs), 9)
+        self.assertEqual([o.message.id for o in outcomes], [m.id for m in messages])
+        events = list(await store.events_after(0, 1000))
+        self.assertEqual([e.position for e in events], list(range(1, 121)))
+        for conversation in conversations:
+            mine = [m.id for m in messages if m.conversation_id == conversation.id]
+            stored = await self.all_messages(store, conversation)
+            self.assertEqual([m.id for m in stored], mine)
+            self.assertEqual([m.seq for m in stored], sorted(m.seq for m in stored))
+            theirs = [e for e in events if e.conversation_id == conversation.id]
+            self.assertEqual([e.offset for e in theirs], list(range(1, 21)))
+            self.assertEqual(
+                [message_or_user(e.body) for e in theirs if e.kind == "message"], mine
+            )
+        for i, message in enumerate(messages):
+            at = [message_or_user(e.body) for e in events].index(message.id)
+            self.assertEqual(message_or_user(events[at + 1].body), f"nurse-{i}")
+
+    async def test_failing_message_alone(self) -> None:
+        """
+        A message that fails in a group (a message id stored already) fails alone: the
+        group is committed again one message at a time, and the others commit; one that
+        may not be posted is answered L{None} without failing the group.
+        """
+        store = await self.started()
+        conversation, other = [await self.stored_conversation(store) for _ in range(2)]
+        taken = a_message(conversation, T0)
+        await store.add_message(taken, None)
+        store.max_groups = 1
+        commits = [
+            MessageCommit(a_message(conversation, T0 + 1, "first")),
+            MessageCommit(a_message(other, T0 + 2, "second"), None, (NURSE,)),
+            MessageCommit(evolve(a_message(conversation, T0 + 3, "bad"), id=taken.id)),
+            MessageCommit(a_message(other, T0 + 4, "stranger", user_id="customer-9")),
+            MessageCommit(a_message(conversation, T0 + 5, "fifth"), "k"),
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store, lambda: [store.commit_message(c) for c in commits]
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertIsInstance(outcomes[2], DuplicateError)
+        self.assertIsNone(outcomes[3])
+        for i in (0, 1, 4):
+            self.assertEqual(outcomes[i].message.id, commits[i].message.id)
+            self.assertTrue(outcomes[i].created)
+        self.assertEqual(outcomes[1].received, (NURSE,))
+        # The first alone, the group of four (rolled back), then each of the four alone.
+        self.assertEqual(len(counted.runs), 6)
+        texts = [m.message for m in await self.all_messages(store, conversation)]
+        self.assertEqual(texts, ["Hello", "first", "fifth"])
+        events = list(await store.events_after(0, 100))
+        self.assertEqual([e.position for e in events], list(range(1, 6)))
+        self.assertEqual([e.conversation_id for e in events],
+                         [conversation.id] * 2 + [other.id] * 2 + [conversation.id])
+
+    async def test_same_key_in_one_group(self) -> None:
+        """
+        Two messages with the same idempotency key in one group: the second is the
+        first's replay.
+        """
+        store = await self.started()
+        conversation = await self.stored_conversation(store)
+        store.max_groups = 1
+        messages = [a_message(conversation, T0 + i, f"try {i}") for i in range(3)]
+        counted = Transactions(store)
+        keys = ["other", "same", "same"]
+        posted = self.concurrently(
+            store,
+            lambda: [
+                store.commit_message(MessageCommit(m, key))
+                for m, key in zip(messages, keys, strict=True)
+            ],
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual([o.created for o in outcomes], [True, True, False])
+        self.assertEqual(outcomes[2].message, outcomes[1].message)
+        self.assertEqual(len(await self.all_messages(store, conversation)), 2)
+
+
+def message_or_user(body: str) -> str:
+    """The message id of a C{message} event's body, or the user of a receipt's."""
+    event = json.loads(body)
+    if "message" in event:
+        return str(event["message"]["id"])
+    return str(next(iter(event.values()))["userId"])
+
+
+class MemoryGroupCommitTests(GroupCommitMixin, InlineTestCase):
+    """
+    On L{MemoryStore}, inline; operations are held until all are made, as if the first
+    were still running on a database.
+    """
+
+    new_location = scenario.MemoryStoreTests.new_location
+    make_store = scenario.MemoryStoreTests.make_store
+
+    def concurrently(
+        self, store: SQLStore, start: Callable[[], list[Deferred[Any]]]
+    ) -> list[Deferred[Any]]:
+        assert isinstance(store, MemoryStore)
+        store.hold()
+        started = start()
+        store.release()
+        return started
+
+
+class SQLiteGroupCommitTests(GroupCommitMixin, TestCase):
+    """On SQLite, through adbapi's thread."""
+
+    new_location = scenario.SQLiteStoreTests.new_location
+    make_store = scenario.SQLiteStoreTests.make_store
+
+
+class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
+    """On PostgreSQL, through txpostgres."""
+
+    new_location = scenario.PostgreSQLStoreTests.new_location
+    make_store = scenario.PostgreSQLStoreTests.make_store
+
+    async def test_socket_stays_registered(self) -> None:
+        """
+        The store's statements leave the connections' sockets registered with the
+        reactor: no reader or writer is added or removed while transactions run.
+        """
+        counting = CountingReactor(reactor)
+        store = PostgreSQLStore(await self.new_location(), counting, pool_size=1)
+        await store.start()
+        self.addCleanup(store.stop)
+        conversation = await self.stored_conversation(store)
+        before = counting.changes
+        for i in range(5):
+            await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i), f"k{i}", (NURSE,))
+            )
+        self.assertEqual(len(await self.all_messages(store, conversation)), 5)
+        self.assertEqual(counting.changes, before)
+
+
+class CountingReactor:
+    """The reactor, counting the readers and writers added and removed."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.changes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def addReader(self, reader: Any) -> None:  # noqa: N802 - the reactor's name
+        self.changes += 1
+        self._real.addReader(reader)
+
+    def removeReader(self, reader: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.removeReader(reader)
+
+    def addWriter(self, writer: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.addWriter(writer)
+
+    def removeWriter(self, writer: Any) -> None:  # noqa: N802
+        self.changes += 1
+        self._real.removeWriter(writer)
