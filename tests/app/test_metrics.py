@@ -244,11 +244,19 @@ class HookTests(_Process):
     async def test_private_helpers_named_as_their_method(self) -> None:
         """An operation run by a method's coroutine helper is named as the method."""
         self.store.observer = self.metrics.store_operation
+        await self.store.prune_events(0)
+        now = samples_of(self.metrics)
+        self.assertEqual(value(now, "medichat_store_operation_duration_seconds_count",
+                               operation="prune_events"), 1)
+
+    async def test_message_commit_timed(self) -> None:
+        """A posted message's group-committed transaction is timed as C{commit_message}."""
+        self.store.observer = self.metrics.store_operation
         conversation = await self.conversations.create(CUSTOMER)
         await self.conversations.post_message(CUSTOMER, conversation.id, "hi")
         now = samples_of(self.metrics)
         self.assertEqual(value(now, "medichat_store_operation_duration_seconds_count",
-                               operation="add_message"), 1)
+                               operation="commit_message"), 1)
 
     async def test_event_lag(self) -> None:
         """The feed's lag hook fills the lag histogram."""

@@ -135,7 +135,7 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         self.assertEqual(value(acted, "medichat_http_request_duration_seconds_count",
                                route="/v1/conversation", method="POST"), 1)
         self.assertGreaterEqual(value(acted, "medichat_store_operation_duration_seconds_count",
-                                      operation="add_message"), 1)
+                                      operation="commit_message"), 1)
         # Patient data never becomes a label.
         for secret in (CUSTOMER, EMPLOYEE, cid, message["id"], "Hello"):
             self.assertNotIn(secret, text)
