@@ -29,13 +29,19 @@ from twisted.python.failure import Failure
 from medichat import rsql
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
+    STATUSES,
     Conversation,
     Employee,
     LoginSession,
     Message,
+    Overview,
     Receipt,
     Role,
+    Status,
     StoredEvent,
+    TriageChange,
+    conversation_created_event,
+    conversation_updated_event,
     event_json,
     message_event,
     micros,
@@ -291,7 +297,9 @@ def _check_writable(dialect: Dialect, now: int) -> Script[None]:
 # --------------------------------------------------------------------------------------
 # Row mapping
 
-_CONVERSATION_COLUMNS = "id, created, customer_id, customer_name"
+_CONVERSATION_COLUMNS = (
+    "id, created, customer_id, customer_name, status, assignee_id, assignee_name, last_activity"
+)
 _MESSAGE_COLUMNS = "seq, id, conversation_id, created, user_id, user_name, user_role, message"
 _EMPLOYEE_COLUMNS = "id, email, name, password_hash, disabled, created, last_login"
 _LOGIN_SESSION_COLUMNS = "id, employee_id, token_hash, created, expires_at, revoked"
@@ -300,9 +308,16 @@ _EVENT_COLUMNS = "position, conversation_id, stream_offset, kind, body, created"
 
 def conversation_from_row(row: Sequence[Any]) -> Conversation:
     """A L{Conversation} from a row of L{_CONVERSATION_COLUMNS}."""
-    id_, created, customer_id, customer_name = row
+    id_, created, customer_id, customer_name, status, assignee_id, assignee_name, activity = row
     return Conversation(
-        id=id_, created=int(created), customer_id=customer_id, customer_name=customer_name
+        id=id_,
+        created=int(created),
+        customer_id=customer_id,
+        customer_name=customer_name,
+        status=cast(Status, status),
+        assignee_id=assignee_id,
+        assignee_name=assignee_name,
+        last_activity=int(activity),
     )
 
 
@@ -385,6 +400,9 @@ MESSAGE_FIELDS: Mapping[str, rsql.Field] = {
 CONVERSATION_FIELDS: Mapping[str, rsql.Field] = {
     "created": rsql.Field("created", parse_time),
     "customerId": rsql.Field("customer_id", str),
+    "status": rsql.Field("status", str),
+    "assigneeId": rsql.Field("assignee_id", str),
+    "lastActivity": rsql.Field("last_activity", parse_time),
 }
 """What an RSQL query over conversations may name, and the columns."""
 
@@ -435,6 +453,62 @@ def conversations_query(
         f" ORDER BY created {direction}, id {direction} LIMIT {dialect.placeholder}"
     )
     return Statement(sql, (*params, max(0, limit)))
+
+
+ORDER_KEYS = {"created": "created", "lastActivity": "last_activity"}
+"""The orders of the overview (L{overview_query}) and the column of each."""
+
+_NEVER_READ = -(2**62)
+"""A read time before every message: the unread count of a user who never read."""
+
+
+def overview_query(
+    dialect: Dialect,
+    viewer_id: str,
+    customer_id: str | None,
+    query: rsql.Node | None,
+    order: str,
+    descending: bool,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> Statement:
+    """
+    The C{SELECT} behind L{SQLStore.overview}: the conversations' columns, then the
+    viewer's unread count and the C{seq} of the newest message (L{None} if none) of each.
+
+    Both per-row values are correlated subqueries served by the index on
+    C{(conversation_id, created, seq)}: a range from the viewer's read time to the end,
+    and the last entry.  The rows are served by the index on C{(customer_id, <order>,
+    id)} or C{(<order>, id)}.
+
+    @param order: a key of L{ORDER_KEYS}.
+    @param after: the C{(<order value>, id)} of the last row of the previous page.
+    @raise rsql.RSQLError: if C{query} names other fields or has a bad value.
+    """
+    column = ORDER_KEYS[order]
+    conditions: list[tuple[str, Sequence[object]]] = []
+    if customer_id is not None:
+        conditions.append((dialect.sql("c.customer_id = ?"), [customer_id]))
+    if after is not None:
+        comparison = "<" if descending else ">"
+        conditions.append((dialect.sql(f"(c.{column}, c.id) {comparison} (?, ?)"), list(after)))
+    if query is not None:
+        conditions.append(rsql.to_sql(query, CONVERSATION_FIELDS, dialect.placeholder))
+    where, params = _where(conditions)
+    columns = ", ".join("c." + name for name in _CONVERSATION_COLUMNS.split(", "))
+    direction = "DESC" if descending else "ASC"
+    sql = dialect.sql(
+        f"SELECT {columns},"
+        " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id"
+        "  AND m.created > COALESCE((SELECT r.at FROM receipts r WHERE r.conversation_id = c.id"
+        "   AND r.kind = 'read' AND r.user_id = ?), ?)"
+        "  AND m.user_id <> ?),"
+        " (SELECT m.seq FROM messages m WHERE m.conversation_id = c.id"
+        "  ORDER BY m.created DESC, m.seq DESC LIMIT 1)"
+        " FROM conversations c"
+    )
+    sql += where + f" ORDER BY c.{column} {direction}, c.id {direction} LIMIT {dialect.placeholder}"
+    return Statement(sql, (viewer_id, _NEVER_READ, viewer_id, *params, max(0, limit)))
 
 
 def messages_query(
@@ -559,7 +633,142 @@ def _add_message(
     yield from _append_event(
         dialect, message.conversation_id, "message", message_event(stored), message.created
     )
+    yield from _message_activity(dialect, stored)
     return stored, True
+
+
+def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script[None]:
+    c = conversation
+    yield dialect.statement(
+        f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        c.id,
+        c.created,
+        c.customer_id,
+        c.customer_name,
+        c.status,
+        c.assignee_id,
+        c.assignee_name,
+        c.last_activity,
+    )
+    yield from _append_feed_event(dialect, c.id, conversation_created_event(c), c.created)
+
+
+def _message_activity(dialect: Dialect, message: Message) -> Script[None]:
+    """
+    What a stored message does to its conversation's triage, in the message's
+    transaction (the conversation locked): its last activity moves forward to the
+    message's time and, if a customer wrote it, a resolved conversation opens again; if
+    either changed, a C{conversationUpdated} event says so.
+    """
+    reopen = message.user_role == "customer"
+    result = yield dialect.statement(
+        "UPDATE conversations SET"
+        " last_activity = CASE WHEN last_activity < ? THEN ? ELSE last_activity END,"
+        " status = CASE WHEN ? THEN 'open' ELSE status END"
+        " WHERE id = ? AND (last_activity < ? OR (? AND status <> 'open'))"
+        f" RETURNING {_CONVERSATION_COLUMNS}",
+        message.created,
+        message.created,
+        reopen,
+        message.conversation_id,
+        message.created,
+        reopen,
+    )
+    if result.rows:
+        changed = conversation_from_row(result.rows[0])
+        yield from _append_feed_event(
+            dialect, changed.id, conversation_updated_event(changed), message.created
+        )
+
+
+def _change_triage(
+    dialect: Dialect,
+    conversation_id: str,
+    decide: Callable[[Conversation], Conversation],
+    at: int,
+) -> Script[TriageChange | None]:
+    """
+    Change a conversation's status or assignee as C{decide} says, given it as it is
+    now, locked; where that changes anything, write it and a C{conversationUpdated}
+    event.  The lock makes the decision atomic: of concurrent changes each sees the
+    outcome of the one before (so of concurrent claims exactly one finds nobody
+    assigned).
+
+    @return: the conversation before and after, or L{None} if there is no such
+        conversation.
+    """
+    result = yield dialect.statement(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?" + dialect.lock_row,
+        conversation_id,
+    )
+    if not result.rows:
+        return None
+    before = conversation_from_row(result.rows[0])
+    after = decide(before)
+    if after != before:
+        yield dialect.statement(
+            "UPDATE conversations SET status = ?, assignee_id = ?, assignee_name = ?"
+            " WHERE id = ?",
+            after.status,
+            after.assignee_id,
+            after.assignee_name,
+            conversation_id,
+        )
+        yield from _append_feed_event(
+            dialect, conversation_id, conversation_updated_event(after), at
+        )
+    return TriageChange(before, after)
+
+
+def _append_feed_event(
+    dialect: Dialect, conversation_id: str, event: dict[str, Any], created: int
+) -> Script[StoredEvent]:
+    """
+    Write an event of the employees' feed (C{conversationCreated},
+    C{conversationUpdated}) in the current transaction; call at its end, as
+    L{_append_event}, whose global position it shares.  It belongs to no conversation's
+    stream: its offset is 0.
+    """
+    result = yield dialect.statement(
+        "UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last"
+    )
+    position = int(result.rows[0][0])
+    kind = next(iter(event))
+    stored = StoredEvent(position, conversation_id, 0, kind, event_json(event), created)
+    yield dialect.statement(
+        "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
+        " VALUES (?, ?, ?, ?, ?)",
+        stored.position,
+        stored.conversation_id,
+        stored.kind,
+        stored.body,
+        stored.created,
+    )
+    return stored
+
+
+def _overview(
+    dialect: Dialect, statement: Statement
+) -> Script[list[tuple[Conversation, Overview]]]:
+    result = yield statement
+    rows = [
+        (conversation_from_row(row[:-2]), int(row[-2]), None if row[-1] is None else int(row[-1]))
+        for row in result.rows
+    ]
+    seqs = [seq for _, _, seq in rows if seq is not None]
+    last: dict[int, Message] = {}
+    if seqs:
+        marks = ", ".join([dialect.placeholder] * len(seqs))
+        messages = yield Statement(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({marks})", tuple(seqs)
+        )
+        for row in messages.rows:
+            message = message_from_row(row)
+            last[message.seq] = message
+    return [
+        (conversation, Overview(unread, None if seq is None else last.get(seq)))
+        for conversation, unread, seq in rows
+    ]
 
 
 def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: int) -> Script[bool]:
@@ -828,15 +1037,7 @@ class SQLStore:
 
     def create_conversation(self, conversation: Conversation) -> Deferred[None]:
         """See L{medichat.interfaces.IStore.create_conversation}."""
-        c = conversation
-        statement = self._dialect.statement(
-            f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?)",
-            c.id,
-            c.created,
-            c.customer_id,
-            c.customer_name,
-        )
-        return self._run(_write(statement), write=True)
+        return self._run(_create_conversation(self._dialect, conversation), write=True)
 
     def get_conversation(self, conversation_id: str) -> Deferred[Conversation | None]:
         """See L{medichat.interfaces.IStore.get_conversation}."""
@@ -861,6 +1062,73 @@ class SQLStore:
         except rsql.RSQLError:
             return fail()
         return self._run(_select_all(statement, conversation_from_row))
+
+    def overview(
+        self,
+        viewer_id: str,
+        customer_id: str | None,
+        query: rsql.Node | None,
+        order: str,
+        descending: bool,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> Deferred[Sequence[tuple[Conversation, Overview]]]:
+        """See L{medichat.interfaces.IStore.overview}."""
+        try:
+            statement = overview_query(
+                self._dialect, viewer_id, customer_id, query, order, descending, limit, after
+            )
+        except rsql.RSQLError:
+            return fail()
+        return self._run(_overview(self._dialect, statement))
+
+    # -- triage
+
+    def set_status(
+        self, conversation_id: str, status: str, at: int
+    ) -> Deferred[TriageChange | None]:
+        """
+        See L{medichat.interfaces.IStore.set_status}.
+
+        @raise ValueError: (asynchronously) for a status that is not one of
+            L{medichat.model.STATUSES}.
+        """
+        if status not in STATUSES:
+            return fail(ValueError(f"no status {status!r}"))
+
+        def decide(conversation: Conversation) -> Conversation:
+            return evolve(conversation, status=cast(Status, status))
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
+
+    def assign(
+        self,
+        conversation_id: str,
+        assignee_id: str,
+        assignee_name: str,
+        take_over: bool,
+        at: int,
+    ) -> Deferred[TriageChange | None]:
+        """See L{medichat.interfaces.IStore.assign}."""
+
+        def decide(conversation: Conversation) -> Conversation:
+            if conversation.assignee_id and not take_over:
+                return conversation
+            return evolve(conversation, assignee_id=assignee_id, assignee_name=assignee_name)
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
+
+    def unassign(
+        self, conversation_id: str, assignee_id: str, at: int
+    ) -> Deferred[TriageChange | None]:
+        """See L{medichat.interfaces.IStore.unassign}."""
+
+        def decide(conversation: Conversation) -> Conversation:
+            if conversation.assignee_id != assignee_id:
+                return conversation
+            return evolve(conversation, assignee_id="", assignee_name="")
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
 
     # -- messages
 
@@ -924,10 +1192,23 @@ class SQLStore:
 
     def events_after(self, position: int, limit: int) -> Deferred[Sequence[StoredEvent]]:
         """See L{medichat.interfaces.IStore.events_after}."""
+        # The conversation events and the employees' feed share one sequence of
+        # positions; each side is read no further than the page.
+        limit = max(0, limit)
         statement = self._dialect.statement(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            f"SELECT {_EVENT_COLUMNS} FROM ("
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ?"
+            " ORDER BY position LIMIT ?) e"
+            " UNION ALL"
+            f" SELECT {_EVENT_COLUMNS} FROM ("
+            "SELECT position, conversation_id, 0 AS stream_offset, kind, body, created"
+            " FROM feed_events WHERE position > ? ORDER BY position LIMIT ?) f"
+            " ORDER BY position LIMIT ?",
             position,
-            max(0, limit),
+            limit,
+            position,
+            limit,
+            limit,
         )
         return self._run(_select_all(statement, event_from_row))
 
@@ -956,19 +1237,21 @@ class SQLStore:
 
     async def _prune_events(self, before: int, batch: int) -> int:
         # Batches, each its own short transaction, so that a large backlog never holds
-        # locks (or SQLite's one writer) for long.
-        statement = self._dialect.statement(
-            "DELETE FROM events WHERE position IN"
-            " (SELECT position FROM events WHERE created < ? ORDER BY position LIMIT ?)",
-            before,
-            batch,
-        )
+        # locks (or SQLite's one writer) for long.  The employees' feed goes too.
         removed = 0
-        while True:
-            count = await self._run(_count(statement), write=True)
-            removed += count
-            if count < batch:
-                return removed
+        for table in ("events", "feed_events"):
+            statement = self._dialect.statement(
+                f"DELETE FROM {table} WHERE position IN"
+                f" (SELECT position FROM {table} WHERE created < ? ORDER BY position LIMIT ?)",
+                before,
+                batch,
+            )
+            while True:
+                count = await self._run(_count(statement), write=True)
+                removed += count
+                if count < batch:
+                    break
+        return removed
 
     # -- employees
 
@@ -1102,4 +1385,5 @@ __all__ = [
     "load_migrations",
     "messages_query",
     "migrate",
+    "overview_query",
 ]

@@ -15,7 +15,6 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from medichat.domain.conversations import (
-    ConversationPage,
     ConversationService,
     decode_cursor,
     encode_cursor,
@@ -23,7 +22,7 @@ from medichat.domain.conversations import (
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
 from medichat.interfaces import IConversations, ISubscriber
-from medichat.model import Conversation, Receipt, User, format_time
+from medichat.model import Conversation, Overview, Receipt, User, format_time
 from medichat.pubsub.hub import InProcessHub, Publication
 from medichat.pubsub.topics import conversation_topic
 from medichat.testing import MemoryStore
@@ -506,7 +505,10 @@ class ListTests(ServiceTestCase):
         made = await self.make()
         page = await self.service.list_conversations(CUSTOMER)
         own = [c for c in made if c.customer_id == CUSTOMER.user_id]
-        self.assertEqual(page, ConversationPage(own, None))
+        self.assertEqual((page.conversations, page.next), (own, None))
+        self.assertEqual(
+            dict(page.overviews), {c.id: Overview(unread=0, last_message=None) for c in own}
+        )
 
     async def test_employee_sees_all(self) -> None:
         """An employee lists every conversation."""
@@ -549,9 +551,13 @@ class ListTests(ServiceTestCase):
         cases: list[tuple[dict[str, Any], str]] = [
             (
                 {"query": "userId==x"},
-                "query: at position 0: unknown field 'userId'; allowed: created, customerId",
+                "query: at position 0: unknown field 'userId'; allowed: created, customerId,"
+                " status, assigneeId, lastActivity",
             ),
-            ({"order": "id"}, "order: must be 'created' or '-created'"),
+            (
+                {"order": "id"},
+                "order: must be one of 'created', '-created', 'lastActivity', '-lastActivity'",
+            ),
             ({"limit": 0}, "limit: must be an integer from 1 to 1000"),
             (
                 {"cursor": "garbage!"},
