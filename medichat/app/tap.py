@@ -211,6 +211,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["secure-cookies", None, "Always mark the session cookie Secure."],
         ["no-fast-paths", None,
          "Use only the public Twisted and Autobahn API on the STOMP carriers (slower)."],
+        ["allow-reassign", None,
+         "Let an employee claim a conversation that another employee has (logged)."],
     ]
 
     def __init__(self) -> None:
@@ -749,7 +751,8 @@ def makeService(
         hub.set_catch_up(feed.catch_up)
     pruner = EventPruner(store, clock, config["event-retention"])
     conversations = ConversationService(
-        store, hub, clock, presence, feed, max_message_length=config["max-message-length"]
+        store, hub, clock, presence, feed, max_message_length=config["max-message-length"],
+        allow_reassign=bool(config["allow-reassign"]),
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
