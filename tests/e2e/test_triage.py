@@ -144,6 +144,27 @@ class PostgreSQLTriageFlowTests(TriageFlowMixin, TestCase):
         return ["--database", url]
 
 
+class ReassignTests(LiveServerMixin, TestCase):
+    """C{--allow-reassign} on the command line lets an employee take a conversation over."""
+
+    def server_args(self) -> Any:
+        return ["--allow-reassign"]
+
+    @inlineCallbacks
+    def test_take_over(self) -> Any:
+        """A second employee's claim wins, and release is then theirs alone."""
+        cid = (yield self.http("POST", "/v1/conversation",
+                               self.token(CUSTOMER, "c1", "customer")))[1]["id"]
+        first = self.token(NURSE, "Nurse Joy", "employee")
+        second = self.token("nurse-2", "Olga", "employee")
+        code, _ = yield self.http("POST", f"/v1/conversation/{cid}/claim", first)
+        self.assertEqual(code, 200)
+        code, taken = yield self.http("POST", f"/v1/conversation/{cid}/claim", second)
+        self.assertEqual((code, taken["assigneeId"]), (200, "nurse-2"))
+        code, problem = yield self.http("POST", f"/v1/conversation/{cid}/release", first)
+        self.assertEqual((code, problem["assigneeName"]), (409, "Olga"))
+
+
 class ClusterFeedTests(SynchronousTestCase):
     """
     Two processes on one PostgreSQL database: the feed crosses between them.
