@@ -829,6 +829,24 @@ def _append_event(
     return stored
 
 
+def _prune_batch(dialect: Dialect, before: int, batch: int) -> Script[tuple[int, int]]:
+    """
+    Delete up to C{batch} events older than C{before} from each of the conversation
+    events and the employees' feed; how many went from each.
+    """
+    counts = []
+    for table in ("events", "feed_events"):
+        # The table names are these two constants, never input.
+        result = yield dialect.statement(
+            f"DELETE FROM {table} WHERE position IN"
+            f" (SELECT position FROM {table} WHERE created < ? ORDER BY position LIMIT ?)",
+            before,
+            batch,
+        )
+        counts.append(result.rowcount)
+    return counts[0], counts[1]
+
+
 def _last_position(dialect: Dialect) -> Script[int]:
     result = yield dialect.statement("SELECT last FROM event_counter WHERE id = 1")
     return int(result.rows[0][0]) if result.rows else 0
@@ -1237,21 +1255,14 @@ class SQLStore:
 
     async def _prune_events(self, before: int, batch: int) -> int:
         # Batches, each its own short transaction, so that a large backlog never holds
-        # locks (or SQLite's one writer) for long.  The employees' feed goes too.
+        # locks (or SQLite's one writer) for long.  Each batch prunes the employees' feed
+        # too, in the same transaction.
         removed = 0
-        for table in ("events", "feed_events"):
-            statement = self._dialect.statement(
-                f"DELETE FROM {table} WHERE position IN"
-                f" (SELECT position FROM {table} WHERE created < ? ORDER BY position LIMIT ?)",
-                before,
-                batch,
-            )
-            while True:
-                count = await self._run(_count(statement), write=True)
-                removed += count
-                if count < batch:
-                    break
-        return removed
+        while True:
+            counts = await self._run(_prune_batch(self._dialect, before, batch), write=True)
+            removed += sum(counts)
+            if max(counts) < batch:
+                return removed
 
     # -- employees
 
