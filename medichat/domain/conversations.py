@@ -517,12 +517,14 @@ class ConversationService:
         self,
         user: User,
         conversation_id: str,
+        action: str,
         change: Callable[[str, int], Deferred[TriageChange | None]],
     ) -> TriageChange:
         """
         Run one triage change of the store for an employee, under the conversation's
         lock, and have the feed publish its event if it changed anything.
 
+        @param action: C{resolve}, C{reopen}, C{claim} or C{release}, for the log.
         @raise Forbidden: if C{user} is a customer.
         @raise NotFound: for a malformed or unknown id.
         """
@@ -536,6 +538,12 @@ class ConversationService:
                 raise NotFound("no such conversation")
             if result.changed:
                 self._committed()
+                _log.info(
+                    "employee {employee}: {action} conversation {conversation}",
+                    employee=user.user_id,
+                    action=action,
+                    conversation=conversation.id,
+                )
             return result
 
         return await self._serialised(conversation.id, run)
@@ -554,7 +562,10 @@ class ConversationService:
 
         async def set_status() -> Conversation:
             result = await self._triage(
-                user, conversation_id, lambda cid, at: self.store.set_status(cid, status, at)
+                user,
+                conversation_id,
+                "resolve" if status == "resolved" else "reopen",
+                lambda cid, at: self.store.set_status(cid, status, at),
             )
             return result.after
 
@@ -578,6 +589,7 @@ class ConversationService:
             result = await self._triage(
                 user,
                 conversation_id,
+                "claim",
                 lambda cid, at: self.store.assign(
                     cid, user.user_id, user.user_name, self.allow_reassign, at
                 ),
@@ -611,6 +623,7 @@ class ConversationService:
             result = await self._triage(
                 user,
                 conversation_id,
+                "release",
                 lambda cid, at: self.store.unassign(cid, user.user_id, at),
             )
             if not result.changed:

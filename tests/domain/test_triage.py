@@ -58,6 +58,22 @@ class StatusTests(TriageTestCase):
         )
         self.assertEqual(self.dashboard.offsets, [None, None, None])
 
+    async def test_changes_logged(self) -> None:
+        """Each change is logged with its employee and action; a non-change is not."""
+        conversation = await self.conversation()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        await self.service.set_status(EMPLOYEE, conversation.id, "resolved")
+        await self.service.set_status(EMPLOYEE, conversation.id, "resolved")
+        await self.service.claim(EMPLOYEE, conversation.id)
+        await self.service.release(EMPLOYEE, conversation.id)
+        await self.service.set_status(EMPLOYEE, conversation.id, "open")
+        self.assertEqual(
+            [(e["employee"], e["action"], e["conversation"]) for e in logged
+             if "action" in e],
+            [(EMPLOYEE.user_id, action, conversation.id)
+             for action in ("resolve", "claim", "release", "reopen")],
+        )
+
     async def test_customer_forbidden(self) -> None:
         """A customer cannot resolve or reopen, not even their own conversation."""
         conversation = await self.conversation()
