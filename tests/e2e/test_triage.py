@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -173,7 +175,7 @@ class ClusterFeedTests(SynchronousTestCase):
     def setUp(self) -> None:
         database = create_test_database_now(self)
         workdir = os.path.abspath(self.mktemp())
-        data_dir = os.path.join(workdir, "data")
+        data_dir = self.data_dir = os.path.join(workdir, "data")
         os.makedirs(workdir)
         self.clients: list[Any] = []
         self.addCleanup(disconnect_all, self.clients)
@@ -201,3 +203,27 @@ class ClusterFeedTests(SynchronousTestCase):
         )
         self.assertEqual(events[1]["conversationUpdated"]["assigneeId"], NURSE)
         self.assertEqual(events[2]["conversationUpdated"]["status"], "resolved")
+
+    def test_concurrent_claims_across_processes(self) -> None:
+        """Twelve employees claim at once through both processes: one 200, eleven 409."""
+        cid = self.a.request("POST", "/v1/conversation", self.customer)["id"]
+        secret = load_or_create_dev_secret(self.data_dir)
+        nurses = [
+            jwt.encode({"sub": f"nurse-{i}", "name": f"Nurse {i}", "role": "employee"}, secret,
+                       algorithm="HS256")
+            for i in range(12)
+        ]
+
+        def claim(i: int) -> tuple[int, Any]:
+            server = self.a if i % 2 else self.b
+            try:
+                return 200, server.request("POST", f"/v1/conversation/{cid}/claim", nurses[i])
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            outcomes = list(pool.map(claim, range(12)))
+        won = [body for code, body in outcomes if code == 200]
+        lost = [body for code, body in outcomes if code == 409]
+        self.assertEqual((len(won), len(lost)), (1, 11))
+        self.assertEqual({body["assigneeId"] for body in lost}, {won[0]["assigneeId"]})
