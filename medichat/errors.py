@@ -50,6 +50,21 @@ class NotFound(DomainError):
     title = "Not Found"
 
 
+class Conflict(DomainError):
+    """
+    The request clashes with the state it found (a conversation someone else claimed).
+
+    @ivar extensions: extra members of the problem details, as C{(name, value)} pairs.
+    """
+
+    status = 409
+    title = "Conflict"
+
+    def __init__(self, detail: str, extensions: tuple[tuple[str, object], ...] = ()) -> None:
+        super().__init__(detail)
+        self.extensions = extensions
+
+
 class PayloadTooLarge(DomainError):
     """A request body over the limit."""
 

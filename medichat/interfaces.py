@@ -354,7 +354,8 @@ class IStore(Interface):
 
     def create_conversation(conversation: Any) -> Deferred[None]:
         """
-        Store a new L{medichat.model.Conversation}.
+        Store a new L{medichat.model.Conversation}, with its C{conversationCreated} event
+        for the employees' feed in the same transaction.
         """
 
     def get_conversation(conversation_id: str) -> Deferred[Any]:
@@ -379,13 +380,70 @@ class IStore(Interface):
             rows strictly after it (in the chosen order) are returned.
         """
 
+    def overview(
+        viewer_id: str,
+        customer_id: str | None,
+        query: Any,
+        order: str,
+        descending: bool,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> Deferred[Sequence[tuple[Any, Any]]]:
+        """
+        Conversations as one user lists them: C{(conversation, overview)} pairs, each
+        L{medichat.model.Overview} holding the user's unread count and the newest message,
+        all read in one statement's snapshot.
+
+        @param viewer_id: whose unread counts (messages by others after their read time).
+        @param customer_id: only this customer's, or all when L{None}.
+        @param query: a parsed RSQL tree over C{created}, C{customerId}, C{status},
+            C{assigneeId} (C{""} is nobody) and C{lastActivity}, or L{None}.
+        @param order: C{"created"} or C{"lastActivity"}; ties are broken by id.
+        @param limit: at most this many.
+        @param after: a cursor, the C{(order value, id)} of the last row of the previous
+            page; rows strictly after it (in the chosen order) are returned.
+        """
+
+    # triage (each change writes a conversationUpdated event where it changed anything)
+
+    def set_status(conversation_id: str, status: str, at: int) -> Deferred[Any]:
+        """
+        Set the conversation's status (C{"open"} or C{"resolved"}).
+
+        @param at: the time of the change (the event's).
+        @return: a L{medichat.model.TriageChange}, or L{None} for no such conversation.
+        """
+
+    def assign(
+        conversation_id: str, assignee_id: str, assignee_name: str, take_over: bool, at: int
+    ) -> Deferred[Any]:
+        """
+        Assign the conversation to an employee if nobody has it, or (C{take_over}) whoever
+        has it; atomically, so that of concurrent calls exactly one finds it free.
+
+        @return: a L{medichat.model.TriageChange} (unchanged if someone else has it and not
+            C{take_over}, or it is the employee's already), or L{None} for no such
+            conversation.
+        """
+
+    def unassign(conversation_id: str, assignee_id: str, at: int) -> Deferred[Any]:
+        """
+        Unassign the conversation if C{assignee_id} has it.
+
+        @return: a L{medichat.model.TriageChange} (unchanged if that employee does not
+            have it), or L{None} for no such conversation.
+        """
+
     # messages
 
     def add_message(
         message: Any, idempotency_key: str | None
     ) -> Deferred[tuple[Any, bool]]:
         """
-        Commit a L{medichat.model.Message} (its C{seq} is assigned by the store).
+        Commit a L{medichat.model.Message} (its C{seq} is assigned by the store).  Its
+        conversation's C{last_activity} moves forward to the message's time and, for a
+        customer's message, the conversation is C{open} again; a C{conversationUpdated}
+        event is written where either changed.
 
         With an C{idempotency_key}, a second call with the same key and the same
         C{(conversation_id, user_id)} stores nothing and returns the first message.
@@ -449,8 +507,10 @@ class IStore(Interface):
     def events_after(position: int, limit: int) -> Deferred[Sequence[Any]]:
         """
         Up to C{limit} committed L{medichat.model.StoredEvent}s with a position past
-        C{position}, in position order.  Positions are gap-free and committed in order:
-        once position M is visible, every smaller one is too (or pruned).
+        C{position}, in position order: conversation events and the events of the
+        employees' feed (L{medichat.model.CONVERSATION_FEED_KINDS}, offset 0) alike.
+        Positions are gap-free and committed in order: once position M is visible, every
+        smaller one is too (or pruned).
         """
 
     def conversation_events(

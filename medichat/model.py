@@ -17,9 +17,13 @@ import unicodedata
 import uuid
 from typing import Any, Literal
 
-from attrs import frozen
+from attrs import Factory, field, frozen
 
 Role = Literal["customer", "employee"]
+
+Status = Literal["open", "resolved"]
+
+STATUSES: tuple[Status, ...] = ("open", "resolved")
 
 ROLES: tuple[Role, ...] = ("customer", "employee")
 
@@ -58,12 +62,80 @@ class User:
 class Conversation:
     """
     A conversation between one customer and the care team.
+
+    @ivar status: C{"open"} (new ones, and any a customer writes to) or C{"resolved"}.
+    @ivar assignee_id: the employee who claimed it, or C{""} when nobody has.
+    @ivar assignee_name: that employee's name, or C{""}.
+    @ivar last_activity: the time of its newest message, or its C{created} before the
+        first; it only moves forward.
     """
 
     id: str
     created: int
     customer_id: str
     customer_name: str
+    status: Status = "open"
+    assignee_id: str = ""
+    assignee_name: str = ""
+    last_activity: int = field(default=Factory(lambda self: self.created, takes_self=True))
+
+    def triage_json(self) -> dict[str, Any]:
+        """
+        What triage adds to the conversation's JSON: C{status}, C{assigneeId},
+        C{assigneeName} (both L{None} when unassigned) and C{lastActivity}.
+        """
+        return {
+            "status": self.status,
+            "assigneeId": self.assignee_id or None,
+            "assigneeName": self.assignee_name or None,
+            "lastActivity": format_time(self.last_activity),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """
+        The conversation without messages or receipts: C{id}, C{created}, C{customerId},
+        C{customerName}, then L{triage_json}'s keys.
+        """
+        result: dict[str, Any] = {
+            "id": self.id,
+            "created": format_time(self.created),
+            "customerId": self.customer_id,
+            "customerName": self.customer_name,
+        }
+        result.update(self.triage_json())
+        return result
+
+
+@frozen
+class TriageChange:
+    """
+    What a change of a conversation's status or assignee found and left.
+
+    @ivar before: the conversation as it was (locked) when the change was decided.
+    @ivar after: as it was left; equal to C{before} when nothing changed.
+    """
+
+    before: Conversation
+    after: Conversation
+
+    @property
+    def changed(self) -> bool:
+        """C{True} if anything was written."""
+        return self.before != self.after
+
+
+@frozen
+class Overview:
+    """
+    What one user sees of a conversation in the list, besides the conversation.
+
+    @ivar unread: messages by others created after the user's read time (all of them if
+        the user never read it).
+    @ivar last_message: its newest message, or L{None} if it has none.
+    """
+
+    unread: int
+    last_message: Message | None
 
 
 @frozen
@@ -184,6 +256,25 @@ def receipt_event(kind: str, user_id: str, at: int) -> dict[str, Any]:
     """
     key = "readAt" if kind == "read" else "receivedAt"
     return {kind: {"userId": user_id, key: format_time(at)}}
+
+
+CONVERSATION_FEED_KINDS = frozenset({"conversationCreated", "conversationUpdated"})
+"""The events of the employees' feed of conversations (C{/v1/topic/conversations})."""
+
+
+def conversation_created_event(conversation: Conversation) -> dict[str, Any]:
+    """
+    C{{"conversationCreated": {...}}}: the new conversation, as L{Conversation.as_json}.
+    """
+    return {"conversationCreated": conversation.as_json()}
+
+
+def conversation_updated_event(conversation: Conversation) -> dict[str, Any]:
+    """
+    C{{"conversationUpdated": {"id", "status", "assigneeId", "assigneeName",
+    "lastActivity"}}}: the conversation's triage state after a change of it.
+    """
+    return {"conversationUpdated": {"id": conversation.id, **conversation.triage_json()}}
 
 
 def event_json(event: dict[str, Any]) -> str:

@@ -68,7 +68,13 @@ MAX_DEPTH = 10
 MESSAGE_FIELD_NAMES: tuple[str, ...] = ("created", "userId", "userRole", "id")
 """The selectors a query over a conversation's messages may use."""
 
-CONVERSATION_FIELD_NAMES: tuple[str, ...] = ("created", "customerId")
+CONVERSATION_FIELD_NAMES: tuple[str, ...] = (
+    "created",
+    "customerId",
+    "status",
+    "assigneeId",
+    "lastActivity",
+)
 """The selectors a query over the list of conversations may use."""
 
 OPERATORS: tuple[str, ...] = ("==", "!=", "=lt=", "=le=", "=gt=", "=ge=", "=in=", "=out=")

@@ -248,7 +248,10 @@ class CheckTests(SynchronousTestCase):
     def test_constants(self) -> None:
         """The field-name constants are the ones SPEC section 3 names."""
         self.assertEqual(rsql.MESSAGE_FIELD_NAMES, ("created", "userId", "userRole", "id"))
-        self.assertEqual(rsql.CONVERSATION_FIELD_NAMES, ("created", "customerId"))
+        self.assertEqual(
+            rsql.CONVERSATION_FIELD_NAMES,
+            ("created", "customerId", "status", "assigneeId", "lastActivity"),
+        )
 
     def test_check_values(self) -> None:
         """A value its field's converter rejects is an RSQLError naming the field."""

@@ -236,6 +236,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["secure-cookies", None, "Always mark the session cookie Secure."],
         ["no-fast-paths", None,
          "Use only the public Twisted and Autobahn API on the STOMP carriers (slower)."],
+        ["allow-reassign", None,
+         "Let an employee claim a conversation that another employee has (logged)."],
     ]
 
     def __init__(self) -> None:
@@ -866,6 +868,7 @@ def makeService(
     conversations = ConversationService(
         store, hub, clock, presence, feed, max_message_length=config["max-message-length"],
         presence_in_store=node is not None,
+        allow_reassign=bool(config["allow-reassign"]),
     )
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],

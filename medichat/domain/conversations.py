@@ -24,30 +24,40 @@ conversations busy at this moment.
 A participant is the conversation's customer, or any employee.  To anyone else a
 conversation does not exist: asking for it, or for an id that is malformed or unknown,
 raises L{NotFound} alike.
+
+Triage (employees only): a conversation is C{open} or C{resolved} (a customer's message
+opens it again), and may be claimed by one employee at a time.  The store decides each
+change under the conversation's row lock and writes a C{conversationUpdated} event with it
+(C{conversationCreated} when a conversation is opened), which the event feed publishes on
+C{/v1/topic/conversations} after the commit, in commit order, like every durable event.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from medichat import rsql
-from medichat.errors import BadRequest, Forbidden, NotFound
+from medichat.errors import BadRequest, Conflict, Forbidden, NotFound
 from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, IStore
 from medichat.model import (
+    STATUSES,
     Conversation,
     Message,
     MessageCommit,
+    Overview,
     Receipt,
+    Status,
     StoredEvent,
+    TriageChange,
     User,
     is_blank,
     is_unicode,
@@ -63,6 +73,7 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_MESSAGE_LENGTH",
     "ORDERS",
+    "UNASSIGNED",
     "ConversationDetail",
     "ConversationPage",
     "ConversationService",
@@ -79,13 +90,33 @@ MAX_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 50
 """How many conversations one page of the list holds when no C{limit} is given."""
 
-ORDERS = ("created", "-created")
-"""The accepted C{order} values: oldest first, or newest first."""
+ORDERS = ("created", "-created", "lastActivity", "-lastActivity")
+"""The accepted C{order} values of the list: by creation or by last activity, each
+ascending or (C{-}) descending."""
+
+MESSAGE_ORDERS = ("created", "-created")
+"""The accepted C{order} values of a conversation's messages: oldest first, or newest first."""
+
+ME = "me"
+"""In a list's query, C{assigneeId==me} stands for the caller."""
+
+UNASSIGNED = "none"
+"""In a list's query, C{assigneeId==none} stands for nobody (unassigned)."""
 
 _T = TypeVar("_T")
 _log = Logger()
 
-_VALUE_CHECKS: dict[str, Callable[[str], object]] = {"created": parse_time}
+def _status(text: str) -> str:
+    if text not in STATUSES:
+        raise ValueError(f"must be one of {', '.join(STATUSES)}")
+    return text
+
+
+_VALUE_CHECKS: dict[str, Callable[[str], object]] = {
+    "created": parse_time,
+    "lastActivity": parse_time,
+    "status": _status,
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -117,30 +148,43 @@ class ConversationPage:
     @ivar conversations: the conversations on this page, in the order asked for.
     @ivar next: the cursor of the following page (see L{encode_cursor}), or L{None} on the
         last page.
+    @ivar overviews: what the caller sees of each conversation besides it (unread count,
+        newest message), by conversation id.
     """
 
     conversations: Sequence[Conversation]
     next: str | None
+    overviews: Mapping[str, Overview] = field(factory=dict)
 
 
 # ----------------------------------------------------------------------------------------
 # Cursors
 
 
-def encode_cursor(conversation: Conversation) -> str:
-    """
-    The opaque paging cursor that points just after C{conversation}: URL-safe base64,
-    unpadded, of C{"<created microseconds>.<id>"}.
-    """
-    raw = f"{conversation.created}.{conversation.id}".encode("ascii")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+# A cursor of a list by last activity starts with this, so that it cannot be taken for
+# one of a list by creation (whose cursors are unchanged since before that order existed).
+_ACTIVITY_CURSOR = "a"
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def encode_cursor(conversation: Conversation, key: str = "created") -> str:
     """
-    The C{(created, id)} a cursor from L{encode_cursor} points after.
+    The opaque paging cursor that points just after C{conversation} in a list ordered by
+    C{key}: URL-safe base64, unpadded, of C{"<created microseconds>.<id>"}, or of
+    C{"a<last activity microseconds>.<id>"} for C{key} C{"lastActivity"}.
+    """
+    if key == "lastActivity":
+        raw = f"{_ACTIVITY_CURSOR}{conversation.last_activity}.{conversation.id}"
+    else:
+        raw = f"{conversation.created}.{conversation.id}"
+    return base64.urlsafe_b64encode(raw.encode("ascii")).rstrip(b"=").decode("ascii")
 
-    @raise BadRequest: if C{cursor} did not come from L{encode_cursor}.
+
+def decode_cursor(cursor: str, key: str = "created") -> tuple[int, str]:
+    """
+    The C{(order value, id)} a cursor from L{encode_cursor} for C{key} points after.
+
+    @raise BadRequest: if C{cursor} did not come from L{encode_cursor}, or came from a
+        list in another order.
     """
     malformed = BadRequest("cursor: malformed; use the 'next' value of the previous page")
     if not cursor or len(cursor) > 200 or not cursor.isascii():
@@ -149,6 +193,11 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, ValueError):
         raise malformed from None
+    by_activity = raw.startswith(_ACTIVITY_CURSOR)
+    if by_activity != (key == "lastActivity"):
+        raise BadRequest("cursor: from a list in another order; start again without it")
+    if by_activity:
+        raw = raw[len(_ACTIVITY_CURSOR):]
     created_text, _, conversation_id = raw.partition(".")
     # At most 18 digits: the store keeps times as 64-bit integers (year 9999 has 18).
     if (not created_text.isdigit() or not created_text.isascii() or len(created_text) > 18
@@ -177,9 +226,29 @@ def _parse_query(text: str | None, allowed: Sequence[str]) -> rsql.Node | None:
 
 
 def _descending(order: str) -> bool:
-    if order not in ORDERS:
+    if order not in MESSAGE_ORDERS:
         raise BadRequest("order: must be 'created' or '-created'")
     return order == "-created"
+
+
+def _list_order(order: str) -> tuple[str, bool]:
+    """The C{(key, descending)} of a list's C{order}."""
+    if order not in ORDERS:
+        raise BadRequest(f"order: must be one of {', '.join(repr(o) for o in ORDERS)}")
+    return order.lstrip("-"), order.startswith("-")
+
+
+def _resolve_assignee(node: rsql.Node, user: User) -> rsql.Node:
+    """
+    The query with C{assigneeId}'s C{me} turned into the caller's id and C{none} into
+    the store's "nobody" (C{""}).
+    """
+    if isinstance(node, rsql.Comparison):
+        if node.field != "assigneeId":
+            return node
+        names = {ME: user.user_id, UNASSIGNED: ""}
+        return evolve(node, values=tuple(names.get(v, v) for v in node.values))
+    return evolve(node, children=tuple(_resolve_assignee(c, user) for c in node.children))
 
 
 def _check_limit(limit: int | None) -> None:
@@ -187,6 +256,22 @@ def _check_limit(limit: int | None) -> None:
         return
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+
+
+def _assigned_elsewhere(conversation: Conversation, releasing: bool = False) -> Conflict:
+    """
+    The 409 of a claim or release of a conversation that another employee has: it names
+    them in C{detail} and as the problem's C{assigneeId} and C{assigneeName}.
+    """
+    detail = (
+        f"conversation is assigned to {conversation.assignee_name} ({conversation.assignee_id})"
+    )
+    if releasing:
+        detail += "; only they can release it"
+    return Conflict(
+        detail,
+        (("assigneeId", conversation.assignee_id), ("assigneeName", conversation.assignee_name)),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,6 +302,8 @@ class ConversationService:
     @ivar presence_in_store: C{True} when L{presence} keeps who is subscribed in
         L{store}'s shared presence tables (several processes on one database): a message's
         transaction then reads them itself rather than asking L{presence} first.
+    @ivar allow_reassign: an employee may claim a conversation that another one has
+        (C{--allow-reassign}); each take-over is logged.
     """
 
     store: IStore
@@ -226,6 +313,7 @@ class ConversationService:
     feed: IEventFeed
     max_message_length: int = MAX_MESSAGE_LENGTH
     presence_in_store: bool = False
+    allow_reassign: bool = False
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
     messages_committed: int = field(default=0, init=False)
 
@@ -338,6 +426,7 @@ class ConversationService:
                 customer_name=user.user_name,
             )
             await self.store.create_conversation(conversation)
+            self._committed()  # its conversationCreated event
             return conversation
 
         return Deferred.fromCoroutine(create())
@@ -392,33 +481,166 @@ class ConversationService:
         One page of the conversations C{user} takes part in: a customer's own, or every
         conversation for an employee.
 
-        @param query: an RSQL filter over C{created} and C{customerId}.
-        @param order: C{"created"} (oldest first) or C{"-created"}.
+        @param query: an RSQL filter over C{created}, C{customerId}, C{status},
+            C{assigneeId} (C{me} is the caller, C{none} nobody) and C{lastActivity}.
+        @param order: C{"created"} (oldest first), C{"-created"}, C{"lastActivity"} or
+            C{"-lastActivity"} (most recently active first).
         @param limit: the page size, 1 to L{MAX_LIMIT}; L{DEFAULT_LIST_LIMIT} when L{None}.
-        @param cursor: the C{next} value of the previous page, or L{None} for the first.
-        @return: the page; its C{next} is L{None} on the last page.
+        @param cursor: the C{next} value of the previous page (in the same order), or
+            L{None} for the first.
+        @return: the page, with the caller's unread count and the newest message of each
+            conversation; its C{next} is L{None} on the last page.
         @raise BadRequest: (asynchronously) for a bad C{query}, C{order}, C{limit} or
             C{cursor}.
         """
 
         async def list_() -> ConversationPage:
-            descending = _descending(order)
+            key, descending = _list_order(order)
             _check_limit(limit)
             page = DEFAULT_LIST_LIMIT if limit is None else limit
             node = _parse_query(query, rsql.CONVERSATION_FIELD_NAMES)
-            after = None if cursor is None else decode_cursor(cursor)
+            if node is not None:
+                node = _resolve_assignee(node, user)
+            after = None if cursor is None else decode_cursor(cursor, key)
             customer_id = None if user.is_employee else user.user_id
             try:
-                rows = await self.store.list_conversations(
-                    customer_id, node, descending, page + 1, after
+                rows = await self.store.overview(
+                    user.user_id, customer_id, node, key, descending, page + 1, after
                 )
             except rsql.RSQLError as e:
                 raise BadRequest(f"query: {e}") from None
             rows = list(rows)
-            next_cursor = encode_cursor(rows[page - 1]) if len(rows) > page else None
-            return ConversationPage(rows[:page], next_cursor)
+            next_cursor = encode_cursor(rows[page - 1][0], key) if len(rows) > page else None
+            return ConversationPage(
+                [conversation for conversation, _ in rows[:page]],
+                next_cursor,
+                {conversation.id: overview for conversation, overview in rows[:page]},
+            )
 
         return Deferred.fromCoroutine(list_())
+
+    # -- triage ---------------------------------------------------------------------------
+
+    async def _triage(
+        self,
+        user: User,
+        conversation_id: str,
+        action: str,
+        change: Callable[[str, int], Deferred[TriageChange | None]],
+    ) -> TriageChange:
+        """
+        Run one triage change of the store for an employee, under the conversation's
+        lock, and have the feed publish its event if it changed anything.
+
+        @param action: C{resolve}, C{reopen}, C{claim} or C{release}, for the log.
+        @raise Forbidden: if C{user} is a customer.
+        @raise NotFound: for a malformed or unknown id.
+        """
+        if not user.is_employee:
+            raise Forbidden("only employees triage conversations")
+        conversation = await self._participant(user, conversation_id)
+
+        async def run() -> TriageChange:
+            result = await change(conversation.id, self._now())
+            if result is None:
+                raise NotFound("no such conversation")
+            if result.changed:
+                self._committed()
+                _log.info(
+                    "employee {employee}: {action} conversation {conversation}",
+                    employee=user.user_id,
+                    action=action,
+                    conversation=conversation.id,
+                )
+            return result
+
+        return await self._serialised(conversation.id, run)
+
+    def set_status(
+        self, user: User, conversation_id: str, status: Status
+    ) -> Deferred[Conversation]:
+        """
+        Resolve (C{"resolved"}) or reopen (C{"open"}) a conversation; setting the status
+        it has already changes nothing and publishes nothing.
+
+        @return: the conversation as it is now.
+        @raise Forbidden: (asynchronously) for a customer.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def set_status() -> Conversation:
+            result = await self._triage(
+                user,
+                conversation_id,
+                "resolve" if status == "resolved" else "reopen",
+                lambda cid, at: self.store.set_status(cid, status, at),
+            )
+            return result.after
+
+        return Deferred.fromCoroutine(set_status())
+
+    def claim(self, user: User, conversation_id: str) -> Deferred[Conversation]:
+        """
+        Assign the conversation to C{user}, if nobody has it (or it is C{user}'s already).
+        The store decides under the conversation's row lock, so of any number of
+        concurrent claims, on any number of processes, exactly one wins.  With
+        L{allow_reassign}, C{user} takes it over from whoever has it, and that is logged.
+
+        @return: the conversation as it is now.
+        @raise Conflict: (asynchronously) naming the assignee, if another employee has it
+            and reassigning is not allowed.
+        @raise Forbidden: (asynchronously) for a customer.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def claim() -> Conversation:
+            result = await self._triage(
+                user,
+                conversation_id,
+                "claim",
+                lambda cid, at: self.store.assign(
+                    cid, user.user_id, user.user_name, self.allow_reassign, at
+                ),
+            )
+            before, after = result.before, result.after
+            if after.assignee_id != user.user_id:
+                raise _assigned_elsewhere(after)
+            if before.assignee_id and before.assignee_id != user.user_id:
+                _log.info(
+                    "employee {employee} took conversation {conversation} over from {previous}",
+                    employee=user.user_id,
+                    conversation=after.id,
+                    previous=before.assignee_id,
+                )
+            return after
+
+        return Deferred.fromCoroutine(claim())
+
+    def release(self, user: User, conversation_id: str) -> Deferred[Conversation]:
+        """
+        Unassign the conversation, if C{user} has it.
+
+        @return: the conversation as it is now.
+        @raise Conflict: (asynchronously) if C{user} does not have it (naming who does,
+            if anyone).
+        @raise Forbidden: (asynchronously) for a customer.
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def release() -> Conversation:
+            result = await self._triage(
+                user,
+                conversation_id,
+                "release",
+                lambda cid, at: self.store.unassign(cid, user.user_id, at),
+            )
+            if not result.changed:
+                if result.after.assignee_id:
+                    raise _assigned_elsewhere(result.after, releasing=True)
+                raise Conflict("conversation is not assigned to anyone")
+            return result.after
+
+        return Deferred.fromCoroutine(release())
 
     # -- messages and receipts ------------------------------------------------------------
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import math
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from medichat.errors import DomainError, RateLimited, StoreUnavailable
+from medichat.errors import Conflict, DomainError, RateLimited, StoreUnavailable
 
 __all__ = [
     "CONTENT_TYPE",
@@ -48,6 +48,7 @@ _KINDS: dict[int, tuple[str, str]] = {
     401: ("unauthorized", "Unauthorized"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not Found"),
+    409: ("conflict", "Conflict"),
     405: ("method-not-allowed", "Method Not Allowed"),
     408: ("request-timeout", "Request Timeout"),
     413: ("payload-too-large", "Payload Too Large"),
@@ -71,6 +72,8 @@ class Problem:
     @ivar detail: what went wrong this time (safe to show to the client).
     @ivar type: a URI naming the kind of problem.
     @ivar headers: extra response headers, as C{(name, value)} pairs.
+    @ivar extensions: extra members of the body after the standard ones (RFC 9457
+        section 3.2), as C{(name, value)} pairs.
     """
 
     status: int
@@ -78,6 +81,7 @@ class Problem:
     detail: str
     type: str
     headers: tuple[tuple[str, str], ...] = ()
+    extensions: tuple[tuple[str, object], ...] = ()
 
     @classmethod
     def of(cls, status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> Problem:
@@ -92,14 +96,16 @@ class Problem:
 
     def as_json(self) -> dict[str, object]:
         """
-        The JSON body: C{type}, C{title}, C{status}, C{detail}.
+        The JSON body: C{type}, C{title}, C{status}, C{detail}, then the extensions.
         """
-        return {
+        body: dict[str, object] = {
             "type": self.type,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
         }
+        body.update(self.extensions)
+        return body
 
     def body(self) -> bytes:
         """
@@ -134,6 +140,8 @@ def problem_for(error: BaseException) -> Problem:
         if isinstance(error, RateLimited):
             headers = (("Retry-After", str(max(1, math.ceil(error.retry_after)))),)
         problem = Problem.of(error.status, error.detail, headers)
+        if isinstance(error, Conflict) and error.extensions:
+            problem = evolve(problem, extensions=error.extensions)
         return problem
     if isinstance(error, StoreUnavailable):
         return Problem.of(

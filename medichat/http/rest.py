@@ -59,7 +59,7 @@ from medichat.http.accesslog import remember_user
 from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
-from medichat.http.shapes import conversation_json, conversation_page_json
+from medichat.http.shapes import conversation_json, conversation_page_json, conversation_summary
 from medichat.interfaces import IStore
 from medichat.model import User, micros
 
@@ -647,6 +647,52 @@ class RestAPI:
         self._json_body(request, allow_empty=True)
         await self.conversations.mark_received(user, conversation_id)
         return self._no_content(request)
+
+    # -- routes: triage (employees) ---------------------------------------------------------
+
+    @router.route("/v1/conversation/<conversation_id>/resolve", methods=["POST"])
+    async def resolve(self, request: IRequest, conversation_id: str) -> bytes:
+        """
+        C{POST /v1/conversation/{id}/resolve}: an employee marks it resolved; 200 with the
+        conversation (without messages).
+        """
+        user = await self._user(request, changes_state=True)
+        self._json_body(request, allow_empty=True)
+        conversation = await self.conversations.set_status(user, conversation_id, "resolved")
+        return self._json(request, 200, conversation_summary(conversation))
+
+    @router.route("/v1/conversation/<conversation_id>/reopen", methods=["POST"])
+    async def reopen(self, request: IRequest, conversation_id: str) -> bytes:
+        """
+        C{POST /v1/conversation/{id}/reopen}: an employee marks it open again; 200 with
+        the conversation (without messages).
+        """
+        user = await self._user(request, changes_state=True)
+        self._json_body(request, allow_empty=True)
+        conversation = await self.conversations.set_status(user, conversation_id, "open")
+        return self._json(request, 200, conversation_summary(conversation))
+
+    @router.route("/v1/conversation/<conversation_id>/claim", methods=["POST"])
+    async def claim(self, request: IRequest, conversation_id: str) -> bytes:
+        """
+        C{POST /v1/conversation/{id}/claim}: assigns it to the calling employee; 200 with
+        the conversation, or 409 naming the employee who has it.
+        """
+        user = await self._user(request, changes_state=True)
+        self._json_body(request, allow_empty=True)
+        conversation = await self.conversations.claim(user, conversation_id)
+        return self._json(request, 200, conversation_summary(conversation))
+
+    @router.route("/v1/conversation/<conversation_id>/release", methods=["POST"])
+    async def release(self, request: IRequest, conversation_id: str) -> bytes:
+        """
+        C{POST /v1/conversation/{id}/release}: the assignee gives it up; 200 with the
+        conversation, or 409 if the caller does not have it.
+        """
+        user = await self._user(request, changes_state=True)
+        self._json_body(request, allow_empty=True)
+        conversation = await self.conversations.release(user, conversation_id)
+        return self._json(request, 200, conversation_summary(conversation))
 
     # -- routes: operations -----------------------------------------------------------------
 

@@ -37,8 +37,10 @@ EVENT = "event"
 WAKE = "wake"
 """The kind of a broadcast that asks the other processes to catch up with the store."""
 
-DURABLE_KINDS = frozenset({"message", "read", "received"})
-"""The conversation events (named by their one key) that are stored, and so never broadcast."""
+DURABLE_KINDS = frozenset(
+    {"message", "read", "received", "conversationCreated", "conversationUpdated"}
+)
+"""The events (named by their one key) that are stored, and so never broadcast."""
 
 
 @implementer(IHub)

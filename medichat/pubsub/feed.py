@@ -3,7 +3,9 @@ The durable event feed: from the store's events table to the hub.
 
 The durable conversation events (C{message}, C{read}, C{received}) are committed by the
 store in the transaction of the change they report, each with a global position (gap-free,
-in commit order) and an offset in its conversation's stream.  L{EventFeed} publishes them
+in commit order) and an offset in its conversation's stream.  The events of the employees'
+feed (C{conversationCreated}, C{conversationUpdated}) share those positions, belong to no
+stream, and are published on C{/v1/topic/conversations}.  L{EventFeed} publishes them
 on the hub in position order, each exactly once in this process, by reading what was
 committed after the last position it published whenever it is told that something may
 have been committed (L{EventFeed.catch_up}): after each commit of this process, on each
@@ -26,8 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from medichat.interfaces import IEventFeed, IHub, IStore
-from medichat.model import StoredEvent, micros
-from medichat.pubsub.topics import conversation_topic
+from medichat.model import CONVERSATION_FEED_KINDS, StoredEvent, micros
+from medichat.pubsub.topics import CONVERSATIONS_TOPIC, conversation_topic
 
 __all__ = ["DEFAULT_PAGE", "DEFAULT_POLL_INTERVAL", "DEFAULT_RETENTION", "EventFeed", "EventPruner"]
 
@@ -212,11 +214,14 @@ class EventFeed:
             if lag_observer is not None:
                 lag_observer(max(0.0, now - event.created / 1_000_000))
             try:
-                self._hub.publish_encoded(
-                    conversation_topic(event.conversation_id),
-                    event.body.encode("utf-8"),
-                    event.offset,
-                )
+                if event.kind in CONVERSATION_FEED_KINDS:
+                    self._hub.publish_encoded(CONVERSATIONS_TOPIC, event.body.encode("utf-8"))
+                else:
+                    self._hub.publish_encoded(
+                        conversation_topic(event.conversation_id),
+                        event.body.encode("utf-8"),
+                        event.offset,
+                    )
             except Exception:
                 _log.failure(
                     "publishing event {position} of conversation {conversation} failed",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 HEARTBEAT_TOPIC = "/v1/topic/heartbeat"
 ONLINE_EMPLOYEES_TOPIC = "/v1/topic/online-employees"
+CONVERSATIONS_TOPIC = "/v1/topic/conversations"
+"""The employees' feed: C{conversationCreated} and C{conversationUpdated}."""
 TOPIC_PREFIX = "/v1/topic/"
 
 

@@ -9,7 +9,12 @@ from typing import Literal
 
 from attrs import frozen
 
-from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC, conversation_topic
+from medichat.pubsub.topics import (
+    CONVERSATIONS_TOPIC,
+    HEARTBEAT_TOPIC,
+    ONLINE_EMPLOYEES_TOPIC,
+    conversation_topic,
+)
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _CONVERSATION = re.compile(rf"^/v1/topic/conversation/({_UUID})$")
@@ -22,14 +27,14 @@ class Route:
     """
     Where a destination leads.
 
-    @ivar kind: C{heartbeat}, C{online-employees} or C{conversation} for subscriptions;
-        C{typing} for sends.
+    @ivar kind: C{heartbeat}, C{online-employees}, C{conversations} (the employees' feed)
+        or C{conversation} for subscriptions; C{typing} for sends.
     @ivar destination: the canonical destination (conversation ids in lower case).
     @ivar conversation_id: for conversation topics and typing, the conversation.
     @ivar started: for typing, C{True} for start and C{False} for stop.
     """
 
-    kind: Literal["heartbeat", "online-employees", "conversation", "typing"]
+    kind: Literal["heartbeat", "online-employees", "conversations", "conversation", "typing"]
     destination: str
     conversation_id: str | None = None
     started: bool | None = None
@@ -43,6 +48,8 @@ def route_subscription(destination: str) -> Route | None:
         return Route("heartbeat", destination)
     if destination == ONLINE_EMPLOYEES_TOPIC:
         return Route("online-employees", destination)
+    if destination == CONVERSATIONS_TOPIC:
+        return Route("conversations", destination)
     match = _CONVERSATION.match(destination)
     if match:
         cid = match.group(1).lower()

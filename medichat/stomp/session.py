@@ -674,6 +674,10 @@ class StompSession:
                     f"{route.destination} is already subscribed as {existing.id!r}",
                     CLOSE_POLICY,
                 )
+        if route.kind == "conversations" and not (self.user and self.user.is_employee):
+            raise StompError(
+                "forbidden", f"only employees may subscribe to {route.destination}", CLOSE_POLICY
+            )
         if route.kind == "conversation":
             assert self.user is not None and route.conversation_id is not None
             # Only conversations are streams; elsewhere the header means nothing.

@@ -30,15 +30,21 @@ from twisted.python.failure import Failure
 from medichat import rsql
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
+    STATUSES,
     Conversation,
     Employee,
     LoginSession,
     Message,
     MessageCommit,
     MessageCommitted,
+    Overview,
     Receipt,
     Role,
+    Status,
     StoredEvent,
+    TriageChange,
+    conversation_created_event,
+    conversation_updated_event,
     event_json,
     message_event,
     micros,
@@ -302,7 +308,9 @@ def _check_writable(dialect: Dialect, now: int) -> Script[None]:
 # --------------------------------------------------------------------------------------
 # Row mapping
 
-_CONVERSATION_COLUMNS = "id, created, customer_id, customer_name"
+_CONVERSATION_COLUMNS = (
+    "id, created, customer_id, customer_name, status, assignee_id, assignee_name, last_activity"
+)
 _MESSAGE_COLUMNS = "seq, id, conversation_id, created, user_id, user_name, user_role, message"
 _EMPLOYEE_COLUMNS = "id, email, name, password_hash, disabled, created, last_login"
 _LOGIN_SESSION_COLUMNS = "id, employee_id, token_hash, created, expires_at, revoked"
@@ -311,9 +319,16 @@ _EVENT_COLUMNS = "position, conversation_id, stream_offset, kind, body, created"
 
 def conversation_from_row(row: Sequence[Any]) -> Conversation:
     """A L{Conversation} from a row of L{_CONVERSATION_COLUMNS}."""
-    id_, created, customer_id, customer_name = row
+    id_, created, customer_id, customer_name, status, assignee_id, assignee_name, activity = row
     return Conversation(
-        id=id_, created=int(created), customer_id=customer_id, customer_name=customer_name
+        id=id_,
+        created=int(created),
+        customer_id=customer_id,
+        customer_name=customer_name,
+        status=cast(Status, status),
+        assignee_id=assignee_id,
+        assignee_name=assignee_name,
+        last_activity=int(activity),
     )
 
 
@@ -396,6 +411,9 @@ MESSAGE_FIELDS: Mapping[str, rsql.Field] = {
 CONVERSATION_FIELDS: Mapping[str, rsql.Field] = {
     "created": rsql.Field("created", parse_time),
     "customerId": rsql.Field("customer_id", str),
+    "status": rsql.Field("status", str),
+    "assigneeId": rsql.Field("assignee_id", str),
+    "lastActivity": rsql.Field("last_activity", parse_time),
 }
 """What an RSQL query over conversations may name, and the columns."""
 
@@ -446,6 +464,62 @@ def conversations_query(
         f" ORDER BY created {direction}, id {direction} LIMIT {dialect.placeholder}"
     )
     return Statement(sql, (*params, max(0, limit)))
+
+
+ORDER_KEYS = {"created": "created", "lastActivity": "last_activity"}
+"""The orders of the overview (L{overview_query}) and the column of each."""
+
+_NEVER_READ = -(2**62)
+"""A read time before every message: the unread count of a user who never read."""
+
+
+def overview_query(
+    dialect: Dialect,
+    viewer_id: str,
+    customer_id: str | None,
+    query: rsql.Node | None,
+    order: str,
+    descending: bool,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> Statement:
+    """
+    The C{SELECT} behind L{SQLStore.overview}: the conversations' columns, then the
+    viewer's unread count and the C{seq} of the newest message (L{None} if none) of each.
+
+    Both per-row values are correlated subqueries served by the index on
+    C{(conversation_id, created, seq)}: a range from the viewer's read time to the end,
+    and the last entry.  The rows are served by the index on C{(customer_id, <order>,
+    id)} or C{(<order>, id)}.
+
+    @param order: a key of L{ORDER_KEYS}.
+    @param after: the C{(<order value>, id)} of the last row of the previous page.
+    @raise rsql.RSQLError: if C{query} names other fields or has a bad value.
+    """
+    column = ORDER_KEYS[order]
+    conditions: list[tuple[str, Sequence[object]]] = []
+    if customer_id is not None:
+        conditions.append((dialect.sql("c.customer_id = ?"), [customer_id]))
+    if after is not None:
+        comparison = "<" if descending else ">"
+        conditions.append((dialect.sql(f"(c.{column}, c.id) {comparison} (?, ?)"), list(after)))
+    if query is not None:
+        conditions.append(rsql.to_sql(query, CONVERSATION_FIELDS, dialect.placeholder))
+    where, params = _where(conditions)
+    columns = ", ".join("c." + name for name in _CONVERSATION_COLUMNS.split(", "))
+    direction = "DESC" if descending else "ASC"
+    sql = dialect.sql(
+        f"SELECT {columns},"
+        " (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id"
+        "  AND m.created > COALESCE((SELECT r.at FROM receipts r WHERE r.conversation_id = c.id"
+        "   AND r.kind = 'read' AND r.user_id = ?), ?)"
+        "  AND m.user_id <> ?),"
+        " (SELECT m.seq FROM messages m WHERE m.conversation_id = c.id"
+        "  ORDER BY m.created DESC, m.seq DESC LIMIT 1)"
+        " FROM conversations c"
+    )
+    sql += where + f" ORDER BY c.{column} {direction}, c.id {direction} LIMIT {dialect.placeholder}"
+    return Statement(sql, (viewer_id, _NEVER_READ, viewer_id, *params, max(0, limit)))
 
 
 def messages_query(
@@ -545,15 +619,19 @@ class PendingEvent:
     A durable event that the current transaction writes at its end (L{_append_events}).
 
     @ivar conversation_id: its conversation.
-    @ivar kind: C{"message"}, C{"read"} or C{"received"}.
+    @ivar kind: C{"message"}, C{"read"} or C{"received"}; for the employees' feed,
+        C{"conversationCreated"} or C{"conversationUpdated"}.
     @ivar event: the event, as published.
     @ivar created: its time.
+    @ivar feed: an event of the employees' feed (C{feed_events}): it takes a global
+        position like the others but belongs to no conversation's stream (offset 0).
     """
 
     conversation_id: str
     kind: str
     event: dict[str, Any]
     created: int
+    feed: bool = False
 
 
 def commit_messages(
@@ -641,6 +719,7 @@ def commit_message(
     for user_id in received:
         receipt = receipt_event("received", user_id, at)
         events.append(PendingEvent(message.conversation_id, "received", receipt, at))
+    yield from _message_activity(dialect, stored, events)
     return MessageCommitted(stored, True, received)
 
 
@@ -733,6 +812,131 @@ def _auto_received(dialect: Dialect, commit: MessageCommit) -> Script[tuple[str,
     return tuple(sorted(str(row[0]) for row in result.rows))
 
 
+def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script[None]:
+    c = conversation
+    yield dialect.statement(
+        f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        c.id,
+        c.created,
+        c.customer_id,
+        c.customer_name,
+        c.status,
+        c.assignee_id,
+        c.assignee_name,
+        c.last_activity,
+    )
+    yield from _append_feed_event(dialect, c.id, conversation_created_event(c), c.created)
+
+
+def _message_activity(
+    dialect: Dialect, message: Message, events: list[PendingEvent]
+) -> Script[None]:
+    """
+    What a stored message does to its conversation's triage, in the message's
+    transaction (the conversation locked): its last activity moves forward to the
+    message's time and, if a customer wrote it, a resolved conversation opens again; if
+    either changed, a C{conversationUpdated} event says so.
+    """
+    reopen = message.user_role == "customer"
+    result = yield dialect.statement(
+        "UPDATE conversations SET"
+        " last_activity = CASE WHEN last_activity < ? THEN ? ELSE last_activity END,"
+        " status = CASE WHEN ? THEN 'open' ELSE status END"
+        " WHERE id = ? AND (last_activity < ? OR (? AND status <> 'open'))"
+        f" RETURNING {_CONVERSATION_COLUMNS}",
+        message.created,
+        message.created,
+        reopen,
+        message.conversation_id,
+        message.created,
+        reopen,
+    )
+    if result.rows:
+        changed = conversation_from_row(result.rows[0])
+        event = conversation_updated_event(changed)
+        events.append(
+            PendingEvent(changed.id, "conversationUpdated", event, message.created, feed=True)
+        )
+
+
+def _change_triage(
+    dialect: Dialect,
+    conversation_id: str,
+    decide: Callable[[Conversation], Conversation],
+    at: int,
+) -> Script[TriageChange | None]:
+    """
+    Change a conversation's status or assignee as C{decide} says, given it as it is
+    now, locked; where that changes anything, write it and a C{conversationUpdated}
+    event.  The lock makes the decision atomic: of concurrent changes each sees the
+    outcome of the one before (so of concurrent claims exactly one finds nobody
+    assigned).
+
+    @return: the conversation before and after, or L{None} if there is no such
+        conversation.
+    """
+    result = yield dialect.statement(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?" + dialect.lock_row,
+        conversation_id,
+    )
+    if not result.rows:
+        return None
+    before = conversation_from_row(result.rows[0])
+    after = decide(before)
+    if after != before:
+        yield dialect.statement(
+            "UPDATE conversations SET status = ?, assignee_id = ?, assignee_name = ?"
+            " WHERE id = ?",
+            after.status,
+            after.assignee_id,
+            after.assignee_name,
+            conversation_id,
+        )
+        yield from _append_feed_event(
+            dialect, conversation_id, conversation_updated_event(after), at
+        )
+    return TriageChange(before, after)
+
+
+def _append_feed_event(
+    dialect: Dialect, conversation_id: str, event: dict[str, Any], created: int
+) -> Script[None]:
+    """
+    Write an event of the employees' feed (C{conversationCreated},
+    C{conversationUpdated}) in the current transaction; call at its end, as
+    L{_append_events}, whose global positions it shares.  It belongs to no conversation's
+    stream: its offset is 0.
+    """
+    kind = next(iter(event))
+    yield from _append_events(
+        dialect, [PendingEvent(conversation_id, kind, event, created, feed=True)]
+    )
+
+
+def _overview(
+    dialect: Dialect, statement: Statement
+) -> Script[list[tuple[Conversation, Overview]]]:
+    result = yield statement
+    rows = [
+        (conversation_from_row(row[:-2]), int(row[-2]), None if row[-1] is None else int(row[-1]))
+        for row in result.rows
+    ]
+    seqs = [seq for _, _, seq in rows if seq is not None]
+    last: dict[int, Message] = {}
+    if seqs:
+        marks = ", ".join([dialect.placeholder] * len(seqs))
+        messages = yield Statement(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq IN ({marks})", tuple(seqs)
+        )
+        for row in messages.rows:
+            message = message_from_row(row)
+            last[message.seq] = message
+    return [
+        (conversation, Overview(unread, None if seq is None else last.get(seq)))
+        for conversation, unread, seq in rows
+    ]
+
+
 def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: int) -> Script[bool]:
     # The conversation first, as for a message: one lock order for every writer of it.
     yield from _lock_conversation(dialect, conversation_id)
@@ -769,27 +973,32 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         return []
     counts: dict[str, int] = {}
     for pending in events:
-        counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
-    values = ", ".join(["(?, ?)"] * len(counts))
-    params: list[object] = []
-    for conversation_id, count in counts.items():
-        params.extend((conversation_id, count))
-    result = yield dialect.statement(
-        f"WITH added (id, events) AS (VALUES {values})"
-        " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
-        " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
-        *params,
-    )
-    # The first offset of each conversation's new events.
-    offsets = {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in result.rows}
+        if not pending.feed:
+            counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
+    offsets: dict[str, int] = {}
+    if counts:
+        values = ", ".join(["(?, ?)"] * len(counts))
+        params: list[object] = []
+        for conversation_id, count in counts.items():
+            params.extend((conversation_id, count))
+        result = yield dialect.statement(
+            f"WITH added (id, events) AS (VALUES {values})"
+            " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
+            " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
+            *params,
+        )
+        # The first offset of each conversation's new events.
+        offsets = {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in result.rows}
     result = yield dialect.statement(
         "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING last", len(events)
     )
     position = int(result.rows[0][0]) - len(events) + 1
     stored = []
     for pending in events:
-        offset = offsets[pending.conversation_id]
-        offsets[pending.conversation_id] = offset + 1
+        offset = 0
+        if not pending.feed:
+            offset = offsets[pending.conversation_id]
+            offsets[pending.conversation_id] = offset + 1
         stored.append(
             StoredEvent(
                 position, pending.conversation_id, offset, pending.kind,
@@ -797,12 +1006,45 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
             )
         )
         position += 1
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(stored))
-    params = []
-    for e in stored:
-        params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
-    yield dialect.statement(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params)
+    streamed = [e for e, pending in zip(stored, events, strict=True) if not pending.feed]
+    if streamed:
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(streamed))
+        params = []
+        for e in streamed:
+            params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
+        yield dialect.statement(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params
+        )
+    fed = [e for e, pending in zip(stored, events, strict=True) if pending.feed]
+    if fed:
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(fed))
+        params = []
+        for e in fed:
+            params.extend((e.position, e.conversation_id, e.kind, e.body, e.created))
+        yield dialect.statement(
+            "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
+            f" VALUES {values}",
+            *params,
+        )
     return stored
+
+
+def _prune_batch(dialect: Dialect, before: int, batch: int) -> Script[tuple[int, int]]:
+    """
+    Delete up to C{batch} events older than C{before} from each of the conversation
+    events and the employees' feed; how many went from each.
+    """
+    counts = []
+    for table in ("events", "feed_events"):
+        # The table names are these two constants, never input.
+        result = yield dialect.statement(
+            f"DELETE FROM {table} WHERE position IN"
+            f" (SELECT position FROM {table} WHERE created < ? ORDER BY position LIMIT ?)",
+            before,
+            batch,
+        )
+        counts.append(result.rowcount)
+    return counts[0], counts[1]
 
 
 def _last_position(dialect: Dialect) -> Script[int]:
@@ -1031,15 +1273,7 @@ class SQLStore:
 
     def create_conversation(self, conversation: Conversation) -> Deferred[None]:
         """See L{medichat.interfaces.IStore.create_conversation}."""
-        c = conversation
-        statement = self._dialect.statement(
-            f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?)",
-            c.id,
-            c.created,
-            c.customer_id,
-            c.customer_name,
-        )
-        return self._run(_write(statement), write=True)
+        return self._run(_create_conversation(self._dialect, conversation), write=True)
 
     def get_conversation(self, conversation_id: str) -> Deferred[Conversation | None]:
         """See L{medichat.interfaces.IStore.get_conversation}."""
@@ -1064,6 +1298,73 @@ class SQLStore:
         except rsql.RSQLError:
             return fail()
         return self._run(_select_all(statement, conversation_from_row))
+
+    def overview(
+        self,
+        viewer_id: str,
+        customer_id: str | None,
+        query: rsql.Node | None,
+        order: str,
+        descending: bool,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> Deferred[Sequence[tuple[Conversation, Overview]]]:
+        """See L{medichat.interfaces.IStore.overview}."""
+        try:
+            statement = overview_query(
+                self._dialect, viewer_id, customer_id, query, order, descending, limit, after
+            )
+        except rsql.RSQLError:
+            return fail()
+        return self._run(_overview(self._dialect, statement))
+
+    # -- triage
+
+    def set_status(
+        self, conversation_id: str, status: str, at: int
+    ) -> Deferred[TriageChange | None]:
+        """
+        See L{medichat.interfaces.IStore.set_status}.
+
+        @raise ValueError: (asynchronously) for a status that is not one of
+            L{medichat.model.STATUSES}.
+        """
+        if status not in STATUSES:
+            return fail(ValueError(f"no status {status!r}"))
+
+        def decide(conversation: Conversation) -> Conversation:
+            return evolve(conversation, status=cast(Status, status))
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
+
+    def assign(
+        self,
+        conversation_id: str,
+        assignee_id: str,
+        assignee_name: str,
+        take_over: bool,
+        at: int,
+    ) -> Deferred[TriageChange | None]:
+        """See L{medichat.interfaces.IStore.assign}."""
+
+        def decide(conversation: Conversation) -> Conversation:
+            if conversation.assignee_id and not take_over:
+                return conversation
+            return evolve(conversation, assignee_id=assignee_id, assignee_name=assignee_name)
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
+
+    def unassign(
+        self, conversation_id: str, assignee_id: str, at: int
+    ) -> Deferred[TriageChange | None]:
+        """See L{medichat.interfaces.IStore.unassign}."""
+
+        def decide(conversation: Conversation) -> Conversation:
+            if conversation.assignee_id != assignee_id:
+                return conversation
+            return evolve(conversation, assignee_id="", assignee_name="")
+
+        return self._run(_change_triage(self._dialect, conversation_id, decide, at), write=True)
 
     # -- messages
 
@@ -1265,10 +1566,23 @@ class SQLStore:
 
     def events_after(self, position: int, limit: int) -> Deferred[Sequence[StoredEvent]]:
         """See L{medichat.interfaces.IStore.events_after}."""
+        # The conversation events and the employees' feed share one sequence of
+        # positions; each side is read no further than the page.
+        limit = max(0, limit)
         statement = self._dialect.statement(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            f"SELECT {_EVENT_COLUMNS} FROM ("
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ?"
+            " ORDER BY position LIMIT ?) e"
+            " UNION ALL"
+            f" SELECT {_EVENT_COLUMNS} FROM ("
+            "SELECT position, conversation_id, 0 AS stream_offset, kind, body, created"
+            " FROM feed_events WHERE position > ? ORDER BY position LIMIT ?) f"
+            " ORDER BY position LIMIT ?",
             position,
-            max(0, limit),
+            limit,
+            position,
+            limit,
+            limit,
         )
         return self._run(_select_all(statement, event_from_row))
 
@@ -1297,18 +1611,13 @@ class SQLStore:
 
     async def _prune_events(self, before: int, batch: int) -> int:
         # Batches, each its own short transaction, so that a large backlog never holds
-        # locks (or SQLite's one writer) for long.
-        statement = self._dialect.statement(
-            "DELETE FROM events WHERE position IN"
-            " (SELECT position FROM events WHERE created < ? ORDER BY position LIMIT ?)",
-            before,
-            batch,
-        )
+        # locks (or SQLite's one writer) for long.  Each batch prunes the employees' feed
+        # too, in the same transaction.
         removed = 0
         while True:
-            count = await self._run(_count(statement), write=True)
-            removed += count
-            if count < batch:
+            counts = await self._run(_prune_batch(self._dialect, before, batch), write=True)
+            removed += sum(counts)
+            if max(counts) < batch:
                 return removed
 
     # -- employees
@@ -1446,4 +1755,5 @@ __all__ = [
     "load_migrations",
     "messages_query",
     "migrate",
+    "overview_query",
 ]

@@ -16,7 +16,6 @@ from zope.interface.verify import verifyObject
 
 from medichat.domain.cluster_presence import ClusterPresence
 from medichat.domain.conversations import (
-    ConversationPage,
     ConversationService,
     decode_cursor,
     encode_cursor,
@@ -24,7 +23,7 @@ from medichat.domain.conversations import (
 from medichat.domain.presence import InProcessPresence
 from medichat.errors import BadRequest, DomainError, Forbidden, NotFound
 from medichat.interfaces import IConversations, ISubscriber
-from medichat.model import Conversation, Receipt, User, format_time, new_id
+from medichat.model import Conversation, Overview, Receipt, User, format_time, new_id
 from medichat.pubsub.cluster import ClusterHub
 from medichat.pubsub.feed import EventFeed
 from medichat.pubsub.hub import InProcessHub, Publication
@@ -422,7 +421,8 @@ class OneTransactionTests(ServiceTestCase):
             self.service.post_message(OTHER_CUSTOMER, conversation.id, "Hi"), NotFound
         )
         self.assertEqual(len(counted.runs), 1)
-        self.assertEqual(list(await self.store.events_after(0, 10)), [])
+        events = list(await self.store.events_after(0, 10))
+        self.assertEqual([e.kind for e in events], ["conversationCreated"])
 
     async def test_presence_in_store(self) -> None:
         """
@@ -443,7 +443,9 @@ class OneTransactionTests(ServiceTestCase):
         _, received = await self.store.receipts(conversation.id)
         self.assertEqual([r.user_id for r in received], [EMPLOYEE.user_id])
         events = list(await self.store.events_after(0, 10))
-        self.assertEqual([e.kind for e in events], ["message", "received"])
+        self.assertEqual(
+            [e.kind for e in events], ["conversationCreated", "message", "received"]
+        )
 
 
 class GroupCommitTests(InlineTestCase):
@@ -483,7 +485,9 @@ class GroupCommitTests(InlineTestCase):
         # ten after them (each conversation's posts are serialised by the service).
         self.assertLessEqual(counted.writes, 3)
         self.assertEqual(bus.batches, [("a", [{"kind": "wake"}])])
-        self.assertEqual(feed.position, 20)
+        # Ten conversationCreated, then the twenty messages (the clock stood still, so no
+        # conversationUpdated).
+        self.assertEqual(feed.position, 30)
 
 
 class ReceiptTests(ServiceTestCase):
@@ -606,7 +610,10 @@ class ListTests(ServiceTestCase):
         made = await self.make()
         page = await self.service.list_conversations(CUSTOMER)
         own = [c for c in made if c.customer_id == CUSTOMER.user_id]
-        self.assertEqual(page, ConversationPage(own, None))
+        self.assertEqual((page.conversations, page.next), (own, None))
+        self.assertEqual(
+            dict(page.overviews), {c.id: Overview(unread=0, last_message=None) for c in own}
+        )
 
     async def test_employee_sees_all(self) -> None:
         """An employee lists every conversation."""
@@ -649,9 +656,13 @@ class ListTests(ServiceTestCase):
         cases: list[tuple[dict[str, Any], str]] = [
             (
                 {"query": "userId==x"},
-                "query: at position 0: unknown field 'userId'; allowed: created, customerId",
+                "query: at position 0: unknown field 'userId'; allowed: created, customerId,"
+                " status, assigneeId, lastActivity",
             ),
-            ({"order": "id"}, "order: must be 'created' or '-created'"),
+            (
+                {"order": "id"},
+                "order: must be one of 'created', '-created', 'lastActivity', '-lastActivity'",
+            ),
             ({"limit": 0}, "limit: must be an integer from 1 to 1000"),
             (
                 {"cursor": "garbage!"},

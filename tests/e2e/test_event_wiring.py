@@ -23,7 +23,7 @@ class EventWiringTests(TestCase):
     """
 
     async def test_started_with_the_store(self) -> None:
-        """An old event is pruned at start; the feed starts after the newest event."""
+        """Old events are pruned at start; the feed starts after the newest event."""
         data_dir = self.mktemp()
         store = SQLiteStore(f"{data_dir}/{SQLITE_FILE_NAME}", reactor)
         await store.start()
@@ -42,8 +42,11 @@ class EventWiringTests(TestCase):
         self.addCleanup(service.stopService)
         await service.ready
         # The pruner's delete ran first: the one SQLite connection runs operations in order.
+        # What is left: the new message's event and its conversationUpdated (offset 0: the
+        # employees' feed); the old message and conversationCreated are gone.
         events = await service.store.events_after(0, 10)
-        self.assertEqual([e.offset for e in events], [2])
+        self.assertEqual([(e.kind, e.offset) for e in events],
+                         [("message", 2), ("conversationUpdated", 0)])
         feed, pruner = service._after_store
-        self.assertEqual(feed.position, 2)
+        self.assertEqual(feed.position, 4)
         self.assertEqual(pruner.retention, 7 * 24 * 3600)

@@ -65,6 +65,8 @@ OPENAPI = json.loads(
 )
 _URL_MAP = RestAPI.router.url_map
 
+LIST_ORDERS = "order: must be one of 'created', '-created', 'lastActivity', '-lastActivity'"
+
 
 def documented(method: str, path: str, status: int) -> bool:
     """
@@ -246,7 +248,10 @@ class APITestCase(InlineTestCase):
         ):
             self.assertEqual(reply.header("Content-Type"), "application/problem+json")
             problem = reply.json
-            self.assertEqual(list(problem), ["type", "title", "status", "detail"])
+            # RFC 9457's members first; a 409 names the assignee after them.
+            self.assertEqual(list(problem)[:4], ["type", "title", "status", "detail"])
+            if reply.status != 409:
+                self.assertEqual(len(problem), 4)
             self.assertEqual(problem["status"], reply.status)
             self.assertNotIn("Traceback", problem["detail"])
         return reply
@@ -302,6 +307,10 @@ class CustomerFlowTests(APITestCase):
                     "created": "2021-07-26T12:05:22Z",
                     "customerId": CUSTOMER_ID,
                     "customerName": "c1",
+                    "status": "open",
+                    "assigneeId": None,
+                    "assigneeName": None,
+                    "lastActivity": "2021-07-26T12:05:22Z",
                     "messages": [],
                     "read": [],
                     "received": [],
@@ -421,7 +430,10 @@ class CustomerFlowTests(APITestCase):
         result = reply.json
         self.assertEqual(
             list(result),
-            ["id", "created", "customerId", "customerName", "messages", "read", "received"],
+            [
+                "id", "created", "customerId", "customerName", "status", "assigneeId",
+                "assigneeName", "lastActivity", "messages", "read", "received",
+            ],
         )
         self.assertEqual(result["id"], SEED_CONVERSATION)
         self.assertEqual([m["message"] for m in result["messages"]], ["first", "middle", "last"])
@@ -501,7 +513,11 @@ class CustomerFlowTests(APITestCase):
         page = reply.json
         self.assertEqual([c["id"] for c in page["conversations"]], mine[:2])
         self.assertEqual(
-            list(page["conversations"][0]), ["id", "created", "customerId", "customerName"]
+            list(page["conversations"][0]),
+            [
+                "id", "created", "customerId", "customerName", "status", "assigneeId",
+                "assigneeName", "lastActivity", "unread", "lastMessage",
+            ],
         )
         reply = await self.request(
             "GET", f"/api/v1/conversation?limit=2&cursor={page['next']}", token=self.customer
@@ -1035,8 +1051,8 @@ class ErrorTests(APITestCase):
     async def test_list_parameters(self) -> None:
         """Bad order, limit, cursor and query on the list are 400."""
         cases = [
-            ("order=newest", "order: must be 'created' or '-created'"),
-            ("order=+created", "order: must be 'created' or '-created'"),
+            ("order=newest", LIST_ORDERS),
+            ("order=+created", LIST_ORDERS),
             ("limit=abc", "limit: must be an integer from 1 to 1000"),
             ("limit=0", "limit: must be an integer from 1 to 1000"),
             ("limit=-1", "limit: must be an integer from 1 to 1000"),
@@ -1046,7 +1062,8 @@ class ErrorTests(APITestCase):
             ("cursor=zzz", "cursor: malformed; use the 'next' value of the previous page"),
             (
                 "query=userId==x",
-                "query: at position 0: unknown field 'userId'; allowed: created, customerId",
+                "query: at position 0: unknown field 'userId'; allowed: created, customerId,"
+                " status, assigneeId, lastActivity",
             ),
             ("query=%FF", "query string: not UTF-8 once percent-decoded"),
         ]

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from medichat.domain.conversations import ConversationDetail, ConversationPage
 from medichat.http.shapes import conversation_json, conversation_page_json
-from medichat.model import Conversation, Message, Receipt
+from medichat.model import Conversation, Message, Overview, Receipt
 
 CID = "6b92c178-c22b-4bbb-8dec-8d497660b5bf"
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
@@ -46,6 +46,10 @@ class ShapeTests(SynchronousTestCase):
                 "created": "2021-07-26T12:05:22Z",
                 "customerId": CUSTOMER,
                 "customerName": "c1",
+                "status": "open",
+                "assigneeId": None,
+                "assigneeName": None,
+                "lastActivity": "2021-07-26T12:05:22Z",
                 "messages": [{
                     "userId": CUSTOMER,
                     "userName": "c1",
@@ -59,6 +63,35 @@ class ShapeTests(SynchronousTestCase):
             }),
         )
 
+    def test_triage_and_overview(self) -> None:
+        """
+        A claimed, resolved conversation names its assignee; a listed one carries the
+        caller's unread count and the newest message, as the message object.
+        """
+        message = Message("m1", CID, AT + 5_000000, NURSE, "Nurse Joy", "employee", "Hi")
+        conversation = Conversation(
+            CID, AT, CUSTOMER, "c1", "resolved", NURSE, "Nurse Joy", AT + 5_000000
+        )
+        page = ConversationPage([conversation], None, {CID: Overview(3, message)})
+        self.assertEqual(
+            text(conversation_page_json(page)),
+            text({
+                "conversations": [{
+                    "id": CID,
+                    "created": "2021-07-26T12:05:22Z",
+                    "customerId": CUSTOMER,
+                    "customerName": "c1",
+                    "status": "resolved",
+                    "assigneeId": NURSE,
+                    "assigneeName": "Nurse Joy",
+                    "lastActivity": "2021-07-26T12:05:27Z",
+                    "unread": 3,
+                    "lastMessage": message.as_json(),
+                }],
+                "next": None,
+            }),
+        )
+
     def test_page(self) -> None:
         """A page lists summaries (no messages or receipts) and the next cursor."""
         self.assertEqual(
@@ -69,6 +102,12 @@ class ShapeTests(SynchronousTestCase):
                     "created": "2021-07-26T12:05:22Z",
                     "customerId": CUSTOMER,
                     "customerName": "c1",
+                    "status": "open",
+                    "assigneeId": None,
+                    "assigneeName": None,
+                    "lastActivity": "2021-07-26T12:05:22Z",
+                    "unread": 0,
+                    "lastMessage": None,
                 }],
                 "next": "abc",
             }),

@@ -92,8 +92,10 @@ class EventFeedTests(FeedTestCase):
         await self.post(conversation)
         self.clock.advance(0.5)
         feed.catch_up()
-        self.assertEqual(lags, [3.0, 0.5])
-        self.assertEqual((feed.published, feed.published_by_poll), (2, 0))
+        # The second message moved the conversation's activity: its conversationUpdated
+        # for the employees' feed was committed with it.
+        self.assertEqual(lags, [3.0, 0.5, 0.5])
+        self.assertEqual((feed.published, feed.published_by_poll), (3, 0))
 
     async def test_counts_what_only_the_poll_found(self) -> None:
         """Events that only the fallback poll's read found are counted as caught up by it."""
@@ -123,7 +125,8 @@ class EventFeedTests(FeedTestCase):
         self.assertEqual((feed.published, feed.published_by_poll), (3, 3))
         await self.post(conversation)
         feed.catch_up()
-        self.assertEqual((feed.published, feed.published_by_poll), (4, 3))
+        # That message, later, also moved the activity: a conversationUpdated with it.
+        self.assertEqual((feed.published, feed.published_by_poll), (5, 3))
 
     async def test_publishes_in_order_once(self) -> None:
         """Each committed event is published once, in commit order, with its offset."""
@@ -140,7 +143,9 @@ class EventFeedTests(FeedTestCase):
         self.assertEqual(twos.offsets, [1])
         self.assertEqual(ones.publications[0].body, encode_event({"message": first.as_json()}))
         self.assertEqual(ones.publications[0].destination, conversation_topic(one.id))
-        self.assertEqual(feed.position, 3)
+        # After the two conversationCreated, nothing moved a conversation's activity
+        # (the clock stood still): positions 3, 4, 5.
+        self.assertEqual(feed.position, 5)
 
     async def test_starts_after_newest(self) -> None:
         """At start, events committed before are not published to anybody."""
@@ -149,7 +154,7 @@ class EventFeedTests(FeedTestCase):
         keeper = self.listen(conversation)
         feed = self.feed(poll_interval=None)
         await feed.start()
-        self.assertEqual(feed.position, 1)
+        self.assertEqual(feed.position, 2)  # conversationCreated and the message
         feed.catch_up()
         self.assertEqual(keeper.offsets, [])
         await self.post(conversation)
@@ -254,9 +259,10 @@ class EventPrunerTests(FeedTestCase):
         pruner = EventPruner(self.store, self.clock, retention=150, interval=60)
         await pruner.start()
         self.addCleanup(pruner.stop)
-        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [1, 2])
+        # conversationCreated and the first message; the second, and its conversationUpdated.
+        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [0, 1, 2, 0])
         self.clock.advance(60)  # now 160 s after the first event, 60 after the second
-        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [2])
+        self.assertEqual([e.offset for e in await self.store.events_after(0, 10)], [2, 0])
         self.clock.advance(120)
         self.assertEqual(list(await self.store.events_after(0, 10)), [])
         messages = await self.store.list_messages(conversation.id, None, False, None)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg2
+from attrs import evolve
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -25,12 +26,14 @@ from medichat import rsql
 from medichat.errors import DuplicateError, StoreError
 from medichat.interfaces import IStore
 from medichat.model import (
+    CONVERSATION_FEED_KINDS,
     Conversation,
     Employee,
     LoginSession,
     Message,
     Receipt,
     Role,
+    StoredEvent,
     format_time,
     new_id,
     parse_time,
@@ -114,6 +117,11 @@ def raw_write(store: SQLStore, sql: str, *params: object) -> Deferred[None]:
     return store._run(script(), write=True)
 
 
+def in_streams(events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """The conversation events among C{events}: those of the employees' feed left out."""
+    return [e for e in events if e.kind not in CONVERSATION_FEED_KINDS]
+
+
 def present(value: V | None) -> V:
     """C{value}, which must not be L{None}."""
     assert value is not None
@@ -187,9 +195,23 @@ class StoreTestsMixin(_Base):
         location = await self.new_location()
         old = await self.started(location, migrations[:-1])
         self.assertEqual(await old.schema_version(), len(migrations) - 1)
-        conversation = await self.stored_conversation(old)
-        # Messages and receipts as the previous version wrote them: the scripts of this
-        # one write events too, which the previous schema has no table for.
+        # Conversations, messages and receipts as the previous version wrote them: the
+        # scripts of this one write columns and events that the previous schema lacks.
+        conversation = a_conversation()
+        await raw_write(
+            old,
+            "INSERT INTO conversations (id, created, customer_id, customer_name)"
+            " VALUES (?, ?, ?, ?)",
+            conversation.id, conversation.created, conversation.customer_id,
+            conversation.customer_name,
+        )
+        quiet = a_conversation(created=T0 + 7)
+        await raw_write(
+            old,
+            "INSERT INTO conversations (id, created, customer_id, customer_name)"
+            " VALUES (?, ?, ?, ?)",
+            quiet.id, quiet.created, quiet.customer_id, quiet.customer_name,
+        )
         message = a_message(conversation, T0 + 1)
         await raw_write(
             old,
@@ -212,7 +234,12 @@ class StoreTestsMixin(_Base):
 
         new = await self.started(location)
         self.assertEqual(await new.schema_version(), len(migrations))
-        self.assertEqual(await new.get_conversation(conversation.id), conversation)
+        # Open, unassigned, last active at its newest message (or its creation).
+        self.assertEqual(
+            await new.get_conversation(conversation.id),
+            evolve(conversation, last_activity=T0 + 1),
+        )
+        self.assertEqual(await new.get_conversation(quiet.id), quiet)
         self.assertEqual(await self.all_messages(new, conversation), [message])
         self.assertEqual(await new.find_employee(employee.email), employee)
         self.assertEqual(await new.find_login_session(session.token_hash), session)
@@ -500,7 +527,10 @@ class StoreTestsMixin(_Base):
             await store.add_message(a_message(conversation, T0 + i, text), None)
         found = await self.all_messages(store, conversation)
         self.assertEqual([m.message for m in found], texts)
-        self.assertEqual(await store.get_conversation(conversation.id), conversation)
+        self.assertEqual(
+            await store.get_conversation(conversation.id),
+            evolve(conversation, last_activity=T0 + len(texts) - 1),
+        )
 
     async def test_injection_in_values_is_inert(self) -> None:
         """SQL in ids, keys and query values matches nothing and harms nothing."""
@@ -617,8 +647,11 @@ class StoreTestsMixin(_Base):
         message, _ = await store.add_message(a_message(conversation, T0 + 1, "Grüße"), None)
         await store.mark_read(cid, "ann", T0 + 2)
         await store.mark_received(cid, "bob", T0 + 3)
-        events = list(await store.events_after(0, 10))
-        self.assertEqual([e.position for e in events], [1, 2, 3])
+        everything = list(await store.events_after(0, 10))
+        # Between them, the feed's conversationCreated and the message's conversationUpdated.
+        self.assertEqual([e.position for e in everything], [1, 2, 3, 4, 5])
+        events = in_streams(everything)
+        self.assertEqual([e.position for e in events], [2, 4, 5])
         self.assertEqual([e.offset for e in events], [1, 2, 3])
         self.assertEqual([e.kind for e in events], ["message", "read", "received"])
         self.assertEqual({e.conversation_id for e in events}, {cid})
@@ -633,7 +666,7 @@ class StoreTestsMixin(_Base):
                 f'{{"received":{{"userId":"bob","receivedAt":"{format_time(T0 + 3)}"}}}}',
             ],
         )
-        self.assertEqual(await store.last_event_position(), 3)
+        self.assertEqual(await store.last_event_position(), 5)
 
     async def test_no_event_without_change(self) -> None:
         """A receipt that does not move and a replayed idempotent post write no event."""
@@ -646,7 +679,7 @@ class StoreTestsMixin(_Base):
         self.assertFalse(await store.mark_read(cid, "ann", T0 + 5))
         self.assertFalse(await store.mark_read(cid, "ann", T0 + 4))
         self.assertEqual(
-            [e.kind for e in await store.events_after(0, 10)], ["message", "read"]
+            [e.kind for e in in_streams(await store.events_after(0, 10))], ["message", "read"]
         )
         self.assertEqual(await store.stream_offsets(cid, None), (2, None))
 
@@ -664,8 +697,11 @@ class StoreTestsMixin(_Base):
         two = await self.stored_conversation(store)
         for i, conversation in enumerate([one, two, one, one, two]):
             await store.add_message(a_message(conversation, T0 + i), None)
-        events = list(await store.events_after(0, 10))
-        self.assertEqual([e.position for e in events], [1, 2, 3, 4, 5])
+        everything = list(await store.events_after(0, 20))
+        # Two conversationCreated, five messages, four conversationUpdated (the first
+        # message, at its conversation's own time, moves nothing).
+        self.assertEqual([e.position for e in everything], list(range(1, 12)))
+        events = in_streams(everything)
         self.assertEqual(
             [(e.conversation_id, e.offset) for e in events],
             [(one.id, 1), (two.id, 1), (one.id, 2), (one.id, 3), (two.id, 2)],
@@ -691,8 +727,10 @@ class StoreTestsMixin(_Base):
             self.assertLessEqual(len(page), 3)
             seen.extend(e.position for e in page)
             position = page[-1].position
-        self.assertEqual(seen, list(range(1, 8)))
-        self.assertEqual(list(await store.events_after(7, 3)), [])
+        # conversationCreated, then each message's event and (but for the first, at the
+        # conversation's own time) its conversationUpdated.
+        self.assertEqual(seen, list(range(1, 15)))
+        self.assertEqual(list(await store.events_after(14, 3)), [])
 
     async def test_stream_offsets_since(self) -> None:
         """The first offset at or after a time, if any, and the newest offset."""
@@ -712,15 +750,21 @@ class StoreTestsMixin(_Base):
         conversation = await self.stored_conversation(store)
         for i in range(5):
             await store.add_message(a_message(conversation, T0 + i), None)
-        self.assertEqual(await store.prune_events(T0 + 3, batch=2), 3)
-        self.assertEqual([e.offset for e in await store.events_after(0, 10)], [4, 5])
+        # conversationCreated, three message events and two conversationUpdated (the
+        # message at T0 moved nothing).
+        self.assertEqual(await store.prune_events(T0 + 3, batch=2), 6)
+        kept = list(await store.events_after(0, 20))
+        self.assertEqual([e.offset for e in in_streams(kept)], [4, 5])
+        self.assertEqual(
+            [e.kind for e in kept if e.kind in CONVERSATION_FEED_KINDS], ["conversationUpdated"] * 2
+        )
         self.assertEqual(await store.prune_events(T0 + 3), 0)
         self.assertEqual(len(await self.all_messages(store, conversation)), 5)
         # The stream goes on from where it was; a replay from the start finds the oldest kept.
         await store.add_message(a_message(conversation, T0 + 9), None)
         replay = await store.conversation_events(conversation.id, 1, 10)
         self.assertEqual([e.offset for e in replay], [4, 5, 6])
-        self.assertEqual(await store.last_event_position(), 6)
+        self.assertEqual(await store.last_event_position(), 12)
 
     async def test_concurrent_positions_gap_free(self) -> None:
         """
@@ -737,8 +781,11 @@ class StoreTestsMixin(_Base):
             writes.append(store.mark_read(conversation.id, f"user-{i}", T0 + i))
             observed.append([e.position for e in await store.events_after(0, 100)])
         await gatherResults(writes)
-        events = list(await store.events_after(0, 100))
-        self.assertEqual([e.position for e in events], list(range(1, 17)))
+        everything = list(await store.events_after(0, 100))
+        # 4 conversationCreated, 8 messages, 8 reads, and 7 conversationUpdated (the
+        # message at T0 moved nothing).
+        self.assertEqual([e.position for e in everything], list(range(1, 28)))
+        events = in_streams(everything)
         for seen in observed:
             self.assertEqual(seen, list(range(1, len(seen) + 1)))
         for conversation in conversations:
@@ -1070,8 +1117,9 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         """
         Eight concurrent writers queue for the event counter only at their transactions'
         ends, readers meanwhile see nothing half-done, and a rollback gives its position
-        back: the positions are 1..8 without a gap.  (One writes a message; the others
-        write receipts, as concurrent messages would share one group commit.)
+        back: the positions are 9..16 (after the 8 conversationCreated) without a gap.
+        (One writes a message; the others write receipts, as concurrent messages would
+        share one group commit.)
         """
         url = await self.new_location()
         store = PostgreSQLStore(url, reactor, pool_size=9)
@@ -1083,7 +1131,7 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
         self.addCleanup(other.close)
         cursor = other.cursor()
         cursor.execute("UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last")
-        self.assertEqual(cursor.fetchone(), (1,))
+        self.assertEqual(cursor.fetchone(), (9,))
         posts = gatherResults(
             [store.add_message(a_message(conversations[0], T0), None)]
             + [store.mark_read(c.id, "ann", T0 + i) for i, c in enumerate(conversations[1:])]
@@ -1101,12 +1149,13 @@ class PostgreSQLStoreTests(StoreTestsMixin, TestCase):
                 break
         else:
             self.fail("the writers never queued for the counter")
-        self.assertEqual(list(await store.events_after(0, 100)), [])
+        self.assertEqual(list(await store.events_after(8, 100)), [])
         other.rollback()
         await posts
-        events = list(await store.events_after(0, 100))
-        self.assertEqual([e.position for e in events], list(range(1, 9)))
-        self.assertEqual({e.offset for e in events}, {1})
+        events = list(await store.events_after(8, 100))
+        # A message (at T0 it moves no conversation's activity) and 7 receipts.
+        self.assertEqual([e.position for e in events], list(range(9, 17)))
+        self.assertEqual({e.offset for e in in_streams(events)}, {1})
 
     async def test_concurrent_starts(self) -> None:
         """Processes starting together on an empty database migrate it once, in turn."""
