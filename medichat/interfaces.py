@@ -267,6 +267,14 @@ class IConversations(Interface):
             a conversation of another customer.
         """
 
+    def subscribe(user: Any, conversation_id: str) -> Deferred[Any]:
+        """
+        As L{check_participant}, for a C{SUBSCRIBE} to the conversation's topic: an
+        employee's is recorded in the access log (action C{subscribe}) before it fires.
+
+        @raise medichat.errors.NotFound: (asynchronously) as L{check_participant}.
+        """
+
     def typing(user: Any, conversation_id: str, started: bool) -> Deferred[None]:
         """
         Tell the conversation that the user started or stopped typing.
@@ -437,7 +445,7 @@ class IStore(Interface):
     # messages
 
     def add_message(
-        message: Any, idempotency_key: str | None
+        message: Any, idempotency_key: str | None, access: Any = None
     ) -> Deferred[tuple[Any, bool]]:
         """
         Commit a L{medichat.model.Message} (its C{seq} is assigned by the store).  Its
@@ -447,6 +455,9 @@ class IStore(Interface):
 
         With an C{idempotency_key}, a second call with the same key and the same
         C{(conversation_id, user_id)} stores nothing and returns the first message.
+
+        @param access: an L{medichat.model.AccessEntry} to record in the same transaction
+            (a replay records it too), or L{None}.
 
         @return: C{(stored message, created)}; C{created} is C{False} for a replay.
         """
@@ -477,16 +488,26 @@ class IStore(Interface):
 
     # receipts
 
-    def mark_read(conversation_id: str, user_id: str, at: int) -> Deferred[bool]:
+    def mark_read(
+        conversation_id: str, user_id: str, at: int, access: Any = None
+    ) -> Deferred[bool]:
         """
         Move the user's read time forward to C{at}.
+
+        @param access: an L{medichat.model.AccessEntry} to record in the same transaction
+            (whether or not the time moves), or L{None}.
 
         @return: C{True} if the stored value changed (it never moves back).
         """
 
-    def mark_received(conversation_id: str, user_id: str, at: int) -> Deferred[bool]:
+    def mark_received(
+        conversation_id: str, user_id: str, at: int, access: Any = None
+    ) -> Deferred[bool]:
         """
         Move the user's received time forward to C{at}.
+
+        @param access: an L{medichat.model.AccessEntry} to record in the same transaction
+            (whether or not the time moves), or L{None}.
 
         @return: C{True} if the stored value changed (it never moves back).
         """
@@ -534,6 +555,52 @@ class IStore(Interface):
         (each its own transaction).
 
         @return: how many were deleted.
+        """
+
+    # the access log (NEN 7513): inserted, read, pruned by age; never updated
+
+    def record_access(entries: Sequence[Any]) -> Deferred[None]:
+        """
+        Record L{medichat.model.AccessEntry}s, in one transaction.
+        """
+
+    def access_log(
+        *,
+        customer_id: str | None = None,
+        employee_id: str | None = None,
+        conversation_id: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        descending: bool = True,
+        limit: int = 50,
+        after: tuple[int, int] | None = None,
+    ) -> Deferred[Sequence[Any]]:
+        """
+        Access-log rows (L{medichat.model.AccessEntry}s) ordered by C{(at, seq)}, newest
+        first unless not C{descending}, matching every filter given.
+
+        @param since: rows at or after this time.
+        @param until: rows before this time.
+        @param limit: at most this many.
+        @param after: a cursor, the C{(at, seq)} of the last row of the previous page.
+        """
+
+    def prune_access_log(before: int, batch: int = 1000) -> Deferred[int]:
+        """
+        Delete the access-log rows recorded before time C{before}, in batches.
+
+        @return: how many were deleted.
+        """
+
+    def erase_customer(customer_id: str, actor: Any) -> Deferred[Sequence[str]]:
+        """
+        Delete every conversation of the customer with its messages, receipts, events and
+        idempotency keys, and record, in the same transaction, one access-log row per
+        conversation erased: C{actor} (an L{medichat.model.AccessEntry}) with its
+        conversation and customer ids filled in.  The customer's access-log rows stay.
+
+        @return: the ids of the conversations erased, oldest first (none: no such
+            customer).
         """
 
     # employees and login sessions

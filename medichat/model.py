@@ -40,6 +40,9 @@ class User:
         L{None} if it does not expire by itself.
     @ivar session_id: for cookie-authenticated employees, the id of the login session, so
         that logout or disablement can end live connections; L{None} otherwise.
+    @ivar address: the client's address (behind trusted proxies, the forwarded one) of the
+        request or connection this avatar acts through, for the access log; the edges set
+        it (L{attrs.evolve}), the realm leaves it L{None}.
     """
 
     user_id: str
@@ -47,6 +50,7 @@ class User:
     user_role: Role
     expires_at: int | None = None
     session_id: str | None = None
+    address: str | None = None
 
     @property
     def is_employee(self) -> bool:
@@ -185,12 +189,16 @@ class MessageCommit:
     @ivar check_participant: refuse (commit nothing, answer L{None}) unless the poster
         takes part in the conversation: its customer, or any employee.  L{False} only
         for callers that checked already.
+    @ivar access: the access-log row (NEN 7513) of an employee's message, recorded in
+        the same transaction, a replay included; its C{customer_id} is filled in by the
+        store from the conversation.  L{None} for a customer's message.
     """
 
     message: Message
     idempotency_key: str | None = None
     received_by: tuple[str, ...] | None = ()
     check_participant: bool = True
+    access: AccessEntry | None = None
 
 
 @frozen
@@ -282,6 +290,51 @@ def event_json(event: dict[str, Any]) -> str:
     An event's JSON text as published: compact, key order kept, non-ASCII as is.
     """
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+ACCESS_ACTIONS = (
+    "view",
+    "list",
+    "subscribe",
+    "message",
+    "read",
+    "received",
+    "claim",
+    "release",
+    "resolve",
+    "reopen",
+    "export",
+    "erase",
+)
+"""The actions the access log records (L{AccessEntry.action}); see docs/compliance.md."""
+
+
+@frozen
+class AccessEntry:
+    """
+    One row of the access log (NEN 7513): an employee's (or an operator's) access to a
+    customer's conversation data.  Never the data itself.
+
+    @ivar at: when, microseconds since the epoch.
+    @ivar employee_id: who: the employee's id (C{operator:<login>} for C{medichat-admin}).
+    @ivar employee_name: their name at the time.
+    @ivar role: C{"employee"}, or C{"operator"} for C{medichat-admin}.
+    @ivar action: one of L{ACCESS_ACTIONS}.
+    @ivar conversation_id: the conversation accessed.
+    @ivar customer_id: whose data it is: the conversation's customer.
+    @ivar address: the client's address, or L{None} (a local command).
+    @ivar seq: assigned by the store; with C{at}, orders and pages the log.
+    """
+
+    at: int
+    employee_id: str
+    employee_name: str
+    role: str
+    action: str
+    conversation_id: str | None
+    customer_id: str | None
+    address: str | None
+    seq: int = 0
 
 
 @frozen

@@ -58,6 +58,9 @@ class NoConversations:
     def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
         return fail(NotFound("no such conversation"))
 
+    def subscribe(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return fail(NotFound("no such conversation"))
+
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return fail(NotFound("no such conversation"))
 

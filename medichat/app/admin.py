@@ -4,16 +4,20 @@ C{medichat-admin}: the operator's command line.
     medichat-admin [--database postgresql://...] [--data-dir DIR] COMMAND ...
 
 Commands: C{migrate}, C{add-employee}, C{set-password}, C{disable}, C{enable},
-C{list-employees}, C{token}.  It opens the same store as C{twistd medichat} given the same
-C{--database} and C{--data-dir}; only C{migrate}, or any command given C{--create}, makes
-a database where there is none.  Exit status: 0 done, 1 the command failed (a taken email,
-an unknown account, an unreachable database), 2 a usage error.
+C{list-employees}, C{token}, and for the privacy officer C{audit} (the access log),
+C{export-customer} and C{erase-customer}.  It opens the same store as C{twistd medichat}
+given the same C{--database} and C{--data-dir}; only C{migrate}, or any command given
+C{--create}, makes a database where there is none.  Exit status: 0 done, 1 the command
+failed (a taken email, an unknown account or customer, an unreachable database), 2 a usage
+error.
 """
 
 from __future__ import annotations
 
+import csv
 import getopt
 import getpass
+import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
@@ -26,10 +30,21 @@ from twisted.python import usage
 
 from medichat.app._about import version_text
 from medichat.auth.devsecret import SecretFileError, dev_secret_path, load_dev_secret, read_secret
+from medichat.domain.access import erase_customer, operator_entry
 from medichat.domain.accounts import Accounts, normalise_email
+from medichat.domain.conversations import export_customer
 from medichat.errors import DomainError, DuplicateError, MissingDatabase, StoreError
+from medichat.http.shapes import conversation_json
 from medichat.interfaces import IStore
-from medichat.model import DISPLAY_NAME_RULE, ROLES, format_time, is_display_name
+from medichat.model import (
+    DISPLAY_NAME_RULE,
+    ROLES,
+    AccessEntry,
+    format_time,
+    is_display_name,
+    micros,
+    parse_time,
+)
 from medichat.store import open_store
 
 DEFAULT_DATA_DIR = "./medichat-data"
@@ -172,6 +187,84 @@ class TokenOptions(_InterspersedOptions):
             raise usage.UsageError("--ttl must be a positive number of seconds")
 
 
+class AuditOptions(_InterspersedOptions):
+    """
+    C{audit [--customer ID] [--employee ID] [--conversation ID] [--since T] [--until T]
+    [--format json|csv]}.
+    """
+
+    synopsis = (
+        "[--customer ID] [--employee ID] [--conversation ID] [--since T] [--until T] "
+        "[--format json|csv]"
+    )
+    longdesc = (
+        "Print the access log (NEN 7513), oldest first: every access by an employee to "
+        "conversation data, and every export or erasure. Filters combine (and); times are "
+        "RFC 3339 (2026-01-31T00:00:00Z), --since inclusive, --until exclusive. json: one "
+        "array of objects; csv: a header line, then one line per access."
+    )
+    optParameters = [
+        ["customer", None, None, "Only accesses to this customer's data."],
+        ["employee", None, None, "Only accesses by this employee id."],
+        ["conversation", None, None, "Only accesses to this conversation."],
+        ["since", None, None, "Only accesses at or after this time."],
+        ["until", None, None, "Only accesses before this time."],
+        ["format", None, "json", "json or csv."],
+    ]
+
+    def postOptions(self) -> None:
+        """Read the times; check the format."""
+        for name in ("since", "until"):
+            if self[name] is not None:
+                try:
+                    self[name] = parse_time(self[name])
+                except ValueError:
+                    raise usage.UsageError(
+                        f"--{name} needs an RFC 3339 time such as 2026-01-31T00:00:00Z, "
+                        f"not {self[name]!r}"
+                    ) from None
+        if self["format"] not in ("json", "csv"):
+            raise usage.UsageError("--format must be json or csv")
+
+
+class _CustomerOptions(_InterspersedOptions):
+    """Options of a command about one customer, named by id."""
+
+    def parseArgs(self, customer_id: str) -> None:  # type: ignore[override]
+        """Take the customer's id (the C{sub} of their tokens)."""
+        self["customer"] = customer_id
+
+
+class ExportCustomerOptions(_CustomerOptions):
+    """C{export-customer ID}."""
+
+    synopsis = "ID"
+    longdesc = (
+        "Print every conversation of the customer ID (the sub of their tokens), with its "
+        "messages and receipts, as one JSON object: what a subject access request under the "
+        "AVG/GDPR asks for. Recorded in the access log (action export)."
+    )
+
+
+class EraseCustomerOptions(_CustomerOptions):
+    """C{erase-customer ID --confirm}."""
+
+    synopsis = "ID --confirm"
+    longdesc = (
+        "Delete every conversation of the customer ID with its messages, receipts, events "
+        "and idempotency keys, for good. The access log keeps its rows about them, as the "
+        "law requires, and records the erasure (action erase)."
+    )
+    optFlags = [["confirm", None, "Really erase (required)."]]
+
+    def postOptions(self) -> None:
+        """Require C{--confirm}."""
+        if not self["confirm"]:
+            raise usage.UsageError(
+                "erase-customer deletes the customer's conversations for good; add --confirm"
+            )
+
+
 class Options(usage.Options):
     """
     The command line of C{medichat-admin}.
@@ -208,6 +301,10 @@ class Options(usage.Options):
         ["enable", None, EnableOptions, "Enable a disabled account again."],
         ["list-employees", None, NoArgsOptions, "List the employee accounts."],
         ["token", None, TokenOptions, "Mint a JWT signed with the development secret."],
+        ["audit", None, AuditOptions, "Print the access log (NEN 7513)."],
+        ["export-customer", None, ExportCustomerOptions,
+         "Print a customer's conversations as JSON."],
+        ["erase-customer", None, EraseCustomerOptions, "Erase a customer's conversations."],
     ]
 
     def opt_version(self) -> None:
@@ -295,6 +392,114 @@ _STORE_COMMANDS: dict[str, _StoreCommand] = {
     "disable": _disable,
     "enable": _enable,
     "list-employees": _list_employees,
+}
+
+
+def _operator() -> str:
+    """The system account running C{medichat-admin}, for the access log."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        # No login name and no passwd entry (a bare container).
+        return "unknown"
+
+
+_AUDIT_FIELDS = (
+    "time",
+    "employeeId",
+    "employeeName",
+    "role",
+    "action",
+    "conversationId",
+    "customerId",
+    "address",
+)
+
+
+def _audit_row(entry: AccessEntry) -> list[str | None]:
+    return [
+        format_time(entry.at),
+        entry.employee_id,
+        entry.employee_name,
+        entry.role,
+        entry.action,
+        entry.conversation_id,
+        entry.customer_id,
+        entry.address,
+    ]
+
+
+async def _audit(store: IStore, clock: IReactorTime, options: Any, io: _IO) -> None:
+    # Read a page at a time, so that years of log never sit in memory at once.
+    after: tuple[int, int] | None = None
+    writer = csv.writer(io.stdout, lineterminator="\n") if options["format"] == "csv" else None
+    if writer is not None:
+        writer.writerow(_AUDIT_FIELDS)
+    else:
+        io.stdout.write("[")
+    first = True
+    while True:
+        page = await store.access_log(
+            customer_id=options["customer"],
+            employee_id=options["employee"],
+            conversation_id=options["conversation"],
+            since=options["since"],
+            until=options["until"],
+            descending=False,
+            limit=1000,
+            after=after,
+        )
+        for entry in page:
+            row = _audit_row(entry)
+            if writer is not None:
+                writer.writerow(["" if value is None else value for value in row])
+            else:
+                text = json.dumps(dict(zip(_AUDIT_FIELDS, row, strict=True)), ensure_ascii=False)
+                io.stdout.write(("\n" if first else ",\n") + text)
+                first = False
+        if len(page) < 1000:
+            break
+        after = (page[-1].at, page[-1].seq)
+    if writer is None:
+        io.stdout.write("]\n" if first else "\n]\n")
+    io.stdout.flush()
+
+
+async def _export_customer(store: IStore, clock: IReactorTime, options: Any, io: _IO) -> None:
+    now = micros(clock.seconds())
+    try:
+        exported = await export_customer(
+            store, options["customer"], operator_entry(_operator(), "export", now)
+        )
+    except DomainError as e:
+        raise _Failed(e.detail) from e
+    document = {
+        "customerId": options["customer"],
+        "exported": format_time(now),
+        "conversations": [conversation_json(detail) for detail in exported],
+    }
+    io.out(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+async def _erase_customer(store: IStore, clock: IReactorTime, options: Any, io: _IO) -> None:
+    operator = _operator()
+    actor = operator_entry(operator, "erase", micros(clock.seconds()))
+    try:
+        erased = await erase_customer(store, options["customer"], actor)
+    except DomainError as e:
+        raise _Failed(e.detail) from e
+    io.out(
+        f"erased customer {options['customer']}: {len(erased)} conversations "
+        f"({', '.join(erased)}), by {operator}; the access log keeps its rows"
+    )
+
+
+_CustomerCommand = Callable[[IStore, IReactorTime, Any, "_IO"], Awaitable[None]]
+
+_PRIVACY_COMMANDS: dict[str, _CustomerCommand] = {
+    "audit": _audit,
+    "export-customer": _export_customer,
+    "erase-customer": _erase_customer,
 }
 
 
@@ -396,7 +601,11 @@ async def _run(reactor: Any, options: Options, io: _IO) -> int:
     try:
         accounts = Accounts(store, reactor)
         assert options.subCommand is not None
-        await _STORE_COMMANDS[options.subCommand](store, accounts, options.subOptions, io)
+        privacy = _PRIVACY_COMMANDS.get(options.subCommand)
+        if privacy is not None:
+            await privacy(store, reactor, options.subOptions, io)
+        else:
+            await _STORE_COMMANDS[options.subCommand](store, accounts, options.subOptions, io)
     finally:
         await store.stop()
     return 0

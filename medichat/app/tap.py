@@ -38,6 +38,7 @@ from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
 from medichat.auth.realm import build_portal
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
+from medichat.domain.access import DEFAULT_AUDIT_RETENTION, AccessLogPruner, parse_retention
 from medichat.domain.accounts import Accounts
 from medichat.domain.cluster_presence import DEFAULT_NODE_TTL, ClusterPresence, NodeService
 from medichat.domain.conversations import ConversationService
@@ -86,6 +87,13 @@ def _choice(name: str, choices: Sequence[str]) -> Any:
         return value.lower()
 
     return check
+
+
+def _audit_retention(value: str) -> float:
+    try:
+        return parse_retention(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--audit-retention: {e}") from None
 
 
 def _positive_int(name: str, value: str) -> int:
@@ -196,6 +204,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "Seconds a durable conversation event is kept for x-stream-offset replay "
          "(messages themselves are never deleted).",
          lambda v: _positive_int("event-retention", v)],
+        ["audit-retention", None, None,
+         "How long access-log rows (NEN 7513) are kept before they are deleted: seconds, or "
+         "a number with s, m, h, d or y (years of 365.25 days); at least 2y "
+         "[default: 5y].",
+         _audit_retention],
         ["event-poll-interval", None, DEFAULT_POLL_INTERVAL,
          "Seconds between the event feed's fallback reads of the events table.",
          lambda v: _positive_float("event-poll-interval", v)],
@@ -298,7 +311,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_trusted_proxy(self, address: str) -> None:
         """
         An IP or CIDR of a reverse proxy whose X-Forwarded-For / Forwarded headers name
-        the client's address, for login rate limits (repeatable).
+        the client's address, for login rate limits and the access log (repeatable).
         """
         try:
             self["trusted-proxy"].append(parse_trusted_proxy(address))
@@ -308,6 +321,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
+        if self["audit-retention"] is None:
+            self["audit-retention"] = DEFAULT_AUDIT_RETENTION
         if self["max-connections"] is None:
             self["max-connections"] = default_max_connections()
         try:
@@ -865,6 +880,7 @@ def makeService(
     if isinstance(hub, ClusterHub):
         hub.set_catch_up(feed.catch_up)
     pruner = EventPruner(store, clock, config["event-retention"])
+    access_pruner = AccessLogPruner(store, clock, config["audit-retention"])
     conversations = ConversationService(
         store, hub, clock, presence, feed, max_message_length=config["max-message-length"],
         presence_in_store=node is not None,
@@ -913,6 +929,7 @@ def makeService(
         max_message=max(4 * limits.max_frame_bytes, 256 * 1024),
         reactor=reactor, fast_paths=not config["no-fast-paths"],
         ping_interval=config["ws-ping-interval"], ping_rate=config["ws-ping-rate"],
+        trusted_proxies=tuple(config["trusted-proxy"]),
     )
     rest = RestAPI(
         conversations=conversations,
@@ -944,7 +961,8 @@ def makeService(
         reactor, store, registry, wheel, threadpool, ws_factory,
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
         exit_on_failure=exit_on_failure, freeze_gc=exit_on_failure, readiness=readiness,
-        close_spread=config["close-spread"], node=node, lock=lock, after_store=(feed, pruner),
+        close_spread=config["close-spread"], node=node, lock=lock,
+        after_store=(feed, pruner, access_pruner),
         log_observer=getattr(config, "log_observer", None),
     )
     for description in config["listen"]:

@@ -44,7 +44,11 @@ class StompTCPProtocol(Protocol):
         self._raw = raw_transport(self.transport)
         self._socket = socket_of(self._raw, self.factory.fast_paths)
         peer = self.transport.getPeer()
-        self._session = StompSession(self, self.factory.services, peer=_describe(peer))
+        host = getattr(peer, "host", None)
+        self._session = StompSession(
+            self, self.factory.services, peer=_describe(peer),
+            address=None if host is None else str(host),
+        )
         self._session.connection_made()
 
     def dataReceived(self, data: bytes) -> None:

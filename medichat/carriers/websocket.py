@@ -49,6 +49,7 @@ from medichat.carriers._fastpath import (
     socket_of,
     timers_on_wheel,
 )
+from medichat.http.forwarded import Network, forwarded_client
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import ICarrier
 from medichat.stomp.session import StompServices, StompSession
@@ -64,6 +65,30 @@ DISCARD_LIMIT = 64 * 1024
 
 #: Bytes of a frame header of a control frame (payload up to 125 bytes, unmasked).
 _CONTROL_HEADER = 2
+
+
+def handshake_address(
+    peer: Any, headers: dict[str, str], trusted: tuple[Network, ...]
+) -> str | None:
+    """
+    The client's address of a WebSocket handshake, as for an HTTP request
+    (L{medichat.http.forwarded}): the peer's IP, or behind a trusted proxy the one its
+    C{Forwarded} / C{X-Forwarded-For} header names.  L{None} for a peer without an IP
+    (a UNIX socket).
+    """
+    host = getattr(peer, "host", None)
+    if host is None:
+        return None
+    if not trusted:
+        return str(host)
+    forwarded = headers.get("forwarded")
+    x_forwarded_for = headers.get("x-forwarded-for")
+    return forwarded_client(
+        str(host),
+        [forwarded] if forwarded is not None else [],
+        [x_forwarded_for] if x_forwarded_for is not None else [],
+        trusted,
+    )
 
 
 @implementer(ICarrier)
@@ -89,6 +114,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _ping_timed_out = False
     _discarding = False
     _discarded = 0
+    _address: str | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -115,6 +141,9 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             factory.services.counters.refused["origin not allowed"] += 1
             raise ConnectionDeny(403, "origin not allowed")
         self._credentials = handshake_credentials(headers)
+        self._address = handshake_address(
+            self.transport.getPeer(), headers, factory.trusted_proxies
+        )
         for protocol in SUBPROTOCOLS:
             if protocol in request.protocols:
                 return protocol
@@ -135,7 +164,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.http_request_data = b""
         self.http_headers = {}
         self._session = StompSession(
-            self, factory.services, credentials=credentials, peer=self.peer or ""
+            self, factory.services, credentials=credentials, peer=self.peer or "",
+            address=self._address,
         )
         self._session.connection_made()
 
@@ -339,6 +369,9 @@ class StompWebSocketFactory(WebSocketServerFactory):
     @param reactor: the reactor the connections run on (its clock also drives Autobahn's
         handshake timers, through the services' timer wheel).
     @param fast_paths: C{False} to use only the public Twisted and Autobahn API.
+    @param trusted_proxies: networks of the reverse proxies whose C{Forwarded} /
+        C{X-Forwarded-For} handshake headers name the client's address (for the access
+        log), as for HTTP requests (C{--trusted-proxy}).
 
     @ivar fast_paths: the L{FastPaths} in use.
     """
@@ -362,10 +395,12 @@ class StompWebSocketFactory(WebSocketServerFactory):
         ping_interval: float = 30.0,
         ping_rate: float = 1.0,
         ping_burst: float = 10.0,
+        trusted_proxies: tuple[Network, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(server=server, reactor=reactor or services.clock, **kwargs)
         self.services = services
+        self.trusted_proxies = trusted_proxies
         self.origins = origins
         self.max_buffer = max_buffer
         self.ping_interval = ping_interval

@@ -46,10 +46,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from medichat import rsql
+from medichat.domain.access import access_entry, customer_conversations
 from medichat.errors import BadRequest, Conflict, Forbidden, NotFound
 from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, IStore
 from medichat.model import (
     STATUSES,
+    AccessEntry,
     Conversation,
     Message,
     MessageCommit,
@@ -79,6 +81,7 @@ __all__ = [
     "ConversationService",
     "decode_cursor",
     "encode_cursor",
+    "export_customer",
 ]
 
 MAX_MESSAGE_LENGTH = 4000
@@ -379,22 +382,63 @@ class ConversationService:
             raise NotFound("no such conversation")
         return conversation
 
-    async def _mark(self, user_id: str, conversation_id: str, kind: str) -> bool:
+    async def _mark(
+        self, user_id: str, conversation_id: str, kind: str, access: AccessEntry | None = None
+    ) -> bool:
         """
         Move the user's C{read} or C{received} time forward to now; if the stored value
         changed, the store wrote the event with it, and the feed publishes it.  Call with
         the conversation's lock held.
+
+        @param access: the access-log row to record in the same transaction, if any.
         """
         at = self._now()
         if kind == "read":
-            changed = await self.store.mark_read(conversation_id, user_id, at)
+            changed = await self.store.mark_read(conversation_id, user_id, at, access)
         else:
-            changed = await self.store.mark_received(conversation_id, user_id, at)
+            changed = await self.store.mark_received(conversation_id, user_id, at, access)
         if changed:
             self._committed()
         return bool(changed)
 
+    def _access(self, user: User, conversation: Conversation, action: str) -> AccessEntry | None:
+        """
+        The access-log row of C{user} doing C{action} on C{conversation} now (L{None} for a
+        customer), for a store operation to record in its transaction.
+        """
+        return access_entry(user, conversation, action, self._now())
+
+    async def record_access(
+        self, user: User, conversations: Sequence[Conversation], action: str
+    ) -> None:
+        """
+        Record that C{user} did C{action} on each of C{conversations}, in one transaction
+        of its own, before the caller hands anything out (nothing for a customer).  For
+        actions whose own transaction cannot carry the row (C{list}, C{subscribe}, ...).
+        """
+        at = self._now()
+        entries = [access_entry(user, c, action, at) for c in conversations]
+        rows = [e for e in entries if e is not None]
+        if rows:
+            await self.store.record_access(rows)
+
     # -- conversations --------------------------------------------------------------------
+
+    def subscribe(self, user: User, conversation_id: str) -> Deferred[Conversation]:
+        """
+        Check that C{user} takes part in the conversation and, for an employee, record a
+        C{subscribe} access: what the STOMP session calls on C{SUBSCRIBE} to its topic
+        (what the subscription then delivers is covered by that row).
+
+        @raise NotFound: (asynchronously) as L{check_participant}.
+        """
+
+        async def subscribe() -> Conversation:
+            conversation = await self._participant(user, conversation_id)
+            await self.record_access(user, [conversation], "subscribe")
+            return conversation
+
+        return Deferred.fromCoroutine(subscribe())
 
     def check_participant(self, user: User, conversation_id: str) -> Deferred[Conversation]:
         """
@@ -457,8 +501,10 @@ class ConversationService:
             descending = _descending(order)
             _check_limit(limit)
             node = _parse_query(query, rsql.MESSAGE_FIELD_NAMES)
+            access = self._access(user, conversation, "view")
             await self._serialised(
-                conversation.id, lambda: self._mark(user.user_id, conversation.id, "received")
+                conversation.id,
+                lambda: self._mark(user.user_id, conversation.id, "received", access),
             )
             try:
                 messages = await self.store.list_messages(conversation.id, node, descending, limit)
@@ -511,6 +557,8 @@ class ConversationService:
                 raise BadRequest(f"query: {e}") from None
             rows = list(rows)
             next_cursor = encode_cursor(rows[page - 1][0], key) if len(rows) > page else None
+            # One row per conversation listed: NEN 7513 asks whose data was seen.
+            await self.record_access(user, [c for c, _ in rows[:page]], "list")
             return ConversationPage(
                 [conversation for conversation, _ in rows[:page]],
                 next_cursor,
@@ -539,6 +587,9 @@ class ConversationService:
         if not user.is_employee:
             raise Forbidden("only employees triage conversations")
         conversation = await self._participant(user, conversation_id)
+        # Recorded before the change (NEN 7513): an attempt that then fails, a claim that
+        # finds the conversation taken, was an access too.
+        await self.record_access(user, [conversation], action)
 
         async def run() -> TriageChange:
             result = await change(conversation.id, self._now())
@@ -720,8 +771,21 @@ class ConversationService:
                 _log.failure("who is in conversation {conversation}?", conversation=conversation_id)
                 subscribed = frozenset()
             received_by = tuple(sorted(subscribed - {user.user_id}))
+        access = None
+        if user.is_employee:
+            # The store fills in the conversation's customer, which it reads anyway.
+            access = AccessEntry(
+                at=message.created,
+                employee_id=user.user_id,
+                employee_name=user.user_name,
+                role=user.user_role,
+                action="message",
+                conversation_id=conversation_id,
+                customer_id="",
+                address=user.address,
+            )
         outcome = await self.store.commit_message(
-            MessageCommit(message, idempotency_key, received_by)
+            MessageCommit(message, idempotency_key, received_by, access=access)
         )
         if outcome is None:
             raise NotFound("no such conversation")
@@ -753,8 +817,9 @@ class ConversationService:
     def _mark_as(self, user: User, conversation_id: str, kind: str) -> Deferred[bool]:
         async def mark() -> bool:
             conversation = await self._participant(user, conversation_id)
+            access = self._access(user, conversation, kind)
             return await self._serialised(
-                conversation.id, lambda: self._mark(user.user_id, conversation.id, kind)
+                conversation.id, lambda: self._mark(user.user_id, conversation.id, kind, access)
             )
 
         return Deferred.fromCoroutine(mark())
@@ -817,3 +882,27 @@ class ConversationService:
             await self._serialised(conversation.id, publish)
 
         return Deferred.fromCoroutine(typing())
+
+
+async def export_customer(
+    store: IStore, customer_id: str, actor: AccessEntry
+) -> list[ConversationDetail]:
+    """
+    Every conversation of a customer with all its messages and receipts, oldest first
+    (their data, for a subject access request); records one C{export} access-log row per
+    conversation (C{actor} with the ids filled in) before returning it.
+
+    @raise NotFound: if the customer has no conversation.
+    """
+    exported = []
+    for conversation in await customer_conversations(store, customer_id):
+        messages = await store.list_messages(conversation.id, None, False, None)
+        read, received = await store.receipts(conversation.id)
+        exported.append(ConversationDetail(conversation, messages, read, received))
+    await store.record_access(
+        [
+            evolve(actor, conversation_id=d.conversation.id, customer_id=customer_id)
+            for d in exported
+        ]
+    )
+    return exported

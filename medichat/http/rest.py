@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
-from attrs import define, field
+from attrs import define, evolve, field
 from klein import Klein
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
@@ -42,6 +42,7 @@ from medichat.auth.credentials import (
     authenticate,
     parse_bearer,
 )
+from medichat.domain.access import MAX_ACCESS_PAGE, AccessLog
 from medichat.domain.accounts import Accounts
 from medichat.domain.conversations import MAX_LIMIT, ConversationDetail, ConversationService
 from medichat.errors import (
@@ -59,7 +60,12 @@ from medichat.http.accesslog import remember_user
 from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
 from medichat.http.problems import Problem, problem_for, render_failure, write_problem
-from medichat.http.shapes import conversation_json, conversation_page_json, conversation_summary
+from medichat.http.shapes import (
+    access_page_json,
+    conversation_json,
+    conversation_page_json,
+    conversation_summary,
+)
 from medichat.interfaces import IStore
 from medichat.model import User, micros
 
@@ -136,12 +142,12 @@ def _one(params: Mapping[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-def _limit(text: str | None) -> int | None:
+def _limit(text: str | None, most: int = MAX_LIMIT) -> int | None:
     if text is None:
         return None
     valid = text.isascii() and text.isdigit() and len(text) <= 7
-    if not valid or not 1 <= int(text) <= MAX_LIMIT:
-        raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}")
+    if not valid or not 1 <= int(text) <= most:
+        raise BadRequest(f"limit: must be an integer from 1 to {most}")
     return int(text)
 
 
@@ -273,6 +279,7 @@ class RestAPI:
     _bearer_users: dict[str, User] = field(factory=dict, init=False, repr=False)
     _openapi: bytes | None = field(default=None, init=False)
     _health_failure: str | None = field(default=None, init=False)
+    _access_log: AccessLog = field(init=False)
 
     router = Klein()
     # "/v1/conversation//message" must not be taken for "/v1/conversation/message".
@@ -283,6 +290,7 @@ class RestAPI:
         self._conversation_buckets = TokenBuckets(
             self.conversation_rate, self.conversation_window
         )
+        self._access_log = AccessLog(self.store)
 
     def resource(self) -> IResource:
         """
@@ -338,6 +346,8 @@ class RestAPI:
             raise Unauthorized(e.reason) from None
         if isinstance(credentials, BearerToken):
             self._remember_bearer(credentials.token, user)
+        # Where this request came from, for the access log of what the user then sees.
+        user = evolve(user, address=client_address(request, self.trusted_proxies))
         remember_user(request, user)
         return user
 
@@ -556,6 +566,21 @@ class RestAPI:
         """
         user = await self._user(request, changes_state=False)
         return self._json(request, 200, user.as_json())
+
+    @router.route("/v1/me/access-log", methods=["GET"])
+    async def access_log(self, request: IRequest) -> bytes:
+        """
+        C{GET /v1/me/access-log}: for a customer, a page (C{limit}, C{cursor}) of who
+        accessed their conversations, newest first; 403 for employees.
+        """
+        user = await self._user(request, changes_state=False)
+        params = query_params(request)
+        page = await self._access_log.page(
+            user,
+            limit=_limit(_one(params, "limit"), MAX_ACCESS_PAGE),
+            cursor=_one(params, "cursor"),
+        )
+        return self._json(request, 200, access_page_json(page))
 
     # -- routes: conversations --------------------------------------------------------------
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from medichat.domain.access import AccessPage
 from medichat.domain.conversations import ConversationDetail, ConversationPage
 from medichat.model import Conversation, Overview, Receipt, format_time
 
-__all__ = ["conversation_json", "conversation_page_json", "conversation_summary"]
+__all__ = [
+    "access_page_json",
+    "conversation_json",
+    "conversation_page_json",
+    "conversation_summary",
+]
 
 
 def _receipt_json(receipt: Receipt, key: str) -> dict[str, str]:
@@ -60,6 +66,27 @@ def conversation_page_json(page: ConversationPage) -> dict[str, Any]:
     return {
         "conversations": [
             _listed(c, page.overviews.get(c.id)) for c in page.conversations
+        ],
+        "next": page.next,
+    }
+
+
+def access_page_json(page: AccessPage) -> dict[str, Any]:
+    """
+    One page of C{GET /v1/me/access-log}: C{{"accesses": [{"time", "employeeName",
+    "action", "conversationId"}, ...], "next"}}, newest first, C{next} being L{None} on
+    the last page.  The employee's id and the client's address stay with the privacy
+    officer (C{medichat-admin audit}).
+    """
+    return {
+        "accesses": [
+            {
+                "time": format_time(e.at),
+                "employeeName": e.employee_name,
+                "action": e.action,
+                "conversationId": e.conversation_id,
+            }
+            for e in page.entries
         ],
         "next": page.next,
     }

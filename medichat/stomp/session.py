@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -293,6 +293,9 @@ class StompSession:
     @param credentials: from the carrier's handshake, used when C{CONNECT} brings none; an
         L{AuthenticationFailed} if the handshake's were malformed.
     @param peer: the client's address, for logs.
+    @param address: the client's IP address for the access log: the connection's peer, or
+        behind a trusted proxy the one it forwarded (the carrier decides); L{None} when
+        unknown.  It is set on the session's L{User} (C{address}).
 
     @ivar user: the authenticated user, once C{CONNECT} has been accepted.
     @ivar version: the negotiated STOMP version (C{"1.2"} until negotiated).
@@ -309,6 +312,7 @@ class StompSession:
         *,
         credentials: object | None = None,
         peer: str = "",
+        address: str | None = None,
     ) -> None:
         self._carrier = carrier
         self.carrier_kind: str = getattr(carrier, "carrier_kind", "other")
@@ -323,6 +327,7 @@ class StompSession:
         self._handshake_credentials = credentials
         self._credentials: object | None = None
         self.peer = peer
+        self.address = address
         self.session_id = os.urandom(8).hex()
         self.user: User | None = None
         self.version = "1.2"
@@ -599,7 +604,7 @@ class StompSession:
         if self._services.registry.session_count(user.user_id) >= most:
             raise StompError("too many sessions", f"at most {most} live sessions per user",
                              CLOSE_POLICY)
-        self.user = user
+        self.user = evolve(user, address=self.address)
         self.version = version
         self._parser.limits = self._config.limits
         self._state = _CONNECTED
@@ -682,7 +687,7 @@ class StompSession:
             assert self.user is not None and route.conversation_id is not None
             # Only conversations are streams; elsewhere the header means nothing.
             start = _parse_stream_offset(frame.get("x-stream-offset"))
-            d = self._services.conversations.check_participant(self.user, route.conversation_id)
+            d = self._services.conversations.subscribe(self.user, route.conversation_id)
             d.addCallback(lambda _: self._subscribe(sub_id, route, ack, start))
             return d
         return self._subscribe(sub_id, route, ack, None)
@@ -973,7 +978,7 @@ class StompSession:
         def valid(user: User) -> None:
             if self._state != _CONNECTED:
                 return
-            self.user = user
+            self.user = evolve(user, address=self.address)
             self._timers.append(
                 self._services.wheel.call_later(self._config.revalidate_interval,
                                                 self._revalidate)

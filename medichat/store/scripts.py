@@ -31,6 +31,7 @@ from medichat import rsql
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
     STATUSES,
+    AccessEntry,
     Conversation,
     Employee,
     LoginSession,
@@ -315,6 +316,9 @@ _MESSAGE_COLUMNS = "seq, id, conversation_id, created, user_id, user_name, user_
 _EMPLOYEE_COLUMNS = "id, email, name, password_hash, disabled, created, last_login"
 _LOGIN_SESSION_COLUMNS = "id, employee_id, token_hash, created, expires_at, revoked"
 _EVENT_COLUMNS = "position, conversation_id, stream_offset, kind, body, created"
+_ACCESS_COLUMNS = (
+    "at, employee_id, employee_name, role, action, conversation_id, customer_id, address"
+)
 
 
 def conversation_from_row(row: Sequence[Any]) -> Conversation:
@@ -357,6 +361,24 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
         kind=kind,
         body=body,
         created=int(created),
+    )
+
+
+def access_from_row(row: Sequence[Any]) -> AccessEntry:
+    """An L{AccessEntry} from a row of C{seq, } and L{_ACCESS_COLUMNS}."""
+    seq, at, employee_id, employee_name, role, action, conversation_id, customer_id, address = (
+        row
+    )
+    return AccessEntry(
+        at=int(at),
+        employee_id=employee_id,
+        employee_name=employee_name,
+        role=role,
+        action=action,
+        conversation_id=conversation_id,
+        customer_id=customer_id,
+        address=address,
+        seq=int(seq),
     )
 
 
@@ -553,6 +575,48 @@ def messages_query(
     return Statement(sql, tuple(params))
 
 
+def access_query(
+    dialect: Dialect,
+    *,
+    customer_id: str | None = None,
+    employee_id: str | None = None,
+    conversation_id: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    descending: bool = True,
+    limit: int = 50,
+    after: tuple[int, int] | None = None,
+) -> Statement:
+    """
+    The C{SELECT} behind L{SQLStore.access_log}; its arguments are the same.
+
+    A customer's log is served by the index on C{(customer_id, at, seq)}, a time range by
+    the one on C{(at, seq)}.
+    """
+    conditions: list[tuple[str, Sequence[object]]] = []
+    for column, value in (
+        ("customer_id", customer_id),
+        ("employee_id", employee_id),
+        ("conversation_id", conversation_id),
+    ):
+        if value is not None:
+            conditions.append((dialect.sql(f"{column} = ?"), [value]))
+    if since is not None:
+        conditions.append((dialect.sql("at >= ?"), [since]))
+    if until is not None:
+        conditions.append((dialect.sql("at < ?"), [until]))
+    if after is not None:
+        comparison = "<" if descending else ">"
+        conditions.append((dialect.sql(f"(at, seq) {comparison} (?, ?)"), list(after)))
+    where, params = _where(conditions)
+    direction = "DESC" if descending else "ASC"
+    sql = (
+        f"SELECT seq, {_ACCESS_COLUMNS} FROM access_log{where}"
+        f" ORDER BY at {direction}, seq {direction} LIMIT {dialect.placeholder}"
+    )
+    return Statement(sql, (*params, max(0, limit)))
+
+
 # --------------------------------------------------------------------------------------
 # Transaction scripts
 
@@ -675,7 +739,9 @@ def commit_message(
 
       1. check that the poster takes part in the conversation; if not (or there is no
          such conversation), write nothing and return L{None};
-      2. a replayed idempotency key writes nothing and returns the first message;
+      2. record an employee's access (L{MessageCommit.access}; a replay's too);
+         a replayed idempotency key then writes nothing more and returns the first
+         message;
       3. insert the message (which gets its C{seq}) and its idempotency key;
       4. move the C{received} receipts of the users it reaches
          (L{MessageCommit.received_by});
@@ -704,6 +770,8 @@ def commit_message(
         customer != message.user_id
     ):
         return None
+    if commit.access is not None:
+        yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
     key = commit.idempotency_key
     if key is not None:
         first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
@@ -937,9 +1005,17 @@ def _overview(
     ]
 
 
-def _mark(dialect: Dialect, kind: str, conversation_id: str, user_id: str, at: int) -> Script[bool]:
+def _mark(
+    dialect: Dialect,
+    kind: str,
+    conversation_id: str,
+    user_id: str,
+    at: int,
+    access: AccessEntry | None = None,
+) -> Script[bool]:
     # The conversation first, as for a message: one lock order for every writer of it.
     yield from _lock_conversation(dialect, conversation_id)
+    yield from _record_access(dialect, access)
     # One statement, so that two writers cannot both read the old time and both win;
     # RETURNING gives a row only where a row was inserted or moved forward.
     result = yield dialect.statement(
@@ -1045,6 +1121,93 @@ def _prune_batch(dialect: Dialect, before: int, batch: int) -> Script[tuple[int,
         )
         counts.append(result.rowcount)
     return counts[0], counts[1]
+
+
+_ACCESS_ROWS_PER_INSERT = 50
+"""Access-log rows per C{INSERT} (eight parameters each: within every SQLite's limit)."""
+
+
+def _record_access(dialect: Dialect, access: AccessEntry | None) -> Script[None]:
+    """
+    Write one access-log row in the current transaction, so that the access and its record
+    commit together or not at all; nothing for L{None} (a customer's own action).
+    """
+    if access is not None:
+        yield from _insert_access(dialect, [access])
+
+
+def _record_message_access(dialect: Dialect, commit: MessageCommit) -> Script[None]:
+    """
+    Record a message's access on its own, its customer read from the conversation.
+    """
+    assert commit.access is not None
+    result = yield dialect.statement(
+        "SELECT customer_id FROM conversations WHERE id = ?", commit.message.conversation_id
+    )
+    customer = str(result.rows[0][0]) if result.rows else ""
+    yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
+
+
+def _insert_access(dialect: Dialect, entries: Sequence[AccessEntry]) -> Script[None]:
+    """
+    Write access-log rows, several per statement.
+    """
+    row = "(" + ", ".join(["?"] * len(_ACCESS_COLUMNS.split(", "))) + ")"
+    for start in range(0, len(entries), _ACCESS_ROWS_PER_INSERT):
+        chunk = entries[start : start + _ACCESS_ROWS_PER_INSERT]
+        params: list[object] = []
+        for e in chunk:
+            params += [
+                e.at,
+                e.employee_id,
+                e.employee_name,
+                e.role,
+                e.action,
+                e.conversation_id,
+                e.customer_id,
+                e.address,
+            ]
+        yield dialect.statement(
+            f"INSERT INTO access_log ({_ACCESS_COLUMNS}) VALUES "
+            + ", ".join([row] * len(chunk)),
+            *params,
+        )
+
+
+_ERASED_TABLES = ("idempotency_keys", "events", "feed_events", "receipts", "messages")
+"""What an erasure deletes by conversation, in an order that foreign keys allow; the
+conversations themselves go last."""
+
+
+def _erase_customer(
+    dialect: Dialect, customer_id: str, actor: AccessEntry
+) -> Script[list[str]]:
+    """
+    Delete every conversation of a customer with everything in it, and record one
+    C{actor}-like access-log row per conversation erased, in one transaction.
+    """
+    # Locked first, as every writer of a conversation does: writers of these queue behind
+    # the erasure and then find no conversation.
+    result = yield dialect.statement(
+        "SELECT id FROM conversations WHERE customer_id = ? ORDER BY created, id"
+        + dialect.lock_row,
+        customer_id,
+    )
+    erased = [row[0] for row in result.rows]
+    if not erased:
+        return erased
+    for table in _ERASED_TABLES:
+        yield dialect.statement(
+            f"DELETE FROM {table} WHERE conversation_id IN"
+            " (SELECT id FROM conversations WHERE customer_id = ?)",
+            customer_id,
+        )
+    yield dialect.statement("DELETE FROM conversations WHERE customer_id = ?", customer_id)
+    yield from _insert_access(
+        dialect,
+        [evolve(actor, conversation_id=c, customer_id=customer_id) for c in erased],
+    )
+    return erased
 
 
 def _last_position(dialect: Dialect) -> Script[int]:
@@ -1369,13 +1532,15 @@ class SQLStore:
     # -- messages
 
     def add_message(
-        self, message: Message, idempotency_key: str | None
+        self, message: Message, idempotency_key: str | None, access: AccessEntry | None = None
     ) -> Deferred[tuple[Message, bool]]:
         """
         See L{medichat.interfaces.IStore.add_message}: L{commit_message} without the
         participant check or receipts.
         """
-        commit = MessageCommit(message, idempotency_key, check_participant=False)
+        commit = MessageCommit(
+            message, idempotency_key, check_participant=False, access=access
+        )
 
         def added(outcome: MessageCommitted | None) -> tuple[Message, bool]:
             if outcome is None:
@@ -1510,6 +1675,9 @@ class SQLStore:
                     _find_by_key(self._dialect, message.conversation_id, message.user_id, key),
                     False,
                 )
+                if first is not None and commit.access is not None:
+                    # The failed transaction took its access-log row with it.
+                    await self._transaction(_record_message_access(self._dialect, commit), True)
             except Exception:
                 return Failure()
             return failure if first is None else MessageCommitted(first, False)
@@ -1544,13 +1712,19 @@ class SQLStore:
 
     # -- receipts
 
-    def mark_read(self, conversation_id: str, user_id: str, at: int) -> Deferred[bool]:
+    def mark_read(
+        self, conversation_id: str, user_id: str, at: int, access: AccessEntry | None = None
+    ) -> Deferred[bool]:
         """See L{medichat.interfaces.IStore.mark_read}."""
-        return self._run(_mark(self._dialect, "read", conversation_id, user_id, at), write=True)
+        script = _mark(self._dialect, "read", conversation_id, user_id, at, access)
+        return self._run(script, write=True)
 
-    def mark_received(self, conversation_id: str, user_id: str, at: int) -> Deferred[bool]:
+    def mark_received(
+        self, conversation_id: str, user_id: str, at: int, access: AccessEntry | None = None
+    ) -> Deferred[bool]:
         """See L{medichat.interfaces.IStore.mark_received}."""
-        return self._run(_mark(self._dialect, "received", conversation_id, user_id, at), write=True)
+        script = _mark(self._dialect, "received", conversation_id, user_id, at, access)
+        return self._run(script, write=True)
 
     def receipts(
         self, conversation_id: str
@@ -1619,6 +1793,60 @@ class SQLStore:
             removed += sum(counts)
             if max(counts) < batch:
                 return removed
+
+    # -- the access log
+
+    def record_access(self, entries: Sequence[AccessEntry]) -> Deferred[None]:
+        """See L{medichat.interfaces.IStore.record_access}."""
+        return self._run(_insert_access(self._dialect, list(entries)), write=True)
+
+    def access_log(
+        self,
+        *,
+        customer_id: str | None = None,
+        employee_id: str | None = None,
+        conversation_id: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        descending: bool = True,
+        limit: int = 50,
+        after: tuple[int, int] | None = None,
+    ) -> Deferred[Sequence[AccessEntry]]:
+        """See L{medichat.interfaces.IStore.access_log}."""
+        statement = access_query(
+            self._dialect,
+            customer_id=customer_id,
+            employee_id=employee_id,
+            conversation_id=conversation_id,
+            since=since,
+            until=until,
+            descending=descending,
+            limit=limit,
+            after=after,
+        )
+        return self._run(_select_all(statement, access_from_row))
+
+    def prune_access_log(self, before: int, batch: int = 1000) -> Deferred[int]:
+        """See L{medichat.interfaces.IStore.prune_access_log}."""
+        statement = self._dialect.statement(
+            "DELETE FROM access_log WHERE seq IN"
+            " (SELECT seq FROM access_log WHERE at < ? ORDER BY at, seq LIMIT ?)",
+            before,
+            batch,
+        )
+        return Deferred.fromCoroutine(self._prune_batches(statement, batch))
+
+    async def _prune_batches(self, statement: Statement, batch: int) -> int:
+        removed = 0
+        while True:
+            count = await self._run(_count(statement), write=True)
+            removed += count
+            if count < batch:
+                return removed
+
+    def erase_customer(self, customer_id: str, actor: AccessEntry) -> Deferred[Sequence[str]]:
+        """See L{medichat.interfaces.IStore.erase_customer}."""
+        return self._run(_erase_customer(self._dialect, customer_id, actor), write=True)
 
     # -- employees
 
@@ -1751,6 +1979,7 @@ __all__ = [
     "Statement",
     "commit_message",
     "commit_messages",
+    "access_query",
     "conversations_query",
     "load_migrations",
     "messages_query",

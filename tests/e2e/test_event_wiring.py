@@ -11,7 +11,8 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from medichat.app.tap import Options, makeService
-from medichat.model import Conversation, Message, micros, new_id, parse_time
+from medichat.domain.access import YEAR
+from medichat.model import AccessEntry, Conversation, Message, micros, new_id, parse_time
 from medichat.store import SQLiteStore
 from medichat.store.sqlite import SQLITE_FILE_NAME
 
@@ -32,6 +33,11 @@ class EventWiringTests(TestCase):
         for created in (conversation.created, micros(reactor.seconds())):
             message = Message(new_id(), conversation.id, created, "c", "C", "customer", "hi")
             await store.add_message(message, None)
+        now = micros(reactor.seconds())
+        await store.record_access([
+            AccessEntry(at, "e", "E", "employee", action, conversation.id, "c", None)
+            for at, action in ((now - micros(5 * YEAR) - 1, "list"), (now, "view"))
+        ])
         await store.stop()
 
         options = Options()
@@ -47,6 +53,10 @@ class EventWiringTests(TestCase):
         events = await service.store.events_after(0, 10)
         self.assertEqual([(e.kind, e.offset) for e in events],
                          [("message", 2), ("conversationUpdated", 0)])
-        feed, pruner = service._after_store
+        feed, pruner, access_pruner = service._after_store
         self.assertEqual(feed.position, 4)
         self.assertEqual(pruner.retention, 7 * 24 * 3600)
+        # And the access log's rows past its retention (5 years) went at start too.
+        self.assertEqual(access_pruner.retention, 5 * YEAR)
+        kept = await service.store.access_log(limit=10)
+        self.assertEqual([e.action for e in kept], ["view"])

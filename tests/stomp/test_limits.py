@@ -39,6 +39,9 @@ class _Conversations:
             return Deferred()
         return succeed(None)
 
+    def subscribe(self, user: object, conversation_id: str) -> Deferred[None]:
+        return self.check_participant(user, conversation_id)
+
 
 def _connected(services: Any, token: str | None = None, port: int = 40000) -> Client:
     client = Client(services, port)

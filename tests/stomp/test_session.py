@@ -624,6 +624,9 @@ class _EveryoneTakesPart:
     def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
         return succeed(None)
 
+    def subscribe(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return succeed(None)
+
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:
         return succeed(None)
 
@@ -641,6 +644,9 @@ class _StoreDown:
     """Conversations whose store cannot serve now."""
 
     def check_participant(self, user: User, conversation_id: str) -> Deferred[Any]:
+        return fail(StoreUnavailable("database unreachable"))
+
+    def subscribe(self, user: User, conversation_id: str) -> Deferred[Any]:
         return fail(StoreUnavailable("database unreachable"))
 
     def typing(self, user: User, conversation_id: str, started: bool) -> Deferred[None]:

@@ -45,6 +45,9 @@ class Interleaved:
     def check_participant(self, user: Any, conversation_id: str) -> Deferred[Any]:
         return self.service.check_participant(user, conversation_id)
 
+    def subscribe(self, user: Any, conversation_id: str) -> Deferred[Any]:
+        return self.service.subscribe(user, conversation_id)
+
     def typing(self, user: Any, conversation_id: str, started: bool) -> Deferred[None]:
         return self.service.typing(user, conversation_id, started)
 
