@@ -45,6 +45,7 @@ from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, ISt
 from medichat.model import (
     Conversation,
     Message,
+    OfflineNotice,
     Receipt,
     StoredEvent,
     User,
@@ -211,6 +212,9 @@ class ConversationService:
         them.
     @ivar feed: publishes the durable events once committed; told after each commit.
     @ivar max_message_length: the longest chat message accepted, in characters.
+    @ivar webhook_coalesce: with webhooks on, the seconds during which further messages
+        for a recipient join a notification not sent yet (0: none join, each leaves at
+        once); L{None} with webhooks off.  See L{medichat.domain.webhooks}.
     """
 
     store: IStore
@@ -219,6 +223,7 @@ class ConversationService:
     presence: IPresence
     feed: IEventFeed
     max_message_length: int = MAX_MESSAGE_LENGTH
+    webhook_coalesce: float | None = None
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
 
     # -- helpers --------------------------------------------------------------------------
@@ -476,7 +481,8 @@ class ConversationService:
             user_role=user.user_role,
             message=text,
         )
-        stored, created = await self.store.add_message(message, idempotency_key)
+        notice = await self._offline_notice(conversation, message)
+        stored, created = await self.store.add_message(message, idempotency_key, notice)
         if not created:
             return stored  # type: ignore[no-any-return]
         self._committed()
@@ -498,6 +504,28 @@ class ConversationService:
                     conversation=conversation.id,
                 )
         return stored  # type: ignore[no-any-return]
+
+    async def _offline_notice(
+        self, conversation: Conversation, message: Message
+    ) -> OfflineNotice | None:
+        """
+        With webhooks on, what the message's transaction needs to notify the users of the
+        conversation who are not subscribed to it: who is (asked before the commit, so
+        that the notifications commit with the message).
+        """
+        if self.webhook_coalesce is None:
+            return None
+        try:
+            live = await self.presence.subscribed_users(conversation.id)
+        except Exception:
+            # Better a notification too many than a customer who never hears.
+            _log.failure("who is in conversation {conversation}?", conversation=conversation.id)
+            live = frozenset()
+        return OfflineNotice(
+            live=frozenset(live),
+            due=message.created + micros(self.webhook_coalesce),
+            coalesce=self.webhook_coalesce > 0,
+        )
 
     def mark_read(self, user: User, conversation_id: str) -> Deferred[bool]:
         """

@@ -33,6 +33,7 @@ from medichat.model import (
     Employee,
     LoginSession,
     Message,
+    OfflineNotice,
     Receipt,
     Role,
     StoredEvent,
@@ -42,6 +43,7 @@ from medichat.model import (
     parse_time,
     receipt_event,
 )
+from medichat.store.webhook_scripts import queue_notifications
 
 T = TypeVar("T")
 
@@ -525,7 +527,7 @@ def _find_by_key(
 
 
 def _add_message(
-    dialect: Dialect, message: Message, key: str | None
+    dialect: Dialect, message: Message, key: str | None, notice: OfflineNotice | None = None
 ) -> Script[tuple[Message, bool]]:
     yield from _lock_conversation(dialect, message.conversation_id)
     if key is not None:
@@ -556,6 +558,7 @@ def _add_message(
             message.id,
             message.created,
         )
+    yield from queue_notifications(dialect, stored, notice)
     yield from _append_event(
         dialect, message.conversation_id, "message", message_event(stored), message.created
     )
@@ -865,14 +868,16 @@ class SQLStore:
     # -- messages
 
     def add_message(
-        self, message: Message, idempotency_key: str | None
+        self, message: Message, idempotency_key: str | None, notice: OfflineNotice | None = None
     ) -> Deferred[tuple[Message, bool]]:
         """See L{medichat.interfaces.IStore.add_message}."""
-        return Deferred.fromCoroutine(self._add_message(message, idempotency_key))
+        return Deferred.fromCoroutine(self._add_message(message, idempotency_key, notice))
 
-    async def _add_message(self, message: Message, key: str | None) -> tuple[Message, bool]:
+    async def _add_message(
+        self, message: Message, key: str | None, notice: OfflineNotice | None
+    ) -> tuple[Message, bool]:
         try:
-            return await self._run(_add_message(self._dialect, message, key), write=True)
+            return await self._run(_add_message(self._dialect, message, key, notice), write=True)
         except DuplicateError:
             if key is None:
                 raise
