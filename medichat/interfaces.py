@@ -267,6 +267,11 @@ class IWebhookSender(Interface):
             response came (a timeout, a refused or reset connection).
         """
 
+    def close() -> Deferred[None]:
+        """
+        Close the connections kept open to the receiver.
+        """
+
 
 class IConversations(Interface):
     """

@@ -667,7 +667,8 @@ class MedichatService(MultiService):
             yield self._node.stopService()
         self._wheel.stop()
         for part in reversed(self._after_store):
-            part.stop()
+            # The webhook dispatcher's stop returns a Deferred (its connections closed).
+            yield part.stop()
         if self.broadcast is not None:
             # After the sessions' last events, which it sends before it stops.
             yield self.broadcast.stop()
@@ -802,8 +803,9 @@ def makeService(
     )
     webhooks: tuple[WebhookDispatcher, ...] = ()
     if webhook_key:
+        client, pool = make_http_client(reactor)
         sender = TreqSender(
-            make_http_client(reactor), config["webhook-url"], clock, config["webhook-timeout"]
+            client, config["webhook-url"], clock, config["webhook-timeout"], pool=pool
         )
         webhooks = (WebhookDispatcher(
             store, sender, clock, webhook_key, owner=new_id(), timeout=config["webhook-timeout"]

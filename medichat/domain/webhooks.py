@@ -296,10 +296,12 @@ class WebhookDispatcher:
         self._pruner.start(3600.0, now=True)
         return succeed(None)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """
         Stop sending.  Attempts under way are cancelled and their notifications given
         back for a later attempt (by this process after a restart, or another one).
+
+        @return: fires once the connections to the receiver are closed.
         """
         self._running = False
         for loop in (self._loop, self._pruner):
@@ -311,6 +313,7 @@ class WebhookDispatcher:
         self._again = None
         for attempt in list(self._in_flight):
             attempt.cancel()
+        return self._sender.close()
 
     # -- work
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from treq import collect
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
@@ -47,14 +47,14 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def make_http_client(reactor: Any) -> Any:
+def make_http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     A treq C{HTTPClient} on a persistent connection pool (the receiver is always the
-    same), for L{TreqSender}.
+    same), for L{TreqSender}, and the pool, for L{TreqSender.close}.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
-    return HTTPClient(Agent(reactor, pool=pool))
+    return HTTPClient(Agent(reactor, pool=pool)), pool
 
 
 class _TooLarge(Exception):
@@ -71,13 +71,23 @@ class TreqSender:
     @param url: the receiver's URL.
     @param clock: drives the timeout and dates C{Retry-After}.
     @param timeout: seconds the whole exchange may take.
+    @param pool: the connection pool of C{http}, closed by L{close}.
     """
 
-    def __init__(self, http: Any, url: str, clock: IReactorTime, timeout: float) -> None:
+    def __init__(self, http: Any, url: str, clock: IReactorTime, timeout: float,
+                 pool: HTTPConnectionPool | None = None) -> None:
         self._http = http
         self._url = url
         self._clock = clock
         self._timeout = timeout
+        self._pool = pool
+
+    def close(self) -> Deferred[None]:
+        """See L{IWebhookSender.close}."""
+        if self._pool is None:
+            return succeed(None)
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        return d
 
     def send(self, headers: dict[str, str], body: bytes) -> Deferred[WebhookResponse]:
         """See L{IWebhookSender.send}."""

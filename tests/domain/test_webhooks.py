@@ -13,7 +13,7 @@ import hmac
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -216,6 +216,9 @@ class Receiver:
         d: Deferred[WebhookResponse] = Deferred()
         self.requests.append((headers, body, d))
         return d
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
 
     def waiting(self) -> list[tuple[dict[str, str], bytes, Deferred[WebhookResponse]]]:
         return [r for r in self.requests if not r[2].called]
