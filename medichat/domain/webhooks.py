@@ -375,12 +375,6 @@ class WebhookDispatcher:
         Send one notification and record the outcome; never fails.
         """
         now = self._clock.seconds()
-        if self.disabled or now < self._paused_until:
-            # Claimed in the same batch as the 410 or the 429 that stopped sending.
-            await self._record(entry, self._store.webhook_retry(
-                entry.seq, self._owner, micros(max(now, self._paused_until)), "not sent: paused"
-            ))
-            return
         if now - entry.occurred / 1e6 > MAX_AGE:
             _log.warn(
                 "webhook {webhook_id} given up unsent: its message is too old",
