@@ -20,6 +20,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from medichat.domain.cluster_presence import ClusterPresence
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
 from medichat.domain.webhooks import (
@@ -380,6 +381,24 @@ class QueueTests(WebhookTestCase):
         self.assertEqual([row[0] for row in outbox(self.store)], [CUSTOMER.user_id])
         # Asked before the commit (webhooks) and after it (auto-received).
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    async def test_subscribed_on_another_process(self) -> None:
+        """
+        With presence shared through the store, a customer subscribed on another process
+        is live: no notification; once they leave there, they are notified again.
+        """
+        await self.store.register_node("node-a", 0)
+        await self.store.register_node("node-b", 0)
+        self.service.presence = ClusterPresence(self.store, InProcessHub(), "node-a")
+        elsewhere = ClusterPresence(self.store, InProcessHub(), "node-b")
+        conversation = await self.conversation()
+        await elsewhere.session_opened("s", CUSTOMER.user_id, False)
+        await elsewhere.joined("s", conversation.id)
+        await self.post(conversation, NURSE)
+        self.assertEqual(outbox(self.store), [])
+        await elsewhere.session_closed("s")
+        await self.post(conversation, NURSE)
+        self.assertEqual([row[0] for row in outbox(self.store)], [CUSTOMER.user_id])
 
     async def test_webhooks_off(self) -> None:
         """Without webhooks, nothing is queued and presence is not asked before commit."""

@@ -36,6 +36,7 @@ from medichat.http.webhook_client import TreqSender, make_http_client
 from medichat.model import Conversation, Message, OfflineNotice, micros, new_id
 from medichat.store import SQLiteStore
 from medichat.store.sqlite import SQLITE_FILE_NAME
+from tests._pg import create_test_database
 from tests._server import LiveServerMixin, in_thread
 from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
 
@@ -260,6 +261,17 @@ class ServerTests(LiveServerMixin, TestCase):
         })
         self.assertEqual(event["timestamp"], message["created"])
         self.assertNotIn("results", json.dumps(event))
+
+
+class PostgreSQLServerTests(ServerTests):
+    """
+    The same on PostgreSQL, where the outbox is shared by every process.
+    """
+
+    @inlineCallbacks
+    def server_args(self) -> Any:
+        url = yield create_test_database(self)
+        return [*ServerTests.server_args(self), "--database", url]
 
 
 class RestartTests(TestCase):
