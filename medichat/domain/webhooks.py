@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -361,7 +361,14 @@ class WebhookDispatcher:
         except Exception as e:
             _log.warn("claiming webhooks failed: {error}", error=str(e))
             return
-        await gatherResults([Deferred.fromCoroutine(self._attempt(e)) for e in entries])
+        try:
+            await gatherResults(
+                [Deferred.fromCoroutine(self._attempt(e)) for e in entries], consumeErrors=True
+            )
+        except Exception:
+            # A bug, not a receiver's failure: keep polling (a LoopingCall whose call
+            # fails stops); the leases of what was not recorded run out.
+            _log.failure("sending webhooks failed")
         if len(entries) == self._batch and self._running:
             # There may be more due now: look again on the next turn.
             self._again = self._clock.callLater(0, self._poll_again)
@@ -388,7 +395,10 @@ class WebhookDispatcher:
         headers = signed_headers(self._key, entry.webhook_id, int(now), body)
         response: WebhookResponse | None = None
         error = ""
-        sending = self._sender.send(headers, body)
+        try:
+            sending = self._sender.send(headers, body)
+        except Exception as e:
+            sending = fail(e)
         self._in_flight.add(sending)
         try:
             response = await sending

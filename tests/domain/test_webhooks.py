@@ -608,6 +608,23 @@ class DispatcherTests(WebhookTestCase):
         self.assertEqual(len(self.receiver.requests), 5)
         self.assertEqual(outbox(self.store), [])
 
+    async def test_sender_raises(self) -> None:
+        """A sender that raises instead of failing its Deferred counts as a failed attempt."""
+
+        @implementer(IWebhookSender)
+        class Broken(Receiver):
+            def send(self, headers: dict[str, str], body: bytes) -> Deferred[WebhookResponse]:
+                raise ValueError("bad URL")
+
+        self.dispatcher._sender = Broken()
+        await self.queued()
+        self.start()
+        [row] = outbox(self.store)
+        self.assertEqual((row[2], row[5]), (1, "bad URL"))
+        self.clock.advance(5)
+        [row] = outbox(self.store)
+        self.assertEqual(row[2], 2)
+
     async def test_store_down(self) -> None:
         """A store that fails the claim is logged and tried again on the next poll."""
         await self.queued()
