@@ -253,6 +253,26 @@ class IPresence(Interface):
         """
 
 
+class IWebhookSender(Interface):
+    """
+    Sends one signed webhook request to the configured receiver (the HTTP edge does,
+    L{medichat.http.webhook_client}).
+    """
+
+    def send(headers: dict[str, str], body: bytes) -> Deferred[Any]:
+        """
+        POST C{body} (JSON) with C{headers} added.
+
+        @return: the L{medichat.model.WebhookResponse}, whatever its status; fails if no
+            response came (a timeout, a refused or reset connection).
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Close the connections kept open to the receiver.
+        """
+
+
 class IConversations(Interface):
     """
     What a STOMP session needs of the conversations (implemented by
@@ -445,7 +465,7 @@ class IStore(Interface):
     # messages
 
     def add_message(
-        message: Any, idempotency_key: str | None, access: Any = None
+        message: Any, idempotency_key: str | None, access: Any = None, *, notice: Any = None
     ) -> Deferred[tuple[Any, bool]]:
         """
         Commit a L{medichat.model.Message} (its C{seq} is assigned by the store).  Its
@@ -458,6 +478,10 @@ class IStore(Interface):
 
         @param access: an L{medichat.model.AccessEntry} to record in the same transaction
             (a replay records it too), or L{None}.
+
+        With a C{notice} (L{medichat.model.OfflineNotice}), the same transaction queues a
+        webhook notification for each of the conversation's users (its customer and the
+        employees who wrote in it) but the author and those it names as live.
 
         @return: C{(stored message, created)}; C{created} is C{False} for a replay.
         """
@@ -601,6 +625,47 @@ class IStore(Interface):
 
         @return: the ids of the conversations erased, oldest first (none: no such
             customer).
+        """
+
+    # the webhook outbox (see medichat.store.webhook_scripts)
+
+    def claim_webhooks(
+        owner: str, now: int, lease_until: int, limit: int
+    ) -> Deferred[Sequence[Any]]:
+        """
+        Claim up to C{limit} notifications due at C{now} that nobody holds (a lease that
+        ran out counts as none), oldest due first, for C{owner} until C{lease_until}; of
+        several processes claiming at once, each gets different ones.
+
+        @return: the L{medichat.model.OutboxEntry}s, their attempt counted.
+        """
+
+    def webhook_delivered(seq: int) -> Deferred[bool]:
+        """
+        Remove a delivered notification.
+
+        @return: C{False} if it was not there.
+        """
+
+    def webhook_retry(seq: int, owner: str, due: int, error: str) -> Deferred[bool]:
+        """
+        Release a claimed notification for another attempt at C{due}, recording C{error}.
+
+        @return: C{False} if C{owner} no longer holds it.
+        """
+
+    def webhook_failed(seq: int, owner: str, now: int, error: str) -> Deferred[bool]:
+        """
+        Give a claimed notification up for good at C{now}, recording C{error}.
+
+        @return: C{False} if C{owner} no longer holds it.
+        """
+
+    def prune_webhooks(before: int) -> Deferred[int]:
+        """
+        Delete the notifications given up before C{before}.
+
+        @return: how many.
         """
 
     # employees and login sessions

@@ -192,6 +192,8 @@ class MessageCommit:
     @ivar access: the access-log row (NEN 7513) of an employee's message, recorded in
         the same transaction, a replay included; its C{customer_id} is filled in by the
         store from the conversation.  L{None} for a customer's message.
+    @ivar notice: with webhooks on, what the transaction needs to queue notifications for
+        the conversation's users who are not subscribed to it (L{OfflineNotice}).
     """
 
     message: Message
@@ -199,6 +201,7 @@ class MessageCommit:
     received_by: tuple[str, ...] | None = ()
     check_participant: bool = True
     access: AccessEntry | None = None
+    notice: OfflineNotice | None = None
 
 
 @frozen
@@ -396,6 +399,66 @@ class NodePresence:
     user_id: str
     employee: bool
     joined: tuple[tuple[str, int, int], ...] = ()
+
+
+@frozen
+class OfflineNotice:
+    """
+    What the transaction that stores a message needs in order to queue webhook
+    notifications for the users it concerns who are not there to see it (the outbox of
+    L{medichat.store.webhook_scripts}).
+
+    @ivar live: the users with a live subscription to the conversation when the message
+        was committed (anywhere in the cluster): they are not notified.
+    @ivar due: when the notification may leave (microseconds); with coalescing, the end of
+        the window in which further messages for the same recipient join it.
+    @ivar coalesce: whether further messages for the same recipient in the same
+        conversation join a notification that has not been sent yet.
+    """
+
+    live: frozenset[str]
+    due: int
+    coalesce: bool = True
+
+
+@frozen
+class OutboxEntry:
+    """
+    One webhook notification claimed from the outbox for an attempt.
+
+    @ivar seq: its row.
+    @ivar webhook_id: the Standard Webhooks C{webhook-id}, the same on every attempt.
+    @ivar conversation_id: the conversation with a new message.
+    @ivar message_id: the newest message it reports (of C{coalesced} messages).
+    @ivar recipient_user_id: whom it concerns.
+    @ivar recipient_role: C{"customer"} or C{"employee"}.
+    @ivar occurred: when the newest message it reports was created (microseconds).
+    @ivar attempts: attempts made, this one included.
+    @ivar coalesced: how many messages it reports.
+    """
+
+    seq: int
+    webhook_id: str
+    conversation_id: str
+    message_id: str
+    recipient_user_id: str
+    recipient_role: Role
+    occurred: int
+    attempts: int
+    coalesced: int = 1
+
+
+@frozen
+class WebhookResponse:
+    """
+    What a webhook receiver answered.
+
+    @ivar status: the HTTP status code.
+    @ivar retry_after: the seconds its C{Retry-After} header asked for, or L{None}.
+    """
+
+    status: int
+    retry_after: float | None = None
 
 
 def new_id() -> str:

@@ -30,6 +30,7 @@ from medichat.interfaces import IStore
 from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import SQLITE, Migration, Script, SQLStore
 from medichat.store.sqlite import MINIMUM_SQLITE_VERSION, run_script, translate_failure
+from medichat.store.webhook_scripts import WebhookOperations
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def memory_database() -> sqlite3.Connection:
 
 
 @implementer(IStore)
-class MemoryStore(PresenceOperations, SQLStore):
+class MemoryStore(PresenceOperations, WebhookOperations, SQLStore):
     """
     L{IStore} on an in-memory SQLite database, each operation run to completion before
     the call returns (unless held).

@@ -15,6 +15,7 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
+from treq.testing import StubTreq
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory
@@ -24,6 +25,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from zope.interface import implementedBy
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
@@ -41,6 +43,7 @@ from medichat.domain.cluster_presence import ClusterPresence
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
 from medichat.http.origins import OriginPolicy
+from medichat.http.webhook_client import TreqSender
 from medichat.interfaces import (
     IBearerToken,
     IBroadcast,
@@ -53,6 +56,7 @@ from medichat.interfaces import (
     IStore,
     IStoreBound,
     ISubscriber,
+    IWebhookSender,
 )
 from medichat.model import User
 from medichat.pubsub.cluster import ClusterHub
@@ -65,7 +69,7 @@ from medichat.store.broadcast import PostgreSQLBroadcast
 from medichat.testing import MemoryStore
 from tests._broadcast import Bus, MemoryBroadcast
 from tests._stomp import Client, NoConversations, make_services
-from tests.domain import test_conversations, test_presence
+from tests.domain import test_conversations, test_presence, test_webhooks
 from tests.http import test_rest
 from tests.pubsub import test_feed, test_hub
 from tests.stomp import test_session, test_session_revalidation, test_stream
@@ -125,6 +129,7 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IStore, lambda case: SQLiteStore(case.mktemp(), Clock())),
     (IStore, lambda case: PostgreSQLStore("postgresql://postgres@127.0.0.1/none", Clock())),
     (IStore, lambda case: MemoryStore(Clock())),
+    (IWebhookSender, lambda case: TreqSender(StubTreq(Resource()), "http://h/", Clock(), 1.0)),
     # Twisted's interfaces that medichat classes declare
     (ICredentialsChecker, lambda case: JWTChecker(secret=b"s" * 32, clock=Clock())),
     (ICredentialsChecker, lambda case: SessionCookieChecker(3600)),
@@ -145,6 +150,8 @@ IMPLEMENTATIONS: list[tuple[InterfaceClass, Make]] = [
     (IConversations, lambda case: test_session._EveryoneTakesPart()),
     (IConversations, lambda case: test_session._StoreDown()),
     (ISubscriber, lambda case: test_feed.Keeper()),
+    (IWebhookSender, lambda case: test_webhooks.Receiver()),
+    (IPresence, lambda case: test_webhooks.BrokenPresence(InProcessHub("t"))),
     (IConversations, lambda case: test_stream.Interleaved(ConversationService(
         MemoryStore(Clock()), InProcessHub("test"), Clock(), InProcessPresence(InProcessHub("t")),
         EventFeed(MemoryStore(Clock()), InProcessHub("test"), Clock()),

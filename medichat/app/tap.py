@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService, Service
@@ -43,6 +44,13 @@ from medichat.domain.accounts import Accounts
 from medichat.domain.cluster_presence import DEFAULT_NODE_TTL, ClusterPresence, NodeService
 from medichat.domain.conversations import ConversationService
 from medichat.domain.presence import InProcessPresence
+from medichat.domain.webhooks import (
+    DEFAULT_COALESCE,
+    InvalidSecret,
+    WebhookDispatcher,
+    parse_secret,
+)
+from medichat.domain.webhooks import DEFAULT_TIMEOUT as DEFAULT_WEBHOOK_TIMEOUT
 from medichat.errors import StoreError
 from medichat.http._channel import HTTPConnections
 from medichat.http.accesslog import AccessLog
@@ -51,6 +59,7 @@ from medichat.http.observe import observe_requests
 from medichat.http.origins import OriginPolicy
 from medichat.http.rest import RestAPI
 from medichat.http.site import build_root, make_site, normalise_base_path
+from medichat.http.webhook_client import TreqSender, make_http_client
 from medichat.interfaces import (
     IBearerToken,
     IBroadcast,
@@ -234,6 +243,18 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "Seconds over which a stop closes the STOMP sessions (WebSocket code 1001), in "
          "slices, so that clients do not all reconnect at once (0: all at once).",
          lambda v: _non_negative_float("close-spread", v)],
+        ["webhook-url", None, None,
+         "An http(s) URL to POST Standard Webhooks to when a message is committed for a "
+         "user with no live subscription to its conversation (needs --webhook-secret-file)."],
+        ["webhook-secret-file", None, None,
+         "A file holding the webhook signing secret, whsec_ and the base64 of 24 to 64 bytes."],
+        ["webhook-timeout", None, DEFAULT_WEBHOOK_TIMEOUT,
+         "Seconds the webhook receiver may take to answer.",
+         lambda v: _positive_float("webhook-timeout", v)],
+        ["webhook-coalesce", None, DEFAULT_COALESCE,
+         "Seconds during which further messages for a recipient in a conversation join "
+         "a webhook not sent yet (0: one webhook per message, sent at once).",
+         lambda v: _non_negative_float("webhook-coalesce", v)],
         ["node-ttl", None, DEFAULT_NODE_TTL,
          "With --database: seconds after which a process that stopped sending heartbeats "
          "(killed) is taken for dead and its presence removed by the others.",
@@ -345,8 +366,34 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         database = self["database"]
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
             raise usage.UsageError("--database must be a postgresql:// URL")
+        self["webhook-key"] = _webhook_key(self["webhook-url"], self["webhook-secret-file"])
         # The runner (twistd or twist) is the parent; it starts logging after this.
         self.log_observer = logs.configure(self["log-format"], getattr(self, "parent", None))
+
+
+def _webhook_key(url: str | None, secret_file: str | None) -> bytes | None:
+    """
+    Check the webhook options; the signing key from the secret file, or L{None} when
+    webhooks are off.
+    """
+    if url is None and secret_file is None:
+        return None
+    if url is None or secret_file is None:
+        raise usage.UsageError("--webhook-url and --webhook-secret-file go together")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise usage.UsageError(f"--webhook-url must be an http:// or https:// URL, not {url!r}")
+    try:
+        with open(secret_file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(
+            f"--webhook-secret-file: cannot read {secret_file}: {getattr(e, 'strerror', None) or e}"
+        ) from None
+    try:
+        return parse_secret(text)
+    except InvalidSecret as e:
+        raise usage.UsageError(f"--webhook-secret-file {secret_file}: {e}") from None
 
 
 def _endpoint(option: str, description: str) -> str:
@@ -710,7 +757,8 @@ class MedichatService(MultiService):
             yield self._node.stopService()
         self._wheel.stop()
         for part in reversed(self._after_store):
-            part.stop()
+            # The webhook dispatcher's stop returns a Deferred (its connections closed).
+            yield part.stop()
         if self.broadcast is not None:
             # After the sessions' last events, which it sends before it stops.
             yield self.broadcast.stop()
@@ -881,11 +929,22 @@ def makeService(
         hub.set_catch_up(feed.catch_up)
     pruner = EventPruner(store, clock, config["event-retention"])
     access_pruner = AccessLogPruner(store, clock, config["audit-retention"])
+    webhook_key = config.get("webhook-key")
     conversations = ConversationService(
         store, hub, clock, presence, feed, max_message_length=config["max-message-length"],
         presence_in_store=node is not None,
         allow_reassign=bool(config["allow-reassign"]),
+        webhook_coalesce=config["webhook-coalesce"] if webhook_key else None,
     )
+    webhooks: tuple[WebhookDispatcher, ...] = ()
+    if webhook_key:
+        client, pool = make_http_client(reactor)
+        sender = TreqSender(
+            client, config["webhook-url"], clock, config["webhook-timeout"], pool=pool
+        )
+        webhooks = (WebhookDispatcher(
+            store, sender, clock, webhook_key, owner=new_id(), timeout=config["webhook-timeout"]
+        ),)
     limits = Limits(
         max_frame_bytes=config["max-frame-size"],
         max_headers=config["max-headers"],
@@ -962,7 +1021,7 @@ def makeService(
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
         exit_on_failure=exit_on_failure, freeze_gc=exit_on_failure, readiness=readiness,
         close_spread=config["close-spread"], node=node, lock=lock,
-        after_store=(feed, pruner, access_pruner),
+        after_store=(feed, pruner, access_pruner, *webhooks),
         log_observer=getattr(config, "log_observer", None),
     )
     for description in config["listen"]:

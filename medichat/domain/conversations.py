@@ -55,6 +55,7 @@ from medichat.model import (
     Conversation,
     Message,
     MessageCommit,
+    OfflineNotice,
     Overview,
     Receipt,
     Status,
@@ -307,6 +308,9 @@ class ConversationService:
         transaction then reads them itself rather than asking L{presence} first.
     @ivar allow_reassign: an employee may claim a conversation that another one has
         (C{--allow-reassign}); each take-over is logged.
+    @ivar webhook_coalesce: with webhooks on, the seconds during which further messages
+        for a recipient join a notification not sent yet (0: none join, each leaves at
+        once); L{None} with webhooks off.  See L{medichat.domain.webhooks}.
     """
 
     store: IStore
@@ -317,6 +321,7 @@ class ConversationService:
     max_message_length: int = MAX_MESSAGE_LENGTH
     presence_in_store: bool = False
     allow_reassign: bool = False
+    webhook_coalesce: float | None = None
     _locks: dict[str, _LockEntry] = field(factory=dict, init=False, repr=False)
     messages_committed: int = field(default=0, init=False)
 
@@ -761,15 +766,17 @@ class ConversationService:
             user_role=user.user_role,
             message=text,
         )
-        received_by: tuple[str, ...] | None = None
-        if not self.presence_in_store:
+        subscribed: frozenset[str] = frozenset()
+        if not self.presence_in_store or self.webhook_coalesce is not None:
             try:
-                subscribed = await self.presence.subscribed_users(conversation_id)
+                subscribed = frozenset(await self.presence.subscribed_users(conversation_id))
             except Exception:
                 # The message matters; the receipts are a courtesy that a later GET or
-                # POST .../received makes up for.
+                # POST .../received makes up for, and a notification too many is better
+                # than a customer who never hears.
                 _log.failure("who is in conversation {conversation}?", conversation=conversation_id)
-                subscribed = frozenset()
+        received_by: tuple[str, ...] | None = None
+        if not self.presence_in_store:
             received_by = tuple(sorted(subscribed - {user.user_id}))
         access = None
         if user.is_employee:
@@ -784,15 +791,36 @@ class ConversationService:
                 customer_id="",
                 address=user.address,
             )
-        outcome = await self.store.commit_message(
-            MessageCommit(message, idempotency_key, received_by, access=access)
+        commit = MessageCommit(
+            message,
+            idempotency_key,
+            received_by,
+            access=access,
+            notice=self._offline_notice(subscribed, message),
         )
+        outcome = await self.store.commit_message(commit)
         if outcome is None:
             raise NotFound("no such conversation")
         if outcome.created:
             self.messages_committed += 1
             self._committed()
         return outcome.message  # type: ignore[no-any-return]
+
+    def _offline_notice(
+        self, live: frozenset[str], message: Message
+    ) -> OfflineNotice | None:
+        """
+        With webhooks on, what the message's transaction needs to notify the users of the
+        conversation who are not subscribed to it: who is (C{live}, asked before the
+        commit, so that the notifications commit with the message).
+        """
+        if self.webhook_coalesce is None:
+            return None
+        return OfflineNotice(
+            live=live,
+            due=message.created + micros(self.webhook_coalesce),
+            coalesce=self.webhook_coalesce > 0,
+        )
 
     def mark_read(self, user: User, conversation_id: str) -> Deferred[bool]:
         """

@@ -29,6 +29,7 @@ from medichat.errors import DuplicateError, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
 from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import POSTGRESQL, Migration, Result, Script, SQLStore
+from medichat.store.webhook_scripts import WebhookOperations
 
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ def redact(url: str) -> str:
 
 
 @implementer(IStore)
-class PostgreSQLStore(PresenceOperations, SQLStore):
+class PostgreSQLStore(PresenceOperations, WebhookOperations, SQLStore):
     """
     L{IStore} in a PostgreSQL database, which any number of medichat processes may share.
 

@@ -38,6 +38,7 @@ from medichat.model import (
     Message,
     MessageCommit,
     MessageCommitted,
+    OfflineNotice,
     Overview,
     Receipt,
     Role,
@@ -52,6 +53,7 @@ from medichat.model import (
     parse_time,
     receipt_event,
 )
+from medichat.store.webhook_scripts import queue_notifications
 
 T = TypeVar("T")
 
@@ -742,7 +744,8 @@ def commit_message(
       2. record an employee's access (L{MessageCommit.access}; a replay's too);
          a replayed idempotency key then writes nothing more and returns the first
          message;
-      3. insert the message (which gets its C{seq}) and its idempotency key;
+      3. insert the message (which gets its C{seq}) and its idempotency key, and queue
+         its webhook notifications (L{MessageCommit.notice}, L{queue_notifications});
       4. move the C{received} receipts of the users it reaches
          (L{MessageCommit.received_by});
       5. the steps other features add (see below);
@@ -778,6 +781,7 @@ def commit_message(
         if first is not None:
             return MessageCommitted(first, False)
     stored = yield from _insert_message(dialect, message, key)
+    yield from queue_notifications(dialect, stored, commit.notice)
     received = yield from _auto_received(dialect, commit)
     # -- steps that other features add go here, each one line:
     #    yield from _your_step(dialect, commit, stored)
@@ -1174,7 +1178,15 @@ def _insert_access(dialect: Dialect, entries: Sequence[AccessEntry]) -> Script[N
         )
 
 
-_ERASED_TABLES = ("idempotency_keys", "events", "feed_events", "receipts", "messages")
+_ERASED_TABLES = (
+    "idempotency_keys",
+    "events",
+    "feed_events",
+    "receipts",
+    "webhook_outbox",
+    "conversation_employees",
+    "messages",
+)
 """What an erasure deletes by conversation, in an order that foreign keys allow; the
 conversations themselves go last."""
 
@@ -1532,14 +1544,19 @@ class SQLStore:
     # -- messages
 
     def add_message(
-        self, message: Message, idempotency_key: str | None, access: AccessEntry | None = None
+        self,
+        message: Message,
+        idempotency_key: str | None,
+        access: AccessEntry | None = None,
+        *,
+        notice: OfflineNotice | None = None,
     ) -> Deferred[tuple[Message, bool]]:
         """
         See L{medichat.interfaces.IStore.add_message}: L{commit_message} without the
         participant check or receipts.
         """
         commit = MessageCommit(
-            message, idempotency_key, check_participant=False, access=access
+            message, idempotency_key, check_participant=False, access=access, notice=notice
         )
 
         def added(outcome: MessageCommitted | None) -> tuple[Message, bool]:

@@ -27,6 +27,7 @@ from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUn
 from medichat.interfaces import IStore
 from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
+from medichat.store.webhook_scripts import WebhookOperations
 
 T = TypeVar("T")
 
@@ -56,7 +57,7 @@ now, rather than of a wrong statement."""
 
 
 @implementer(IStore)
-class SQLiteStore(PresenceOperations, SQLStore):
+class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
     """
     L{IStore} in one SQLite file.
 
