@@ -113,6 +113,20 @@ class TriageFlowMixin(LiveServerMixin):
         self.assertEqual((listed["id"], listed["unread"], listed["lastMessage"]),
                          (cid, 1, answer))
 
+        # The customer sees who accessed their data, newest first (NEN 7513): the claim
+        # (and the other nurse's refused one), the answer, the list; never a text.
+        code, log = yield self.http("GET", "/v1/me/access-log", customer_token)
+        self.assertEqual(code, 200)
+        seen = [(a["employeeName"], a["action"], a["conversationId"]) for a in log["accesses"]]
+        self.assertEqual(
+            seen,
+            [("Nurse Joy", "list", cid), ("Nurse Joy", "message", cid),
+             ("Olga", "claim", cid), ("Nurse Joy", "claim", cid)],
+        )
+        self.assertNotIn("Happy to help", json.dumps(log))
+        code, _ = yield self.http("GET", "/v1/me/access-log", nurse_token)
+        self.assertEqual(code, 403)
+
     def _customer_refused(self, token: str) -> str:
         conn, recorder = ws_connection(self.server.http_port,
                                        header={"Authorization": f"Bearer {token}"})
