@@ -220,9 +220,13 @@ class Server:
     HMAC key, so the key here is those 64 ASCII digits, not the 32 bytes they spell.
     """
 
-    def __init__(self, options: list[str], *, keep: bool = False) -> None:
+    def __init__(self, options: list[str], *, keep: bool = False, repo: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.options = options
         self.keep = keep
+        # The source tree whose medichat the server runs (another worktree, to compare).
+        self.repo = os.path.abspath(repo) if repo else REPO
+        self.env = env or {}
         self.directory = tempfile.mkdtemp(prefix="medichat-bench-")
         self.data_dir = os.path.join(self.directory, "data")
         os.makedirs(self.data_dir, mode=0o700)
@@ -258,7 +262,8 @@ class Server:
             *self.options,
         ]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.repo, env.get("PYTHONPATH")]))
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
                 self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
