@@ -42,6 +42,7 @@ from _harness import (  # noqa: E402
     Server,
     Snapshot,
     common_arguments,
+    gc_pauses,
     idle_window,
     log,
     noise_figures,
@@ -268,36 +269,7 @@ class Load(Traffic):
         return list(self.sent.values())
 
 
-# ------------------------------------------------------------------------------ GC and pgbench
-
-
-def gc_pauses(path: str, start: float, end: float) -> dict[str, Any]:
-    """The server's collections between two wall-clock times, per generation."""
-    per: dict[int, list[float]] = {0: [], 1: [], 2: []}
-    collected = 0
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) != 5:
-                    continue
-                at, generation, pause_us = float(parts[0]), int(parts[1]), int(parts[2])
-                if start <= at < end:
-                    per.setdefault(generation, []).append(pause_us / 1000)
-                    collected += int(parts[3])
-    except OSError:
-        return {"recorded": False}
-    figures: dict[str, Any] = {"recorded": True, "collected_objects": collected}
-    for generation, pauses in sorted(per.items()):
-        figures[f"gen{generation}"] = {
-            "count": len(pauses),
-            "max_ms": round(max(pauses), 2) if pauses else None,
-            "total_ms": round(sum(pauses), 2),
-        }
-    every = [p for pauses in per.values() for p in pauses]
-    figures["over_5ms"] = sum(1 for p in every if p > 5)
-    figures["max_ms"] = round(max(every), 2) if every else None
-    return figures
+# ------------------------------------------------------------------------------ pgbench
 
 
 def pgbench_insert_tps(database: Database, seconds: float) -> dict[str, Any]:
@@ -474,6 +446,7 @@ def main() -> int:
                 f"{step['delivery_p50_ms']}/{step['delivery_p99_ms']} ms; lost "
                 f"{step['lost']}; {step['server_cpu_us_per_message']} us CPU/message; "
                 f"rss {step['server_rss_kib']} KiB; gc max {step['gc'].get('max_ms')} ms "
+                f"(cpu {step['gc'].get('max_cpu_ms')} ms) "
                 f"({step['gc'].get('over_5ms')} over 5 ms); other processes "
                 f"{step['other_processes_busy_cores']} cores")
             if not options.all_steps and (

@@ -2,7 +2,10 @@
 Garbage-collection pauses, recorded for the benchmarks.
 
 With C{MEDICHAT_GC_PAUSES=PATH} in the server's environment, every collection is appended
-to C{PATH} as one line: C{wall_time generation pause_us collected uncollectable}.  Without
+to C{PATH} as one line: C{wall_time generation pause_us collected uncollectable cpu_us}:
+the pause as elapsed time (what a request waiting behind it sees) and as the CPU time the
+collecting thread used (what the collection itself cost; on a busy machine the elapsed
+time also holds the time the process waited for a CPU).  Without
 it nothing is installed, so an ordinary server pays nothing.  This is a measuring aid, not
 an option: it is not in the option table and the lines are written in batches (at most
 every half second, and at once after a full collection) to keep its own cost small.
@@ -31,28 +34,34 @@ class PauseRecorder:
     @param write: writes bytes (C{os.write} on the open file, in the server).
     @param timer: a monotonic high-resolution clock, for the pause itself.
     @param wall: the wall clock, to place the pause in a benchmark's windows.
+    @param cpu: the calling thread's CPU time.
     """
 
     def __init__(self, write: Callable[[bytes], Any],
                  timer: Callable[[], float] = time.perf_counter,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
         self._write = write
         self._timer = timer
         self._wall = wall
+        self._cpu = cpu
         self._started = 0.0
+        self._cpu_started = 0.0
         self._lines: list[str] = []
         self._flushed = wall()
 
     def __call__(self, phase: str, info: Mapping[str, int]) -> None:
         if phase == "start":
+            self._cpu_started = self._cpu()
             self._started = self._timer()
             return
         pause = self._timer() - self._started
+        cpu = self._cpu() - self._cpu_started
         now = self._wall()
         generation = info.get("generation", 0)
         self._lines.append(
             f"{now:.6f} {generation} {pause * 1e6:.0f} "
-            f"{info.get('collected', 0)} {info.get('uncollectable', 0)}\n"
+            f"{info.get('collected', 0)} {info.get('uncollectable', 0)} {cpu * 1e6:.0f}\n"
         )
         if (generation == 2 or len(self._lines) >= _FLUSH_LINES
                 or now - self._flushed >= _FLUSH_AFTER):

@@ -25,11 +25,14 @@ class PauseRecorderTests(SynchronousTestCase):
         self.written: list[bytes] = []
         self.timer = FakeTime(100.0)
         self.wall = FakeTime(1_700_000_000.0)
-        self.recorder = PauseRecorder(self.written.append, timer=self.timer, wall=self.wall)
+        self.cpu = FakeTime(5.0)
+        self.recorder = PauseRecorder(self.written.append, timer=self.timer, wall=self.wall,
+                                      cpu=self.cpu)
 
     def collect(self, generation: int, seconds: float, collected: int = 3) -> None:
         self.recorder("start", {"generation": generation})
         self.timer.now += seconds
+        self.cpu.now += seconds / 2
         self.recorder("stop", {"generation": generation, "collected": collected,
                                "uncollectable": 0})
 
@@ -45,9 +48,9 @@ class PauseRecorderTests(SynchronousTestCase):
         self.collect(0, 0.0001, collected=0)
         self.assertEqual(
             b"".join(self.written),
-            b"1700000000.000000 0 250 3 0\n"
-            b"1700000000.000000 1 1000 3 0\n"
-            b"1700000000.500000 0 100 0 0\n",
+            b"1700000000.000000 0 250 3 0 125\n"
+            b"1700000000.000000 1 1000 3 0 500\n"
+            b"1700000000.500000 0 100 0 0 50\n",
         )
 
     def test_full_collection_written_at_once(self) -> None:
@@ -56,7 +59,7 @@ class PauseRecorderTests(SynchronousTestCase):
         self.collect(2, 0.0125, collected=40)
         self.assertEqual(
             b"".join(self.written),
-            b"1700000000.000000 0 200 3 0\n1700000000.000000 2 12500 40 0\n",
+            b"1700000000.000000 0 200 3 0 100\n1700000000.000000 2 12500 40 0 6250\n",
         )
 
     def test_many_lines_written(self) -> None:
@@ -85,5 +88,5 @@ class InstallTests(SynchronousTestCase):
             lines = f.read().splitlines()
         self.assertTrue(lines)
         fields = lines[-1].split()
-        self.assertEqual((len(fields), fields[1]), (5, b"2"))
+        self.assertEqual((len(fields), fields[1]), (6, b"2"))
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
