@@ -69,6 +69,10 @@ from medichat.store.broadcast import DEFAULT_KEEPALIVE, PostgreSQLBroadcast
 
 _log = Logger()
 
+YOUNG_GC_THRESHOLD = 5000
+"""The collector's generation-0 threshold once the server serves (Python's default: 700)."""
+
+
 
 def _positive_int(name: str, value: str) -> int:
     try:
@@ -563,6 +567,11 @@ class MedichatService(MultiService):
             # process: keep it out of the collector's full passes, which otherwise walk it
             # each time; under a flood of requests they took 31-43 ms (benchmarks/abuse.py).
             gc.freeze()
+            # Young collections every 5,000 net allocations rather than 700: each object
+            # that happens to be alive then (requests in flight) is promoted, and those
+            # promotions are what bring on the full passes (about 8 ms of CPU with 400
+            # WebSocket sessions); a young pass then costs 1.5-2 ms (benchmarks/msgpath.py).
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         self.ready.callback(None)
 
     def stopService(self) -> Deferred[None]:
