@@ -149,7 +149,13 @@ class _ChatEndpoint(Resource):
                 request.setHeader(b"Cache-Control", b"no-store")
                 problem = Problem.of(403, f"origin {origin_text} is not allowed")
                 return write_problem(request, problem)
-        return self._chat.render(request)
+        result = self._chat.render(request)
+        channel = request.channel
+        if channel.transport is None and request in channel.requests:
+            # Autobahn took the connection over: the HTTP channel is done with, but it and
+            # this request refer to each other, a cycle left for the collector.
+            channel.requests.remove(request)
+        return result
 
 
 class _Base(Resource):

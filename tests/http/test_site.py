@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
@@ -17,7 +18,9 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from medichat._connections import ConnectionCap
 from medichat.http._channel import HTTPConnections
-from medichat.http.site import BoundedRequest, make_site, normalise_base_path
+from medichat.http.site import BoundedRequest, build_root, make_site, normalise_base_path
+from tests._stomp import make_services
+from tests.carriers._memory import ws_factory
 from tests.http.test_channel import _answer, _Client
 
 
@@ -167,3 +170,37 @@ class RequestCostTests(SynchronousTestCase):
             pump.flush()
         self.assertEqual(len(self.echo.seen), 3)
         self.assertEqual(len(calls), 1)
+
+
+class UpgradeTests(SynchronousTestCase):
+    """
+    A connection taken over by the WebSocket endpoint leaves its HTTP channel holding
+    nothing.
+    """
+
+    def test_channel_lets_go_of_the_request(self) -> None:
+        """
+        Once Autobahn has taken the connection over, the channel no longer lists the
+        upgrade request: the two referred to each other, a reference cycle per WebSocket
+        connection for the garbage collector.
+        """
+        services = make_services()
+        clock = services.clock
+        root = build_root("/api", Resource(), WebSocketResource(ws_factory(services)))
+        site = make_site(root, 1000, clock=clock)
+        factory = HTTPConnections(site, ConnectionCap(10, clock), clock)
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert server is not None
+        channel = server.wrappedProtocol
+        client = _Client()
+        client_transport = makeFakeClient(client)
+        pump = connect(server, makeFakeServer(server), client, client_transport,
+                       greet=False, clock=clock)
+        client_transport.write(
+            b"GET /api/v1/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n")
+        pump.flush()
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received[:80])
+        self.assertIsNot(server.wrappedProtocol, channel)
+        self.assertEqual(channel.requests, [])
