@@ -186,6 +186,44 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def gc_pauses(path: str, start: float, end: float) -> dict[str, Any]:
+    """
+    The server's collections between two wall-clock times, per generation: elapsed pause
+    and, when the server records it, the CPU time of the collection (C{medichat/_gcpauses.py}).
+    """
+    per: dict[int, list[tuple[float, float | None]]] = {0: [], 1: [], 2: []}
+    collected = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) not in (5, 6):
+                    continue
+                at, generation, pause_us = float(parts[0]), int(parts[1]), int(parts[2])
+                cpu = int(parts[5]) / 1000 if len(parts) == 6 else None
+                if start <= at < end:
+                    per.setdefault(generation, []).append((pause_us / 1000, cpu))
+                    collected += int(parts[3])
+    except OSError:
+        return {"recorded": False}
+    figures: dict[str, Any] = {"recorded": True, "collected_objects": collected}
+    for generation, pauses in sorted(per.items()):
+        cpus = [c for _, c in pauses if c is not None]
+        figures[f"gen{generation}"] = {
+            "count": len(pauses),
+            "max_ms": round(max(p for p, _ in pauses), 2) if pauses else None,
+            "total_ms": round(sum(p for p, _ in pauses), 2),
+            "max_cpu_ms": round(max(cpus), 2) if cpus else None,
+        }
+    every = [p for pauses in per.values() for p, _ in pauses]
+    every_cpu = [c for pauses in per.values() for _, c in pauses if c is not None]
+    figures["over_5ms"] = sum(1 for p in every if p > 5)
+    figures["max_ms"] = round(max(every), 2) if every else None
+    figures["cpu_over_5ms"] = sum(1 for c in every_cpu if c > 5)
+    figures["max_cpu_ms"] = round(max(every_cpu), 2) if every_cpu else None
+    return figures
+
+
 def noise_figures(idle: dict[str, Any]) -> dict[str, Any]:
     """The machine's noise as reported by every benchmark."""
     return {
@@ -220,9 +258,13 @@ class Server:
     HMAC key, so the key here is those 64 ASCII digits, not the 32 bytes they spell.
     """
 
-    def __init__(self, options: list[str], *, keep: bool = False) -> None:
+    def __init__(self, options: list[str], *, keep: bool = False, repo: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.options = options
         self.keep = keep
+        # The source tree whose medichat the server runs (another worktree, to compare).
+        self.repo = os.path.abspath(repo) if repo else REPO
+        self.env = env or {}
         self.directory = tempfile.mkdtemp(prefix="medichat-bench-")
         self.data_dir = os.path.join(self.directory, "data")
         os.makedirs(self.data_dir, mode=0o700)
@@ -259,7 +301,8 @@ class Server:
             *self.options,
         ]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.repo, env.get("PYTHONPATH")]))
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
                 self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

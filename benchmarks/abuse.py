@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -38,6 +39,7 @@ from _harness import (  # noqa: E402
     Server,
     Snapshot,
     common_arguments,
+    gc_pauses,
     idle_window,
     log,
     noise_figures,
@@ -369,6 +371,9 @@ def main() -> int:
                              "otherwise competes with the server's (default %(default)s)")
     parser.add_argument("--http-connections", type=int, default=8,
                         help="the victims' persistent HTTP connections (default %(default)s)")
+    parser.add_argument("--server-tree", default=None,
+                        help="run the medichat of this source tree (another worktree, to "
+                             "compare); default: this one")
     common_arguments(parser, duration=10.0, timeout=240.0)
     # The child process's own arguments.
     parser.add_argument("--abuser", action="store_true", help=argparse.SUPPRESS)
@@ -401,7 +406,10 @@ def main() -> int:
         },
         "generator_open_files": raise_nofile(),
     }
-    server = Server([], keep=options.keep)
+    gc_log = tempfile.NamedTemporaryFile(prefix="medichat-gc-", suffix=".log", delete=False)
+    gc_log.close()
+    server = Server([], keep=options.keep, repo=options.server_tree,
+                    env={"MEDICHAT_GC_PAUSES": gc_log.name})
     abusers: list[Abuser] = []
 
     def cleanup() -> None:
@@ -409,6 +417,8 @@ def main() -> int:
             if abuser.process.poll() is None:
                 abuser.process.kill()
                 abuser.process.wait(5)
+        if not options.keep:
+            os.unlink(gc_log.name)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         if options.nice:
@@ -462,6 +472,7 @@ def main() -> int:
         await sleep(reactor, options.warmup)
         edges: list[tuple[str, Snapshot, Snapshot, float, dict[str, Any] | None]] = []
         waits: dict[int, float] = {}
+        walls: dict[int, tuple[float, float]] = {}
         for repeat in range(options.repeats):
             for phase in ("idle", "abuse"):
                 abuser = None
@@ -472,9 +483,10 @@ def main() -> int:
                 log(f"window {repeat + 1}/{options.repeats} {phase}: {options.duration:g}s")
                 cpu_before = abuser.cpu() if abuser else 0.0
                 waited = run_queue_wait(server.pid)
-                a = Snapshot(server.pid)
+                a, wall_a = Snapshot(server.pid), time.time()
                 await sleep(reactor, options.duration)
-                b = Snapshot(server.pid)
+                b, wall_b = Snapshot(server.pid), time.time()
+                walls[len(edges)] = (wall_a, wall_b)
                 waits[len(edges)] = run_queue_wait(server.pid) - waited
                 abuser_cpu = (abuser.cpu() - cpu_before) if abuser else 0.0
                 counts = await abuser.stop(reactor) if abuser else None
@@ -512,6 +524,7 @@ def main() -> int:
                 "stomp_delivery_p50_ms": delivery["p50_ms"],
                 "stomp_delivery_p99_ms": delivery["p99_ms"],
                 "stomp_delivery_max_ms": delivery["max_ms"],
+                "gc": gc_pauses(gc_log.name, *walls[index]),
             })
             if counts is not None:
                 figures["abuser"] = counts
@@ -520,7 +533,7 @@ def main() -> int:
                 f"STOMP p50 {delivery['p50_ms']} p99 {delivery['p99_ms']} ms; server "
                 f"{figures['server_cpu_pct_of_core']}% of a core, rss "
                 f"{figures['server_rss_kib']} KiB, waited {waits[index]:.2f}s for a CPU; "
-                f"other processes "
+                f"GC max {figures['gc'].get('max_ms')} ms; other processes "
                 f"{figures['other_processes_busy_cores']} cores")
         report["windows"] = windows
         report["summary"] = _summary(windows)

@@ -474,11 +474,41 @@ def micros(seconds: float) -> int:
 def format_time(us: int) -> str:
     """
     RFC 3339 UTC with C{Z}; microseconds only when non-zero (as in the seed's examples).
+
+    Every event and message shape holds a time, so this is on the path of every message:
+    built from integer arithmetic (the date part remembered for the last day seen) rather
+    than C{datetime.strftime}, with the same text; times outside 1970-9999 take the
+    general path.
     """
+    if type(us) is int and 0 <= us < _FAST_TIME_LIMIT:
+        seconds, fraction = divmod(us, 1_000_000)
+        days, second = divmod(seconds, 86_400)
+        day = _last_day
+        if day[0] != days:
+            date = datetime.date.fromordinal(_EPOCH_ORDINAL + days)
+            day = (days, f"{date.year:04d}-{date.month:02d}-{date.day:02d}T")
+            _remember_day(day)
+        hour, second = divmod(second, 3600)
+        minute, second = divmod(second, 60)
+        if fraction:
+            return f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}Z"
+        return f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}Z"
+    return _format_time_general(us)
+
+
+def _format_time_general(us: int) -> str:
     dt = _EPOCH + datetime.timedelta(microseconds=us)
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_last_day: tuple[int, str] = (-1, "")
+
+
+def _remember_day(day: tuple[int, str]) -> None:
+    global _last_day
+    _last_day = day
 
 
 def parse_time(text: str) -> int:
@@ -499,6 +529,9 @@ def parse_time(text: str) -> int:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+_FAST_TIME_LIMIT = (datetime.date(9999, 12, 31).toordinal() + 1 - _EPOCH_ORDINAL) * 86_400_000_000
+"""Microseconds from the epoch to the start of year 10000."""
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$"
 )

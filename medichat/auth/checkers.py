@@ -25,6 +25,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import HMACAlgorithm
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -76,19 +77,6 @@ def hash_session_token(token: str) -> str:
 
 # --------------------------------------------------------------------------------------
 # Bearer JWTs
-
-_SIGNATURE_ONLY: Any = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-    "require": [],
-}
-"""PyJWT checks the signature only; the claims are checked against the injected clock."""
 
 _HMAC_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -197,6 +185,40 @@ def _time_claim(payload: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+class _PreparedHMAC(HMACAlgorithm):
+    """
+    PyJWT's HMAC algorithm with the checker's secret prepared once: PyJWT prepares the key
+    on every verification, trying it as a PEM, an SSH and a DER key (and JSON) each time
+    to refuse asymmetric keys used as HMAC secrets.
+    """
+
+    def __init__(self, hash_alg: Any, secret: bytes) -> None:
+        super().__init__(hash_alg)
+        self._secret = secret
+        self._prepared = super().prepare_key(secret)
+
+    def prepare_key(self, key: Any) -> bytes:
+        if key is self._secret:
+            return self._prepared  # type: ignore[no-any-return]
+        return super().prepare_key(key)  # type: ignore[no-any-return]
+
+
+_HMAC_HASHES = {
+    "HS256": HMACAlgorithm.SHA256, "HS384": HMACAlgorithm.SHA384, "HS512": HMACAlgorithm.SHA512,
+}
+
+
+def _decode_payload(payload: bytes) -> dict[str, Any]:
+    """A JWS payload as a JWT's claims: a JSON object, as PyJWT reads it."""
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        raise jwt.DecodeError(f"Invalid payload string: {e}") from e
+    if not isinstance(claims, dict):
+        raise jwt.DecodeError("Invalid payload string: must be a json object")
+    return claims
+
+
 @implementer(ICredentialsChecker, IStoreBound)
 class JWTChecker:
     """
@@ -254,10 +276,15 @@ class JWTChecker:
         self._secret: bytes | None = None
         self._public_key: PublicKey | None = None
         self._jwks: list[jwt.PyJWK] = []
-        # Tokens whose signature has been verified, with their claims: a client sends the
-        # same token with every request, and the signature is what costs.  The claims are
-        # checked against the clock again on every use.
-        self._verified: dict[str, Mapping[str, Any]] = {}
+        # Tokens whose signature has been verified, with the user they name and their time
+        # claims (exp, nbf, iat): a client sends the same token with every request, and
+        # the signature is what costs.  The time claims are checked against the clock
+        # again on every use; the others cannot change.
+        self._verified: dict[
+            str, tuple[User, float | None, float | None, float | None]
+        ] = {}
+        # PyJWT's token reader of this checker, with a prepared HMAC key.
+        self._jws = jwt.PyJWS()
 
         if secret is not None:
             allowed = _check_algorithm_names(algorithms or DEFAULT_HMAC_ALGORITHMS)
@@ -270,6 +297,9 @@ class JWTChecker:
                         f"this one has {len(secret)}"
                     )
             self._secret = secret
+            for alg in allowed:
+                self._jws.unregister_algorithm(alg)
+                self._jws.register_algorithm(alg, _PreparedHMAC(_HMAC_HASHES[alg], secret))
         else:
             allowed = _check_algorithm_names(algorithms or DEFAULT_KEY_ALGORITHMS)
             for alg in allowed:
@@ -290,6 +320,7 @@ class JWTChecker:
                 if not self._jwks:
                     raise ValueError("no key in the JWKS fits the allowed algorithms")
         self._algorithms = frozenset(allowed)
+        self._algorithm_list = list(allowed)
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -329,33 +360,37 @@ class JWTChecker:
         if isinstance(token, str):
             verified = self._verified.get(token)
             if verified is not None:
+                user, exp, nbf, iat = verified
                 try:
-                    return self._user_from_claims(verified, self._clock.seconds())
+                    self._check_times(exp, nbf, iat, self._clock.seconds())
                 except AuthenticationFailed:
                     del self._verified[token]
                     raise
+                return user
         if not token:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
         if not isinstance(token, str) or not looks_like_jwt(token):
             raise AuthenticationFailed(MALFORMED_TOKEN)
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
-            raise AuthenticationFailed(MALFORMED_TOKEN) from e
-        alg = header.get("alg")
-        if not isinstance(alg, str):
-            raise AuthenticationFailed(MALFORMED_TOKEN)
-        if alg not in self._algorithms:
-            raise AuthenticationFailed(UNSUPPORTED_ALGORITHM)
-        key = self._key_for(header)
-        try:
-            payload = jwt.decode(token, key, algorithms=[alg], options=_SIGNATURE_ONLY)
+            if self._jwks:
+                # The key depends on the header's kid: read the header first.
+                header = self._header(token)
+                alg = header["alg"]
+                decoded = self._decode(token, self._key_for(header), [alg])
+            else:
+                # One reading of the token: PyJWT checks the header's alg against ours.
+                decoded = self._decode(token, self._secret or self._public_key,
+                                       self._algorithm_list)
+        except jwt.InvalidAlgorithmError as e:
+            # As when the header is read first: an alg that is not a string is malformed.
+            self._header(token)
+            raise AuthenticationFailed(UNSUPPORTED_ALGORITHM) from e
         except jwt.InvalidSignatureError as e:
             raise AuthenticationFailed(BAD_SIGNATURE) from e
-        except jwt.InvalidAlgorithmError as e:
-            raise AuthenticationFailed(UNSUPPORTED_ALGORITHM) from e
         except jwt.InvalidKeyError as e:
             raise AuthenticationFailed(BAD_SIGNATURE) from e
+        except AuthenticationFailed:
+            raise
         except jwt.PyJWTError as e:
             raise AuthenticationFailed(MALFORMED_TOKEN) from e
         except Exception as e:
@@ -363,12 +398,42 @@ class JWTChecker:
             # token's fault, not a server error.
             _log.failure("unexpected error verifying a JWT")
             raise AuthenticationFailed(MALFORMED_TOKEN) from e
+        payload = decoded
         user = self._user_from_claims(payload, self._clock.seconds())
         if len(self._verified) >= VERIFIED_TOKENS:
             # Dicts keep insertion order: forget the token verified longest ago.
             del self._verified[next(iter(self._verified))]
-        self._verified[token] = payload
+        self._verified[token] = (
+            user,
+            _time_claim(payload, "exp"),
+            _time_claim(payload, "nbf"),
+            _time_claim(payload, "iat"),
+        )
         return user
+
+    def _header(self, token: str) -> Mapping[str, Any]:
+        """
+        The token's header, with an C{alg} that is one of ours.
+
+        @raise AuthenticationFailed: for a malformed header or another C{alg}.
+        """
+        try:
+            header = self._jws.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise AuthenticationFailed(MALFORMED_TOKEN) from e
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise AuthenticationFailed(MALFORMED_TOKEN)
+        if alg not in self._algorithms:
+            raise AuthenticationFailed(UNSUPPORTED_ALGORITHM)
+        return header
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+        """Verify the token's signature and read its claims (nothing else is checked)."""
+        decoded = self._jws.decode_complete(
+            token, key, algorithms=algorithms, options={"verify_signature": True}
+        )
+        return _decode_payload(decoded["payload"])
 
     def _key_for(self, header: Mapping[str, Any]) -> bytes | PublicKey | jwt.PyJWK:
         if self._secret is not None:
@@ -387,16 +452,20 @@ class JWTChecker:
                 return key
         raise AuthenticationFailed(BAD_SIGNATURE)
 
-    def _user_from_claims(self, payload: Mapping[str, Any], now: float) -> User:
-        exp = _time_claim(payload, "exp")
-        nbf = _time_claim(payload, "nbf")
-        iat = _time_claim(payload, "iat")
+    def _check_times(self, exp: float | None, nbf: float | None, iat: float | None,
+                     now: float) -> None:
         if exp is not None and exp <= now - self._leeway:
             raise AuthenticationFailed(CREDENTIAL_EXPIRED)
         if nbf is not None and nbf > now + self._leeway:
             raise AuthenticationFailed(NOT_YET_VALID)
         if iat is not None and iat > now + self._leeway:
             raise AuthenticationFailed(NOT_YET_VALID)
+
+    def _user_from_claims(self, payload: Mapping[str, Any], now: float) -> User:
+        exp = _time_claim(payload, "exp")
+        nbf = _time_claim(payload, "nbf")
+        iat = _time_claim(payload, "iat")
+        self._check_times(exp, nbf, iat, now)
 
         if self._issuer is not None and payload.get("iss") != self._issuer:
             raise AuthenticationFailed(WRONG_ISSUER)

@@ -121,6 +121,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if factory.fast_paths.quiet_open:
             copy_config(self, factory)
         super().connectionMade()
+        # Autobahn resolves is_closed with the protocol itself, so every closed connection
+        # would be a reference cycle (protocol, its Deferred, the protocol) holding the
+        # whole connection for the collector; nothing here uses that result.
+        self.is_closed.addBoth(_forget)
         # Until CONNECT is accepted a message may be no larger than a pre-auth STOMP frame.
         self.maxMessagePayloadSize = factory.preauth_message
         self.maxFramePayloadSize = factory.preauth_message
@@ -473,6 +477,10 @@ class StompWebSocketFactory(WebSocketServerFactory):
         for protocol in remaining:
             # Autobahn resolves is_closed as it drops, which ends the drain.
             protocol.dropConnection(abort=True)
+
+
+def _forget(result: object) -> None:
+    return None
 
 
 def _fire(result: object, closed: Deferred[None]) -> object:

@@ -83,6 +83,10 @@ def route_of(request: Any, templates: RouteTemplates) -> str:
     The route template that C{request} matched: the API's rule, C{/v1/chat} for the
     WebSocket endpoint, or L{UNMATCHED}.
     """
+    direct = getattr(request, "route_template", None)
+    if direct is not None:
+        # Served without Klein (the chat messages' own path), which names its route.
+        return str(direct)
     klein = request.getComponent(IKleinRequest)
     mapper = getattr(klein, "mapper", None)
     if mapper is not None:

@@ -32,6 +32,9 @@ class FreezeTests(SynchronousTestCase):
     def started(self, **kwargs: Any) -> list[str]:
         calls: list[str] = []
         self.patch(tap.gc, "freeze", lambda: calls.append("freeze"))
+        self.patch(tap.gc, "get_threshold", lambda: (700, 10, 10))
+        self.patch(tap.gc, "set_threshold",
+                   lambda *values: calls.append(f"threshold {values}"))
         clock = Clock()
         service = MedichatService(
             clock, MemoryStore(clock), SessionRegistry(), TimerWheel(clock), ThreadPool(),
@@ -43,9 +46,13 @@ class FreezeTests(SynchronousTestCase):
         return calls
 
     def test_frozen_once_serving(self) -> None:
-        """With freeze_gc, gc.freeze() is called once the service is ready."""
-        self.assertEqual(self.started(freeze_gc=True), ["freeze"])
+        """
+        With freeze_gc, gc.freeze() is called once the service is ready, and young
+        collections happen every 5,000 allocations; the older generations keep theirs.
+        """
+        self.assertEqual(self.started(freeze_gc=True),
+                         ["freeze", "threshold (5000, 10, 10)"])
 
     def test_not_by_default(self) -> None:
-        """Without it (tests, embedding), nothing is frozen."""
+        """Without it (tests, embedding), nothing is frozen or changed."""
         self.assertEqual(self.started(), [])

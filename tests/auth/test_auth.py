@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from jwt.algorithms import HMACAlgorithm
 from twisted.cred import strcred
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred
@@ -206,13 +207,13 @@ class VerifiedTokenTests(JWTCheckerTestCase):
 
     def count_decodes(self) -> list[object]:
         calls: list[object] = []
-        original = jwt.decode
+        original = checkers_module.JWTChecker._decode
 
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            calls.append(args[0])
-            return original(*args, **kwargs)
+        def counting(checker: Any, token: str, *args: Any) -> Any:
+            calls.append(token)
+            return original(checker, token, *args)
 
-        self.patch(jwt, "decode", counting)
+        self.patch(checkers_module.JWTChecker, "_decode", counting)
         return calls
 
     def test_signature_verified_once(self) -> None:
@@ -255,6 +256,47 @@ class VerifiedTokenTests(JWTCheckerTestCase):
         self.assertEqual(calls, [])
         self.check(checker, tokens[0])
         self.assertEqual(calls, [tokens[0]])
+
+
+class VerificationCostTests(JWTCheckerTestCase):
+    """
+    A new token costs one reading of the token and no preparation of the secret.
+    """
+
+    def count(self, owner: Any, name: str) -> list[object]:
+        calls: list[object] = []
+        original = getattr(owner, name)
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return original(*args, **kwargs)
+
+        self.patch(owner, name, counting)
+        return calls
+
+    def test_secret_prepared_once(self) -> None:
+        """The HMAC secret is prepared when the checker is made, not per token."""
+        checker, _ = self.make(secret=SECRET)
+        tokens = [jwt.encode(claims(sub=f"u{n}"), SECRET, "HS256") for n in range(3)]
+        calls = self.count(HMACAlgorithm, "prepare_key")
+        for token in tokens:
+            self.check(checker, token)
+        self.assertEqual(calls, [])
+
+    def test_token_read_once(self) -> None:
+        """The token's parts are decoded once, not once for the header and again."""
+        checker, _ = self.make(secret=SECRET)
+        token = jwt.encode(claims(), SECRET, "HS256")
+        calls = self.count(jwt.PyJWS, "_load")
+        self.check(checker, token)
+        self.assertEqual(len(calls), 1)
+
+    def test_other_secret_still_prepared(self) -> None:
+        """The prepared algorithm still prepares (and checks) any other key it is given."""
+        algorithm = checkers_module._PreparedHMAC(HMACAlgorithm.SHA256, SECRET)
+        self.assertEqual(algorithm.prepare_key(b"another secret"), b"another secret")
+        self.assertRaises(jwt.InvalidKeyError, algorithm.prepare_key,
+                          b"-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----")
 
 
 class TimeClaimTests(JWTCheckerTestCase):

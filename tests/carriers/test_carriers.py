@@ -274,6 +274,18 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         self.assertTrue(connection.server_transport.disconnecting)
         self.assertFalse(connection.server_transport.aborted)
 
+    def test_closed_connection_not_cyclic(self) -> None:
+        """
+        A closed connection's is_closed does not hold the protocol (Autobahn resolves it
+        with the protocol itself): protocol and Deferred would be a reference cycle, left
+        for the garbage collector with the whole connection, for every connection.
+        """
+        connection = self.connected()
+        connection.frame("DISCONNECT", {"receipt": "bye"})
+        connection.take()
+        self.assert_closed_cleanly(connection, 1000)
+        self.assertIsNone(self.successResultOf(connection.server.is_closed))
+
     def test_heartbeat_shortcut(self) -> None:
         """With fast paths on, a client heart-beat between frames never reaches Autobahn."""
         connection = self.connected(heart_beat="1000,0")

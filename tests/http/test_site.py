@@ -4,10 +4,24 @@ Tests for L{medichat.http.site}: the base path, and bounded request bodies.
 
 from __future__ import annotations
 
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from medichat.http.site import BoundedRequest, normalise_base_path
+from medichat._connections import ConnectionCap
+from medichat.http._channel import HTTPConnections
+from medichat.http.site import BoundedRequest, build_root, make_site, normalise_base_path
+from tests._stomp import make_services
+from tests.carriers._memory import ws_factory
+from tests.http.test_channel import _answer, _Client
 
 
 class BasePathTests(SynchronousTestCase):
@@ -54,3 +68,139 @@ class BoundedRequestTests(SynchronousTestCase):
         request.gotLength(5)
         request.handleContentChunk(b"hello")
         self.assertEqual(request.content.getvalue(), b"hello")
+
+
+class _Echo(Resource):
+    """Records each request's args and body."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[dict[bytes, list[bytes]], bytes]] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.seen.append((dict(request.args or {}), request.content.read()))
+        return b"ok"
+
+
+class RequestCostTests(SynchronousTestCase):
+    """
+    What twisted.web does per request that medichat does not need is skipped, with the
+    same outcome.
+    """
+
+    def setUp(self) -> None:
+        self.echo = _Echo()
+        self.clock = Clock()
+        site = make_site(self.echo, 1000, clock=self.clock)
+        self.factory = HTTPConnections(site, ConnectionCap(10, self.clock), self.clock)
+        self.parsed: list[bytes] = []
+        real = http._parseContentType
+
+        def parse(line: bytes) -> bytes:
+            self.parsed.append(line)
+            return real(line)
+
+        self.patch(http, "_parseContentType", parse)
+
+    def connect(self) -> tuple[Any, Any, Any, IOPump]:
+        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert server is not None
+        client = _Client()
+        client_transport = makeFakeClient(client)
+        server_transport = makeFakeServer(server)
+        pump = connect(server, server_transport, client, client_transport,
+                       greet=False, clock=self.clock)
+        return client, client_transport, server_transport, pump
+
+    def post(self, content_type: bytes, body: bytes) -> tuple[int, bytes]:
+        client, transport, _, pump = self.connect()
+        transport.write(
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Type: " + content_type
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        pump.flush()
+        code, _, answer = _answer(client.received)
+        return code, answer
+
+    def test_json_not_parsed_for_forms(self) -> None:
+        """
+        A JSON body's Content-Type is not parsed with the email package; the body
+        arrives whole and the args stay empty.
+        """
+        for content_type in (b"application/json", b"Application/JSON; charset=utf-8",
+                             b" application/json;charset=UTF-8", b"application/json\t;x=1"):
+            self.assertEqual(self.post(content_type, b'{"a": 1}'), (200, b"ok"))
+        self.assertEqual(self.parsed, [])
+        self.assertEqual(self.echo.seen, [({}, b'{"a": 1}')] * 4)
+
+    def test_other_types_parsed(self) -> None:
+        """
+        Any other type is parsed as twisted.web does: a form still fills the args, and
+        a type that only starts like JSON is not taken for it.
+        """
+        self.assertEqual(
+            self.post(b"application/x-www-form-urlencoded", b"a=1&b=2"), (200, b"ok"))
+        self.assertEqual(self.post(b"application/jsonx", b"{}"), (200, b"ok"))
+        self.assertEqual(self.parsed, [b"application/x-www-form-urlencoded",
+                                       b"application/jsonx"])
+        self.assertEqual(self.echo.seen[0], ({b"a": [b"1"], b"b": [b"2"]}, b"a=1&b=2"))
+
+    def test_multipart_parsed(self) -> None:
+        """A multipart form still fills the args."""
+        body = (b"--zz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
+                b"--zz--\r\n")
+        self.assertEqual(self.post(b"multipart/form-data; boundary=zz", body), (200, b"ok"))
+        self.assertEqual(self.echo.seen[0][0], {b"a": [b"1"]})
+
+    def test_local_address_read_once(self) -> None:
+        """The connection's local address is asked for once, not once per request."""
+        client, transport, server_transport, pump = self.connect()
+        calls = []
+        real = server_transport.getHost
+
+        def get_host() -> Any:
+            calls.append(None)
+            return real()
+
+        server_transport.getHost = get_host
+        for _ in range(3):
+            transport.write(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            pump.flush()
+        self.assertEqual(len(self.echo.seen), 3)
+        self.assertEqual(len(calls), 1)
+
+
+class UpgradeTests(SynchronousTestCase):
+    """
+    A connection taken over by the WebSocket endpoint leaves its HTTP channel holding
+    nothing.
+    """
+
+    def test_channel_lets_go_of_the_request(self) -> None:
+        """
+        Once Autobahn has taken the connection over, the channel no longer lists the
+        upgrade request: the two referred to each other, a reference cycle per WebSocket
+        connection for the garbage collector.
+        """
+        services = make_services()
+        clock = services.clock
+        root = build_root("/api", Resource(), WebSocketResource(ws_factory(services)))
+        site = make_site(root, 1000, clock=clock)
+        factory = HTTPConnections(site, ConnectionCap(10, clock), clock)
+        server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert server is not None
+        channel = server.wrappedProtocol
+        client = _Client()
+        client_transport = makeFakeClient(client)
+        pump = connect(server, makeFakeServer(server), client, client_transport,
+                       greet=False, clock=clock)
+        client_transport.write(
+            b"GET /api/v1/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n")
+        pump.flush()
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received[:80])
+        self.assertIsNot(server.wrappedProtocol, channel)
+        self.assertEqual(channel.requests, [])
