@@ -311,7 +311,7 @@ def main() -> int:
     if options.no_fast_paths:
         server_options.append("--no-fast-paths")
     report["fast_paths"] = not options.no_fast_paths
-    server = Server(server_options, keep=options.keep)
+    server = Server(server_options, keep=options.keep, repo=options.server_tree)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)
