@@ -686,6 +686,9 @@ def common_arguments(parser: argparse.ArgumentParser, *, duration: float,
                         help="hard limit on the whole run, in seconds (default %(default)s)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the server's data directory and log")
+    parser.add_argument("--server-tree", default=None,
+                        help="run the medichat of this source tree (another worktree, to "
+                             "compare); default: this one")
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="start the server with --no-fast-paths (public Twisted and "
                              "Autobahn API only), to measure what the fast paths save")

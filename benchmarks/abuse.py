@@ -371,9 +371,6 @@ def main() -> int:
                              "otherwise competes with the server's (default %(default)s)")
     parser.add_argument("--http-connections", type=int, default=8,
                         help="the victims' persistent HTTP connections (default %(default)s)")
-    parser.add_argument("--server-tree", default=None,
-                        help="run the medichat of this source tree (another worktree, to "
-                             "compare); default: this one")
     common_arguments(parser, duration=10.0, timeout=240.0)
     # The child process's own arguments.
     parser.add_argument("--abuser", action="store_true", help=argparse.SUPPRESS)

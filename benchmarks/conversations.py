@@ -313,7 +313,7 @@ def main() -> int:
         server_options.append("--no-fast-paths")
     server_options.extend(metrics_options(options))
     report["fast_paths"] = not options.no_fast_paths
-    server = Server(server_options, keep=options.keep)
+    server = Server(server_options, keep=options.keep, repo=options.server_tree)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)

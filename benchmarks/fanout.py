@@ -106,7 +106,7 @@ def main() -> int:
         "generator_open_files": raise_nofile(),
     }
     server = Server(server_options(options, "--heartbeat-topic-interval", str(options.interval)),
-                    keep=options.keep)
+                    keep=options.keep, repo=options.server_tree)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)

@@ -70,7 +70,8 @@ def main() -> int:
         extra = ["--stomp-heartbeat", f"{options.server_heartbeat},{options.server_heartbeat}"]
     report["server_heartbeat_ms"] = options.server_heartbeat
     report["fast_paths"] = not options.no_fast_paths
-    server = Server(server_options(options, *extra), keep=options.keep)
+    server = Server(server_options(options, *extra), keep=options.keep,
+                    repo=options.server_tree)
 
     async def measure(reactor: Any, report: dict[str, Any]) -> None:
         await sleep(reactor, options.settle)

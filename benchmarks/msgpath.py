@@ -342,9 +342,6 @@ def main() -> int:
     parser.add_argument("--pgbench-seconds", type=float, default=3.0,
                         help="length of each pgbench run, before and after the steps "
                              "(default %(default)s)")
-    parser.add_argument("--server-tree", default=None,
-                        help="run the medichat of this source tree (another worktree, to "
-                             "compare); default: this one")
     parser.add_argument("--label", default=None, help="a name for this run in the JSON")
     common_arguments(parser, duration=3.0, timeout=400.0)
     options = parser.parse_args()
