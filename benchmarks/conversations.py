@@ -158,7 +158,13 @@ class Traffic:
         if due > self.rate:
             self._count += due - int(self.rate)
 
-    def _post_next(self) -> None:
+    def _next_post(self) -> tuple[Conversation, Sent, str]:
+        """
+        The next message to send: round-robin over the conversations, the author
+        alternating between customer and employee; recorded in L{sent}.
+
+        @return: its conversation, its record and its author's token.
+        """
         conversation = self.conversations[self._next_conversation]
         self._next_conversation = (self._next_conversation + 1) % len(self.conversations)
         by_customer = conversation.posts % 2 == 0
@@ -172,6 +178,10 @@ class Traffic:
             token = conversation.employee_token
         record = Sent(next(self._sequence), author, recipient)
         self.sent[record.seq] = record
+        return conversation, record, token
+
+    def _post_next(self) -> None:
+        conversation, record, token = self._next_post()
         self.outstanding += 1
         d = ensureDeferred(self._post(record, conversation.id, token))
         d.addErrback(lambda f: log(f"POST bookkeeping failed: {f.getErrorMessage()}"))

@@ -238,19 +238,7 @@ class Load(Traffic):
         self.pool = pool
 
     def _post_next(self) -> None:
-        conversation = self.conversations[self._next_conversation]
-        self._next_conversation = (self._next_conversation + 1) % len(self.conversations)
-        by_customer = conversation.posts % 2 == 0
-        conversation.posts += 1
-        assert conversation.customer is not None and conversation.employee is not None
-        if by_customer:
-            author, recipient = conversation.customer, conversation.employee
-            token = conversation.customer_token
-        else:
-            author, recipient = conversation.employee, conversation.customer
-            token = conversation.employee_token
-        record = Sent(next(self._sequence), author, recipient)
-        self.sent[record.seq] = record
+        conversation, record, token = self._next_post()
         body = json.dumps({"message": f"bench#{record.seq}# {MESSAGE_TEXT}"}).encode()
         self.pool.request("POST", f"{self.base}/v1/conversation/{conversation.id}/message",
                           token, body, record)
