@@ -24,7 +24,7 @@ from medichat.domain.access import (
     parse_retention,
 )
 from medichat.domain.conversations import export_customer
-from medichat.errors import BadRequest, Forbidden, NotFound, StoreUnavailable
+from medichat.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from medichat.model import AccessEntry, Conversation, micros
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
@@ -114,6 +114,34 @@ class RecordingTests(ServiceTestCase):
                 self.expected(conversation, "read"),
                 self.expected(conversation, "read"),
                 self.expected(conversation, "received"),
+            ],
+        )
+
+    async def test_triage(self) -> None:
+        """
+        Claim, release, resolve and reopen each record their action; a claim refused
+        because another nurse has the conversation records one too (it was looked at),
+        and a customer's refused attempt records nothing.
+        """
+        conversation = await self.conversation()
+        await self.service.claim(NURSE, conversation.id)
+        other = evolve(NURSE, user_id="nurse-2", user_name="Olga")
+        await self.fails(self.service.claim(other, conversation.id), Conflict)
+        await self.service.release(NURSE, conversation.id)
+        await self.service.set_status(NURSE, conversation.id, "resolved")
+        await self.service.set_status(NURSE, conversation.id, "open")
+        await self.fails(self.service.set_status(CUSTOMER, conversation.id, "resolved"),
+                         Forbidden)
+        olga = evolve(self.expected(conversation, "claim"), employee_id="nurse-2",
+                      employee_name="Olga")
+        self.assertEqual(
+            await self.rows(),
+            [
+                self.expected(conversation, "claim"),
+                olga,
+                self.expected(conversation, "release"),
+                self.expected(conversation, "resolve"),
+                self.expected(conversation, "reopen"),
             ],
         )
 
