@@ -203,6 +203,21 @@ class Traffic:
             self.outstanding -= 1
 
 
+def subscriber_specs(conversations: list[Conversation]) -> list[ClientSpec]:
+    """
+    The sessions to open: each conversation's customer and employee, subscribed to its
+    topic, with heart-beats of 10 s; tagged C{(number, role)}.
+    """
+    specs = []
+    for number, conversation in enumerate(conversations):
+        topic = subscribe_frame(f"/v1/topic/conversation/{conversation.id}")
+        specs.append(ClientSpec(conversation.customer_token, 10000, (topic,),
+                                (number, "customer")))
+        specs.append(ClientSpec(conversation.employee_token, 10000, (topic,),
+                                (number, "employee")))
+    return specs
+
+
 class Database:
     """A PostgreSQL database made for one run and dropped after it."""
 
@@ -359,13 +374,7 @@ def main() -> int:
         population = Population(reactor, server.port, concurrency=options.concurrency)
         traffic = Traffic(reactor, base, http, conversations)
         population.message_handler = traffic.on_message
-        specs = []
-        for number, conversation in enumerate(conversations):
-            topic = subscribe_frame(f"/v1/topic/conversation/{conversation.id}")
-            specs.append(ClientSpec(conversation.customer_token, 10000, (topic,),
-                                    (number, "customer")))
-            specs.append(ClientSpec(conversation.employee_token, 10000, (topic,),
-                                    (number, "employee")))
+        specs = subscriber_specs(conversations)
         log(f"opening {len(specs)} subscribed sessions")
         report["open"] = await open_population(reactor, population, specs, server)
         if population.failures:

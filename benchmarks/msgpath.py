@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import (  # noqa: E402
-    ClientSpec,
     Population,
     Server,
     Snapshot,
@@ -50,10 +49,16 @@ from _harness import (  # noqa: E402
     raise_nofile,
     run,
     sleep,
-    subscribe_frame,
     window_figures,
 )
-from conversations import Conversation, Database, Sent, Traffic, latency_figures  # noqa: E402
+from conversations import (  # noqa: E402
+    Conversation,
+    Database,
+    Sent,
+    Traffic,
+    latency_figures,
+    subscriber_specs,
+)
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.protocol import ClientFactory, Protocol  # noqa: E402
 
@@ -390,13 +395,7 @@ def main() -> int:
         population = Population(reactor, server.port, concurrency=options.concurrency)
         load = Load(reactor, base, pool, conversations)
         population.message_handler = load.on_message
-        specs = []
-        for number, conversation in enumerate(conversations):
-            topic = subscribe_frame(f"/v1/topic/conversation/{conversation.id}")
-            specs.append(ClientSpec(conversation.customer_token, 10000, (topic,),
-                                    (number, "customer")))
-            specs.append(ClientSpec(conversation.employee_token, 10000, (topic,),
-                                    (number, "employee")))
+        specs = subscriber_specs(conversations)
         log(f"opening {len(specs)} subscribed sessions")
         report["open"] = await open_population(reactor, population, specs, server)
         if population.failures:

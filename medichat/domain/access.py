@@ -42,6 +42,7 @@ __all__ = [
     "AccessLogPruner",
     "AccessPage",
     "access_entry",
+    "conversation_access",
     "decode_access_cursor",
     "encode_access_cursor",
     "parse_retention",
@@ -72,6 +73,16 @@ def access_entry(
     The access-log row for C{user} doing C{action} on C{conversation} at C{at}, or
     L{None} for a customer (their own data needs no record).
     """
+    return conversation_access(user, conversation.id, conversation.customer_id, action, at)
+
+
+def conversation_access(
+    user: User, conversation_id: str, customer_id: str, action: str, at: int
+) -> AccessEntry | None:
+    """
+    As L{access_entry}, given the conversation's ids; C{customer_id} may be C{""} where
+    the store fills it in from the conversation it locks (a message's transaction).
+    """
     if not user.is_employee:
         return None
     return AccessEntry(
@@ -80,8 +91,8 @@ def access_entry(
         employee_name=user.user_name,
         role=user.user_role,
         action=action,
-        conversation_id=conversation.id,
-        customer_id=conversation.customer_id,
+        conversation_id=conversation_id,
+        customer_id=customer_id,
         address=user.address,
     )
 

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from medichat import rsql
-from medichat.domain.access import access_entry, customer_conversations
+from medichat.domain.access import access_entry, conversation_access, customer_conversations
 from medichat.errors import BadRequest, Conflict, Forbidden, NotFound
 from medichat.interfaces import IConversations, IEventFeed, IHub, IPresence, IStore
 from medichat.model import (
@@ -778,19 +778,8 @@ class ConversationService:
         received_by: tuple[str, ...] | None = None
         if not self.presence_in_store:
             received_by = tuple(sorted(subscribed - {user.user_id}))
-        access = None
-        if user.is_employee:
-            # The store fills in the conversation's customer, which it reads anyway.
-            access = AccessEntry(
-                at=message.created,
-                employee_id=user.user_id,
-                employee_name=user.user_name,
-                role=user.user_role,
-                action="message",
-                conversation_id=conversation_id,
-                customer_id="",
-                address=user.address,
-            )
+        # The store fills in the conversation's customer, which it reads anyway.
+        access = conversation_access(user, conversation_id, "", "message", message.created)
         commit = MessageCommit(
             message,
             idempotency_key,

@@ -1014,7 +1014,7 @@ class StompSession:
 
     def _send_raw(self, data: bytes) -> None:
         self._last_write = self._clock.seconds()
-        self._counters.bytes_sent += len(data)
+        self._services.counters.bytes_sent += len(data)  # per send: no property call
         self._carrier.send(data)
 
     def _send_frame(self, command: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
