@@ -320,6 +320,10 @@ class _Connection(txpostgres.Connection):
             super().doRead()
         except psycopg2.Error as e:
             _log.warn("PostgreSQL connection lost: {reason}", reason=_reason(e))
+            # psycopg2 may not have marked it closed yet; txpostgres stopped reading it.
+            # Closed, its next use opens a new one instead of sending a statement into a
+            # connection nobody reads, which would wait for ever.
+            self.close()
 
     def doWrite(self) -> None:
         """Write the rest of a statement under way."""
