@@ -22,11 +22,17 @@ Neither runner lets a plugin choose the format outright, so each is told in its 
     parsed: L{configure} replaces it.  Without C{--log-format}, C{twist}'s own choice
     stands (text on a terminal, else JSON), its JSON written one object per line too.
 
-C{text} (the default under C{twistd}) leaves the runner's text format alone.
+C{text} (the default under C{twistd}) is the runners' own text format, line for line
+(L{text_line}): twisted.logger's classic lines, with the timestamp's text made once per
+second rather than for every event (it was a third of the cost of logging a line, and an
+HTTP server logs one a request).  Under C{twistd} medichat writes it, as above, unless
+C{--logger} or C{--syslog} chose another observer or a daemon was told to log to standard
+output (which twistd refuses itself).
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -37,7 +43,8 @@ from twisted.logger import (
     ILogObserver,
     LogEvent,
     eventAsJSON,
-    textFileLogObserver,
+    formatEventAsClassicLogText,
+    formatTime,
 )
 from twisted.python import usage
 from twisted.python.logfile import LogFile
@@ -68,6 +75,45 @@ def json_file_observer(out_file: IO[Any]) -> ILogObserver:
     An observer that writes each event to C{out_file} as one line of JSON.
     """
     return FileLogObserver(out_file, json_line)
+
+
+class _SecondsText:
+    """
+    twisted.logger's L{formatTime} in its default format (to the second), remembering
+    the text of the last second it made.
+    """
+
+    def __init__(self) -> None:
+        # One attribute, replaced whole, so a thread that logs at the same time reads a
+        # second and its text that belong together.
+        self._last: tuple[int, str] | None = None
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = math.floor(when)
+        last = self._last
+        if last is not None and last[0] == second:
+            return last[1]
+        text = formatTime(second)
+        self._last = (second, text)
+        return text
+
+
+def text_line(event: LogEvent, _time: _SecondsText = _SecondsText()) -> str | None:
+    """
+    C{event} as the line (with its line end) that twisted.logger's text observers write,
+    or L{None} for an event with nothing to say.
+    """
+    return formatEventAsClassicLogText(event, formatTime=_time)
+
+
+def text_file_observer(out_file: IO[Any]) -> ILogObserver:
+    """
+    An observer that writes each event to C{out_file} as twisted.logger's text observers
+    do (L{text_line}).
+    """
+    return FileLogObserver(out_file, text_line)
 
 
 def _is_twistd(runner_options: usage.Options) -> bool:
@@ -107,8 +153,9 @@ def configure(log_format: str | None, runner_options: usage.Options | None) -> (
     of medichat's options; L{None} when there is none, as in tests).
 
     @param log_format: C{"text"}, C{"json"} or L{None} (not given).
-    @return: under twistd with C{json}, what makes the observer to set on the
-        application (L{twistd_observer}); else L{None}.
+    @return: under twistd, what makes the observer to set on the application
+        (L{twistd_observer} for C{json}, L{text_file_observer} on twistd's log file for
+        C{text}, unless twistd was told to log elsewhere); else L{None}.
     @raise usage.UsageError: for C{json} with twistd's C{--logger} or C{--syslog}, or
         as a daemon logging to standard output.
     """
@@ -116,12 +163,18 @@ def configure(log_format: str | None, runner_options: usage.Options | None) -> (
         return None
     if _is_twist(runner_options):
         if log_format == "text":
-            runner_options["fileLogObserverFactory"] = textFileLogObserver
+            runner_options["fileLogObserverFactory"] = text_file_observer
         elif log_format == "json" or runner_options.get("logFormat") == "json":
             runner_options["fileLogObserverFactory"] = json_file_observer
         return None
-    if log_format != "json" or not _is_twistd(runner_options):
+    if not _is_twistd(runner_options):
         return None
+    if log_format != "json":
+        if runner_options.get("logger") or runner_options.get("syslog") or (
+            runner_options.get("logfile") == "-" and not runner_options.get("nodaemon")
+        ):
+            return None
+        return lambda: text_file_observer(twistd_log_file(runner_options))
     if runner_options.get("logger"):
         raise usage.UsageError("--log-format json cannot be combined with twistd's --logger")
     if runner_options.get("syslog"):
@@ -143,6 +196,8 @@ __all__ = [
     "configure",
     "json_file_observer",
     "json_line",
+    "text_file_observer",
+    "text_line",
     "twistd_log_file",
     "twistd_observer",
 ]

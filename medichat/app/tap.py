@@ -580,8 +580,8 @@ class MedichatService(MultiService):
         (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
         before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
-    @ivar _log_observer: makes the log observer of twistd's application (JSON logs), or
-        L{None} to leave twistd's own.
+    @ivar _log_observer: makes the log observer of twistd's application (JSON or text,
+        L{medichat.app.logs.configure}), or L{None} to leave twistd's own.
 
     With C{freeze_gc} (the service owns its process, as under C{twistd}), what exists once
     it serves is moved out of the garbage collector's reach (C{gc.freeze}).

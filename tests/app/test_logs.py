@@ -17,11 +17,15 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import (
     ILogObserver,
     Logger,
+    LogLevel,
     formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
     globalLogPublisher,
     textFileLogObserver,
 )
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -97,6 +101,55 @@ class StartLineTests(SynchronousTestCase):
         self.assertNotIn("pass-word-9", repr(event))
 
 
+class TextLineTests(SynchronousTestCase):
+    """
+    L{logs.text_line} writes the lines of twisted.logger's text observers, its
+    timestamps' text kept for a second.
+    """
+
+    def event(self, when: float | None, **fields: Any) -> dict[str, Any]:
+        return {"log_format": "{n} at {when}", "n": 1, "when": when,
+                "log_namespace": "medichat.x", "log_level": LogLevel.warn,
+                "log_time": when, **fields}
+
+    def test_as_twisted(self) -> None:
+        """
+        Any time, in and across seconds, back and forth, and no time at all: the same
+        line as twisted.logger's own.
+        """
+        times = [0.0, 0.25, 0.999999, 1.0, 1.5, 1700000000.0, 1700000000.9, 1700000001.1,
+                 1700000000.2, 59.99, 60.0, -0.5, None]
+        for when in times:
+            expected = formatEventAsClassicLogText(self.event(when))
+            self.assertEqual(logs.text_line(self.event(when)), expected, when)
+        failure = Failure(ValueError("boom"))
+        event = self.event(12.5, log_failure=failure, log_system="sys")
+        self.assertEqual(logs.text_line(event), formatEventAsClassicLogText(event))
+
+    def test_seconds_kept(self) -> None:
+        """The text of a second is made once while events stay in it."""
+        made: list[float] = []
+
+        def counting(when: float | None) -> str:
+            made.append(when)  # type: ignore[arg-type]
+            return formatTime(when)
+
+        self.patch(logs, "formatTime", counting)
+        text = logs._SecondsText()
+        lines = [text(100.0 + i / 10) for i in range(10)] + [text(101.0), text(101.2)]
+        self.assertEqual(made, [100, 101])
+        self.assertEqual(len(set(lines[:10])), 1)
+        self.assertEqual(lines[10], formatTime(101.0))
+
+    def test_observer(self) -> None:
+        """L{logs.text_file_observer} writes L{logs.text_line}'s lines to its file."""
+        out = io.StringIO()
+        observer = logs.text_file_observer(out)
+        observer(self.event(3.0))
+        observer({"log_time": 4.0})  # nothing to say: no line
+        self.assertEqual(out.getvalue(), formatEventAsClassicLogText(self.event(3.0)))
+
+
 class LogFormatOptionTests(SynchronousTestCase):
     """
     C{--log-format} and C{--access-log} take their values, and tell the runner.
@@ -140,9 +193,28 @@ class LogFormatOptionTests(SynchronousTestCase):
         self.assertFalse(lines[0].startswith("\x1e"))
 
     def test_twistd_text(self) -> None:
-        """Under twistd, text (the default) leaves twistd's own observer."""
+        """
+        Under twistd, text (the default) is medichat's text observer on twistd's log
+        file, writing twistd's own lines.
+        """
+        event = {"log_format": "hello {who}", "who": "world", "log_namespace": "x",
+                 "log_level": LogLevel.info, "log_time": 1.5}
         for args in ([], ["--log-format", "text"]):
-            options = self.twistd("-n", "medichat", *args)
+            path = self.mktemp()
+            options = self.twistd("--logfile", path, "medichat", *args)
+            observer = options.subOptions.log_observer()
+            observer(event)
+            with open(path) as f:
+                self.assertEqual(f.read(), formatEventAsClassicLogText(event))
+
+    def test_twistd_text_elsewhere(self) -> None:
+        """
+        Text leaves twistd's own observer when it was told to log elsewhere: --syslog,
+        --logger, or a daemon on standard output (which twistd refuses).
+        """
+        for args in (["--syslog"], ["--logger", "twisted.logger.textFileLogObserver"],
+                     ["--logfile", "-"]):
+            options = self.twistd(*args, "medichat")
             self.assertIsNone(options.subOptions.log_observer)
 
     def test_twistd_conflicts(self) -> None:
@@ -173,7 +245,7 @@ class LogFormatOptionTests(SynchronousTestCase):
         self.assertIsNone(logs.configure("json", runner))  # type: ignore[arg-type]
         self.assertIs(runner["fileLogObserverFactory"], logs.json_file_observer)
         logs.configure("text", runner)  # type: ignore[arg-type]
-        self.assertIs(runner["fileLogObserverFactory"], textFileLogObserver)
+        self.assertIs(runner["fileLogObserverFactory"], logs.text_file_observer)
         runner["logFormat"] = "json"
         logs.configure(None, runner)  # type: ignore[arg-type]
         self.assertIs(runner["fileLogObserverFactory"], logs.json_file_observer)
