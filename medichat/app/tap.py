@@ -232,6 +232,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["request-head-timeout", None, 10.0,
          "Seconds an HTTP request line and headers may take to arrive (408 past it).",
          lambda v: _positive_float("request-head-timeout", v)],
+        ["rate-limit-hold", None, 1.0,
+         "Seconds a kept-alive HTTP connection reads nothing after a 429 (0: not held).",
+         lambda v: _non_negative_float("rate-limit-hold", v)],
         ["max-connections", None, None,
          "Most connections open at once (HTTP, WebSocket and STOMP/TCP together); "
          "default 100 below the open-file limit, at most 20000.",
@@ -1025,7 +1028,8 @@ def makeService(
         enabled=config["access-log"] == "on", trusted_proxies=config["trusted-proxy"]
     )
     site = make_site(root, config["max-body"], clock=clock,
-                     head_timeout=config["request-head-timeout"], access_log=access_log)
+                     head_timeout=config["request-head-timeout"], access_log=access_log,
+                     rate_limit_hold=config["rate-limit-hold"])
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 

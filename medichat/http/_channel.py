@@ -11,6 +11,14 @@ the deadline is answered 408 (problem+json) and the connection closed; a connect
 sent nothing is just closed.  The body and the answer are not covered.  The WebSocket
 handshake is such a head; once upgraded, Autobahn's own opening-handshake timeout applies.
 
+A request answered 429 (a rate limit: its answer says C{Retry-After}) holds its
+connection: the next request on it is read no sooner than C{rate_limit_hold} seconds
+later (C{--rate-limit-hold}, 1 s by default, the least C{Retry-After} medichat sends).
+A client that honours C{Retry-After} never notices; one that floods a kept-alive
+connection is slowed to the pace the server chooses instead of costing it a request's
+work for each refusal (issue 8: under a flood of C{POST /v1/conversation}, other users'
+latency).  L{medichat.http.problems.write_problem} marks such a request.
+
 At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request being
 received or answered finish (its answer says C{Connection: close}, and its connection
 closes after it), and fires when no HTTP connection is left, or after a bound.
@@ -28,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
-from medichat.http.problems import Problem
+from medichat.http.problems import HOLD_ATTRIBUTE, Problem
 
 __all__ = ["HTTPConnections", "MedichatChannel"]
 
@@ -52,12 +60,17 @@ class MedichatChannel(HTTPChannel):
 
     _log = Logger()
 
-    def __init__(self, head_timeout: float = 10.0) -> None:
+    def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0) -> None:
         """
         @param head_timeout: seconds the request line and headers may take.
+        @param rate_limit_hold: seconds the connection reads nothing after a request
+            that asked for it (L{medichat.http.problems.hold_connection}); 0 for
+            never.
         """
         super().__init__()
         self.head_timeout = head_timeout
+        self.rate_limit_hold = rate_limit_hold
+        self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None
         # Between requests: no request line has been completed, or, if one has, its
         # headers have not.
@@ -114,9 +127,37 @@ class MedichatChannel(HTTPChannel):
         self._awaiting_head = True
         self._head_started = False
         super().requestDone(request)
+        if getattr(request, HOLD_ATTRIBUTE, False):
+            self._hold()
+
+    # Holding after a rate limit
+
+    def _hold(self) -> None:
+        transport = self.transport
+        if (self.rate_limit_hold <= 0 or transport is None or not self.persistent
+                or self._draining or getattr(transport, "disconnecting", False)):
+            return
+        if self._hold_call is not None and self._hold_call.active():
+            self._hold_call.cancel()
+        self._networkProducer.pauseProducing()
+        self._hold_call = self.callLater(self.rate_limit_hold, self._release)
+
+    def _release(self) -> None:
+        self._hold_call = None
+        # Whatever else paused the connection (a request being answered, a full send
+        # buffer) resumes it when it is done.
+        if not self._handlingRequest and not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+
+    def _cancel_hold(self) -> None:
+        if self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
+        self._cancel_hold()
         super().connectionLost(reason)
 
     # Draining

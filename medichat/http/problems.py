@@ -27,9 +27,11 @@ from medichat.errors import Conflict, DomainError, RateLimited, StoreUnavailable
 
 __all__ = [
     "CONTENT_TYPE",
+    "HOLD_ATTRIBUTE",
     "PROBLEM_TYPE_BASE",
     "STORE_RETRY_AFTER",
     "Problem",
+    "hold_connection",
     "problem_for",
     "render_failure",
     "write_problem",
@@ -152,14 +154,32 @@ def problem_for(error: BaseException) -> Problem:
     return Problem.of(500, "the server failed to handle this request; it has been logged")
 
 
+HOLD_ATTRIBUTE = "medichat_hold_connection"
+"""Set (to C{True}) on a request whose connection should be held once it is answered."""
+
+
+def hold_connection(request: IRequest) -> None:
+    """
+    Ask that C{request}'s connection read nothing more for a while once C{request} is
+    answered (L{medichat.http._channel.MedichatChannel}'s C{rate_limit_hold}).
+    """
+    try:
+        setattr(request, HOLD_ATTRIBUTE, True)
+    except AttributeError:  # a request class with slots: not held
+        pass
+
+
 def write_problem(request: IRequest, problem: Problem) -> bytes:
     """
     Set C{request}'s status (with the problem's title as the reason phrase: twisted.web
-    knows none for 429, 426 or 431) and headers for C{problem}.
+    knows none for 429, 426 or 431) and headers for C{problem}.  A 429 (a rate limit)
+    also holds the request's connection once answered (L{hold_connection}).
 
     @return: the body to write.
     """
     request.setResponseCode(problem.status, problem.title.encode("ascii"))
+    if problem.status == 429:
+        hold_connection(request)
     request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
     for name, value in problem.headers:
         request.setHeader(name.encode("ascii"), value.encode("latin-1"))

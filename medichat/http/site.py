@@ -405,7 +405,8 @@ def _client(request: Request) -> str:
 
 
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
-              head_timeout: float = 10.0, access_log: AccessLog | None = None) -> Site:
+              head_timeout: float = 10.0, access_log: AccessLog | None = None,
+              rate_limit_hold: float = 1.0) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
     whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
@@ -414,11 +415,14 @@ def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = No
         global reactor when L{None}.
     @param head_timeout: seconds a request line and its headers may take to arrive.
     @param access_log: logs each request; one that logs every request by default.
+    @param rate_limit_hold: seconds a connection reads nothing after a 429 (0: never).
     """
     site = MedichatSite(
         root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
     )
-    site.protocol = partial(Channel, head_timeout)  # type: ignore[assignment]
+    site.protocol = partial(  # type: ignore[assignment]
+        Channel, head_timeout, rate_limit_hold=rate_limit_hold
+    )
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False
     return site

@@ -12,9 +12,10 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect, makeFakeClient, makeFakeServer
@@ -24,7 +25,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from medichat._connections import CappedFactory, ConnectionCap, raw_transport
 from medichat.carriers._fastpath import FastPaths, socket_of
+from medichat.errors import RateLimited
 from medichat.http._channel import HTTPConnections
+from medichat.http.problems import problem_for, write_problem
 from medichat.http.site import make_site
 
 _ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -215,6 +218,76 @@ class HeadDeadlineTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(_answer(client.received)[0], 200)
         self.assertFalse(client.closed)
+
+
+class _Limited(Resource):
+    """Answers 429 as the API does (L{write_problem}), or 200 for C{?ok}."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        if request.args.get(b"ok"):
+            return b"ok"
+        limited = RateLimited("at most 1 per second", retry_after=0.2)
+        return write_problem(request, problem_for(limited))
+
+
+class RateLimitHoldTests(SynchronousTestCase):
+    """
+    A request answered 429 holds its kept-alive connection: nothing more is read from it
+    for C{rate_limit_hold} seconds.
+    """
+
+    def serve(self, hold: float = 1.0) -> tuple[Any, StringTransport, Clock]:
+        clock = Clock()
+        root = Resource()
+        root.putChild(b"limited", _Limited())
+        site = make_site(root, 1000, clock=clock, rate_limit_hold=hold)
+        channel = site.buildProtocol(_ADDRESS)
+        transport = StringTransport(peerAddress=_ADDRESS)
+        channel.makeConnection(transport)
+        return channel, transport, clock
+
+    def held(self, channel: Any, clock: Clock) -> bool:
+        return any(call.func == channel._release for call in clock.getDelayedCalls())
+
+    def request(self, channel: Any, transport: StringTransport, query: bytes = b"") -> int:
+        transport.clear()
+        channel.dataReceived(_HEAD.replace(b"/ok", b"/limited" + query))
+        return _answer(transport.value())[0]
+
+    def test_held_after_429(self) -> None:
+        """After a 429 the connection is paused for the hold, then read again."""
+        channel, transport, clock = self.serve(hold=1.0)
+        self.assertEqual(self.request(channel, transport), 429)
+        self.assertEqual(transport.producerState, "paused")
+        clock.advance(0.9)
+        self.assertEqual(transport.producerState, "paused")
+        clock.advance(0.1)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.request(channel, transport, b"?ok=1"), 200)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(self.held(channel, clock))
+
+    def test_other_answers_not_held(self) -> None:
+        """Any other answer leaves the connection reading."""
+        channel, transport, clock = self.serve()
+        self.assertEqual(self.request(channel, transport, b"?ok=1"), 200)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_no_hold(self) -> None:
+        """With a hold of 0 a 429 leaves the connection reading."""
+        channel, transport, clock = self.serve(hold=0)
+        self.assertEqual(self.request(channel, transport), 429)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_lost_while_held(self) -> None:
+        """A connection lost while held leaves no timer behind."""
+        channel, transport, clock = self.serve()
+        self.assertEqual(self.request(channel, transport), 429)
+        self.assertTrue(self.held(channel, clock))
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.held(channel, clock))
 
 
 class ConnectionCapTests(SynchronousTestCase):
