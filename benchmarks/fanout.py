@@ -7,7 +7,12 @@ C{/v1/topic/heartbeat} every interval), opens N STOMP-over-WebSocket sessions th
 subscribe to that topic, and counts the MESSAGE frames they receive against the server's
 CPU time over a few windows.  Windows start and end halfway between two publications, so
 each one holds whole fan-outs only.  Checks that every session got every publication.
-Prints one JSON object.
+
+In the same run, the reference the goal is set against (C{--reference-rounds}, 3 by
+default): a child process opens as many loopback TCP connections as there were sessions
+and C{send()}s the bytes of one delivery (the C{MESSAGE} frame the clients got, in its
+WebSocket frame) to each, a round at a time, counting its CPU in the sending loop only;
+the goal is at most 1.5x that per send.  Prints one JSON object.
 
     python benchmarks/fanout.py --sessions 10000 --duration 10
 """
@@ -15,10 +20,16 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import select
+import socket
+import subprocess
 import sys
 import time
 import uuid
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +55,74 @@ from _harness import (  # noqa: E402
 )
 
 GOAL_US_PER_DELIVERY = 5.0
+GOAL_OVER_BARE_SEND = 1.5
 TOPIC = "/v1/topic/heartbeat"
+
+
+def bare_send(connections: int, size: int, rounds: int) -> dict[str, Any]:
+    """
+    The reference: C{connections} loopback TCP connections (C{TCP_NODELAY} on the
+    sending side, as the server sets it), and C{rounds} rounds of one C{send()} of
+    C{size} bytes to each.  The CPU of each round's sending loop (user + system, in this
+    process), per send.  The receiving ends live in a forked child that reads whatever
+    arrives, as the benchmark's clients do.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    address = listener.getsockname()
+    child = os.fork()
+    if child == 0:  # the receiving ends
+        try:
+            listener.close()
+            poller = select.epoll()
+            receivers = {}
+            for _ in range(connections):
+                client = socket.create_connection(address)
+                receivers[client.fileno()] = client
+                poller.register(client.fileno(), select.EPOLLIN)
+            while receivers:
+                for fd, _ in poller.poll(1.0):
+                    if not receivers[fd].recv(65536):
+                        poller.unregister(fd)
+                        receivers.pop(fd).close()
+        finally:
+            os._exit(0)
+    senders = []
+    for _ in range(connections):
+        server, _ = listener.accept()
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server.setblocking(False)
+        senders.append(server)
+    data = b"x" * size
+    per_send = []
+    for _ in range(rounds):
+        time.sleep(0.5)
+        started = time.process_time()
+        for sender in senders:
+            sender.send(data)
+        per_send.append((time.process_time() - started) * 1e6 / connections)
+    for sender in senders:
+        sender.close()
+    os.waitpid(child, 0)
+    return {"connections": connections, "bytes": size,
+            "us_per_send": [round(u, 2) for u in per_send],
+            "median_us_per_send": round(median(per_send), 2)}
+
+
+def run_bare_send(connections: int, size: int, rounds: int) -> dict[str, Any]:
+    """L{bare_send} in a child process (its own files and its own CPU)."""
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--bare-send", str(connections),
+         "--bare-send-bytes", str(size), "--reference-rounds", str(rounds)],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        return {"error": result.stderr[-500:]}
+    figures: dict[str, Any] = json.loads(result.stdout)
+    return figures
 
 
 class Publications:
@@ -57,6 +135,7 @@ class Publications:
         self.index: dict[bytes, list[Any]] = {}  # message-id -> [seq, first arrival, count]
         self.first_arrival: list[float] = []
         self.unparsed = 0
+        self.payload_size: int | None = None
 
     def on_message(self, client: BenchClient, payload: bytes, now: float) -> None:
         start = payload.find(b"\nmessage-id:")
@@ -64,6 +143,8 @@ class Publications:
             self.unparsed += 1
             return
         start += 12
+        if self.payload_size is None:
+            self.payload_size = len(payload)
         message_id = payload[start:payload.find(b"\n", start)]
         record = self.index.get(message_id)
         if record is None:
@@ -94,8 +175,18 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=int, default=10000,
                         help="STOMP heart-beat the clients ask for both ways, in ms "
                              "(default %(default)s)")
+    parser.add_argument("--reference-rounds", type=int, default=3,
+                        help="rounds of the bare send() reference, 0 for none "
+                             "(default %(default)s)")
     common_arguments(parser, duration=10.0, timeout=600.0)
+    # The reference child's own arguments.
+    parser.add_argument("--bare-send", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-send-bytes", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.bare_send:
+        print(json.dumps(bare_send(options.bare_send, options.bare_send_bytes,
+                                   max(1, options.reference_rounds))))
+        return 0
     report: dict[str, Any] = {
         "benchmark": "fanout",
         "sessions": options.sessions,
@@ -212,8 +303,27 @@ def main() -> int:
         report["unparsed_messages"] = publications.unparsed
         report["clients"] = population.summary()
         cost = report["median"]["server_cpu_us_per_delivery"]
+        reference = None
+        if options.reference_rounds > 0 and publications.payload_size is not None:
+            size = publications.payload_size
+            # The server's WebSocket frame header: 2 bytes, 4 from 126 bytes of payload.
+            wire = size + (2 if size < 126 else 4)
+            log(f"reference: bare send() of {wire} bytes to {options.sessions} loopback "
+                f"connections, {options.reference_rounds} rounds")
+            figures = run_bare_send(options.sessions, wire, options.reference_rounds)
+            report["bare_send"] = figures
+            reference = figures.get("median_us_per_send")
+            if reference:
+                log(f"  bare send(): {figures['us_per_send']} us each")
+                report["over_bare_send"] = (
+                    round(cost / reference, 2) if cost is not None else None
+                )
         report["goals_met"] = {
             "server_cpu_per_delivery": cost is not None and cost <= GOAL_US_PER_DELIVERY,
+            "within_1.5x_bare_send": (
+                cost is not None and reference is not None
+                and cost <= GOAL_OVER_BARE_SEND * reference
+            ),
             "every_session_got_every_publication": all(
                 w["missing_deliveries"] == 0 and w["sessions_missing_some"] == 0
                 for w in windows
