@@ -76,6 +76,21 @@ def process_cpu(pid: int) -> float:
     return user + system
 
 
+def start_floor_server(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """
+    Start C{script} with C{--serve} and C{args} as a child process that prints the port
+    it listens on, as the floor benchmarks' bare servers do.
+
+    @return: the child and its port.
+    """
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(script), "--serve", *args],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
 def process_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in KiB."""
     found = {}

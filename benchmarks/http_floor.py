@@ -22,12 +22,13 @@ import json
 import os
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import process_cpu, start_floor_server  # noqa: E402
 
 ANSWER = json.dumps({
     "id": "0d6f7a8e-4b1c-4e0f-9a57-2f1c3b5d7e90",
@@ -66,11 +67,6 @@ def serve() -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
@@ -83,10 +79,7 @@ def main() -> int:
     if options.serve:
         serve()
         return 0
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    child, port = start_floor_server(__file__)
     body = json.dumps({"message": "How often should I take this?"}).encode()
     request = (
         b"POST /api/v1/conversation/5b2f0c1e-8d3a-4f6b-b7e2-9c4d1a0e3f58/message HTTP/1.1\r\n"
@@ -94,8 +87,6 @@ def main() -> int:
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     try:
-        assert child.stdout is not None
-        port = int(child.stdout.readline())
         selector = selectors.DefaultSelector()
         idle: list[socket.socket] = []
         for _ in range(options.connections):
@@ -136,9 +127,9 @@ def main() -> int:
         pump(time.monotonic() + 2.0)
         windows = []
         for _ in range(options.repeats):
-            before_cpu, before_answered, at = cpu_seconds(child.pid), answered[0], time.monotonic()
+            before_cpu, before_answered, at = process_cpu(child.pid), answered[0], time.monotonic()
             pump(at + options.duration)
-            used, seconds = cpu_seconds(child.pid) - before_cpu, time.monotonic() - at
+            used, seconds = process_cpu(child.pid) - before_cpu, time.monotonic() - at
             count = answered[0] - before_answered
             windows.append({
                 "seconds": round(seconds, 3),

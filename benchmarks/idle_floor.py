@@ -26,12 +26,13 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import process_cpu, start_floor_server  # noqa: E402
 
 
 def serve(interval: float, direct: bool) -> None:
@@ -74,11 +75,6 @@ def serve(interval: float, direct: bool) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
@@ -100,14 +96,10 @@ def main() -> int:
     if options.serve:
         serve(options.interval, options.send == "direct")
         return 0
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", "--interval",
-         str(options.interval), "--send", options.send],
-        stdout=subprocess.PIPE, text=True,
+    child, port = start_floor_server(
+        __file__, "--interval", str(options.interval), "--send", options.send
     )
     try:
-        assert child.stdout is not None
-        port = int(child.stdout.readline())
         selector = selectors.DefaultSelector()
         sockets = []
         for _ in range(options.sessions):
@@ -135,9 +127,9 @@ def main() -> int:
         pump(time.monotonic() + options.settle + options.interval)
         windows = []
         for _ in range(options.repeats):
-            before, at = cpu_seconds(child.pid), time.monotonic()
+            before, at = process_cpu(child.pid), time.monotonic()
             pump(at + options.duration)
-            used, seconds = cpu_seconds(child.pid) - before, time.monotonic() - at
+            used, seconds = process_cpu(child.pid) - before, time.monotonic() - at
             windows.append({
                 "seconds": round(seconds, 3),
                 "server_cpu_pct_of_core": round(100 * used / seconds, 2),
