@@ -80,6 +80,7 @@ from medichat.pubsub.feed import (
 from medichat.pubsub.heartbeat import HeartbeatTopicService
 from medichat.pubsub.hub import InProcessHub
 from medichat.stomp.codec import Limits
+from medichat.stomp.linger import Lingering
 from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
@@ -232,6 +233,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["request-head-timeout", None, 10.0,
          "Seconds an HTTP request line and headers may take to arrive (408 past it).",
          lambda v: _positive_float("request-head-timeout", v)],
+        ["error-close-delay", None, 1.0,
+         "Seconds a STOMP connection ended by an ERROR stays open, read no further, "
+         "before it is closed (0: at once).",
+         lambda v: _non_negative_float("error-close-delay", v)],
         ["rate-limit-hold", None, 1.0,
          "Seconds a kept-alive HTTP connection reads nothing after a 429 (0: not held).",
          lambda v: _non_negative_float("rate-limit-hold", v)],
@@ -583,6 +588,8 @@ class MedichatService(MultiService):
         (each with C{start()}, which may return a L{Deferred}, and C{stop()}), and stops
         before the store: the event feed and the event pruner.
     @ivar ready: fires once serving, or fails with L{CannotStart}.
+    @ivar _lingering: the STOMP connections held after an C{ERROR}, closed at once when
+        stopping (L{medichat.stomp.linger}); L{None} for none.
     @ivar _log_observer: makes the log observer of twistd's application (JSON or text,
         L{medichat.app.logs.configure}), or L{None} to leave twistd's own.
 
@@ -608,6 +615,7 @@ class MedichatService(MultiService):
                  close_spread: float = 0.0,
                  node: NodeService | None = None,
                  lock: DataDirectoryLock | None = None,
+                 lingering: Lingering | None = None,
                  after_store: Sequence[Any] = (),
                  log_observer: Any = None) -> None:
         super().__init__()
@@ -629,6 +637,7 @@ class MedichatService(MultiService):
         self._wheel = wheel
         self._threadpool = threadpool
         self._websockets = websockets
+        self._lingering = lingering
         self.listeners: list[_Listener] = []
         self.metrics_listeners: list[_Listener] = []
         self.ready: Deferred[None] = Deferred()
@@ -759,6 +768,9 @@ class MedichatService(MultiService):
         _log.info("medichat draining: not ready, no longer accepting")
         # Listeners first: nothing new arrives while the rest winds down.
         yield MultiService.stopService(self)
+        if self._lingering is not None:
+            # Connections held after an ERROR (medichat.stomp.linger) need not wait.
+            self._lingering.close_all()
         waits = [self._close_sessions().addCallback(lambda _: self._websockets.drain())]
         if self._http is not None:
             # Answer what is in flight before the store goes.
@@ -987,6 +999,7 @@ def makeService(
         max_transaction_bytes=config["max-transaction-bytes"],
         max_pending_frames=config["max-pending-frames"],
         revalidate_interval=config["session-recheck-interval"],
+        error_close_delay=config["error-close-delay"],
     )
     services = StompServices(
         hub=hub,
@@ -1038,6 +1051,7 @@ def makeService(
         http=http, hub=hub, broadcast=broadcast, shutdown_timeout=config["shutdown-timeout"],
         exit_on_failure=exit_on_failure, freeze_gc=exit_on_failure, readiness=readiness,
         close_spread=config["close-spread"], node=node, lock=lock,
+        lingering=services.lingering,
         after_store=(feed, pruner, access_pruner, *webhooks),
         log_observer=getattr(config, "log_observer", None),
     )

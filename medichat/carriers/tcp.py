@@ -20,7 +20,7 @@ from medichat._connections import raw_transport
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
 from medichat.carriers._fastpath import FastPaths, send_now, socket_of
 from medichat.interfaces import ICarrier
-from medichat.stomp.session import StompServices, StompSession
+from medichat.stomp.session import StompServices, StompSession, is_error_close
 
 
 @implementer(ICarrier)
@@ -56,6 +56,7 @@ class StompTCPProtocol(Protocol):
             self._session.data_received(data)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.factory.services.lingering.forget(self)
         session, self._session = self._session, None
         if session is not None:
             overflowed = self._budget is not None and self._budget.overflowed
@@ -70,6 +71,12 @@ class StompTCPProtocol(Protocol):
             self._budget.written(len(data))
 
     def close(self, code: int, reason: str) -> None:
+        lingering = self.factory.services.lingering
+        if is_error_close(code) and lingering.hold(self, self.transport.loseConnection):
+            # The session ended on an ERROR: read nothing more until the close.
+            self.transport.pauseProducing()
+            return
+        lingering.forget(self)
         self.transport.loseConnection()
 
     def abort(self) -> None:

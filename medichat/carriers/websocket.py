@@ -52,7 +52,7 @@ from medichat.carriers._fastpath import (
 from medichat.http.forwarded import Network, forwarded_client
 from medichat.http.origins import OriginPolicy
 from medichat.interfaces import ICarrier
-from medichat.stomp.session import StompServices, StompSession
+from medichat.stomp.session import StompServices, StompSession, is_error_close
 
 SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
@@ -307,6 +307,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.cancel()
+        self.factory.services.lingering.forget(self)
         session, self._session = self._session, None
         if session is not None:
             if self._budget is not None and self._budget.overflowed:
@@ -351,10 +352,24 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             budget.written(size)
 
     def close(self, code: int, reason: str) -> None:
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            # sendClose() only lets applications use 1000 and 3000-4999; the protocol
-            # codes (1001 going away, 1002, 1008, 1009, 1011) say more, so frame it directly.
-            self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        lingering = self.factory.services.lingering
+        if is_error_close(code) and lingering.hold(self, lambda: self._close_now(code, reason)):
+            # The session ended on an ERROR: read nothing more until the close.
+            self._raw.pauseProducing()
+            return
+        lingering.forget(self)
+        self._close_now(code, reason)
+
+    def _close_now(self, code: int, reason: str) -> None:
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if self._raw is not None and not self._raw.disconnecting:
+            self._raw.resumeProducing()
+        # sendClose() only lets applications use 1000 and 3000-4999; the protocol codes
+        # (1001 going away, 1002, 1008, 1009, 1011) say more, so frame it directly.
+        self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
 
     def abort(self) -> None:
         self.dropConnection(abort=True)

@@ -51,6 +51,7 @@ from medichat.stomp.codec import (
 )
 from medichat.stomp.counters import StompCounters
 from medichat.stomp.destinations import Route, route_send, route_subscription
+from medichat.stomp.linger import Lingering
 from medichat.stomp.registry import SessionRegistry
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
@@ -61,6 +62,15 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+
+
+def is_error_close(code: int) -> bool:
+    """
+    Whether a session closes its connection with C{code} because of an C{ERROR} (what the
+    client sent, its credentials, a limit, or a failure): any code but normal (1000,
+    after C{DISCONNECT}) and going away (1001, at shutdown).
+    """
+    return code not in (CLOSE_NORMAL, CLOSE_GOING_AWAY)
 CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -101,6 +111,9 @@ class StompConfig:
     @ivar replay_page: events read from the store at once while replaying.
     @ivar replay_page_bytes: bytes of C{MESSAGE} frames sent before the next read, so
         that a replay of large messages reaches the socket a page at a time.
+    @ivar error_close_delay: seconds a carrier keeps a connection that an C{ERROR} ended
+        open, reading nothing, before it closes it (L{medichat.stomp.linger}); 0 closes
+        at once.
     """
 
     limits: Limits = Limits()
@@ -125,6 +138,7 @@ class StompConfig:
     replay_page: int = 100
     replay_page_bytes: int = 256 * 1024
     server_name: str = f"medichat/{__version__}"
+    error_close_delay: float = 0.0
 
 
 @frozen
@@ -153,6 +167,8 @@ class StompServices:
 
     @ivar wheel: the timers of every session; made on C{clock} when not given.
     @ivar counters: what the sessions have done, for metrics.
+    @ivar lingering: the connections an C{ERROR} ended, held before their close
+        (L{medichat.stomp.linger}); made on C{clock} with the config's delay when not given.
     """
 
     hub: IHub
@@ -165,6 +181,7 @@ class StompServices:
     config: StompConfig = StompConfig()
     rates: UserRateLimits = field(default=None)
     counters: StompCounters = field(factory=StompCounters)
+    lingering: Lingering = field(default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.rates is None:
@@ -176,6 +193,8 @@ class StompServices:
             )
         if self.wheel is None:
             self.wheel = TimerWheel(self.clock)
+        if self.lingering is None:
+            self.lingering = Lingering(self.clock, self.config.error_close_delay)
 
 
 class StompError(Exception):

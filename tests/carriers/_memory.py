@@ -28,11 +28,19 @@ from medichat.stomp.session import StompServices
 class RecordingTransport(FakeTransport):
     """
     An iosim transport that remembers whether it was aborted (iosim treats an abort as an
-    orderly close; a real TCP abort resets the connection).
+    orderly close; a real TCP abort resets the connection) and whether reading is paused
+    (iosim delivers regardless).
     """
 
     aborted = False
     keepalive = False
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
 
     def abortConnection(self) -> None:
         self.aborted = True

@@ -438,6 +438,57 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         self.assertEqual(connection.client.pings, 0)
         self.assertFalse(connection.closed)
 
+    def garbage_with_delay(self, delay: float) -> tuple[StompServices, MemoryConnection]:
+        """A connection that sent garbage, with C{--error-close-delay} C{delay}."""
+        services = make_services(self.clock, error_close_delay=delay)
+        bad = self.open(self.make_factory(services))
+        bad.message(b"\x00\xffnot stomp at all\n\n\x00", binary=True)
+        self.assertEqual([f.command for f in bad.take()], ["ERROR"])
+        return services, bad
+
+    def test_error_close_delayed(self) -> None:
+        """
+        With an error close delay, a connection an ERROR ended is read no further and
+        closed (cleanly) only once the delay has passed; its session is gone at once.
+        """
+        services, bad = self.garbage_with_delay(1.0)
+        self.assertFalse(bad.closed)
+        self.assertTrue(bad.server_transport.paused)
+        self.assertEqual((len(services.lingering), len(services.registry.sessions())), (1, 0))
+        self.clock.advance(0.9)
+        bad.pump.flush()
+        self.assertFalse(bad.closed)
+        self.clock.advance(0.1)
+        bad.pump.flush()
+        self.assert_closed_cleanly(bad, 1002)
+        self.assertEqual(len(services.lingering), 0)
+
+    def test_error_close_held_until_shutdown(self) -> None:
+        """A held connection is closed at once when the server stops (close_all)."""
+        services, bad = self.garbage_with_delay(30.0)
+        services.lingering.close_all()
+        bad.pump.flush()
+        self.assert_closed_cleanly(bad, 1002)
+        self.assertEqual(len(services.lingering), 0)
+        self.assertFalse([call for call in self.clock.getDelayedCalls()
+                          if call.func == services.lingering._due])
+
+    def test_shutdown_close_not_delayed(self) -> None:
+        """Going away (shutdown) and DISCONNECT close at once, whatever the delay."""
+        services = make_services(self.clock, error_close_delay=30.0)
+        factory = self.make_factory(services)
+        for end in ("shutdown", "disconnect"):
+            connection = self.open(factory)
+            connection.message(_connect_frame())
+            connection.take()
+            if end == "shutdown":
+                services.registry.shutdown()
+                connection.pump.flush()
+            else:
+                connection.frame("DISCONNECT")
+            self.assertTrue(connection.closed, end)
+        self.assertEqual(len(services.lingering), 0)
+
     def test_no_ping_before_connect(self) -> None:
         """Before CONNECT the CONNECT timeout guards the connection; no ping is sent."""
         connection = self.open(self.make_factory(make_services(self.clock), ping_interval=2))
