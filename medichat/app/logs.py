@@ -100,12 +100,15 @@ class _SecondsText:
         return text
 
 
-def text_line(event: LogEvent, _time: _SecondsText = _SecondsText()) -> str | None:
+_seconds_text = _SecondsText()
+
+
+def text_line(event: LogEvent) -> str | None:
     """
     C{event} as the line (with its line end) that twisted.logger's text observers write,
     or L{None} for an event with nothing to say.
     """
-    return formatEventAsClassicLogText(event, formatTime=_time)
+    return formatEventAsClassicLogText(event, formatTime=_seconds_text)
 
 
 def text_file_observer(out_file: IO[Any]) -> ILogObserver:

@@ -69,7 +69,7 @@ from medichat.http.shapes import (
     conversation_summary,
 )
 from medichat.interfaces import IStore
-from medichat.model import User, micros
+from medichat.model import Status, User, micros
 
 __all__ = ["RestAPI"]
 
@@ -779,10 +779,7 @@ class RestAPI:
         C{POST /v1/conversation/{id}/resolve}: an employee marks it resolved; 200 with the
         conversation (without messages).
         """
-        user = await self._user(request, changes_state=True)
-        self._json_body(request, allow_empty=True)
-        conversation = await self.conversations.set_status(user, conversation_id, "resolved")
-        return self._json(request, 200, conversation_summary(conversation))
+        return await self._set_status(request, conversation_id, "resolved")
 
     @router.route("/v1/conversation/<conversation_id>/reopen", methods=["POST"])
     async def reopen(self, request: IRequest, conversation_id: str) -> bytes:
@@ -790,9 +787,15 @@ class RestAPI:
         C{POST /v1/conversation/{id}/reopen}: an employee marks it open again; 200 with
         the conversation (without messages).
         """
+        return await self._set_status(request, conversation_id, "open")
+
+    async def _set_status(
+        self, request: IRequest, conversation_id: str, status: Status
+    ) -> bytes:
+        """Set an employee-changed status (resolve, reopen); 200 with the conversation."""
         user = await self._user(request, changes_state=True)
         self._json_body(request, allow_empty=True)
-        conversation = await self.conversations.set_status(user, conversation_id, "open")
+        conversation = await self.conversations.set_status(user, conversation_id, status)
         return self._json(request, 200, conversation_summary(conversation))
 
     @router.route("/v1/conversation/<conversation_id>/claim", methods=["POST"])

@@ -442,6 +442,35 @@ CONVERSATION_FIELDS: Mapping[str, rsql.Field] = {
 """What an RSQL query over conversations may name, and the columns."""
 
 
+def _page_where(
+    dialect: Dialect,
+    prefix: str,
+    column: str,
+    customer_id: str | None,
+    query: rsql.Node | None,
+    descending: bool,
+    after: tuple[int, str] | None,
+) -> tuple[str, list[object]]:
+    """
+    The C{WHERE} clause of a page of conversations ordered by C{(column, id)}: one
+    customer's only (if given), strictly past the cursor row C{after} (row values
+    compare lexicographically), and matching the RSQL C{query}.
+
+    @param prefix: what the conversations' columns are qualified with (C{""} or C{"c."}).
+    """
+    conditions: list[tuple[str, Sequence[object]]] = []
+    if customer_id is not None:
+        conditions.append((dialect.sql(f"{prefix}customer_id = ?"), [customer_id]))
+    if after is not None:
+        comparison = "<" if descending else ">"
+        conditions.append(
+            (dialect.sql(f"({prefix}{column}, {prefix}id) {comparison} (?, ?)"), list(after))
+        )
+    if query is not None:
+        conditions.append(rsql.to_sql(query, CONVERSATION_FIELDS, dialect.placeholder))
+    return _where(conditions)
+
+
 def _where(conditions: Sequence[tuple[str, Sequence[object]]]) -> tuple[str, list[object]]:
     """
     Join conditions into a C{WHERE} clause.
@@ -472,16 +501,7 @@ def conversations_query(
 
     @raise rsql.RSQLError: if C{query} names other fields or has a bad value.
     """
-    conditions: list[tuple[str, Sequence[object]]] = []
-    if customer_id is not None:
-        conditions.append((dialect.sql("customer_id = ?"), [customer_id]))
-    if after is not None:
-        # Row values compare lexicographically: strictly past the cursor row.
-        comparison = "<" if descending else ">"
-        conditions.append((dialect.sql(f"(created, id) {comparison} (?, ?)"), list(after)))
-    if query is not None:
-        conditions.append(rsql.to_sql(query, CONVERSATION_FIELDS, dialect.placeholder))
-    where, params = _where(conditions)
+    where, params = _page_where(dialect, "", "created", customer_id, query, descending, after)
     direction = "DESC" if descending else "ASC"
     sql = (
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations{where}"
@@ -521,15 +541,7 @@ def overview_query(
     @raise rsql.RSQLError: if C{query} names other fields or has a bad value.
     """
     column = ORDER_KEYS[order]
-    conditions: list[tuple[str, Sequence[object]]] = []
-    if customer_id is not None:
-        conditions.append((dialect.sql("c.customer_id = ?"), [customer_id]))
-    if after is not None:
-        comparison = "<" if descending else ">"
-        conditions.append((dialect.sql(f"(c.{column}, c.id) {comparison} (?, ?)"), list(after)))
-    if query is not None:
-        conditions.append(rsql.to_sql(query, CONVERSATION_FIELDS, dialect.placeholder))
-    where, params = _where(conditions)
+    where, params = _page_where(dialect, "c.", column, customer_id, query, descending, after)
     columns = ", ".join("c." + name for name in _CONVERSATION_COLUMNS.split(", "))
     direction = "DESC" if descending else "ASC"
     sql = dialect.sql(
