@@ -6,7 +6,7 @@ Data flows one way: carrier (WebSocket, TCP) -> STOMP session -> hub / domain ->
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.cred.credentials import ICredentials
@@ -547,6 +547,16 @@ class IStore(Interface):
     def last_event_position() -> Deferred[int]:
         """
         The position of the newest event committed (0 if none ever was).
+        """
+
+    def hand_off(listener: Callable[[Sequence[Any]], object] | None) -> None:
+        """
+        From now on, once a transaction of this store has committed durable events, call
+        C{listener} with them (L{medichat.model.StoredEvent}s, in position order, as
+        L{events_after} would return them), on the reactor, before the operation that
+        wrote them returns; L{None} stops that.  What another process (or another store
+        on the same database) commits is not handed over.  A listener that raises is
+        logged; the operation still succeeds.
         """
 
     def events_after(position: int, limit: int) -> Deferred[Sequence[Any]]:

@@ -952,6 +952,8 @@ def makeService(
         # With PostgreSQL, a commit here wakes the other processes' feeds, and a wake from
         # them (or a LISTEN connection opened again) makes this one read.
         tell_others=hub.wake if isinstance(hub, ClusterHub) else None,
+        # What this process commits is published as it commits, not read back.
+        hand_off=True,
     )
     if isinstance(hub, ClusterHub):
         hub.set_catch_up(feed.catch_up)

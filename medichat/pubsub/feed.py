@@ -12,6 +12,11 @@ have been committed (L{EventFeed.catch_up}): after each commit of this process, 
 tick of a fallback poll, and (with several processes) on a wake-up from the others.
 Whoever calls, it is the same read, so a lost wake-up only delays an event.
 
+A feed that the store hands this process's commits to (C{hand_off=True},
+L{medichat.interfaces.IStore.hand_off}) publishes them without reading them back, when
+they follow its last position and no read is under way; otherwise the read does, as
+before.
+
 L{EventPruner} deletes the events older than the retention, on the injected clock.
 """
 
@@ -57,6 +62,8 @@ class EventFeed:
     @ivar position: the position of the last event published (L{None} until started).
     @ivar reads: how many reads of the store it made (for operators and tests).
     @ivar published: events it published, since start.
+    @ivar published_handed: of those, the events the store handed over as they were
+        committed here (C{hand_off}), published without a read.
     @ivar published_by_poll: of those, the events that a read of the fallback poll found
         (no commit in this process nor a wake-up from another asked for that read): each
         is an event that a lost wake-up would have left unseen until the poll.
@@ -73,6 +80,7 @@ class EventFeed:
         poll_interval: float | None = DEFAULT_POLL_INTERVAL,
         page: int = DEFAULT_PAGE,
         tell_others: Callable[[], object] | None = None,
+        hand_off: bool = False,
     ) -> None:
         """
         @param store: where events are committed.
@@ -83,6 +91,9 @@ class EventFeed:
         @param tell_others: called after this process's commits, to wake the feeds of the
             other processes on the same store (L{medichat.pubsub.cluster.ClusterHub.wake});
             L{None} for one process.
+        @param hand_off: take what this process commits from the store as it commits
+            (L{IStore.hand_off}, while started) instead of reading it back after each
+            commit.
         """
         self._store = store
         self._hub = hub
@@ -90,6 +101,7 @@ class EventFeed:
         self._poll_interval = poll_interval
         self._page = page
         self._tell_others = tell_others
+        self._hand_off = hand_off
         self.position: int | None = None
         self._reading = False
         self._again = False
@@ -97,6 +109,7 @@ class EventFeed:
         self._poll: LoopingCall | None = None
         self.reads = 0
         self.published = 0
+        self.published_handed = 0
         self.published_by_poll = 0
         self.lag_observer: Callable[[float], object] | None = None
         # What asked for the reads since the last one began: the poll, anything else.
@@ -118,6 +131,8 @@ class EventFeed:
     def _started(self, position: int) -> None:
         self.position = position
         _log.info("event feed starts after position {position}", position=position)
+        if self._hand_off:
+            self._store.hand_off(self._handed)
         if self._poll_interval is not None:
             self._poll = LoopingCall(self._poll_due)
             self._poll.clock = self._clock
@@ -130,6 +145,8 @@ class EventFeed:
         if self._poll is not None and self._poll.running:
             self._poll.stop()
         self._poll = None
+        if self._hand_off and self.position is not None:
+            self._store.hand_off(None)
         self.position = None
 
     def _poll_due(self) -> None:
@@ -151,10 +168,34 @@ class EventFeed:
         self._read()
 
     def committed(self) -> None:
-        """See L{IEventFeed.committed}."""
-        self.catch_up()
+        """
+        See L{IEventFeed.committed}.  With C{hand_off}, this process's events came as
+        they were committed (L{_handed}), so there is nothing to read here for them.
+        """
+        if not self._hand_off:
+            self.catch_up()
         if self._tell_others is not None:
             self._tell_others()
+
+    def _handed(self, events: Sequence[StoredEvent]) -> None:
+        """
+        The store committed C{events} (in position order, consecutive): publish them now
+        if they are the next ones; if a read is under way, or they are not the next (what
+        another process committed came between), a read publishes them in turn.  A read
+        may have published them already (with PostgreSQL, a read on another connection
+        can be answered before the commit is): then there is nothing to do.
+        """
+        if self.position is None or events[-1].position <= self.position:
+            return
+        if self._reading:
+            self._again = True
+            return
+        if events[0].position != self.position + 1 or (
+            events[-1].position - events[0].position != len(events) - 1
+        ):
+            self.catch_up()
+            return
+        self._publish(events, handed=True)
 
     def _read(self) -> None:
         # Loops while the store answers at once (an in-memory store), rather than
@@ -200,16 +241,30 @@ class EventFeed:
         if self._failing:
             self._failing = False
             _log.info("event feed reads the store again")
+        self._publish(result)
+        if self.position is not None and (len(result) >= self._page or self._again):
+            return True
+        self._reading = False
+        return False
+
+    def _publish(self, events: Sequence[StoredEvent], handed: bool = False) -> None:
+        """
+        Publish the events past the last position, in order.
+
+        @param handed: they were handed over by the store, not read.
+        """
         lag_observer = self.lag_observer
         now = self._clock.seconds() if lag_observer is not None else 0.0
-        for event in result:
+        for event in events:
             if self.position is None:
                 break
             if event.position <= self.position:
                 continue
             self.position = event.position
             self.published += 1
-            if self._read_by_poll:
+            if handed:
+                self.published_handed += 1
+            elif self._read_by_poll:
                 self.published_by_poll += 1
             if lag_observer is not None:
                 lag_observer(max(0.0, now - event.created / 1_000_000))
@@ -228,10 +283,6 @@ class EventFeed:
                     position=event.position,
                     conversation=event.conversation_id,
                 )
-        if self.position is not None and (len(result) >= self._page or self._again):
-            return True
-        self._reading = False
-        return False
 
 
 class EventPruner:

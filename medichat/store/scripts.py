@@ -77,6 +77,39 @@ class Statement:
 
 
 @frozen
+class Written(Statement):
+    """
+    Not SQL: the durable events that the script has just written (L{_append_events}).
+    L{SQLStore} takes it out of the script before any driver sees it and, once the
+    transaction has committed, hands the events to its listener (L{SQLStore.hand_off}).
+
+    @ivar events: in position order.
+    """
+
+    events: tuple[StoredEvent, ...] = ()
+
+
+def _taking_written(script: Script[T], written: list[StoredEvent]) -> Script[T]:
+    """
+    C{script} without its L{Written} steps, whose events go to C{written}; what the
+    driver sends back and what the script returns pass through.
+    """
+    try:
+        step = next(script)
+        while True:
+            if type(step) is Written:
+                written.extend(step.events)
+                step = script.send(_NOTHING)
+            else:
+                step = script.send((yield step))
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+    finally:
+        script.close()
+
+
+@frozen
 class Result:
     """
     What a L{Statement} gave back.
@@ -91,6 +124,9 @@ class Result:
 
 Script = Generator[Statement, Result, T]
 """A transaction script returning a C{T}."""
+
+_NOTHING = Result([], 0)
+"""What a L{Written} step gets back."""
 
 
 @frozen
@@ -1118,6 +1154,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
             f" VALUES {values}",
             *params,
         )
+    yield Written("", events=tuple(stored))
     return stored
 
 
@@ -1328,6 +1365,7 @@ class SQLStore:
         self.observer: Callable[[str], Callable[[object], object]] | None = None
         self._message_queue: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
         self._committing: Deferred[None] | None = None
+        self._hand_off: Callable[[Sequence[StoredEvent]], object] | None = None
         self.max_batch = DEFAULT_MAX_BATCH
         self.max_groups = 1
         self.side_group = DEFAULT_SIDE_GROUP
@@ -1713,17 +1751,30 @@ class SQLStore:
         except Exception:
             return Failure()
 
+    def hand_off(self, listener: Callable[[Sequence[StoredEvent]], object] | None) -> None:
+        """See L{medichat.interfaces.IStore.hand_off}."""
+        self._hand_off = listener
+
     def _transaction(self, script: Script[T], write: bool) -> Deferred[T]:
         """
         Run a script in one transaction, noting outages; for work already accepted (the
-        store may be stopping, but waits for it).
+        store may be stopping, but waits for it).  Once it has committed, the durable
+        events it wrote go to the L{hand_off} listener, before whoever waits for the
+        script's value hears of it.
         """
+        written: list[StoredEvent] = []
 
         def noted(result: T | Failure) -> T | Failure:
             self._note_outage(result, write)
+            listener = self._hand_off
+            if written and listener is not None and not isinstance(result, Failure):
+                try:
+                    listener(written)
+                except Exception:
+                    _log.failure("handing committed events over failed")
             return result
 
-        return self._execute(script, write).addBoth(noted)
+        return self._execute(_taking_written(script, written), write).addBoth(noted)
 
     def list_messages(
         self,

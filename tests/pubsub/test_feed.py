@@ -6,6 +6,7 @@ store run inline (L{MemoryStore}) and a L{Clock}: nothing waits.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -20,7 +21,7 @@ from medichat.model import Conversation, Message, micros, new_id
 from medichat.pubsub.feed import EventFeed, EventPruner
 from medichat.pubsub.hub import InProcessHub, Publication, encode_event
 from medichat.pubsub.topics import conversation_topic
-from medichat.testing import MemoryStore
+from medichat.testing import MemoryStore, memory_database
 from tests._inline import InlineTestCase
 
 NOW = 1_780_000_000.0
@@ -242,6 +243,106 @@ class EventFeedTests(FeedTestCase):
         await self.post(conversation)
         feed.catch_up()
         self.assertEqual(keeper.offsets, [1, 2])
+
+
+class HandOffTests(FeedTestCase):
+    """
+    L{EventFeed} with C{hand_off}: what this process commits is published as the store
+    commits it, without a read, unless a read is under way or other commits came between.
+    """
+
+    async def test_published_as_committed(self) -> None:
+        """
+        Each commit's events are published in order, with their offsets, before the
+        writer even says it committed, and no read is made; C{committed} reads nothing.
+        """
+        one, two = await self.conversation(), await self.conversation()
+        ones, twos = self.listen(one), self.listen(two)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        first = await self.post(one, "first")
+        self.assertEqual(ones.offsets, [1])
+        await self.post(two)
+        await self.store.mark_read(one.id, "u", micros(NOW) + 1)
+        feed.committed()
+        self.assertEqual((ones.offsets, twos.offsets), ([1, 2], [1]))
+        self.assertEqual(ones.publications[0].body, encode_event({"message": first.as_json()}))
+        self.assertEqual(feed.position, await self.store.last_event_position())
+        self.assertEqual((feed.reads, feed.published, feed.published_handed), (0, 3, 3))
+
+    async def test_while_reading(self) -> None:
+        """
+        Events committed while a read is under way wait for the read after it, so
+        nothing is published out of order or twice.
+        """
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        self.store.hold()
+        posted = Deferred.fromCoroutine(self.post(conversation))
+        feed.catch_up()  # a poll or a wake-up, read after the commit
+        self.store.flush()  # the commit (handed over mid-read), then the read
+        self.assertEqual(keeper.offsets, [1])
+        self.assertEqual((feed.reads, feed.published_handed), (2, 0))
+        self.store.release()
+        await posted
+        self.assertEqual(keeper.offsets, [1])
+
+    async def test_after_another_writer(self) -> None:
+        """
+        When another writer's events came between (another process on the same
+        database), the feed reads, and publishes everyone's in order, each once.
+        """
+        database = memory_database()
+        self.addCleanup(database.close)
+        mine = MemoryStore(self.clock, database=database)
+        await mine.start()
+        self.addCleanup(mine.stop)
+        theirs = MemoryStore(self.clock, database=database)
+        await theirs.start()
+        self.addCleanup(theirs.stop)
+        conversation = Conversation(new_id(), micros(NOW), "c", "C")
+        await mine.create_conversation(conversation)
+        keeper = self.listen(conversation)
+        feed = EventFeed(mine, self.hub, self.clock, poll_interval=None, hand_off=True)
+        self.addCleanup(feed.stop)
+        await feed.start()
+        for store, text in ((mine, "mine"), (theirs, "theirs"), (mine, "mine again")):
+            message = Message(new_id(), conversation.id, micros(NOW), "c", "C", "customer",
+                              text)
+            await store.add_message(message, None)
+        self.assertEqual(keeper.offsets, [1, 2, 3])
+        self.assertEqual((feed.reads, feed.published_handed), (1, 1))
+        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
+                         ["mine", "theirs", "mine again"])
+
+    async def test_read_first(self) -> None:
+        """
+        Events that a read has published already (it was answered before the commit
+        was) are neither published again nor read for when they are handed over.
+        """
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        handed: list[Any] = []
+        self.store.hand_off(handed.append)  # in place of the feed, for a moment
+        await self.post(conversation)
+        feed.catch_up()
+        self.assertEqual((keeper.offsets, feed.reads), ([1], 1))
+        feed._handed(handed[0])
+        self.assertEqual((keeper.offsets, feed.reads, feed.published_handed), ([1], 1, 0))
+
+    async def test_stopped(self) -> None:
+        """A stopped feed takes nothing more from the store."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        feed.stop()
+        await self.post(conversation)
+        self.assertEqual((keeper.offsets, feed.published), ([], 0))
 
 
 class EventPrunerTests(FeedTestCase):

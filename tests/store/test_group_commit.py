@@ -306,6 +306,69 @@ class GroupCommitMixin(_Base):
         self.assertEqual([e.conversation_id for e in events],
                          [conversation.id] * 2 + [other.id] * 2 + [conversation.id])
 
+    async def test_hand_off(self) -> None:
+        """
+        A store with a hand-off listener gives it the events each transaction committed,
+        in position order and exactly as L{events_after} returns them, before the callers
+        hear of their messages; a group's events come once, together; a transaction that
+        fails (rolled back) or writes no event hands nothing over; a listener that
+        raises is logged and the message is still committed; after C{hand_off(None)},
+        nothing is handed over.
+        """
+        store = await self.started()
+        conversation, other = [await self.stored_conversation(store) for _ in range(2)]
+        handed: list[list[StoredEvent]] = []
+        heard: list[int] = []
+        store.hand_off(lambda events: handed.append(list(events)))
+        first = await store.commit_message(
+            MessageCommit(a_message(conversation, T0, "first"), None, (NURSE,))
+        )
+        assert first is not None
+        self.assertEqual(handed, [await store.events_after(2, 100)])
+        self.assertEqual([e.kind for e in handed[0]], ["message", "received"])
+        store.max_groups = 1
+        messages = [a_message((conversation, other)[i % 2], T0 + 1 + i, f"m{i}")
+                    for i in range(5)]
+
+        def hear(outcome: Any) -> Any:
+            heard.append(len(handed))
+            return outcome
+
+        posted = self.concurrently(
+            store,
+            lambda: [store.commit_message(MessageCommit(m)).addCallback(hear)
+                     for m in messages],
+        )
+        await self.outcomes(posted)
+        # The first of the five alone, the other four in one group: two hand-overs,
+        # each before its callers heard.
+        self.assertEqual(len(handed), 3)
+        self.assertEqual(heard, [2, 3, 3, 3, 3])
+        every = await store.events_after(0, 100)
+        self.assertEqual([e for events in handed for e in events], every[2:])
+        for events in handed:
+            positions = [e.position for e in events]
+            self.assertEqual(positions, list(range(positions[0], positions[0] + len(events))))
+        # Nothing for a read, nor for a transaction that rolled back.
+        await store.receipts(conversation.id)
+        with self.assertRaises(DuplicateError):
+            await store.add_message(evolve(a_message(conversation, T0 + 9), id=first.message.id),
+                                    None)
+        self.assertEqual(len(handed), 3)
+
+        def broken(events: Sequence[StoredEvent]) -> None:
+            raise RuntimeError("listener broke")
+
+        store.hand_off(broken)
+        self.assertIsNotNone(
+            await store.commit_message(MessageCommit(a_message(other, T0 + 20, "still")))
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("still", [m.message for m in await self.all_messages(store, other)])
+        store.hand_off(None)
+        await store.commit_message(MessageCommit(a_message(other, T0 + 21, "unseen")))
+        self.assertEqual(len(handed), 3)
+
     async def test_same_key_in_one_group(self) -> None:
         """
         Two messages with the same idempotency key in one group: the second is the
