@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -257,9 +258,40 @@ class _Connection(txpostgres.Connection):
     connection registered as a reader (for C{NOTIFY}); L{execute} leaves it so, polls
     psycopg2 from L{doRead} while a statement is under way, and fires its result at
     once.  txpostgres's own methods (which the broadcast connections use) are untouched.
+
+    Once open, the connection is watched through a duplicate of its socket's descriptor
+    (L{fileno}), closed only after the reactor has stopped watching it.  libpq closes its
+    own descriptor the moment it finds the server gone, inside the call that fails, while
+    the reactor still counts that number as watched; the next connection accepted on the
+    same number (any HTTP or WebSocket client) would then never be registered, and never
+    read.  The duplicate keeps the number, and the reactor's registration, ours until
+    L{close}.
     """
 
+    def poll(self) -> Deferred[Any]:
+        """Poll (txpostgres: the connection's set-up); once open, watch a duplicate."""
+        polled: Deferred[Any] = super().poll()
+        if self._watched is None:
+            polled.addCallback(self._watch)
+        return polled
+
+    def _watch(self, result: object) -> object:
+        # Runs before txpostgres starts reading the new connection (its callback follows);
+        # whatever the set-up left registered under libpq's own number moves over.
+        if self._watched is None and self._connection is not None and not self._connection.closed:
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
+            self._watched = os.dup(self._connection.fileno())
+        return result
+
+    def fileno(self) -> int:
+        """The descriptor the reactor watches: the duplicate once open."""
+        if self._watched is not None:
+            return self._watched
+        return int(super().fileno())
+
     _statement: Deferred[None] | None = None
+    _watched: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -301,6 +333,10 @@ class _Connection(txpostgres.Connection):
             state = self._connection.poll()
         except Exception:
             self._statement = None
+            if self._connection.closed:
+                # Gone (libpq has closed its own descriptor): stop watching it now.
+                self.reactor.removeReader(self)
+                self.reactor.removeWriter(self)
             statement.errback()
             return
         if state == psycopg2.extensions.POLL_OK:
@@ -343,9 +379,21 @@ class _Connection(txpostgres.Connection):
         super().connectionLost(reason)
 
     def close(self) -> None:
-        """Close, even if the connection never opened."""
+        """
+        Close, even if the connection never opened: stop watching its socket (the
+        connection, and any txpostgres cursor under way, which txpostgres itself would
+        leave registered), close it, then the duplicate.
+        """
         if self._connection is not None:
+            for cursor in list(self._cursors):
+                self.reactor.removeReader(cursor)
+                self.reactor.removeWriter(cursor)
             super().close()
+        watched, self._watched = self._watched, None
+        if watched is not None:
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
+            os.close(watched)
 
 
 class _Slot:

@@ -2,19 +2,27 @@
 Tests for L{medichat.store.postgres._Connection} on a L{MemoryReactor}, with a stand-in
 for the psycopg2 connection: that a connection the server ended while idle is never used
 again (its next statement would be sent into a socket nobody reads, and the message's
-transaction would wait for ever).
+transaction would wait for ever); and on the real reactor and PostgreSQL: that a
+connection the server ended during a statement leaves no descriptor watched that another
+connection may reuse.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from medichat.store.postgres import _Connection
+from tests._pg import create_test_database
 
 
 class _Driver:
@@ -58,3 +66,55 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(connection.is_open)
         self.assertNotIn(connection, reactor.getReaders())
         self.flushLoggedErrors()
+
+
+class _Recorder(Protocol):
+    """Keeps what a client sends."""
+
+    def __init__(self, received: list[bytes]) -> None:
+        self.received = received
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.received.append(data)
+
+
+class ServerGoneTests(TestCase):
+    """L{_Connection} on the real reactor and PostgreSQL."""
+
+    async def test_descriptor_not_left_watched(self) -> None:
+        """
+        When PostgreSQL ends the connection during a statement, libpq closes its socket
+        at once; the next connection the reactor accepts, which the kernel gives the same
+        descriptor number, is still read.  (Before, the reactor still counted that number
+        as watched, never registered the new socket, and an HTTP request on it went
+        unanswered until its head deadline.)
+        """
+        url = await create_test_database(self)
+        # Opened first, so that the only descriptor freed below is libpq's.
+        admin = psycopg2.connect(url)
+        admin.autocommit = True
+        self.addCleanup(admin.close)
+        connection = _Connection(reactor)
+        await connection.connect(url)
+        self.addCleanup(connection.close)
+        cursor = connection.raw_cursor()
+        await connection.execute(cursor, "SELECT pg_backend_pid()", None)
+        (pid,) = cursor.fetchone()
+        received: list[bytes] = []
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Recorder(received)),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.socket()
+        self.addCleanup(client.close)
+        sleeping = connection.execute(connection.raw_cursor(), "SELECT pg_sleep(30)", None)
+        await deferToThread(admin.cursor().execute, "SELECT pg_terminate_backend(%s)", (pid,))
+        with self.assertRaises(psycopg2.OperationalError):
+            await sleeping
+        self.assertFalse(connection.is_open)
+        client.connect(("127.0.0.1", port.getHost().port))
+        client.sendall(b"hello")
+        for _ in range(500):
+            if received:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(b"".join(received), b"hello")
