@@ -76,6 +76,24 @@ def process_cpu(pid: int) -> float:
     return user + system
 
 
+def floor_arguments(parser: argparse.ArgumentParser, *, duration: float, repeats: int,
+                    writes: str) -> None:
+    """
+    The options that the floor benchmarks with a socket-writing server share: the
+    windows, how the server writes (C{--send}: C{transport.write} or Autobahn, or the
+    socket's C{send()} as medichat's fast path), and the hidden C{--serve} of the child.
+
+    @param writes: what the server writes, for the help text.
+    """
+    parser.add_argument("--duration", type=float, default=duration)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--send", choices=("write", "direct"), default="direct",
+                        help=f"how the server writes its {writes}: through Twisted (and "
+                             "Autobahn), or the socket's send() as medichat's fast path "
+                             "(default %(default)s)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+
+
 def start_floor_server(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
     """
     Start C{script} with C{--serve} and C{args} as a child process that prints the port

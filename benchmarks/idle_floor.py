@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import selectors
 import socket
 import sys
@@ -32,7 +31,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import process_cpu, start_floor_server  # noqa: E402
+from _harness import (  # noqa: E402
+    floor_arguments,
+    process_cpu,
+    raise_nofile,
+    start_floor_server,
+)
 
 
 def serve(interval: float, direct: bool) -> None:
@@ -82,17 +86,10 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0,
                         help="seconds between two bytes each way per connection (default "
                              "%(default)s: STOMP heart-beats of 10,000 ms)")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--settle", type=float, default=3.0)
-    parser.add_argument("--send", choices=("write", "direct"), default="direct",
-                        help="how the server writes its bytes: transport.write, or the "
-                             "socket's send() as medichat's fast path (default "
-                             "%(default)s)")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    floor_arguments(parser, duration=10.0, repeats=2, writes="bytes")
     options = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     if options.serve:
         serve(options.interval, options.send == "direct")
         return 0

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import selectors
 import socket
 import sys
@@ -46,7 +45,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import percentile, process_cpu, start_floor_server  # noqa: E402
+from _harness import (  # noqa: E402
+    floor_arguments,
+    percentile,
+    process_cpu,
+    raise_nofile,
+    start_floor_server,
+)
 
 TEXT = "how are you feeling today?"
 ROLES = ("customer", "employee")
@@ -278,20 +283,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--http-connections", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--send", choices=("write", "direct"), default="direct",
-                        help="how the server writes its frames: Autobahn's sendMessage, or "
-                             "a hand-made frame and the socket's send() as medichat's fast "
-                             "path (default %(default)s)")
+    floor_arguments(parser, duration=5.0, repeats=3, writes="frames")
     parser.add_argument("--store", choices=("sqlite", "none"), default="sqlite",
                         help="commit each message to SQLite (default), or store nothing, "
                              "for the floor of HTTP and WebSocket alone, under any store")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--floor-database", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     if options.serve:
         serve(options.floor_database, options.send == "direct")
         return 0
