@@ -268,6 +268,9 @@ class _Connection(txpostgres.Connection):
     L{close}.
     """
 
+    _statement: Deferred[None] | None = None
+    _watched: int | None = None
+
     def poll(self) -> Deferred[Any]:
         """Poll (txpostgres: the connection's set-up); once open, watch a duplicate."""
         polled: Deferred[Any] = super().poll()
@@ -289,9 +292,6 @@ class _Connection(txpostgres.Connection):
         if self._watched is not None:
             return self._watched
         return int(super().fileno())
-
-    _statement: Deferred[None] | None = None
-    _watched: int | None = None
 
     @property
     def is_open(self) -> bool:
