@@ -58,7 +58,7 @@ class LiveCollector:
     @ivar counters: the sessions' counts.
     @ivar hub: the in-process hub (C{publications}, C{deliveries},
         C{subscription_count()}).
-    @ivar feed: the event feed (C{published}, C{published_by_poll}).
+    @ivar feed: the event feed (C{published}, C{published_handed}, C{published_by_poll}).
     @ivar conversations: the conversation service (C{messages_committed}).
     @ivar presence: answers C{online_employees()}.
     @ivar store: answers C{count_nodes()} with the cluster.
@@ -165,6 +165,10 @@ class LiveCollector:
         yield CounterMetricFamily("medichat_events_published",
                                   "Durable conversation events the event feed published.",
                                   value=self.feed.published)
+        yield CounterMetricFamily("medichat_events_handed_over",
+                                  "Durable events of this process's commits that the event "
+                                  "feed published as the store handed them over, unread.",
+                                  value=self.feed.published_handed)
         yield CounterMetricFamily("medichat_events_caught_up_by_poll",
                                   "Durable events found only by the event feed's fallback "
                                   "poll (a missed wake-up).",

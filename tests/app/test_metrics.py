@@ -140,6 +140,8 @@ class LiveCollectorTests(_Process):
         self.assertEqual(value(before, "medichat_events_published_total"), 1)
         self.assertEqual(value(after, "medichat_events_published_total"), 2)
         self.assertEqual(value(after, "medichat_events_caught_up_by_poll_total"), 0)
+        # Both were committed here and handed over by the store, none read back.
+        self.assertEqual(value(after, "medichat_events_handed_over_total"), 2)
         published = value(after, "medichat_publications_total") or 0
         delivered = value(after, "medichat_deliveries_total") or 0
         self.assertEqual(published - (value(before, "medichat_publications_total") or 0), 1)

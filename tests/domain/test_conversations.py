@@ -398,16 +398,16 @@ class OneTransactionTests(ServiceTestCase):
 
     async def test_one_write_transaction(self) -> None:
         """
-        A post with a subscribed nurse runs one write transaction and no read but the
-        feed's; the nurse's receipt and both events are committed by it.
+        A post with a subscribed nurse runs one write transaction and no read (the feed
+        takes the events from the store as it commits them); the nurse's receipt and both
+        events are committed by it.
         """
         conversation = await self.conversation()
         nurse = self.subscribe(conversation, EMPLOYEE)
         counted = Transactions(self.store)
         await self.service.post_message(CUSTOMER, conversation.id, "Hello", "key")
         self.assertEqual(counted.writes, 1)
-        # The only read is the feed's catch-up.
-        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual(len(counted.runs), 1)
         self.assertEqual([list(e) for e in nurse.events], [["message"], ["received"]])
 
     async def test_not_participant_writes_nothing(self) -> None:
@@ -698,12 +698,24 @@ class DurableEventTests(ServiceTestCase):
         self.assertEqual([e.body for e in stored], author.bodies[:3])
 
     async def test_one_read_per_commit_at_most(self) -> None:
-        """Each commit asks the feed once; a receipt that does not move asks nothing."""
+        """
+        Each commit tells the feed once; a receipt that does not move tells nothing; and
+        the feed reads nothing back (the store handed it the events).
+        """
         conversation = await self.conversation()
-        await self.service.mark_read(CUSTOMER, conversation.id)
-        reads = self.feed.reads
+        told: list[None] = []
+        committed = self.feed.committed
+
+        def counted() -> None:
+            told.append(None)
+            committed()
+
+        self.feed.committed = counted  # type: ignore[method-assign]
+        self.assertTrue(await self.service.mark_read(CUSTOMER, conversation.id))
+        self.assertEqual(len(told), 1)
         self.assertFalse(await self.service.mark_read(CUSTOMER, conversation.id))
-        self.assertEqual(self.feed.reads, reads)
+        self.assertEqual(len(told), 1)
+        self.assertEqual(self.feed.reads, 0)
 
     async def test_broken_feed(self) -> None:
         """A feed that raises does not turn a committed message into an error."""
@@ -712,7 +724,7 @@ class DurableEventTests(ServiceTestCase):
         def broken() -> None:
             raise RuntimeError("feed broke")
 
-        self.feed.catch_up = broken  # type: ignore[method-assign]
+        self.feed.committed = broken  # type: ignore[method-assign]
         message = await self.service.post_message(CUSTOMER, conversation.id, "Hello")
         self.assertEqual(len(await self.store.list_messages(conversation.id, None, False, None)),
                          1)
