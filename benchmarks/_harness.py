@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jwt
@@ -94,10 +95,11 @@ def floor_arguments(parser: argparse.ArgumentParser, *, duration: float, repeats
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
 
 
-def start_floor_server(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+@contextmanager
+def floor_server(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """
-    Start C{script} with C{--serve} and C{args} as a child process that prints the port
-    it listens on, as the floor benchmarks' bare servers do.
+    Run C{script} with C{--serve} and C{args} as a child process that prints the port it
+    listens on, as the floor benchmarks' bare servers do; killed on leaving the block.
 
     @return: the child and its port.
     """
@@ -105,8 +107,12 @@ def start_floor_server(script: str, *args: str) -> tuple[subprocess.Popen[str], 
         [sys.executable, os.path.abspath(script), "--serve", *args],
         stdout=subprocess.PIPE, text=True,
     )
-    assert child.stdout is not None
-    return child, int(child.stdout.readline())
+    try:
+        assert child.stdout is not None
+        yield child, int(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait()
 
 
 def process_memory(pid: int) -> dict[str, int]:

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import process_cpu, start_floor_server  # noqa: E402
+from _harness import floor_server, process_cpu  # noqa: E402
 
 ANSWER = json.dumps({
     "id": "0d6f7a8e-4b1c-4e0f-9a57-2f1c3b5d7e90",
@@ -79,14 +79,13 @@ def main() -> int:
     if options.serve:
         serve()
         return 0
-    child, port = start_floor_server(__file__)
     body = json.dumps({"message": "How often should I take this?"}).encode()
     request = (
         b"POST /api/v1/conversation/5b2f0c1e-8d3a-4f6b-b7e2-9c4d1a0e3f58/message HTTP/1.1\r\n"
         b"Host: 127.0.0.1\r\nAuthorization: Bearer " + b"x" * 300 + b"\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
-    try:
+    with floor_server(__file__) as (child, port):
         selector = selectors.DefaultSelector()
         idle: list[socket.socket] = []
         for _ in range(options.connections):
@@ -141,9 +140,6 @@ def main() -> int:
                   file=sys.stderr)
         print(json.dumps({"benchmark": "http_floor", "rate_per_s": options.rate,
                           "connections": options.connections, "windows": windows}))
-    finally:
-        child.kill()
-        child.wait()
     return 0
 
 

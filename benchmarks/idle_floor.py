@@ -33,9 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import (  # noqa: E402
     floor_arguments,
+    floor_server,
     process_cpu,
     raise_nofile,
-    start_floor_server,
 )
 
 
@@ -93,10 +93,9 @@ def main() -> int:
     if options.serve:
         serve(options.interval, options.send == "direct")
         return 0
-    child, port = start_floor_server(
+    with floor_server(
         __file__, "--interval", str(options.interval), "--send", options.send
-    )
-    try:
+    ) as (child, port):
         selector = selectors.DefaultSelector()
         sockets = []
         for _ in range(options.sessions):
@@ -139,9 +138,6 @@ def main() -> int:
         print(json.dumps({"benchmark": "idle_floor", "sessions": count,
                           "interval_s": options.interval, "send": options.send,
                           "windows": windows}))
-    finally:
-        child.kill()
-        child.wait()
     return 0
 
 

@@ -47,10 +47,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import (  # noqa: E402
     floor_arguments,
+    floor_server,
     percentile,
     process_cpu,
     raise_nofile,
-    start_floor_server,
 )
 
 TEXT = "how are you feeling today?"
@@ -296,12 +296,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="medichat-floor-") as directory:
         database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
             if options.store == "sqlite" else ()
-        child, port = start_floor_server(__file__, *database, "--send", options.send)
-        try:
+        with floor_server(__file__, *database, "--send", options.send) as (child, port):
             report = measure(options, child.pid, port)
-        finally:
-            child.kill()
-            child.wait()
     print(json.dumps(report))
     return 0 if report["lost"] == 0 else 1
 

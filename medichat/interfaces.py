@@ -136,8 +136,9 @@ class IEventFeed(Interface):
 
     def committed() -> None:
         """
-        This process committed events: L{catch_up}, and have every other process that
-        shares the store catch up too.
+        This process committed events: have them published (by L{catch_up}, unless the
+        store handed them over as it committed them, L{IStore.hand_off}), and have every
+        other process that shares the store catch up too.
         """
 
 
