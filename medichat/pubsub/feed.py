@@ -14,8 +14,9 @@ Whoever calls, it is the same read, so a lost wake-up only delays an event.
 
 A feed that the store hands this process's commits to (C{hand_off=True},
 L{medichat.interfaces.IStore.hand_off}) publishes them without reading them back, when
-they follow its last position and no read is under way; otherwise the read does, as
-before.
+they follow its last position.  What is handed over while a read is under way waits for
+it, and is published after it if it then follows on (a read does not start another for
+them); if it does not (what another process committed came between), the feed reads.
 
 L{EventPruner} deletes the events older than the retention, on the injected clock.
 """
@@ -105,6 +106,8 @@ class EventFeed:
         self.position: int | None = None
         self._reading = False
         self._again = False
+        # What the store handed over while a read was under way, in commit order.
+        self._meanwhile: list[StoredEvent] = []
         self._failing = False
         self._poll: LoopingCall | None = None
         self.reads = 0
@@ -148,6 +151,7 @@ class EventFeed:
         if self._hand_off and self.position is not None:
             self._store.hand_off(None)
         self.position = None
+        self._meanwhile = []
 
     def _poll_due(self) -> None:
         self._polled = True
@@ -180,22 +184,38 @@ class EventFeed:
     def _handed(self, events: Sequence[StoredEvent]) -> None:
         """
         The store committed C{events} (in position order, consecutive): publish them now
-        if they are the next ones; if a read is under way, or they are not the next (what
-        another process committed came between), a read publishes them in turn.  A read
-        may have published them already (with PostgreSQL, a read on another connection
-        can be answered before the commit is): then there is nothing to do.
+        if they are the next ones; if they are not (what another process committed came
+        between), a read publishes them in turn.  If a read is under way they wait for it
+        (L{_after_read}): under a steady stream of commits, starting another read for
+        each would keep the feed reading for as long as the stream lasts.  A read may have
+        published them already (with PostgreSQL, a read on another connection can be
+        answered before the commit is): then there is nothing to do.
         """
         if self.position is None or events[-1].position <= self.position:
             return
         if self._reading:
-            self._again = True
+            self._meanwhile.extend(events)
             return
-        if events[0].position != self.position + 1 or (
-            events[-1].position - events[0].position != len(events) - 1
-        ):
+        if not _follow_on(self.position, events):
             self.catch_up()
             return
         self._publish(events, handed=True)
+
+    def _after_read(self) -> bool:
+        """
+        Publish what was handed over during the read that just ended, if it follows on.
+
+        @return: whether to read again: what was handed over does not follow on.
+        """
+        meanwhile, self._meanwhile = self._meanwhile, []
+        assert self.position is not None
+        fresh = [event for event in meanwhile if event.position > self.position]
+        if not fresh:
+            return False
+        if not _follow_on(self.position, fresh):
+            return True
+        self._publish(fresh, handed=True)
+        return False
 
     def _read(self) -> None:
         # Loops while the store answers at once (an in-memory store), rather than
@@ -236,13 +256,17 @@ class EventFeed:
                     "event feed cannot read the store, retrying at the next catch-up: {error}",
                     error=result.getErrorMessage(),
                 )
+            # What was handed over meanwhile is in the store: the next read has it.
+            self._meanwhile = []
             self._reading = False
             return False
         if self._failing:
             self._failing = False
             _log.info("event feed reads the store again")
         self._publish(result)
-        if self.position is not None and (len(result) >= self._page or self._again):
+        if self.position is not None and (
+            len(result) >= self._page or self._again or self._after_read()
+        ):
             return True
         self._reading = False
         return False
@@ -283,6 +307,11 @@ class EventFeed:
                     position=event.position,
                     conversation=event.conversation_id,
                 )
+
+
+def _follow_on(position: int, events: Sequence[StoredEvent]) -> bool:
+    """Whether C{events}, in their order, are the ones right after C{position}."""
+    return all(event.position == position + i for i, event in enumerate(events, 1))
 
 
 class EventPruner:

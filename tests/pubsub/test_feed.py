@@ -270,10 +270,27 @@ class HandOffTests(FeedTestCase):
         self.assertEqual(feed.position, await self.store.last_event_position())
         self.assertEqual((feed.reads, feed.published, feed.published_handed), (0, 3, 3))
 
+    def slow_reads(self) -> list[tuple[Deferred[Any], Any]]:
+        """
+        From now on the store's reads take their rows when asked but answer only when
+        the test fires what this returns (each read's Deferred and its result).
+        """
+        answers: list[tuple[Deferred[Any], Any]] = []
+        events_after = self.store.events_after
+
+        def slow(position: int, limit: int) -> Deferred[Any]:
+            answer: Deferred[Any] = Deferred()
+            events_after(position, limit).addBoth(lambda rows: answers.append((answer, rows)))
+            return answer
+
+        self.store.events_after = slow  # type: ignore[method-assign]
+        self.addCleanup(setattr, self.store, "events_after", events_after)
+        return answers
+
     async def test_while_reading(self) -> None:
         """
-        Events committed while a read is under way wait for the read after it, so
-        nothing is published out of order or twice.
+        Events committed before a read under way took its rows are published by the
+        read, once, and need no other read.
         """
         conversation = await self.conversation()
         keeper = self.listen(conversation)
@@ -284,10 +301,56 @@ class HandOffTests(FeedTestCase):
         feed.catch_up()  # a poll or a wake-up, read after the commit
         self.store.flush()  # the commit (handed over mid-read), then the read
         self.assertEqual(keeper.offsets, [1])
-        self.assertEqual((feed.reads, feed.published_handed), (2, 0))
+        self.assertEqual((feed.reads, feed.published_handed), (1, 0))
         self.store.release()
         await posted
         self.assertEqual(keeper.offsets, [1])
+
+    async def test_committed_after_read_taken(self) -> None:
+        """
+        Events committed after a read under way took its rows are published when it
+        ends, in order, without another read: a steady stream of commits does not keep
+        the feed reading.
+        """
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        await self.post(conversation, "before")  # handed over and published
+        answers = self.slow_reads()
+        feed.catch_up()  # the read takes its rows (none)...
+        for text in ("one", "two", "three"):
+            await self.post(conversation, text)  # ...then three commits are handed over
+        self.assertEqual(keeper.offsets, [1])
+        answer, rows = answers.pop()
+        answer.callback(rows)
+        self.assertEqual(keeper.offsets, [1, 2, 3, 4])
+        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
+                         ["before", "one", "two", "three"])
+        self.assertEqual((feed.reads, feed.published_handed, answers), (1, 4, []))
+        await self.post(conversation, "after")  # and the feed is back to taking them
+        self.assertEqual((keeper.offsets[-1], feed.reads, feed.published_handed), (5, 1, 5))
+
+    async def test_read_fails_meanwhile(self) -> None:
+        """
+        When the read under way fails, what was handed over meanwhile is published by
+        the next read, in order, once.
+        """
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        answers = self.slow_reads()
+        feed.catch_up()
+        await self.post(conversation)
+        answer, _ = answers.pop()
+        answer.errback(StoreUnavailable("down"))
+        self.assertEqual(keeper.offsets, [])
+        feed.catch_up()
+        answer, rows = answers.pop()
+        answer.callback(rows)
+        await self.post(conversation)
+        self.assertEqual((keeper.offsets, feed.reads, feed.published_handed), ([1, 2], 2, 1))
 
     async def test_after_another_writer(self) -> None:
         """
@@ -316,6 +379,38 @@ class HandOffTests(FeedTestCase):
         self.assertEqual((feed.reads, feed.published_handed), (1, 1))
         self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
                          ["mine", "theirs", "mine again"])
+
+    async def test_another_writer_while_reading(self) -> None:
+        """
+        When another writer's events came between the read under way and what was
+        handed over meanwhile, the feed reads again, and publishes everyone's in order.
+        """
+        database = memory_database()
+        self.addCleanup(database.close)
+        mine = MemoryStore(self.clock, database=database)
+        await mine.start()
+        self.addCleanup(mine.stop)
+        theirs = MemoryStore(self.clock, database=database)
+        await theirs.start()
+        self.addCleanup(theirs.stop)
+        self.store = mine
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        answers = self.slow_reads()
+        feed.catch_up()
+        for store, text in ((theirs, "theirs"), (mine, "mine")):
+            message = Message(new_id(), conversation.id, micros(NOW), "c", "C", "customer",
+                              text)
+            await store.add_message(message, None)
+        answer, rows = answers.pop()
+        answer.callback(rows)  # took nothing; "mine" does not follow on
+        answer, rows = answers.pop()
+        answer.callback(rows)
+        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
+                         ["theirs", "mine"])
+        self.assertEqual((keeper.offsets, feed.reads, feed.published_handed), ([1, 2], 2, 0))
 
     async def test_read_first(self) -> None:
         """
