@@ -208,7 +208,9 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
     L{_Connection.execute}.
 
     C{BEGIN} travels with the first statement (one round trip, and none for a script
-    that has no statement); C{COMMIT} follows the last; any failure rolls back.
+    that has no statement); C{COMMIT} follows the last; any failure rolls back.  A
+    statement marked C{prepare} runs as C{EXECUTE} of the connection's prepared
+    statement once it has one (L{_prepare}).
     """
     cursor = connection.raw_cursor()
     began = False
@@ -216,8 +218,18 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
         try:
             statement = next(script)
             while True:
+                sql = statement.sql
+                if statement.prepare and statement.params:
+                    execute = None
+                    if sql in connection.prepared:
+                        execute = connection.prepared[sql]
+                    elif len(connection.prepared) < MAX_PREPARED and connection.seen(sql):
+                        execute = await _prepare(connection, cursor, sql, began)
+                        began = True
+                    if execute is not None:
+                        sql = execute
                 # Without parameters psycopg2 leaves the text alone (a literal % stays).
-                sql = statement.sql if began else "BEGIN; " + statement.sql
+                sql = sql if began else "BEGIN; " + sql
                 began = True
                 await connection.execute(cursor, sql, statement.params or None)
                 rows = cursor.fetchall() if cursor.description is not None else []
@@ -239,6 +251,63 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
     finally:
         if connection.is_open:
             cursor.close()
+
+
+MAX_PREPARED = 256
+"""Statements prepared per connection, at most (then the rest run unprepared)."""
+
+_SAVEPOINT = "medichat_prepare"
+
+
+async def _prepare(connection: _Connection, cursor: Any, sql: str, began: bool) -> str | None:
+    """
+    Prepare C{sql} (with psycopg2's C{%s} placeholders) on C{connection}, inside the
+    transaction (begun here if C{began} is false), under a savepoint: a statement that
+    PostgreSQL cannot prepare (a parameter it cannot type from the statement alone)
+    leaves the transaction as it was, and is remembered as such.
+
+    @return: the C{EXECUTE} to send in its place (with C{%s} for its parameters), or
+        L{None} to send it as it is.
+    """
+    name = f"medichat_{len(connection.prepared) + 1}"
+    numbered, count = _numbered(sql)
+    begin = "" if began else "BEGIN; "
+    try:
+        await connection.execute(
+            cursor,
+            f"{begin}SAVEPOINT {_SAVEPOINT}; PREPARE {name} AS {numbered};"
+            f" RELEASE SAVEPOINT {_SAVEPOINT}",
+            None,
+        )
+    except psycopg2.Error as e:
+        if isinstance(e, _OUTAGES) or not connection.is_open:
+            raise
+        await connection.execute(
+            cursor, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}", None
+        )
+        _log.info("PostgreSQL runs a statement unprepared: {reason}", reason=_reason(e))
+        connection.prepared[sql] = None
+        return None
+    execute = f"EXECUTE {name} ({', '.join(['%s'] * count)})"
+    connection.prepared[sql] = execute
+    return execute
+
+
+def _numbered(sql: str) -> tuple[str, int]:
+    """
+    C{sql} with psycopg2's placeholders (C{%s}, and C{%%} for a percent sign) as
+    PostgreSQL's own (C{$1}, C{$2}...); and how many there are.
+    """
+    parts = sql.split("%%")
+    count = 0
+    for i, part in enumerate(parts):
+        pieces = part.split("%s")
+        numbered = [pieces[0]]
+        for piece in pieces[1:]:
+            count += 1
+            numbered.append(f"${count}{piece}")
+        parts[i] = "".join(numbered)
+    return "%".join(parts), count
 
 
 # --------------------------------------------------------------------------------------
@@ -270,6 +339,25 @@ class _Connection(txpostgres.Connection):
 
     _statement: Deferred[None] | None = None
     _watched: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What _drive prepared on this session (the SQL text: its EXECUTE, or None for a
+        # statement PostgreSQL would not prepare); a new connection starts with none.
+        self.prepared: dict[str, str | None] = {}
+        self._seen: set[str] = set()
+
+    def seen(self, sql: str) -> bool:
+        """
+        Whether C{sql} was sent on this connection before: a statement is prepared on
+        its second use, so that texts used once (a group of unusual size) are not.
+        """
+        if sql in self._seen:
+            return True
+        if len(self._seen) >= 4 * MAX_PREPARED:
+            self._seen.clear()
+        self._seen.add(sql)
+        return False
 
     def poll(self) -> Deferred[Any]:
         """Poll (txpostgres: the connection's set-up); once open, watch a duplicate."""

@@ -69,11 +69,16 @@ class Statement:
     @ivar params: one value per placeholder.
     @ivar several: C{True} for a whole migration file: several statements separated by
         C{;}, without parameters.
+    @ivar prepare: worth preparing once per connection and executing many times (a
+        statement of every chat message); PostgreSQL does, where it can type every
+        parameter from the statement alone (L{Dialect.prepared}).  SQLite's driver keeps
+        every statement prepared anyway.
     """
 
     sql: str
     params: tuple[object, ...] = ()
     several: bool = False
+    prepare: bool = False
 
 
 @frozen
@@ -164,6 +169,15 @@ class Dialect:
         A L{Statement} from a constant SQL text written with C{?} placeholders.
         """
         return Statement(self.sql(text), params)
+
+    def prepared(self, text: str, *params: object) -> Statement:
+        """
+        L{statement}, marked worth preparing (L{Statement.prepare}).  For statements of
+        the chat's hot path, whose parameters take their types from the columns they go
+        to or are compared with: a parameter PostgreSQL could only type as C{text} there
+        fails the preparation, and the statement then runs unprepared on that connection.
+        """
+        return Statement(self.sql(text), params, prepare=True)
 
 
 SQLITE = Dialect(
@@ -854,7 +868,7 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
         return {}
     ordered = sorted(conversation_ids)
     marks = ", ".join("?" * len(ordered))
-    result = yield dialect.statement(
+    result = yield dialect.prepared(
         f"SELECT id, customer_id FROM conversations WHERE id IN ({marks}) ORDER BY id"
         + dialect.lock_row,
         *ordered,
@@ -864,7 +878,7 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
 
 def _insert_message(dialect: Dialect, message: Message, key: str | None) -> Script[Message]:
     """Insert the message and its idempotency key; the message with its C{seq}."""
-    result = yield dialect.statement(
+    result = yield dialect.prepared(
         "INSERT INTO messages"
         " (id, conversation_id, created, user_id, user_name, user_role, message)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
@@ -908,7 +922,7 @@ def _auto_received(dialect: Dialect, commit: MessageCommit) -> Script[tuple[str,
     message = commit.message
     if commit.received_by is None:
         # Who is subscribed, on any node, read in this very transaction.
-        result = yield dialect.statement(
+        result = yield dialect.prepared(
             "INSERT INTO receipts (conversation_id, kind, user_id, at)"
             " SELECT conversation_id, 'received', user_id, ? FROM presence_members"
             " WHERE conversation_id = ? AND user_id <> ?" + _MOVE_RECEIPT,
@@ -924,7 +938,7 @@ def _auto_received(dialect: Dialect, commit: MessageCommit) -> Script[tuple[str,
         params: list[object] = []
         for user_id in users:
             params.extend((message.conversation_id, user_id, message.created))
-        result = yield dialect.statement(
+        result = yield dialect.prepared(
             f"INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES {values}"
             + _MOVE_RECEIPT,
             *params,
@@ -958,7 +972,7 @@ def _message_activity(
     either changed, a C{conversationUpdated} event says so.
     """
     reopen = message.user_role == "customer"
-    result = yield dialect.statement(
+    result = yield dialect.prepared(
         "UPDATE conversations SET"
         " last_activity = CASE WHEN last_activity < ? THEN ? ELSE last_activity END,"
         " status = CASE WHEN ? THEN 'open' ELSE status END"
@@ -1105,11 +1119,13 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
             counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
     offsets: dict[str, int] = {}
     if counts:
-        values = ", ".join(["(?, ?)"] * len(counts))
+        # The cast types the count for PostgreSQL's PREPARE (a bare parameter in VALUES
+        # would be text).
+        values = ", ".join(["(?, CAST(? AS BIGINT))"] * len(counts))
         params: list[object] = []
         for conversation_id, count in counts.items():
             params.extend((conversation_id, count))
-        result = yield dialect.statement(
+        result = yield dialect.prepared(
             f"WITH added (id, events) AS (VALUES {values})"
             " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
             " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
@@ -1117,7 +1133,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         )
         # The first offset of each conversation's new events.
         offsets = {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in result.rows}
-    result = yield dialect.statement(
+    result = yield dialect.prepared(
         "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING last", len(events)
     )
     position = int(result.rows[0][0]) - len(events) + 1
@@ -1140,7 +1156,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         params = []
         for e in streamed:
             params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
-        yield dialect.statement(
+        yield dialect.prepared(
             f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params
         )
     fed = [e for e, pending in zip(stored, events, strict=True) if pending.feed]
@@ -1149,7 +1165,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         params = []
         for e in fed:
             params.extend((e.position, e.conversation_id, e.kind, e.body, e.created))
-        yield dialect.statement(
+        yield dialect.prepared(
             "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
             f" VALUES {values}",
             *params,
@@ -1220,7 +1236,7 @@ def _insert_access(dialect: Dialect, entries: Sequence[AccessEntry]) -> Script[N
                 e.customer_id,
                 e.address,
             ]
-        yield dialect.statement(
+        yield dialect.prepared(
             f"INSERT INTO access_log ({_ACCESS_COLUMNS}) VALUES "
             + ", ".join([row] * len(chunk)),
             *params,

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from medichat.errors import DuplicateError
@@ -456,6 +459,97 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
             )
         self.assertEqual(len(await self.all_messages(store, conversation)), 5)
         self.assertEqual(counting.changes, before)
+
+
+    async def one_connection(self) -> tuple[PostgreSQLStore, Any]:
+        """A started store of one connection (one session), and that connection."""
+        store = PostgreSQLStore(await self.new_location(), reactor, pool_size=1)
+        await store.start()
+        self.addCleanup(store.stop)
+        assert store._pool is not None
+        (slot,) = store._pool.connections
+        return store, slot._connection
+
+    async def test_hot_statements_prepared(self) -> None:
+        """
+        From its second use on a connection, each statement of a chat message runs as
+        the session's prepared statement, with the same outcome; what PostgreSQL
+        cannot prepare runs as it is.
+        """
+        store, connection = await self.one_connection()
+        conversation = await self.stored_conversation(store)
+        for i in range(4):
+            outcome = await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i, f"m{i}"), f"k{i}", (NURSE,))
+            )
+            assert outcome is not None
+            self.assertEqual((outcome.message.seq, outcome.received), (i + 1, (NURSE,)))
+        prepared = [sql for sql, execute in connection.prepared.items() if execute]
+        self.assertTrue(any(sql.startswith("INSERT INTO messages") for sql in prepared))
+        self.assertTrue(any(sql.startswith("UPDATE event_counter") for sql in prepared))
+        self.assertTrue(any(sql.startswith("WITH added") for sql in prepared))
+        self.assertNotIn(None, connection.prepared.values())
+
+        def names() -> Script[list[str]]:
+            result = yield Statement("SELECT statement FROM pg_prepared_statements")
+            return [str(row[0]) for row in result.rows]
+
+        in_session = await store._run(names(), write=False)
+        self.assertEqual(len(in_session), len(prepared))
+        self.assertEqual([m.message for m in await self.all_messages(store, conversation)],
+                         ["m0", "m1", "m2", "m3"])
+        self.assertEqual(len(in_streams(await store.events_after(0, 100))), 8)
+
+    async def test_unpreparable_statement(self) -> None:
+        """
+        A statement PostgreSQL cannot prepare (a parameter it cannot type) leaves its
+        transaction as it was: what came before it commits, and it runs unprepared,
+        then and later, without another attempt.
+        """
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        store, connection = await self.one_connection()
+        dialect = store._dialect
+        await raw_write(store, "CREATE TABLE probe (id INTEGER PRIMARY KEY)")
+
+        def script(i: int) -> Script[bool]:
+            yield dialect.statement("INSERT INTO probe (id) VALUES (?)", i)
+            # "could not determine data type of parameter $1"
+            result = yield dialect.prepared("SELECT ? IS NULL", f"value {i}")
+            return bool(result.rows[0][0])
+
+        for i in range(3):
+            self.assertIs(await store._run(script(i), write=True), False)
+        self.assertEqual(connection.prepared, {"SELECT %s IS NULL": None})
+
+        def probes() -> Script[list[int]]:
+            result = yield Statement("SELECT id FROM probe ORDER BY id")
+            return [int(row[0]) for row in result.rows]
+
+        self.assertEqual(await store._run(probes(), write=False), [0, 1, 2])
+        unprepared = [e for e in logged if "unprepared" in e.get("log_format", "")]
+        self.assertEqual(len(unprepared), 1)
+
+    async def test_prepared_after_reconnect(self) -> None:
+        """
+        A connection opened again after the server ended it has none of the old
+        session's prepared statements, and messages commit on it as before.
+        """
+        location = await self.new_location()
+        store = PostgreSQLStore(location, reactor, pool_size=1)
+        await store.start()
+        self.addCleanup(store.stop)
+        conversation = await self.stored_conversation(store)
+        for i in range(3):
+            await store.commit_message(MessageCommit(a_message(conversation, T0 + i), None, ()))
+        lost = scenario.PostgreSQLStoreTests.connections_lost(self, 1)  # type: ignore[arg-type]
+        await deferToThread(scenario._terminate_backends, location)
+        await lost
+        for i in range(3, 6):
+            outcome = await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i), None, ())
+            )
+            assert outcome is not None
+            self.assertEqual(outcome.message.seq, i + 1)
 
 
 class CountingReactor:

@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from medichat.store.postgres import _Connection
+from medichat.store.postgres import _Connection, _numbered
 from tests._pg import create_test_database
 
 
@@ -116,3 +116,13 @@ class ServerGoneTests(TestCase):
         client.sendall(b"hello")
         # Never read before: the wait ended in a TimeoutError.
         self.assertEqual(await received.addTimeout(10, reactor), b"hello")
+
+
+class NumberedTests(SynchronousTestCase):
+    """L{_numbered} turns psycopg2's placeholders into PostgreSQL's, for C{PREPARE}."""
+
+    def test_numbered(self) -> None:
+        self.assertEqual(_numbered("SELECT 1"), ("SELECT 1", 0))
+        self.assertEqual(_numbered("a = %s AND b IN (%s, %s)"), ("a = $1 AND b IN ($2, $3)", 3))
+        self.assertEqual(_numbered("x LIKE '%%s' || %s"), ("x LIKE '%s' || $1", 1))
+        self.assertEqual(_numbered("%s%%%s"), ("$1%$2", 2))
