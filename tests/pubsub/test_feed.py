@@ -41,6 +41,11 @@ class Keeper:
     def offsets(self) -> list[int | None]:
         return [p.offset for p in self.publications]
 
+    @property
+    def texts(self) -> list[str]:
+        """The texts of the C{message} events delivered."""
+        return [json.loads(p.body)["message"]["message"] for p in self.publications]
+
 
 class FeedTestCase(InlineTestCase):
     """A feed from a fresh in-memory store to a real hub, on a clock."""
@@ -58,10 +63,11 @@ class FeedTestCase(InlineTestCase):
         await self.store.create_conversation(conversation)
         return conversation
 
-    async def post(self, conversation: Conversation, text: str = "hi") -> Message:
+    async def post(self, conversation: Conversation, text: str = "hi",
+                   store: MemoryStore | None = None) -> Message:
         message = Message(new_id(), conversation.id, micros(self.clock.seconds()), "c", "C",
                           "customer", text)
-        stored, _ = await self.store.add_message(message, None)
+        stored, _ = await (store or self.store).add_message(message, None)
         return stored  # type: ignore[no-any-return]
 
     def listen(self, conversation: Conversation) -> Keeper:
@@ -270,6 +276,14 @@ class HandOffTests(FeedTestCase):
         self.assertEqual(feed.position, await self.store.last_event_position())
         self.assertEqual((feed.reads, feed.published, feed.published_handed), (0, 3, 3))
 
+    async def started(self) -> tuple[Conversation, Keeper, EventFeed]:
+        """A conversation, a listener on it, and a started feed with the hand-off."""
+        conversation = await self.conversation()
+        keeper = self.listen(conversation)
+        feed = self.feed(poll_interval=None, hand_off=True)
+        await feed.start()
+        return conversation, keeper, feed
+
     def slow_reads(self) -> list[tuple[Deferred[Any], Any]]:
         """
         From now on the store's reads take their rows when asked but answer only when
@@ -292,10 +306,7 @@ class HandOffTests(FeedTestCase):
         Events committed before a read under way took its rows are published by the
         read, once, and need no other read.
         """
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        conversation, keeper, feed = await self.started()
         self.store.hold()
         posted = Deferred.fromCoroutine(self.post(conversation))
         feed.catch_up()  # a poll or a wake-up, read after the commit
@@ -312,10 +323,7 @@ class HandOffTests(FeedTestCase):
         ends, in order, without another read: a steady stream of commits does not keep
         the feed reading.
         """
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        conversation, keeper, feed = await self.started()
         await self.post(conversation, "before")  # handed over and published
         answers = self.slow_reads()
         feed.catch_up()  # the read takes its rows (none)...
@@ -325,8 +333,7 @@ class HandOffTests(FeedTestCase):
         answer, rows = answers.pop()
         answer.callback(rows)
         self.assertEqual(keeper.offsets, [1, 2, 3, 4])
-        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
-                         ["before", "one", "two", "three"])
+        self.assertEqual(keeper.texts, ["before", "one", "two", "three"])
         self.assertEqual((feed.reads, feed.published_handed, answers), (1, 4, []))
         await self.post(conversation, "after")  # and the feed is back to taking them
         self.assertEqual((keeper.offsets[-1], feed.reads, feed.published_handed), (5, 1, 5))
@@ -336,10 +343,7 @@ class HandOffTests(FeedTestCase):
         When the read under way fails, what was handed over meanwhile is published by
         the next read, in order, once.
         """
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        conversation, keeper, feed = await self.started()
         answers = self.slow_reads()
         feed.catch_up()
         await self.post(conversation)
@@ -352,64 +356,51 @@ class HandOffTests(FeedTestCase):
         await self.post(conversation)
         self.assertEqual((keeper.offsets, feed.reads, feed.published_handed), ([1, 2], 2, 1))
 
+    async def another_writer(self) -> MemoryStore:
+        """
+        Make the test's store one of two on the same database (two processes); the
+        other one.
+        """
+        database = memory_database()
+        self.addCleanup(database.close)
+        stores = []
+        for _ in range(2):
+            store = MemoryStore(self.clock, database=database)
+            await store.start()
+            self.addCleanup(store.stop)
+            stores.append(store)
+        self.store, theirs = stores
+        return theirs
+
     async def test_after_another_writer(self) -> None:
         """
         When another writer's events came between (another process on the same
         database), the feed reads, and publishes everyone's in order, each once.
         """
-        database = memory_database()
-        self.addCleanup(database.close)
-        mine = MemoryStore(self.clock, database=database)
-        await mine.start()
-        self.addCleanup(mine.stop)
-        theirs = MemoryStore(self.clock, database=database)
-        await theirs.start()
-        self.addCleanup(theirs.stop)
-        conversation = Conversation(new_id(), micros(NOW), "c", "C")
-        await mine.create_conversation(conversation)
-        keeper = self.listen(conversation)
-        feed = EventFeed(mine, self.hub, self.clock, poll_interval=None, hand_off=True)
-        self.addCleanup(feed.stop)
-        await feed.start()
-        for store, text in ((mine, "mine"), (theirs, "theirs"), (mine, "mine again")):
-            message = Message(new_id(), conversation.id, micros(NOW), "c", "C", "customer",
-                              text)
-            await store.add_message(message, None)
+        theirs = await self.another_writer()
+        conversation, keeper, feed = await self.started()
+        for store, text in ((self.store, "mine"), (theirs, "theirs"), (self.store, "mine again")):
+            await self.post(conversation, text, store)
         self.assertEqual(keeper.offsets, [1, 2, 3])
         self.assertEqual((feed.reads, feed.published_handed), (1, 1))
-        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
-                         ["mine", "theirs", "mine again"])
+        self.assertEqual(keeper.texts, ["mine", "theirs", "mine again"])
 
     async def test_another_writer_while_reading(self) -> None:
         """
         When another writer's events came between the read under way and what was
         handed over meanwhile, the feed reads again, and publishes everyone's in order.
         """
-        database = memory_database()
-        self.addCleanup(database.close)
-        mine = MemoryStore(self.clock, database=database)
-        await mine.start()
-        self.addCleanup(mine.stop)
-        theirs = MemoryStore(self.clock, database=database)
-        await theirs.start()
-        self.addCleanup(theirs.stop)
-        self.store = mine
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        theirs = await self.another_writer()
+        conversation, keeper, feed = await self.started()
         answers = self.slow_reads()
         feed.catch_up()
-        for store, text in ((theirs, "theirs"), (mine, "mine")):
-            message = Message(new_id(), conversation.id, micros(NOW), "c", "C", "customer",
-                              text)
-            await store.add_message(message, None)
+        await self.post(conversation, "theirs", theirs)
+        await self.post(conversation, "mine")
         answer, rows = answers.pop()
         answer.callback(rows)  # took nothing; "mine" does not follow on
         answer, rows = answers.pop()
         answer.callback(rows)
-        self.assertEqual([json.loads(p.body)["message"]["message"] for p in keeper.publications],
-                         ["theirs", "mine"])
+        self.assertEqual(keeper.texts, ["theirs", "mine"])
         self.assertEqual((keeper.offsets, feed.reads, feed.published_handed), ([1, 2], 2, 0))
 
     async def test_read_first(self) -> None:
@@ -417,10 +408,7 @@ class HandOffTests(FeedTestCase):
         Events that a read has published already (it was answered before the commit
         was) are neither published again nor read for when they are handed over.
         """
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        conversation, keeper, feed = await self.started()
         handed: list[Any] = []
         self.store.hand_off(handed.append)  # in place of the feed, for a moment
         await self.post(conversation)
@@ -431,10 +419,7 @@ class HandOffTests(FeedTestCase):
 
     async def test_stopped(self) -> None:
         """A stopped feed takes nothing more from the store."""
-        conversation = await self.conversation()
-        keeper = self.listen(conversation)
-        feed = self.feed(poll_interval=None, hand_off=True)
-        await feed.start()
+        conversation, keeper, feed = await self.started()
         feed.stop()
         await self.post(conversation)
         self.assertEqual((keeper.offsets, feed.published), ([], 0))
