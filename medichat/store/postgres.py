@@ -12,6 +12,7 @@ connection attempts, so L{PostgreSQLStore} does.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -224,8 +225,9 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
                     if sql in connection.prepared:
                         execute = connection.prepared[sql]
                     elif len(connection.prepared) < MAX_PREPARED and connection.seen(sql):
-                        execute = await _prepare(connection, cursor, sql, began)
-                        began = True
+                        # Begun from here on, should the preparation itself fail.
+                        began, begun = True, began
+                        execute = await _prepare(connection, cursor, sql, begun)
                     if execute is not None:
                         sql = execute
                 # Without parameters psycopg2 leaves the text alone (a literal % stays).
@@ -239,13 +241,20 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
                 await connection.execute(cursor, "COMMIT", None)
             value: T = stop.value
             return value
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, psycopg2.errors.InvalidSqlStatementName):
+            # The session lost its prepared statements (a DISCARD ALL, say): the next
+            # transaction prepares them again.
+            _log.warn("PostgreSQL session lost its prepared statements: {reason}",
+                      reason=_reason(e))
+            connection.prepared.clear()
         if began and connection.is_open:
             try:
                 await connection.execute(cursor, "ROLLBACK", None)
-            except Exception as e:
+            except Exception as rollback_error:
                 # The connection is in doubt: drop it, to be opened again when next used.
-                _log.warn("PostgreSQL rollback failed, reconnecting: {reason}", reason=_reason(e))
+                _log.warn("PostgreSQL rollback failed, reconnecting: {reason}",
+                          reason=_reason(rollback_error))
                 connection.close()
         raise
     finally:
@@ -269,7 +278,7 @@ async def _prepare(connection: _Connection, cursor: Any, sql: str, began: bool) 
     @return: the C{EXECUTE} to send in its place (with C{%s} for its parameters), or
         L{None} to send it as it is.
     """
-    name = f"medichat_{len(connection.prepared) + 1}"
+    name = f"medichat_{next(connection.names)}"
     numbered, count = _numbered(sql)
     begin = "" if began else "BEGIN; "
     try:
@@ -345,6 +354,8 @@ class _Connection(txpostgres.Connection):
         # What _drive prepared on this session (the SQL text: its EXECUTE, or None for a
         # statement PostgreSQL would not prepare); a new connection starts with none.
         self.prepared: dict[str, str | None] = {}
+        # Names for them, never used twice on a session (one lost may linger).
+        self.names = itertools.count(1)
         self._seen: set[str] = set()
 
     def seen(self, sql: str) -> bool:

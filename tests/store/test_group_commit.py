@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from medichat.errors import DuplicateError
+from medichat.errors import DuplicateError, StoreUnavailable
 from medichat.model import Message, MessageCommit, MessageCommitted, StoredEvent, new_id
 from medichat.store import PostgreSQLStore
 from medichat.store.scripts import Result, Script, SQLStore, Statement
@@ -528,6 +528,32 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         self.assertEqual(await store._run(probes(), write=False), [0, 1, 2])
         unprepared = [e for e in logged if "unprepared" in e.get("log_format", "")]
         self.assertEqual(len(unprepared), 1)
+
+    async def test_prepared_statements_lost(self) -> None:
+        """
+        When the session loses its prepared statements (C{DEALLOCATE ALL}, C{DISCARD ALL}
+        by a pooler), the transaction under way fails as an outage (the message was not
+        stored; its client may send it again), the statements are prepared afresh, and
+        the next messages commit as before.
+        """
+        store, connection = await self.one_connection()
+        conversation = await self.stored_conversation(store)
+        for i in range(2):
+            await store.commit_message(MessageCommit(a_message(conversation, T0 + i), None, ()))
+        self.assertTrue(any(connection.prepared.values()))
+        await raw_write(store, "DEALLOCATE ALL")
+        await self.assertFailure(
+            store.commit_message(MessageCommit(a_message(conversation, T0 + 2), None, ())),
+            StoreUnavailable,
+        )
+        for i in range(3, 6):
+            outcome = await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i), None, ())
+            )
+            assert outcome is not None
+            self.assertEqual(outcome.message.seq, i)
+        self.assertTrue(any(connection.prepared.values()))
+        self.assertEqual(len(await self.all_messages(store, conversation)), 5)
 
     async def test_prepared_after_reconnect(self) -> None:
         """
