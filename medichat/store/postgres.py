@@ -211,10 +211,13 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
     C{BEGIN} travels with the first statement (one round trip, and none for a script
     that has no statement); C{COMMIT} follows the last; any failure rolls back.  A
     statement marked C{prepare} runs as C{EXECUTE} of the connection's prepared
-    statement once it has one (L{_prepare}).
+    statement once it has one (L{_prepare}); one marked C{later} travels with the next
+    statement, or with the C{COMMIT} (L{_together}).
     """
     cursor = connection.raw_cursor()
     began = False
+    # Statements whose results the script does not read, to go with the next one.
+    held: list[tuple[str, tuple[object, ...]]] = []
     try:
         try:
             statement = next(script)
@@ -230,15 +233,24 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
                         execute = await _prepare(connection, cursor, sql, begun)
                     if execute is not None:
                         sql = execute
+                if statement.later and statement.params:
+                    held.append((sql, statement.params))
+                    statement = script.send(_UNREAD)
+                    continue
+                sql, params = _together(held, sql, statement.params)
+                held = []
                 # Without parameters psycopg2 leaves the text alone (a literal % stays).
                 sql = sql if began else "BEGIN; " + sql
                 began = True
-                await connection.execute(cursor, sql, statement.params or None)
+                await connection.execute(cursor, sql, params or None)
                 rows = cursor.fetchall() if cursor.description is not None else []
                 statement = script.send(Result(rows, cursor.rowcount))
         except StopIteration as stop:
-            if began:
-                await connection.execute(cursor, "COMMIT", None)
+            if began or held:
+                sql, params = _together(held, "COMMIT", ())
+                sql = sql if began else "BEGIN; " + sql
+                began = True
+                await connection.execute(cursor, sql, params or None)
             value: T = stop.value
             return value
     except BaseException as e:
@@ -260,6 +272,31 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
     finally:
         if connection.is_open:
             cursor.close()
+
+
+_UNREAD = Result([], -1)
+"""What a script is given for a statement held to go with the next one."""
+
+
+def _together(
+    held: Sequence[tuple[str, tuple[object, ...]]], sql: str, params: tuple[object, ...]
+) -> tuple[str, tuple[object, ...]]:
+    """
+    C{sql} after the statements C{held}, as one text for one round trip (PostgreSQL
+    runs them in order; the result is the last one's), with all their parameters.
+    """
+    if not held:
+        return sql, params
+    texts = [text for text, _ in held]
+    values: list[object] = []
+    for _, their_params in held:
+        values.extend(their_params)
+    if params:
+        values.extend(params)
+    elif "%" in sql:
+        # With parameters psycopg2 reads every % as a placeholder.
+        sql = sql.replace("%", "%%")
+    return "; ".join([*texts, sql]), tuple(values)
 
 
 MAX_PREPARED = 256

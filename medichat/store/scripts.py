@@ -73,12 +73,18 @@ class Statement:
         statement of every chat message); PostgreSQL does, where it can type every
         parameter from the statement alone (L{Dialect.prepared}).  SQLite's driver keeps
         every statement prepared anyway.
+    @ivar later: the script does not read what it gives back (an C{INSERT} whose rows
+        nobody needs): a driver may send it together with the statement after it, or
+        with the C{COMMIT}, and give the script an empty L{Result} at once.  An error it
+        raises fails the transaction all the same, one round trip later.  PostgreSQL
+        does (one round trip less for each); SQLite runs it at once.
     """
 
     sql: str
     params: tuple[object, ...] = ()
     several: bool = False
     prepare: bool = False
+    later: bool = False
 
 
 @frozen
@@ -170,14 +176,16 @@ class Dialect:
         """
         return Statement(self.sql(text), params)
 
-    def prepared(self, text: str, *params: object) -> Statement:
+    def prepared(self, text: str, *params: object, later: bool = False) -> Statement:
         """
         L{statement}, marked worth preparing (L{Statement.prepare}).  For statements of
         the chat's hot path, whose parameters take their types from the columns they go
         to or are compared with: a parameter PostgreSQL could only type as C{text} there
         fails the preparation, and the statement then runs unprepared on that connection.
+
+        @param later: its result is not read (L{Statement.later}).
         """
-        return Statement(self.sql(text), params, prepare=True)
+        return Statement(self.sql(text), params, prepare=True, later=later)
 
 
 SQLITE = Dialect(
@@ -822,7 +830,9 @@ def commit_message(
     commits or rolls back with the message; an exception it raises fails this message
     (and only it: see L{SQLStore.commit_message}).  A step with a durable event of its
     own to publish takes C{events} too and appends a L{PendingEvent} to it (never writes
-    C{events} itself): it is then written with the others, in order, at the end.
+    C{events} itself): it is then written with the others, in order, at the end.  Its
+    statements run for every message: write them with L{Dialect.prepared}, with
+    C{later=True} where the step does not read the result.
 
     @param customer: the customer of the message's conversation, or L{None} if there is
         no such conversation.
@@ -892,7 +902,7 @@ def _insert_message(dialect: Dialect, message: Message, key: str | None) -> Scri
     )
     stored = evolve(message, seq=int(result.rows[0][0]))
     if key is not None:
-        yield dialect.statement(
+        yield dialect.prepared(
             "INSERT INTO idempotency_keys"
             " (conversation_id, user_id, idempotency_key, message_id, created)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -901,6 +911,7 @@ def _insert_message(dialect: Dialect, message: Message, key: str | None) -> Scri
             key,
             message.id,
             message.created,
+            later=True,
         )
     return stored
 
@@ -1157,7 +1168,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         for e in streamed:
             params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
         yield dialect.prepared(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params, later=True
         )
     fed = [e for e, pending in zip(stored, events, strict=True) if pending.feed]
     if fed:
@@ -1169,6 +1180,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
             "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
             f" VALUES {values}",
             *params,
+            later=True,
         )
     yield Written("", events=tuple(stored))
     return stored
@@ -1240,6 +1252,7 @@ def _insert_access(dialect: Dialect, entries: Sequence[AccessEntry]) -> Script[N
             f"INSERT INTO access_log ({_ACCESS_COLUMNS}) VALUES "
             + ", ".join([row] * len(chunk)),
             *params,
+            later=True,
         )
 
 

@@ -500,6 +500,62 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
                          ["m0", "m1", "m2", "m3"])
         self.assertEqual(len(in_streams(await store.events_after(0, 100))), 8)
 
+    async def test_round_trips(self) -> None:
+        """
+        A message with an idempotency key takes eight round trips (the lock, the key's
+        check, the message, the receipts, the activity, the offsets, the counter, the
+        events): the statements whose results nothing reads (its key, its events and the
+        employees' feed event) travel with the next one or the C{COMMIT}; and everything
+        is stored as before.
+        """
+        store, connection = await self.one_connection()
+        conversation = await self.stored_conversation(store)
+        sent: list[str] = []
+        execute = connection.execute
+
+        def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
+            sent.append(sql)
+            return execute(cursor, sql, params)  # type: ignore[no-any-return]
+
+        connection.execute = counted
+        for i in range(3):
+            del sent[:]
+            await store.commit_message(
+                MessageCommit(a_message(conversation, T0 + i, f"m{i}"), f"k{i}", (NURSE,))
+            )
+        self.assertEqual(len(sent), 8)
+        self.assertEqual(sent[3].count("EXECUTE"), 2)  # the key, with the receipts
+        self.assertEqual((sent[-1].count("EXECUTE"), sent[-1][-8:]), (2, "; COMMIT"))
+        replay = await store.commit_message(
+            MessageCommit(a_message(conversation, T0 + 9, "again"), "k1", (NURSE,))
+        )
+        assert replay is not None
+        self.assertEqual((replay.message.message, replay.created), ("m1", False))
+        self.assertEqual([m.message for m in await self.all_messages(store, conversation)],
+                         ["m0", "m1", "m2"])
+        self.assertEqual([e.kind for e in await store.events_after(0, 100)].count("message"), 3)
+
+    async def test_held_statement_fails(self) -> None:
+        """
+        A statement sent with the next one that fails fails its transaction: nothing of
+        it is committed.
+        """
+        store, _ = await self.one_connection()
+        dialect = store._dialect
+        await raw_write(store, "CREATE TABLE probe (id INTEGER PRIMARY KEY)")
+
+        def script() -> Script[None]:
+            yield dialect.statement("INSERT INTO probe (id) VALUES (?)", 1)
+            yield dialect.prepared("INSERT INTO probe (id) VALUES (?)", 1, later=True)
+
+        await self.assertFailure(store._run(script(), write=True), DuplicateError)
+
+        def probes() -> Script[int]:
+            result = yield Statement("SELECT count(*) FROM probe")
+            return int(result.rows[0][0])
+
+        self.assertEqual(await store._run(probes(), write=False), 0)
+
     async def test_unpreparable_statement(self) -> None:
         """
         A statement PostgreSQL cannot prepare (a parameter it cannot type) leaves its

@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from medichat.store.postgres import _Connection, _numbered
+from medichat.store.postgres import _Connection, _numbered, _together
 from tests._pg import create_test_database
 
 
@@ -126,3 +126,25 @@ class NumberedTests(SynchronousTestCase):
         self.assertEqual(_numbered("a = %s AND b IN (%s, %s)"), ("a = $1 AND b IN ($2, $3)", 3))
         self.assertEqual(_numbered("x LIKE '%%s' || %s"), ("x LIKE '%s' || $1", 1))
         self.assertEqual(_numbered("%s%%%s"), ("$1%$2", 2))
+
+
+class TogetherTests(SynchronousTestCase):
+    """L{_together} puts held statements before the next one, in one text."""
+
+    def test_nothing_held(self) -> None:
+        self.assertEqual(_together([], "SELECT %s", (1,)), ("SELECT %s", (1,)))
+
+    def test_held(self) -> None:
+        held = [("INSERT INTO a VALUES (%s)", (1,)), ("EXECUTE m_2 (%s, %s)", (2, "x"))]
+        self.assertEqual(
+            _together(held, "UPDATE b SET c = %s", (3,)),
+            ("INSERT INTO a VALUES (%s); EXECUTE m_2 (%s, %s); UPDATE b SET c = %s",
+             (1, 2, "x", 3)),
+        )
+
+    def test_last_without_parameters(self) -> None:
+        """A literal % in a last statement without parameters is kept as one."""
+        self.assertEqual(
+            _together([("INSERT INTO a VALUES (%s)", (1,))], "SELECT '100%'", ()),
+            ("INSERT INTO a VALUES (%s); SELECT '100%%'", (1,)),
+        )
