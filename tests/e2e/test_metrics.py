@@ -235,8 +235,14 @@ class PostgreSQLMetricsTests(LiveServerMixin, TestCase):
         self.assertEqual(value(first, "medichat_cluster_listen_reconnects_total"), 0)
         self.assertEqual(value(first, "medichat_cluster_dead_nodes_removed_total"), 0)
         # The node count and online employees come from the database: asked at each
-        # scrape, reported from the previous answer.
-        second = yield self.scrape()
+        # scrape, reported from the previous answer, which may still be on its way when
+        # the next scrape comes (its read waits for a free connection).
+        for _ in range(50):
+            second = yield self.scrape()
+            if value(second, "medichat_store_operation_duration_seconds_count",
+                     operation="count_nodes") >= 1:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(value(second, "medichat_cluster_nodes"), 1)
         self.assertEqual(value(second, "medichat_online_employees"), 0)
         self.assertGreaterEqual(value(second, "medichat_store_operation_duration_seconds_count",
