@@ -61,9 +61,12 @@ def raise_nofile() -> dict[str, int]:
     return {"soft": soft, "hard": hard}
 
 
-def process_times(pid: int) -> tuple[float, float]:
-    """utime and stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
+def process_times(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """
+    utime and stime of a process (all its threads), or of its thread C{tid}, in seconds.
+    """
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as f:
         data = f.read()
     # The command name may hold spaces and parentheses; the fields follow the last ")".
     fields = data[data.rindex(b")") + 2:].split()
@@ -169,6 +172,8 @@ class Snapshot:
         self.at = time.monotonic()
         self.server_user, self.server_system = process_times(server_pid)
         self.server_cpu = self.server_user + self.server_system
+        # The main thread, where twistd runs the reactor (the rest: the store's threads).
+        self.server_reactor_thread = sum(process_times(server_pid, server_pid))
         self.memory = process_memory(server_pid)
         self.generator_cpu = own_cpu()
         self.busy, self.total = machine_jiffies()
@@ -197,6 +202,8 @@ def window_figures(a: Snapshot, b: Snapshot, extra_name: str | None = None) -> d
         "server_cpu_s": round(server, 3),
         "server_cpu_pct_of_core": round(100 * server / elapsed, 2),
         "server_system_cpu_s": round(b.server_system - a.server_system, 3),
+        "server_reactor_thread_cpu_s": round(
+            b.server_reactor_thread - a.server_reactor_thread, 3),
         "server_rss_kib": b.memory["rss_kib"],
         "generator_cpu_s": round(generator, 3),
         "machine_busy_cores": round(machine_cores, 3),

@@ -487,6 +487,9 @@ def _step_figures(rate: float, load: Load, a: Snapshot, b: Snapshot,
         "delivery_max_ms": delivery["max_ms"],
         "server_cpu_us_per_message": (
             round(server_cpu * 1e6 / len(answered), 1) if answered else None),
+        "server_reactor_thread_cpu_us_per_message": (
+            round(figures["server_reactor_thread_cpu_s"] * 1e6 / len(answered), 1)
+            if answered else None),
         **figures,
     }
     if extra:
