@@ -154,6 +154,8 @@ class Dialect:
         migrate one after the other; L{None} where beginning a write transaction does that
         already.
     @ivar count_tables: a query counting the tables named by its one parameter.
+    @ivar modifying_ctes: C{UPDATE ... RETURNING} may stand in a C{WITH} (one statement
+        for what would otherwise take several round trips).
     """
 
     name: str
@@ -161,6 +163,7 @@ class Dialect:
     lock_row: str
     migration_lock: str | None
     count_tables: str
+    modifying_ctes: bool = False
 
     def sql(self, text: str) -> str:
         """
@@ -208,6 +211,7 @@ POSTGRESQL = Dialect(
         "SELECT count(*) FROM information_schema.tables"
         " WHERE table_schema = current_schema() AND table_name = ?"
     ),
+    modifying_ctes=True,
 )
 """PostgreSQL through psycopg2."""
 
@@ -1110,11 +1114,16 @@ def _mark(
     return True
 
 
+_COUNT_EVENTS = "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING last"
+"""Takes positions for events (its one parameter: how many); the last one taken."""
+
+
 def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[list[StoredEvent]]:
     """
     Write durable events, in order, in the current transaction; call at its very end,
     with their conversations' rows locked (L{_lock_conversations}).  Three statements
-    however many events and conversations.
+    however many events and conversations, and four with an event of the employees' feed
+    (on PostgreSQL the first two are one, and the inserts go with the C{COMMIT}).
 
     The conversations' rows give the next offsets of their streams.  The global positions
     come last: the one row of C{event_counter} stays locked from here to the commit, so
@@ -1129,6 +1138,7 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         if not pending.feed:
             counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
     offsets: dict[str, int] = {}
+    last_position: int | None = None
     if counts:
         # The cast types the count for PostgreSQL's PREPARE (a bare parameter in VALUES
         # would be text).
@@ -1136,18 +1146,34 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
         params: list[object] = []
         for conversation_id, count in counts.items():
             params.extend((conversation_id, count))
-        result = yield dialect.prepared(
+        added = (
             f"WITH added (id, events) AS (VALUES {values})"
             " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
-            " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
-            *params,
+            " WHERE conversations.id = added.id RETURNING conversations.id, last_offset"
         )
+        if dialect.modifying_ctes:
+            # The offsets and the positions in one statement, one round trip: the
+            # conversations' rows are this transaction's already, so which of the two
+            # updates runs first does not matter.
+            result = yield dialect.prepared(
+                f"WITH moved AS ({added}), counted AS ({_COUNT_EVENTS})"
+                " SELECT moved.id, moved.last_offset, counted.last"
+                " FROM counted LEFT JOIN moved ON TRUE",
+                *params,
+                len(events),
+            )
+            last_position = int(result.rows[0][2])
+        else:
+            result = yield dialect.prepared(added, *params)
         # The first offset of each conversation's new events.
-        offsets = {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in result.rows}
-    result = yield dialect.prepared(
-        "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING last", len(events)
-    )
-    position = int(result.rows[0][0]) - len(events) + 1
+        offsets = {
+            str(row[0]): int(row[1]) - counts[str(row[0])] + 1
+            for row in result.rows if row[0] is not None
+        }
+    if last_position is None:
+        result = yield dialect.prepared(_COUNT_EVENTS, len(events))
+        last_position = int(result.rows[0][0])
+    position = last_position - len(events) + 1
     stored = []
     for pending in events:
         offset = 0
