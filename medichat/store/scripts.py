@@ -71,8 +71,9 @@ class Statement:
         C{;}, without parameters.
     @ivar prepare: worth preparing once per connection and executing many times (a
         statement of every chat message); PostgreSQL does, where it can type every
-        parameter from the statement alone (L{Dialect.prepared}).  SQLite's driver keeps
-        every statement prepared anyway.
+        parameter from the statement alone (L{Dialect.prepared}).  SQLite's driver
+        caches its prepared statements by text itself (the last 128), so the flag changes
+        nothing there.
     @ivar later: the script does not read what it gives back (an C{INSERT} whose rows
         nobody needs): a driver may send it together with the statement after it, or
         with the C{COMMIT}, and give the script an empty L{Result} at once.  An error it
