@@ -91,7 +91,11 @@ class _SecondsText:
     def __call__(self, when: float | None) -> str:
         if when is None:
             return formatTime(when)
-        second = math.floor(when)
+        # The second that twisted.logger's formatTime shows: datetime rounds to the
+        # microsecond first (so 0.9999999 is second 1, and -0.0000001 is second 0).
+        fraction, whole = math.modf(when)
+        micro = round(fraction * 1_000_000)
+        second = int(whole) + (micro >= 1_000_000) - (micro < 0)
         last = self._last
         if last is not None and last[0] == second:
             return last[1]
@@ -107,8 +111,46 @@ def text_line(event: LogEvent) -> str | None:
     """
     C{event} as the line (with its line end) that twisted.logger's text observers write,
     or L{None} for an event with nothing to say.
+
+    An event whose format is one field, whole (C{"{access}"}, as the HTTP access log's
+    are: one a request), with text in that field and neither a failure nor a system, has
+    its line made here, without twisted.logger's formatter: the same line at about a
+    third of the cost.  Every other event goes to L{formatEventAsClassicLogText}.
     """
-    return formatEventAsClassicLogText(event, formatTime=_seconds_text)
+    text = _whole_field(event)
+    if text is None:
+        return formatEventAsClassicLogText(event, formatTime=_seconds_text)
+    if not text:
+        return None
+    namespace = event.get("log_namespace", "-")
+    level = event.get("log_level")
+    if type(namespace) is not str:
+        return formatEventAsClassicLogText(event, formatTime=_seconds_text)
+    level_name = "-" if level is None else level.name
+    line = f"{_seconds_text(event.get('log_time'))} [{namespace}#{level_name}] {text}"
+    return line.replace("\n", "\n\t") + "\n"
+
+
+def _whole_field(event: LogEvent) -> str | None:
+    """
+    The text of an event whose format is one field, whole, and which carries text there
+    and nothing that twisted.logger's text line would add to it (a failure's traceback, a
+    system, flattened fields); L{None} for any other event.
+    """
+    form = event.get("log_format")
+    if (
+        type(form) is not str
+        or len(form) < 3
+        or form[0] != "{"
+        or form[-1] != "}"
+        or not form[1:-1].isidentifier()
+        or "log_failure" in event
+        or "log_system" in event
+        or "log_flattened" in event
+    ):
+        return None
+    value = event.get(form[1:-1])
+    return value if type(value) is str else None
 
 
 def text_file_observer(out_file: IO[Any]) -> ILogObserver:

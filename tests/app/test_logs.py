@@ -11,6 +11,8 @@ import signal
 import sys
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.testing import EventLoggingObserver
@@ -118,13 +120,68 @@ class TextLineTests(SynchronousTestCase):
         line as twisted.logger's own.
         """
         times = [0.0, 0.25, 0.999999, 1.0, 1.5, 1700000000.0, 1700000000.9, 1700000001.1,
-                 1700000000.2, 59.99, 60.0, -0.5, None]
+                 1700000000.2, 59.99, 60.0, -0.5, None,
+                 # Within half a microsecond of a second: datetime rounds up first.
+                 0.9999999999, 1700000000.9999997, -1e-7, -0.9999999999]
         for when in times:
             expected = formatEventAsClassicLogText(self.event(when))
             self.assertEqual(logs.text_line(self.event(when)), expected, when)
         failure = Failure(ValueError("boom"))
         event = self.event(12.5, log_failure=failure, log_system="sys")
         self.assertEqual(logs.text_line(event), formatEventAsClassicLogText(event))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        text=st.text(),
+        key=st.sampled_from(["access", "log_format", "x", "a.b", "0", "n()", ""]),
+        value_is_text=st.booleans(),
+        namespace=st.one_of(st.none(), st.text(), st.integers()),
+        level=st.one_of(st.none(), st.sampled_from(list(LogLevel.iterconstants()))),
+        when=st.one_of(st.none(), st.floats(min_value=-1e9, max_value=4e9)),
+        system=st.one_of(st.none(), st.text(max_size=5)),
+        failed=st.booleans(),
+    )
+    def test_one_field_as_twisted(
+        self, text: str, key: str, value_is_text: bool, namespace: object,
+        level: LogLevel | None, when: float | None, system: str | None, failed: bool,
+    ) -> None:
+        """
+        Events whose format is one field, whole (the access log's, made without
+        twisted.logger's formatter), and their near misses: the same line as
+        twisted.logger's own, or none when it writes none.
+        """
+        event: dict[str, Any] = {"log_format": "{" + key + "}"}
+        if key:
+            event[key] = text if value_is_text else [text]
+        for name, field in [("log_namespace", namespace), ("log_level", level),
+                            ("log_time", when), ("log_system", system)]:
+            if field is not None:
+                event[name] = field
+        if failed:
+            event["log_failure"] = Failure(ValueError(text))
+        self.assertEqual(logs.text_line(event), formatEventAsClassicLogText(event))
+
+    def test_one_field_cheaply(self) -> None:
+        """
+        An access line does not go through twisted.logger's formatter; a line with more
+        than one field does.
+        """
+        calls: list[object] = []
+
+        def formatting(event: Any, formatTime: Any) -> str | None:
+            calls.append(event)
+            return formatEventAsClassicLogText(event, formatTime)
+
+        self.patch(logs, "formatEventAsClassicLogText", formatting)
+        access = {"log_format": "{access}", "access": "GET / 200\nx",
+                  "log_namespace": "medichat.http.access", "log_level": LogLevel.info,
+                  "log_time": 3.0}
+        self.assertEqual(logs.text_line(access), formatEventAsClassicLogText(access))
+        self.assertEqual(calls, [])
+        self.assertIsNone(logs.text_line(dict(access, access="")))
+        self.assertEqual(calls, [])
+        logs.text_line(self.event(3.0))
+        self.assertEqual(len(calls), 1)
 
     def test_seconds_kept(self) -> None:
         """The text of a second is made once while events stay in it."""
