@@ -38,6 +38,7 @@ from zope.interface import implementer
 from medichat._connections import raw_transport
 from medichat._ratelimit import TokenBucket
 from medichat._timers import Timer
+from medichat._writebatch import write_batch
 from medichat.auth.credentials import handshake_credentials
 from medichat.carriers._budget import DEFAULT_MAX_BUFFER, WriteBudget
 from medichat.carriers._fastpath import (
@@ -344,12 +345,23 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if self._own_frames:
             # No extension is negotiated, so a text frame is a header and the payload,
             # and this is the hot path of every delivery.
-            send_now(self._raw, self._socket, frame_header(size) + data)
+            if write_batch.active:
+                write_batch.hold(self, frame_header(size) + data)
+            else:
+                send_now(self._raw, self._socket, frame_header(size) + data)
         else:
             self.sendMessage(data, isBinary=False)
         budget = self._budget
         if budget is not None:
             budget.written(size)
+
+    def write_held(self, frames: list[bytes]) -> None:
+        """
+        Write the frames held in the feed's L{write_batch}, in one call (see
+        L{medichat._writebatch}).
+        """
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            send_now(self._raw, self._socket, b"".join(frames))
 
     def close(self, code: int, reason: str) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
@@ -365,6 +377,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def _close_now(self, code: int, reason: str) -> None:
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
+        held = write_batch.take(self)
+        if held:
+            # Frames held in the feed's batch go before the close frame.
+            self.write_held(held)
         if self._raw is not None and not self._raw.disconnecting:
             self._raw.resumeProducing()
         # sendClose() only lets applications use 1000 and 3000-4999; the protocol codes
@@ -372,6 +388,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
 
     def abort(self) -> None:
+        write_batch.take(self)  # dropped, as a write buffer is when the connection aborts
         self.dropConnection(abort=True)
 
 

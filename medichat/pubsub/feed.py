@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from medichat._writebatch import write_batch
 from medichat.interfaces import IEventFeed, IHub, IStore
 from medichat.model import CONVERSATION_FEED_KINDS, StoredEvent, micros
 from medichat.pubsub.topics import CONVERSATIONS_TOPIC, conversation_topic
@@ -279,6 +280,15 @@ class EventFeed:
         """
         lag_observer = self.lag_observer
         now = self._clock.seconds() if lag_observer is not None else 0.0
+        # A connection that several of these events reach writes its frames at once, at
+        # the end (a chat message's event and its receipt's reach both participants).
+        with write_batch:
+            self._publish_each(events, handed, lag_observer, now)
+
+    def _publish_each(
+        self, events: Sequence[StoredEvent], handed: bool,
+        lag_observer: Callable[[float], object] | None, now: float,
+    ) -> None:
         for event in events:
             if self.position is None:
                 break

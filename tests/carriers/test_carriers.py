@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
 from medichat._timers import TimerWheel
+from medichat._writebatch import write_batch
 from medichat.carriers import _fastpath
 from medichat.carriers._fastpath import timers_on_wheel
 from medichat.carriers.tcp import keep_alive
@@ -558,6 +559,59 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         expected = 1 if self.factory.fast_paths.quiet_open else 2
         self.assertEqual(len(server_lists), expected)
 
+
+    def batched(self) -> tuple[MemoryConnection, list[bytes]]:
+        """A connection subscribed to the heart-beat topic, and its server's writes."""
+        connection = self.connected()
+        connection.frame("SUBSCRIBE", {"id": "s1", "destination": HEARTBEAT_TOPIC})
+        writes: list[bytes] = []
+        transport = connection.server_transport
+        write = transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        transport.write = recording  # type: ignore[method-assign]
+        return connection, writes
+
+    def test_batch_writes_once(self) -> None:
+        """
+        In the feed's write batch, a connection's frames wait for the end of the block
+        and then leave in one write, in order (with the public API, one write each, at
+        once; so too when an attribute the own frames need is missing).
+        """
+        connection, writes = self.batched()
+        with write_batch:
+            for n in (1, 2):
+                self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"n": n}})
+            own = connection.server._own_frames
+            self.assertEqual(len(writes), 0 if own else 2)
+        self.assertEqual(len(writes), 1 if own else 2)
+        connection.pump.flush()
+        self.assertEqual([f.body for f in connection.take()],
+                         [b'{"heartbeat":{"n":1}}', b'{"heartbeat":{"n":2}}'])
+
+    def test_batch_before_close(self) -> None:
+        """A connection closed while it holds frames in the batch sends them first."""
+        connection, writes = self.batched()
+        with write_batch:
+            self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"n": 1}})
+            connection.server.close(1001, "going away")
+        connection.pump.flush()
+        self.assertEqual([f.command for f in connection.take()], ["MESSAGE"])
+        self.assert_closed_cleanly(connection, 1001)
+
+    def test_batch_dropped_on_abort(self) -> None:
+        """A connection aborted while it holds frames drops them, as a write buffer."""
+        connection, writes = self.batched()
+        with write_batch:
+            self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"n": 1}})
+            connection.server.abort()
+            self.assertEqual(write_batch.take(connection.server), [])
+        # Written at once without the own frames (the public API), else dropped.
+        self.assertEqual(len(writes), 0 if connection.server._own_frames else 1)
+        self.assertTrue(connection.server_transport.aborted)
 
 class WebSocketPublicAPITests(WebSocketCarrierTests):
     """

@@ -15,6 +15,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
+from medichat._writebatch import write_batch
 from medichat.errors import StoreUnavailable
 from medichat.interfaces import ISubscriber
 from medichat.model import Conversation, Message, micros, new_id
@@ -153,6 +154,28 @@ class EventFeedTests(FeedTestCase):
         # After the two conversationCreated, nothing moved a conversation's activity
         # (the clock stood still): positions 3, 4, 5.
         self.assertEqual(feed.position, 5)
+
+    async def test_published_in_one_write_batch(self) -> None:
+        """
+        The events of one pass are delivered inside the process's write batch, so that a
+        connection they reach several times writes once, after the last.
+        """
+        conversation = await self.conversation()
+        active: list[bool] = []
+
+        @implementer(ISubscriber)
+        class Watcher:
+            def deliver(self, publication: Publication) -> None:
+                active.append(write_batch.active)
+
+        self.hub.subscribe(conversation_topic(conversation.id), Watcher())
+        feed = self.feed(poll_interval=None)
+        await feed.start()
+        await self.post(conversation)
+        await self.store.mark_read(conversation.id, "u", micros(NOW) + 1)
+        feed.catch_up()
+        self.assertEqual(active, [True, True])
+        self.assertFalse(write_batch.active)
 
     async def test_starts_after_newest(self) -> None:
         """At start, events committed before are not published to anybody."""
