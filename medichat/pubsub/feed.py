@@ -283,40 +283,34 @@ class EventFeed:
         # A connection that several of these events reach writes its frames at once, at
         # the end (a chat message's event and its receipt's reach both participants).
         with write_batch:
-            self._publish_each(events, handed, lag_observer, now)
-
-    def _publish_each(
-        self, events: Sequence[StoredEvent], handed: bool,
-        lag_observer: Callable[[float], object] | None, now: float,
-    ) -> None:
-        for event in events:
-            if self.position is None:
-                break
-            if event.position <= self.position:
-                continue
-            self.position = event.position
-            self.published += 1
-            if handed:
-                self.published_handed += 1
-            elif self._read_by_poll:
-                self.published_by_poll += 1
-            if lag_observer is not None:
-                lag_observer(max(0.0, now - event.created / 1_000_000))
-            try:
-                if event.kind in CONVERSATION_FEED_KINDS:
-                    self._hub.publish_encoded(CONVERSATIONS_TOPIC, event.body.encode("utf-8"))
-                else:
-                    self._hub.publish_encoded(
-                        conversation_topic(event.conversation_id),
-                        event.body.encode("utf-8"),
-                        event.offset,
+            for event in events:
+                if self.position is None:
+                    break
+                if event.position <= self.position:
+                    continue
+                self.position = event.position
+                self.published += 1
+                if handed:
+                    self.published_handed += 1
+                elif self._read_by_poll:
+                    self.published_by_poll += 1
+                if lag_observer is not None:
+                    lag_observer(max(0.0, now - event.created / 1_000_000))
+                try:
+                    if event.kind in CONVERSATION_FEED_KINDS:
+                        self._hub.publish_encoded(CONVERSATIONS_TOPIC, event.body.encode("utf-8"))
+                    else:
+                        self._hub.publish_encoded(
+                            conversation_topic(event.conversation_id),
+                            event.body.encode("utf-8"),
+                            event.offset,
+                        )
+                except Exception:
+                    _log.failure(
+                        "publishing event {position} of conversation {conversation} failed",
+                        position=event.position,
+                        conversation=event.conversation_id,
                     )
-            except Exception:
-                _log.failure(
-                    "publishing event {position} of conversation {conversation} failed",
-                    position=event.position,
-                    conversation=event.conversation_id,
-                )
 
 
 def _follow_on(position: int, events: Sequence[StoredEvent]) -> bool:
