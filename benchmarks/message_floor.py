@@ -28,7 +28,17 @@ thread), as one JSON object; at the end it checks that every POST was answered a
 delivery arrived.  Compare with C{msgpath.py}'s C{server_cpu_us_per_message} at the same
 rate.
 
+With C{--store postgresql} the messages go to PostgreSQL instead (a database
+C{medichat_bench_<hex>} made on C{--database} for the run and dropped after it), through
+one txpostgres connection: a group is one round trip, the message rows and the receipt
+rows in one multi-statement query, which PostgreSQL runs as one transaction (one commit,
+one WAL flush).  That is the least a server on this stack can do per group.  The report
+then adds the CPU of the database's backends per message, and C{pgbench}'s one-client
+single-row INSERT rate on the same database before and after the windows, the reference
+of issue 10's PostgreSQL goal.
+
     python benchmarks/message_floor.py --rate 500 --duration 5 --repeats 3
+    python benchmarks/message_floor.py --store postgresql --rate 1000
 """
 
 from __future__ import annotations
@@ -54,15 +64,17 @@ from _harness import (  # noqa: E402
 )
 
 TEXT = "how are you feeling today?"
+DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROLES = ("customer", "employee")
 
 
-def serve(database: str | None, direct: bool) -> None:
+def serve(database: str | None, direct: bool, postgresql: str | None = None) -> None:
     """
     The child: the bare server; prints its port, then serves until killed.
 
     @param database: the SQLite file, or L{None} to store nothing (a message is answered
-        and delivered as soon as it is made).
+        and delivered as soon as it is made) unless C{postgresql} is given.
+    @param postgresql: a libpq connection string: commit to PostgreSQL instead.
     """
     import datetime
     import itertools
@@ -72,6 +84,7 @@ def serve(database: str | None, direct: bool) -> None:
     from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
     from twisted.enterprise import adbapi
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -122,6 +135,25 @@ def serve(database: str | None, direct: bool) -> None:
     )
     queued: list[tuple[dict[str, Any], Any]] = []
     committing = [False]
+    connection: Any = None
+    if postgresql is not None:
+        from txpostgres import txpostgres
+
+        connection = txpostgres.Connection(reactor=reactor)
+
+    def write_postgresql(messages: list[dict[str, Any]]) -> Any:
+        # Autocommit: the two INSERTs of one query string are one implicit transaction.
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(messages))
+        receipts = ", ".join(["(%s, %s, %s)"] * len(messages))
+        params: list[Any] = []
+        for m in messages:
+            params += [m["id"], m["conversationId"], m["userRole"], m["created"], m["message"]]
+        for m in messages:
+            params += [m["id"], m["userRole"], m["created"]]
+        return connection.runOperation(
+            f"INSERT INTO messages VALUES {rows}; INSERT INTO receipts VALUES {receipts}",
+            params,
+        )
 
     def write(transaction: Any, messages: list[dict[str, Any]]) -> None:
         transaction.executemany(
@@ -137,11 +169,16 @@ def serve(database: str | None, direct: bool) -> None:
     def commit() -> None:
         batch = queued[:]
         del queued[:]
-        if pool is None:
+        if pool is None and connection is None:
             committed(None, batch)
             return
         committing[0] = True
-        pool.runInteraction(write, [m for m, _ in batch]).addCallback(committed, batch)
+        messages = [m for m, _ in batch]
+        if connection is not None:
+            write_postgresql(messages).addCallback(committed, batch)
+        else:
+            assert pool is not None
+            pool.runInteraction(write, messages).addCallback(committed, batch)
 
     def committed(_: None, batch: list[tuple[dict[str, Any], Any]]) -> None:
         committing[0] = False
@@ -216,13 +253,30 @@ def serve(database: str | None, direct: bool) -> None:
         )
         print(port.getHost().port, flush=True)
 
+    def failed(failure: Any) -> None:
+        print(f"the floor server cannot start: {failure.getErrorMessage()}", file=sys.stderr)
+        reactor.stop()  # type: ignore[attr-defined]
+
     def schema(transaction: Any) -> None:
         transaction.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, conversation TEXT, "
                             "role TEXT, created TEXT, body TEXT)")
         transaction.execute("CREATE TABLE receipts (message TEXT, role TEXT, at TEXT, "
                             "PRIMARY KEY (message, role))")
 
-    if pool is None:
+    if connection is not None:
+        async def connect() -> None:
+            await connection.connect(postgresql)
+            await connection.runOperation(
+                "CREATE TABLE messages (id TEXT PRIMARY KEY, conversation TEXT, role TEXT, "
+                "created TEXT, body TEXT); CREATE TABLE receipts (message TEXT, role TEXT, "
+                "at TEXT, PRIMARY KEY (message, role))"
+            )
+            ready(None)
+
+        reactor.callWhenRunning(  # type: ignore[attr-defined]
+            lambda: Deferred.fromCoroutine(connect()).addErrback(failed)
+        )
+    elif pool is None:
         reactor.callWhenRunning(ready, None)  # type: ignore[attr-defined]
     else:
         reactor.callWhenRunning(  # type: ignore[attr-defined]
@@ -284,26 +338,74 @@ def main() -> int:
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--http-connections", type=int, default=16)
     floor_arguments(parser, duration=5.0, repeats=3, writes="frames")
-    parser.add_argument("--store", choices=("sqlite", "none"), default="sqlite",
-                        help="commit each message to SQLite (default), or store nothing, "
-                             "for the floor of HTTP and WebSocket alone, under any store")
+    parser.add_argument("--store", choices=("sqlite", "postgresql", "none"), default="sqlite",
+                        help="commit each message to SQLite (default) or PostgreSQL, or "
+                             "store nothing, for the floor of HTTP and WebSocket alone, "
+                             "under any store")
+    parser.add_argument("--database", default=DEFAULT_DATABASE,
+                        help="with --store postgresql: where to make the run's database "
+                             "(default %(default)s)")
+    parser.add_argument("--pgbench-seconds", type=float, default=3.0,
+                        help="with --store postgresql: length of each pgbench run, before "
+                             "and after the windows (default %(default)s)")
     parser.add_argument("--floor-database", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-postgresql", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     raise_nofile()
     if options.serve:
-        serve(options.floor_database, options.send == "direct")
+        serve(options.floor_database, options.send == "direct", options.floor_postgresql)
         return 0
-    with tempfile.TemporaryDirectory(prefix="medichat-floor-") as directory:
-        database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
-            if options.store == "sqlite" else ()
-        with floor_server(__file__, *database, "--send", options.send) as (child, port):
-            report = measure(options, child.pid, port)
+    if options.store == "postgresql":
+        report = measure_postgresql(options)
+    else:
+        with tempfile.TemporaryDirectory(prefix="medichat-floor-") as directory:
+            database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
+                if options.store == "sqlite" else ()
+            with floor_server(__file__, *database, "--send", options.send) as (child, port):
+                report = measure(options, child.pid, port)
     print(json.dumps(report))
     return 0 if report["lost"] == 0 else 1
 
 
-def measure(options: argparse.Namespace, pid: int, port: int) -> dict[str, Any]:
-    """Drive the floor server at C{options.rate}; the report."""
+def measure_postgresql(options: argparse.Namespace) -> dict[str, Any]:
+    """
+    L{measure} with the floor server on a PostgreSQL database made for the run, its
+    backends' CPU counted, and pgbench on the same database before and after.
+    """
+    from conversations import Database
+    from msgpath import pgbench_insert_tps
+
+    database = Database(options.database)
+    database.create()
+    try:
+        before = pgbench_insert_tps(database, options.pgbench_seconds)
+        with floor_server(__file__, "--floor-postgresql", database.url,
+                          "--send", options.send) as (child, port):
+            report = measure(options, child.pid, port, database.backend_pids())
+        report["pgbench_before"] = before
+        report["pgbench_after"] = pgbench_insert_tps(database, options.pgbench_seconds)
+    finally:
+        database.drop()
+    return report
+
+
+def measure(options: argparse.Namespace, pid: int, port: int,
+            backends: tuple[int, ...] = ()) -> dict[str, Any]:
+    """
+    Drive the floor server at C{options.rate}; the report.
+
+    @param backends: the PostgreSQL backends serving it, whose CPU each window reports.
+    """
+
+    def backends_cpu() -> float:
+        total = 0.0
+        for backend in backends:
+            try:
+                total += process_cpu(backend)
+            except OSError:
+                pass
+        return total
+
     selector = selectors.DefaultSelector()
     conversations = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(options.conversations)]
     frames: dict[socket.socket, Frames] = {}
@@ -373,11 +475,17 @@ def measure(options: argparse.Namespace, pid: int, port: int) -> dict[str, Any]:
     for _ in range(options.repeats):
         cpu, answered, frames_before, at = process_cpu(pid), state["answered"], delivered(), \
             time.monotonic()
+        backend_cpu = backends_cpu()
         del latencies[:]
         pump(at + options.duration)
         used, seconds = process_cpu(pid) - cpu, time.monotonic() - at
+        backend_used = backends_cpu() - backend_cpu
         count = state["answered"] - answered
         ordered = sorted(latencies)
+        window: dict[str, Any] = {}
+        if backends:
+            window["postgres_backends_cpu_us_per_message"] = (
+                round(backend_used * 1e6 / count, 1) if count else None)
         windows.append({
             "seconds": round(seconds, 3),
             "answered_per_s": round(count / seconds, 1),
@@ -386,11 +494,14 @@ def measure(options: argparse.Namespace, pid: int, port: int) -> dict[str, Any]:
             "frames_per_s": round((delivered() - frames_before) / seconds, 1),
             "server_cpu_us_per_message": round(used * 1e6 / count, 1) if count else None,
             "server_cpu_pct_of_core": round(100 * used / seconds, 2),
+            **window,
         })
         print(f"bare stack ({options.store}, {options.send}): "
               f"{windows[-1]['answered_per_s']} messages/s, "
               f"{windows[-1]['server_cpu_us_per_message']} us CPU per message, "
-              f"POST p99 {windows[-1]['post_p99_ms']} ms",
+              f"POST p99 {windows[-1]['post_p99_ms']} ms"
+              + (f", PostgreSQL backends {window['postgres_backends_cpu_us_per_message']} us"
+                 " per message" if backends else ""),
               file=sys.stderr)
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and (
