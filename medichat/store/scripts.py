@@ -819,13 +819,15 @@ def commit_message(
       2. record an employee's access (L{MessageCommit.access}; a replay's too);
          a replayed idempotency key then writes nothing more and returns the first
          message;
-      3. insert the message (which gets its C{seq}) and its idempotency key, and queue
-         its webhook notifications (L{MessageCommit.notice}, L{queue_notifications});
-      4. move the C{received} receipts of the users it reaches
-         (L{MessageCommit.received_by});
+      3. insert the message (which gets its C{seq}), move the C{received} receipts of
+         the users it reaches (L{MessageCommit.received_by}) and its conversation's
+         triage (L{_store_message}: one statement on PostgreSQL);
+      4. insert its idempotency key, and queue its webhook notifications
+         (L{MessageCommit.notice}, L{queue_notifications});
       5. the steps other features add (see below);
       6. queue its durable events on C{events}: the message's, then one C{received} per
-         receipt that moved (L{commit_messages} writes them at the end).
+         receipt that moved, then the conversation's C{conversationUpdated} if its
+         triage changed (L{commit_messages} writes them at the end).
 
     B{Adding a step}: write a script C{_your_step(dialect, commit, stored) -> Script[None]}
     that yields its statements (rows of this conversation, or rows of its own tables;
@@ -857,9 +859,20 @@ def commit_message(
         first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
         if first is not None:
             return MessageCommitted(first, False)
-    stored = yield from _insert_message(dialect, message, key)
+    stored, received, changed = yield from _store_message(dialect, commit)
+    if key is not None:
+        yield dialect.prepared(
+            "INSERT INTO idempotency_keys"
+            " (conversation_id, user_id, idempotency_key, message_id, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            message.conversation_id,
+            message.user_id,
+            key,
+            message.id,
+            message.created,
+            later=True,
+        )
     yield from queue_notifications(dialect, stored, commit.notice)
-    received = yield from _auto_received(dialect, commit)
     # -- steps that other features add go here, each one line:
     #    yield from _your_step(dialect, commit, stored)
     # -- then the events, written by commit_messages at the end.
@@ -868,7 +881,9 @@ def commit_message(
     for user_id in received:
         receipt = receipt_event("received", user_id, at)
         events.append(PendingEvent(message.conversation_id, "received", receipt, at))
-    yield from _message_activity(dialect, stored, events)
+    if changed is not None:
+        event = conversation_updated_event(changed)
+        events.append(PendingEvent(changed.id, "conversationUpdated", event, at, feed=True))
     return MessageCommitted(stored, True, received)
 
 
@@ -891,34 +906,66 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
     return {str(row[0]): str(row[1]) for row in result.rows}
 
 
-def _insert_message(dialect: Dialect, message: Message, key: str | None) -> Script[Message]:
-    """Insert the message and its idempotency key; the message with its C{seq}."""
-    result = yield dialect.prepared(
+def _store_message(
+    dialect: Dialect, commit: MessageCommit
+) -> Script[tuple[Message, tuple[str, ...], Conversation | None]]:
+    """
+    Insert the message, move the C{received} receipts of the users it reaches, and move
+    its conversation's triage (L{_message_activity}): three statements, which PostgreSQL
+    runs as one (data-modifying C{WITH} queries touching three different tables, none of
+    which reads what another writes), so that a message costs one round trip there.
+
+    @return: the message with its C{seq}; the users whose receipt moved, in user id
+        order; the conversation after its triage moved, or L{None} if it did not.
+    """
+    message = commit.message
+    insert, insert_params = _message_insert(message)
+    receipts = _receipts_insert(commit)
+    update, update_params = _message_activity(message)
+    if dialect.modifying_ctes:
+        text = f"WITH inserted AS ({insert})"
+        params = list(insert_params)
+        moved = "ARRAY[]::text[]"
+        if receipts is not None:
+            text += f", moved AS ({receipts[0]})"
+            params += receipts[1]
+            moved = "ARRAY(SELECT user_id FROM moved ORDER BY user_id)"
+        text += (
+            f", active AS ({update})"
+            f" SELECT inserted.seq, {moved}, active.* FROM inserted LEFT JOIN active ON TRUE"
+        )
+        result = yield dialect.prepared(text, *params, *update_params)
+        row = result.rows[0]
+        seq, users, active = row[0], row[1], row[2:]
+    else:
+        result = yield dialect.prepared(insert, *insert_params)
+        seq, users = result.rows[0][0], []
+        if receipts is not None:
+            moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
+            users = [row[0] for row in moved_rows.rows]
+        activity = yield dialect.prepared(update, *update_params)
+        active = activity.rows[0] if activity.rows else (None,)
+    changed = None if active[0] is None else conversation_from_row(active)
+    received = tuple(sorted(str(user_id) for user_id in users))
+    return evolve(message, seq=int(seq)), received, changed
+
+
+def _message_insert(message: Message) -> tuple[str, list[object]]:
+    """The C{INSERT} of a message, which returns its C{seq}."""
+    return (
         "INSERT INTO messages"
         " (id, conversation_id, created, user_id, user_name, user_role, message)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-        message.id,
-        message.conversation_id,
-        message.created,
-        message.user_id,
-        message.user_name,
-        message.user_role,
-        message.message,
-    )
-    stored = evolve(message, seq=int(result.rows[0][0]))
-    if key is not None:
-        yield dialect.prepared(
-            "INSERT INTO idempotency_keys"
-            " (conversation_id, user_id, idempotency_key, message_id, created)"
-            " VALUES (?, ?, ?, ?, ?)",
-            message.conversation_id,
-            message.user_id,
-            key,
+        [
             message.id,
+            message.conversation_id,
             message.created,
-            later=True,
-        )
-    return stored
+            message.user_id,
+            message.user_name,
+            message.user_role,
+            message.message,
+        ],
+    )
 
 
 _MOVE_RECEIPT = (
@@ -928,38 +975,33 @@ _MOVE_RECEIPT = (
 """Makes an C{INSERT INTO receipts} move receipts forward only, and name those it moved."""
 
 
-def _auto_received(dialect: Dialect, commit: MessageCommit) -> Script[tuple[str, ...]]:
+def _receipts_insert(commit: MessageCommit) -> tuple[str, list[object]] | None:
     """
-    Mark the conversation received, at the message's time, for the users it reaches;
-    one statement however many.
-
-    @return: the users whose receipt moved, in user id order.
+    The one statement that marks the conversation received, at the message's time, for
+    the users it reaches, and returns those whose receipt moved; L{None} if it reaches
+    nobody.
     """
     message = commit.message
     if commit.received_by is None:
         # Who is subscribed, on any node, read in this very transaction.
-        result = yield dialect.prepared(
+        return (
             "INSERT INTO receipts (conversation_id, kind, user_id, at)"
             " SELECT conversation_id, 'received', user_id, ? FROM presence_members"
             " WHERE conversation_id = ? AND user_id <> ?" + _MOVE_RECEIPT,
-            message.created,
-            message.conversation_id,
-            message.user_id,
+            [message.created, message.conversation_id, message.user_id],
         )
-    else:
-        users = sorted(set(commit.received_by) - {message.user_id})
-        if not users:
-            return ()
-        values = ", ".join(["(?, 'received', ?, ?)"] * len(users))
-        params: list[object] = []
-        for user_id in users:
-            params.extend((message.conversation_id, user_id, message.created))
-        result = yield dialect.prepared(
-            f"INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES {values}"
-            + _MOVE_RECEIPT,
-            *params,
-        )
-    return tuple(sorted(str(row[0]) for row in result.rows))
+    users = sorted(set(commit.received_by) - {message.user_id})
+    if not users:
+        return None
+    values = ", ".join(["(?, 'received', ?, ?)"] * len(users))
+    params: list[object] = []
+    for user_id in users:
+        params.extend((message.conversation_id, user_id, message.created))
+    return (
+        f"INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES {values}"
+        + _MOVE_RECEIPT,
+        params,
+    )
 
 
 def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script[None]:
@@ -978,35 +1020,30 @@ def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script
     yield from _append_feed_event(dialect, c.id, conversation_created_event(c), c.created)
 
 
-def _message_activity(
-    dialect: Dialect, message: Message, events: list[PendingEvent]
-) -> Script[None]:
+def _message_activity(message: Message) -> tuple[str, list[object]]:
     """
-    What a stored message does to its conversation's triage, in the message's
-    transaction (the conversation locked): its last activity moves forward to the
-    message's time and, if a customer wrote it, a resolved conversation opens again; if
-    either changed, a C{conversationUpdated} event says so.
+    What a stored message does to its conversation's triage, as one statement (the
+    conversation locked): its last activity moves forward to the message's time and, if
+    a customer wrote it, a resolved conversation opens again.  It returns the
+    conversation's row if either changed (which then gets a C{conversationUpdated}
+    event), none otherwise.
     """
     reopen = message.user_role == "customer"
-    result = yield dialect.prepared(
+    return (
         "UPDATE conversations SET"
         " last_activity = CASE WHEN last_activity < ? THEN ? ELSE last_activity END,"
         " status = CASE WHEN ? THEN 'open' ELSE status END"
         " WHERE id = ? AND (last_activity < ? OR (? AND status <> 'open'))"
         f" RETURNING {_CONVERSATION_COLUMNS}",
-        message.created,
-        message.created,
-        reopen,
-        message.conversation_id,
-        message.created,
-        reopen,
+        [
+            message.created,
+            message.created,
+            reopen,
+            message.conversation_id,
+            message.created,
+            reopen,
+        ],
     )
-    if result.rows:
-        changed = conversation_from_row(result.rows[0])
-        event = conversation_updated_event(changed)
-        events.append(
-            PendingEvent(changed.id, "conversationUpdated", event, message.created, feed=True)
-        )
 
 
 def _change_triage(

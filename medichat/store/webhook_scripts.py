@@ -85,11 +85,13 @@ def queue_notifications(
     @return: how many notifications it queued or updated.
     """
     if message.user_role == "employee":
-        yield dialect.statement(
+        # Nothing reads its result: on PostgreSQL it goes with the next statement.
+        yield dialect.prepared(
             "INSERT INTO conversation_employees (conversation_id, user_id) VALUES (?, ?)"
             " ON CONFLICT (conversation_id, user_id) DO NOTHING",
             message.conversation_id,
             message.user_id,
+            later=True,
         )
     if notice is None:
         return 0
