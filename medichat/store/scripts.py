@@ -740,7 +740,8 @@ def _find_by_key(
     dialect: Dialect, conversation_id: str, user_id: str, key: str
 ) -> Script[Message | None]:
     columns = ", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))
-    result = yield dialect.statement(
+    # Prepared: a client that sends a key sends one with every message.
+    result = yield dialect.prepared(
         f"SELECT {columns} FROM idempotency_keys k JOIN messages m ON m.id = k.message_id"
         " WHERE k.conversation_id = ? AND k.user_id = ? AND k.idempotency_key = ?",
         conversation_id,

@@ -526,6 +526,7 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
                 MessageCommit(a_message(conversation, T0 + i, f"m{i}"), f"k{i}", (NURSE,))
             )
         self.assertEqual(len(sent), 5)
+        self.assertTrue(sent[1].startswith("EXECUTE"))  # the key's check, prepared
         # The message, its receipts and its conversation's activity: one statement.
         self.assertEqual(sent[2].count("EXECUTE"), 1)
         self.assertEqual(sent[3].count("EXECUTE"), 2)  # the key, with the offsets
