@@ -785,49 +785,116 @@ def commit_messages(
 
       1. lock the rows of the conversations concerned, in id order, in one statement (so
          that two such transactions, in two processes, never deadlock);
-      2. each message in turn, in order: L{commit_message};
-      3. write the durable events of all of them, last, in the same order: so the event
+      2. each message in turn, in order: L{_admit} (may it be stored at all? is it a
+         replay?), a message with the key of an earlier one of the group being that
+         one's replay;
+      3. the messages admitted, in order: L{_store_messages} (the message rows, the
+         receipts they move, their conversations' triage);
+      4. each of those in turn, in order: L{commit_message} (the rest of what it
+         commits, and its events);
+      5. write the durable events of all of them, last, in the same order: so the event
          counter's row is locked only from there to the commit.
 
     Should any step fail, the transaction rolls back as a whole; L{SQLStore} then commits
     each message again on its own, so that each caller gets its own outcome or error.
 
-    @return: each message's outcome, in order (see L{commit_message}).
+    @return: each message's outcome, in order: what was committed, the first message for
+        a replayed idempotency key, or L{None} if the poster may not post there.
     """
     customers = yield from _lock_conversations(
         dialect, {commit.message.conversation_id for commit in commits}
     )
-    events: list[PendingEvent] = []
-    outcomes = []
+    outcomes: list[MessageCommitted | None] = []
+    admitted: list[int] = []
+    # A key that an earlier message of this group brings: its replay, without a look-up.
+    keyed: dict[tuple[str, str, str], int] = {}
+    replays: list[tuple[int, int]] = []
     for commit in commits:
-        outcome = yield from commit_message(
-            dialect, commit, customers.get(commit.message.conversation_id), events
+        message, key = commit.message, commit.idempotency_key
+        first = None if key is None else keyed.get((message.conversation_id, message.user_id, key))
+        outcome = yield from _admit(
+            dialect, commit, customers.get(message.conversation_id), first is None
         )
+        if outcome is _ADMITTED:
+            if first is not None:
+                replays.append((len(outcomes), first))
+            else:
+                admitted.append(len(outcomes))
+                if key is not None:
+                    keyed[message.conversation_id, message.user_id, key] = len(outcomes)
+            outcome = None
         outcomes.append(outcome)
+    stored = yield from _store_messages(dialect, [commits[i] for i in admitted])
+    events: list[PendingEvent] = []
+    for i, (message, received, changed) in zip(admitted, stored, strict=True):
+        outcomes[i] = yield from commit_message(
+            dialect, commits[i], message, received, changed, events
+        )
+    for i, first in replays:
+        original = outcomes[first]
+        assert original is not None
+        outcomes[i] = MessageCommitted(original.message, False)
     yield from _append_events(dialect, events)
     return outcomes
 
 
-def commit_message(
-    dialect: Dialect, commit: MessageCommit, customer: str | None, events: list[PendingEvent]
+_ADMITTED = MessageCommitted(Message("", "", 0, "", "", "customer", ""), True)
+"""What L{_admit} returns for a message to store (compared by identity)."""
+
+
+def _admit(
+    dialect: Dialect, commit: MessageCommit, customer: str | None, look_up_key: bool = True
 ) -> Script[MessageCommitted | None]:
     """
-    What one chat message writes, inside L{commit_messages}, with its conversation's
-    row already locked:
+    Whether a message may be stored, inside L{commit_messages} with its conversation's
+    row locked:
 
-      1. check that the poster takes part in the conversation; if not (or there is no
-         such conversation), write nothing and return L{None};
-      2. record an employee's access (L{MessageCommit.access}; a replay's too);
-         a replayed idempotency key then writes nothing more and returns the first
-         message;
-      3. insert the message (which gets its C{seq}), move the C{received} receipts of
-         the users it reaches (L{MessageCommit.received_by}) and its conversation's
-         triage (L{_store_message}: one statement on PostgreSQL);
-      4. insert its idempotency key, and queue its webhook notifications
-         (L{MessageCommit.notice}, L{queue_notifications});
-      5. the steps other features add (see below);
-      6. queue its durable events on C{events}: the message's, then one C{received} per
-         receipt that moved, then the conversation's C{conversationUpdated} if its
+      1. the poster must take part in the conversation; if not (or there is no such
+         conversation), nothing is written and the outcome is L{None};
+      2. an employee's access is recorded (L{MessageCommit.access}; a replay's too);
+      3. a replayed idempotency key writes nothing more: its outcome is the first
+         message.
+
+    @param customer: the customer of the message's conversation, or L{None} if there is
+        no such conversation.
+    @param look_up_key: whether to look its idempotency key up (not when an earlier
+        message of the same group brought the same key: L{commit_messages} knows it).
+    @return: L{_ADMITTED} if the message is to be stored, or its outcome.
+    """
+    message = commit.message
+    if customer is None:
+        return None
+    if commit.check_participant and message.user_role != "employee" and (
+        customer != message.user_id
+    ):
+        return None
+    if commit.access is not None:
+        yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
+    key = commit.idempotency_key
+    if key is not None and look_up_key:
+        first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
+        if first is not None:
+            return MessageCommitted(first, False)
+    return _ADMITTED
+
+
+def commit_message(
+    dialect: Dialect,
+    commit: MessageCommit,
+    stored: Message,
+    received: tuple[str, ...],
+    changed: Conversation | None,
+    events: list[PendingEvent],
+) -> Script[MessageCommitted]:
+    """
+    What one chat message commits besides its row, its receipts and its triage
+    (L{_store_messages}), inside L{commit_messages}:
+
+      1. its idempotency key, and its webhook notifications (L{MessageCommit.notice},
+         L{queue_notifications});
+      2. the steps other features add (see below);
+      3. its durable events, queued on C{events}: the message's, then one C{received}
+         per receipt that moved, then its conversation's C{conversationUpdated} if its
          triage changed (L{commit_messages} writes them at the end).
 
     B{Adding a step}: write a script C{_your_step(dialect, commit, stored) -> Script[None]}
@@ -842,25 +909,13 @@ def commit_message(
     statements run for every message: write them with L{Dialect.prepared}, with
     C{later=True} where the step does not read the result.
 
-    @param customer: the customer of the message's conversation, or L{None} if there is
-        no such conversation.
-    @return: what was committed, or L{None} if the poster may not post there.
+    @param stored: the message with its C{seq}.
+    @param received: the users whose C{received} receipt it moved, in user id order.
+    @param changed: its conversation after its triage moved, or L{None}.
+    @return: what was committed.
     """
     message = commit.message
-    if customer is None:
-        return None
-    if commit.check_participant and message.user_role != "employee" and (
-        customer != message.user_id
-    ):
-        return None
-    if commit.access is not None:
-        yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
     key = commit.idempotency_key
-    if key is not None:
-        first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
-        if first is not None:
-            return MessageCommitted(first, False)
-    stored, received, changed = yield from _store_message(dialect, commit)
     if key is not None:
         yield dialect.prepared(
             "INSERT INTO idempotency_keys"
@@ -905,6 +960,121 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
         *ordered,
     )
     return {str(row[0]): str(row[1]) for row in result.rows}
+
+
+_Stored = tuple[Message, tuple[str, ...], Conversation | None]
+"""A stored message (with its C{seq}), the users whose receipt it moved, and its
+conversation after its triage moved (or L{None})."""
+
+
+def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[list[_Stored]]:
+    """
+    L{_store_message} for each message, in order.  On PostgreSQL, consecutive messages of
+    different conversations go together in one statement (L{_store_together}): a group
+    of messages of as many conversations costs one round trip.  A conversation's second
+    message starts the next statement, since one statement cannot change a row twice
+    (its receipts, its triage) and must see the first one's changes.
+    """
+    segments: list[list[MessageCommit]] = []
+    seen: set[str] = set()
+    for commit in commits:
+        conversation_id = commit.message.conversation_id
+        if not segments or conversation_id in seen or not dialect.modifying_ctes:
+            segments.append([])
+            seen = set()
+        segments[-1].append(commit)
+        seen.add(conversation_id)
+    stored: list[_Stored] = []
+    for segment in segments:
+        if len(segment) > 1 and len({c.received_by is None for c in segment}) == 1:
+            stored += yield from _store_together(dialect, segment)
+        else:
+            for commit in segment:
+                stored.append((yield from _store_message(dialect, commit)))
+    return stored
+
+
+def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[list[_Stored]]:
+    """
+    L{_store_message} for messages of different conversations at once, in one statement
+    (PostgreSQL): one multi-row C{INSERT} of the messages (their C{seq}s taken in order),
+    one of the receipts they move, one C{UPDATE} of their conversations' triage; the
+    results come back as three JSON arrays.  Either every message's receipts come from
+    the presence tables or every one's from L{MessageCommit.received_by}.
+    """
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(commits))
+    params: list[object] = []
+    for commit in commits:
+        params += _message_insert(commit.message)[1]
+    text = (
+        "WITH inserted AS (INSERT INTO messages"
+        " (id, conversation_id, created, user_id, user_name, user_role, message)"
+        f" VALUES {rows} RETURNING id, seq)"
+    )
+    moved = "NULL::json"
+    receipts = " ON CONFLICT (conversation_id, kind, user_id) DO UPDATE SET at = excluded.at"
+    receipts += " WHERE excluded.at > receipts.at RETURNING conversation_id, user_id"
+    if commits[0].received_by is None:
+        # Who is subscribed, on any node, read in this very statement.
+        values = ", ".join(["(?, ?, CAST(? AS BIGINT))"] * len(commits))
+        text += (
+            ", moved AS (INSERT INTO receipts (conversation_id, kind, user_id, at)"
+            " SELECT v.conversation_id, 'received', p.user_id, v.at"
+            f" FROM (VALUES {values}) AS v (conversation_id, author, at), presence_members p"
+            " WHERE p.conversation_id = v.conversation_id AND p.user_id <> v.author"
+            f"{receipts})"
+        )
+        for commit in commits:
+            m = commit.message
+            params += [m.conversation_id, m.user_id, m.created]
+        moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
+    else:
+        reached = [
+            (commit.message.conversation_id, user_id, commit.message.created)
+            for commit in commits
+            for user_id in sorted(set(commit.received_by or ()) - {commit.message.user_id})
+        ]
+        if reached:
+            values = ", ".join(["(?, 'received', ?, ?)"] * len(reached))
+            text += (
+                ", moved AS (INSERT INTO receipts (conversation_id, kind, user_id, at)"
+                f" VALUES {values}{receipts})"
+            )
+            for row in reached:
+                params += row
+            moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
+    values = ", ".join(["(?, CAST(? AS BIGINT), CAST(? AS BOOLEAN))"] * len(commits))
+    returned = ", ".join("conversations." + c for c in _CONVERSATION_COLUMNS.split(", "))
+    text += (
+        ", active AS (UPDATE conversations SET"
+        " last_activity = CASE WHEN conversations.last_activity < v.created"
+        " THEN v.created ELSE conversations.last_activity END,"
+        " status = CASE WHEN v.reopen THEN 'open' ELSE conversations.status END"
+        f" FROM (VALUES {values}) AS v (id, created, reopen)"
+        " WHERE conversations.id = v.id AND (conversations.last_activity < v.created"
+        " OR (v.reopen AND conversations.status <> 'open'))"
+        f" RETURNING {returned})"
+        " SELECT (SELECT json_agg(json_build_array(id, seq)) FROM inserted),"
+        f" {moved},"
+        f" (SELECT json_agg(json_build_array({_CONVERSATION_COLUMNS})) FROM active)"
+    )
+    for commit in commits:
+        m = commit.message
+        params += [m.conversation_id, m.created, m.user_role == "customer"]
+    # Not prepared: its text differs with the number of messages and receipts.
+    result = yield dialect.statement(text, *params)
+    inserted, moved_rows, active_rows = result.rows[0]
+    seqs = {str(message_id): int(seq) for message_id, seq in inserted}
+    users: dict[str, list[str]] = {}
+    for conversation_id, user_id in moved_rows or ():
+        users.setdefault(str(conversation_id), []).append(str(user_id))
+    active = {str(row[0]): conversation_from_row(row) for row in active_rows or ()}
+    stored: list[_Stored] = []
+    for commit in commits:
+        m = commit.message
+        received = tuple(sorted(users.get(m.conversation_id, ())))
+        stored.append((evolve(m, seq=seqs[m.id]), received, active.get(m.conversation_id)))
+    return stored
 
 
 def _store_message(

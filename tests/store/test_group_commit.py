@@ -19,9 +19,17 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from medichat.errors import DuplicateError, StoreUnavailable
-from medichat.model import Message, MessageCommit, MessageCommitted, StoredEvent, new_id
+from medichat.model import (
+    Conversation,
+    Message,
+    MessageCommit,
+    MessageCommitted,
+    StoredEvent,
+    format_time,
+    new_id,
+)
 from medichat.store import PostgreSQLStore
-from medichat.store.scripts import Result, Script, SQLStore, Statement
+from medichat.store.scripts import Result, Script, SQLStore, Statement, commit_messages
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
 from tests.store import test_store as scenario
@@ -185,6 +193,54 @@ class GroupCommitMixin(_Base):
         self.assertIn(NURSE, events[1].body)
         self.assertIn("nurse-2", events[2].body)
 
+    async def test_group_from_presence_tables(self) -> None:
+        """
+        A group of messages in several conversations, a conversation twice, with
+        C{received_by=None}: each message marks received the users its own
+        conversation's presence rows list, and each gets its own outcome.
+        """
+        store = await self.started()
+        store.max_groups = 1
+        first, second = [await self.stored_conversation(store) for _ in range(2)]
+        for conversation, user_id in ((first, NURSE), (second, "nurse-2"), (second, NURSE)):
+            await raw_write(
+                store,
+                "INSERT INTO presence_members (conversation_id, user_id, subscriptions)"
+                " VALUES (?, ?, 1)",
+                conversation.id,
+                user_id,
+            )
+        messages = [
+            a_message(first, T0, "opening"),
+            a_message(first, T0 + 1, "a"),
+            a_message(second, T0 + 2, "b"),
+            a_message(first, T0 + 3, "c"),
+            a_message(second, T0 + 4, "d", user_id=NURSE, role="employee"),
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store, lambda: [store.commit_message(MessageCommit(m, None, None)) for m in messages]
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual(
+            [o.received for o in outcomes],
+            [(NURSE,), (NURSE,), (NURSE, "nurse-2"), (NURSE,), ("nurse-2",)],
+        )
+        seqs = [o.message.seq for o in outcomes]
+        self.assertEqual(seqs, sorted(seqs))
+        events = in_streams(await store.events_after(0, 100))
+        self.assertEqual(
+            [(e.kind, message_or_user(e.body)) for e in events],
+            [
+                ("message", messages[0].id), ("received", NURSE),
+                ("message", messages[1].id), ("received", NURSE),
+                ("message", messages[2].id), ("received", NURSE), ("received", "nurse-2"),
+                ("message", messages[3].id), ("received", NURSE),
+                ("message", messages[4].id), ("received", "nurse-2"),
+            ],
+        )
+
     async def test_group_commit(self) -> None:
         """
         Sixty concurrent messages in six conversations, one group at a time: the first
@@ -210,6 +266,20 @@ class GroupCommitMixin(_Base):
         self.assertEqual([write for write, _ in counted.runs], [True, True])
         self.assertEqual([o.message.id for o in outcomes], [m.id for m in messages])
         self.assertTrue(all(o.created for o in outcomes))
+        self.assertEqual(
+            [o.received for o in outcomes], [(NURSE,) if i % 2 else () for i in range(60)]
+        )
+        # Each message after its conversation's creation moved the conversation's last
+        # activity: one conversationUpdated each, in arrival order.
+        created = {c.id: c.created for c in conversations}
+        moved = [m for m in messages if m.created > created[m.conversation_id]]
+        self.assertGreater(len(moved), 50)
+        updated = [e for e in await store.events_after(0, 1000) if e.kind == "conversationUpdated"]
+        self.assertEqual([e.conversation_id for e in updated], [m.conversation_id for m in moved])
+        self.assertEqual(
+            [json.loads(e.body)["conversationUpdated"]["lastActivity"] for e in updated],
+            [format_time(m.created) for m in moved],
+        )
         for conversation in conversations:
             seqs = [o.message.seq for o in outcomes if o.message.conversation_id == conversation.id]
             self.assertEqual(seqs, sorted(seqs))
@@ -539,6 +609,47 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         self.assertEqual([m.message for m in await self.all_messages(store, conversation)],
                          ["m0", "m1", "m2"])
         self.assertEqual([e.kind for e in await store.events_after(0, 100)].count("message"), 3)
+
+    async def test_group_round_trips(self) -> None:
+        """
+        The messages of a group in different conversations are stored in one statement:
+        a group of three takes four round trips (the lock, the three messages with their
+        receipts and activity, the offsets and positions, the events with the
+        C{COMMIT}); a conversation's second message in the group starts another.
+        """
+        store, connection = await self.one_connection()
+        one, two, three = [await self.stored_conversation(store) for _ in range(3)]
+        sent: list[str] = []
+        execute = connection.execute
+
+        def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
+            sent.append(sql)
+            return execute(cursor, sql, params)  # type: ignore[no-any-return]
+
+        connection.execute = counted
+        clock = [T0]
+
+        async def group(*chosen: Conversation) -> list[str]:
+            clock[0] += 10
+            commits = [
+                MessageCommit(a_message(c, clock[0] + i, f"m{i}"), None, (NURSE,))
+                for i, c in enumerate(chosen)
+            ]
+            del sent[:]
+            outcomes = await store._transaction(commit_messages(store._dialect, commits), True)
+            self.assertEqual([o.received for o in outcomes], [(NURSE,)] * len(commits))
+            self.assertEqual([o.message.id for o in outcomes], [c.message.id for c in commits])
+            return list(sent)
+
+        for _ in range(3):  # the last time with every statement prepared already
+            trips = await group(one, two, three)
+        self.assertEqual(len(trips), 4)
+        self.assertIn("WITH inserted AS (INSERT INTO messages", trips[1])
+        self.assertIn("VALUES (%s, %s, %s, %s, %s, %s, %s), (%s,", trips[1])
+        for _ in range(3):
+            trips = await group(two, three, two)
+        self.assertEqual(len(trips), 5)
+        self.assertEqual(len(await self.all_messages(store, two)), 9)
 
     async def test_held_statement_fails(self) -> None:
         """
