@@ -176,13 +176,7 @@ class GroupCommitMixin(_Base):
         store = await self.started()
         conversation = await self.stored_conversation(store)
         for user_id in ("customer-1", NURSE, "nurse-2"):
-            await raw_write(
-                store,
-                "INSERT INTO presence_members (conversation_id, user_id, subscriptions)"
-                " VALUES (?, ?, 1)",
-                conversation.id,
-                user_id,
-            )
+            await subscribed(store, conversation, user_id)
         counted = Transactions(store)
         outcome = await store.commit_message(MessageCommit(a_message(conversation, T0), None, None))
         assert outcome is not None
@@ -203,13 +197,7 @@ class GroupCommitMixin(_Base):
         store.max_groups = 1
         first, second = [await self.stored_conversation(store) for _ in range(2)]
         for conversation, user_id in ((first, NURSE), (second, "nurse-2"), (second, NURSE)):
-            await raw_write(
-                store,
-                "INSERT INTO presence_members (conversation_id, user_id, subscriptions)"
-                " VALUES (?, ?, 1)",
-                conversation.id,
-                user_id,
-            )
+            await subscribed(store, conversation, user_id)
         messages = [
             a_message(first, T0, "opening"),
             a_message(first, T0 + 1, "a"),
@@ -472,6 +460,16 @@ class GroupCommitMixin(_Base):
         self.assertEqual(len(await self.all_messages(store, conversation)), 2)
 
 
+async def subscribed(store: SQLStore, conversation: Conversation, user_id: str) -> None:
+    """List C{user_id} in the shared presence tables as subscribed to C{conversation}."""
+    await raw_write(
+        store,
+        "INSERT INTO presence_members (conversation_id, user_id, subscriptions) VALUES (?, ?, 1)",
+        conversation.id,
+        user_id,
+    )
+
+
 def message_or_user(body: str) -> str:
     """The message id of a C{message} event's body, or the user of a receipt's."""
     event = json.loads(body)
@@ -540,6 +538,21 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         (slot,) = store._pool.connections
         return store, slot._connection
 
+    def sent_by(self, connection: Any) -> list[str]:
+        """
+        The texts C{connection} sends from now on, one per round trip, in a list that the
+        test may clear.
+        """
+        sent: list[str] = []
+        execute = connection.execute
+
+        def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
+            sent.append(sql)
+            return execute(cursor, sql, params)  # type: ignore[no-any-return]
+
+        connection.execute = counted
+        return sent
+
     async def test_hot_statements_prepared(self) -> None:
         """
         From its second use on a connection, each statement of a chat message runs as
@@ -582,14 +595,7 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         """
         store, connection = await self.one_connection()
         conversation = await self.stored_conversation(store)
-        sent: list[str] = []
-        execute = connection.execute
-
-        def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
-            sent.append(sql)
-            return execute(cursor, sql, params)  # type: ignore[no-any-return]
-
-        connection.execute = counted
+        sent = self.sent_by(connection)
         for i in range(3):
             del sent[:]
             await store.commit_message(
@@ -619,14 +625,7 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         """
         store, connection = await self.one_connection()
         one, two, three = [await self.stored_conversation(store) for _ in range(3)]
-        sent: list[str] = []
-        execute = connection.execute
-
-        def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
-            sent.append(sql)
-            return execute(cursor, sql, params)  # type: ignore[no-any-return]
-
-        connection.execute = counted
+        sent = self.sent_by(connection)
         clock = [T0]
 
         async def group(*chosen: Conversation) -> list[str]:
