@@ -1077,9 +1077,7 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
     return stored
 
 
-def _store_message(
-    dialect: Dialect, commit: MessageCommit
-) -> Script[tuple[Message, tuple[str, ...], Conversation | None]]:
+def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
     """
     Insert the message, move the C{received} receipts of the users it reaches, and move
     its conversation's triage (L{_message_activity}): three statements, which PostgreSQL
