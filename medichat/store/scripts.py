@@ -20,7 +20,7 @@ import importlib.resources
 import re
 import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail, gatherResults
@@ -815,7 +815,7 @@ def commit_messages(
         outcome = yield from _admit(
             dialect, commit, customers.get(message.conversation_id), first is None
         )
-        if outcome is _ADMITTED:
+        if outcome is True:
             if first is not None:
                 replays.append((len(outcomes), first))
             else:
@@ -838,13 +838,9 @@ def commit_messages(
     return outcomes
 
 
-_ADMITTED = MessageCommitted(Message("", "", 0, "", "", "customer", ""), True)
-"""What L{_admit} returns for a message to store (compared by identity)."""
-
-
 def _admit(
     dialect: Dialect, commit: MessageCommit, customer: str | None, look_up_key: bool = True
-) -> Script[MessageCommitted | None]:
+) -> Script[MessageCommitted | None | Literal[True]]:
     """
     Whether a message may be stored, inside L{commit_messages} with its conversation's
     row locked:
@@ -859,7 +855,7 @@ def _admit(
         no such conversation.
     @param look_up_key: whether to look its idempotency key up (not when an earlier
         message of the same group brought the same key: L{commit_messages} knows it).
-    @return: L{_ADMITTED} if the message is to be stored, or its outcome.
+    @return: C{True} if the message is to be stored, or its outcome.
     """
     message = commit.message
     if customer is None:
@@ -875,7 +871,7 @@ def _admit(
         first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
         if first is not None:
             return MessageCommitted(first, False)
-    return _ADMITTED
+    return True
 
 
 def commit_message(
@@ -1006,14 +1002,9 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
     params: list[object] = []
     for commit in commits:
         params += _message_insert(commit.message)[1]
-    text = (
-        "WITH inserted AS (INSERT INTO messages"
-        " (id, conversation_id, created, user_id, user_name, user_role, message)"
-        f" VALUES {rows} RETURNING id, seq)"
-    )
+    text = f"WITH inserted AS ({_INSERT_MESSAGES}{rows} RETURNING id, seq)"
     moved = "NULL::json"
-    receipts = " ON CONFLICT (conversation_id, kind, user_id) DO UPDATE SET at = excluded.at"
-    receipts += " WHERE excluded.at > receipts.at RETURNING conversation_id, user_id"
+    receipts = _MOVE_RECEIPT_ONLY_FORWARD + " RETURNING conversation_id, user_id"
     if commits[0].received_by is None:
         # Who is subscribed, on any node, read in this very statement.
         values = ", ".join(["(?, ?, CAST(? AS BIGINT))"] * len(commits))
@@ -1119,12 +1110,18 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
     return evolve(message, seq=int(seq)), received, changed
 
 
+_INSERT_MESSAGES = (
+    "INSERT INTO messages"
+    " (id, conversation_id, created, user_id, user_name, user_role, message) VALUES "
+)
+"""The start of an C{INSERT} of messages; one C{(?, ?, ?, ?, ?, ?, ?)} row each
+(L{_message_insert}'s parameters)."""
+
+
 def _message_insert(message: Message) -> tuple[str, list[object]]:
     """The C{INSERT} of a message, which returns its C{seq}."""
     return (
-        "INSERT INTO messages"
-        " (id, conversation_id, created, user_id, user_name, user_role, message)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        _INSERT_MESSAGES + "(?, ?, ?, ?, ?, ?, ?) RETURNING seq",
         [
             message.id,
             message.conversation_id,
@@ -1137,10 +1134,13 @@ def _message_insert(message: Message) -> tuple[str, list[object]]:
     )
 
 
-_MOVE_RECEIPT = (
+_MOVE_RECEIPT_ONLY_FORWARD = (
     " ON CONFLICT (conversation_id, kind, user_id) DO UPDATE SET at = excluded.at"
-    " WHERE excluded.at > receipts.at RETURNING user_id"
+    " WHERE excluded.at > receipts.at"
 )
+"""Makes an C{INSERT INTO receipts} move receipts forward only."""
+
+_MOVE_RECEIPT = _MOVE_RECEIPT_ONLY_FORWARD + " RETURNING user_id"
 """Makes an C{INSERT INTO receipts} move receipts forward only, and name those it moved."""
 
 
