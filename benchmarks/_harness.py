@@ -112,7 +112,11 @@ def floor_server(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str
     )
     try:
         assert child.stdout is not None
-        yield child, int(child.stdout.readline())
+        line = child.stdout.readline()
+        if not line.strip().isdigit():
+            # It said why on its stderr (a database it cannot reach, say).
+            raise SystemExit(f"the bare server did not start (exit status {child.wait()})")
+        yield child, int(line)
     finally:
         child.kill()
         child.wait()
