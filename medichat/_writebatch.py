@@ -42,19 +42,19 @@ class WriteBatch:
     def __init__(self) -> None:
         self._depth = 0
         self._held: dict[BatchedWriter, list[bytes]] = {}
-
-    @property
-    def active(self) -> bool:
-        """Whether a block is running, so that writers should L{hold}."""
-        return self._depth > 0
+        # Whether a block is running, so that writers should hold (read on every
+        # delivery: an attribute, not a property).
+        self.active = False
 
     def __enter__(self) -> WriteBatch:
         self._depth += 1
+        self.active = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._depth -= 1
         if self._depth == 0:
+            self.active = False
             self._write_all()
 
     def hold(self, writer: BatchedWriter, frame: bytes) -> None:

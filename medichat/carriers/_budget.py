@@ -24,6 +24,8 @@ class WriteBudget:
     Tracks what a transport holds beyond its high-water mark and aborts it when too much.
 
     @ivar overflowed: C{True} once the budget was exceeded and the transport aborted.
+    @ivar paused: whether the transport has paused it, so that writes count (the carriers
+        call L{written} only then: it is a no-op otherwise).
     """
 
     _log = Logger()
@@ -31,7 +33,7 @@ class WriteBudget:
     def __init__(self, transport: Any, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self._transport = transport
         self._max = max_buffer
-        self._paused = False
+        self.paused = False
         self._excess = 0
         self.overflowed = False
         producer = getattr(transport, "producer", None)
@@ -46,7 +48,7 @@ class WriteBudget:
 
         @return: C{False} if the budget is now exceeded and the connection was aborted.
         """
-        if not self._paused:
+        if not self.paused:
             return True
         self._excess += size
         if self._excess <= self._max:
@@ -63,13 +65,13 @@ class WriteBudget:
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: start counting."""
-        self._paused = True
+        self.paused = True
 
     def resumeProducing(self) -> None:
         """The transport drained: stop counting."""
-        self._paused = False
+        self.paused = False
         self._excess = 0
 
     def stopProducing(self) -> None:
         """The connection is going away."""
-        self._paused = False
+        self.paused = False

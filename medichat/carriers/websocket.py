@@ -92,6 +92,12 @@ def handshake_address(
     )
 
 
+# The payload that the carrier framed last and its frame (see StompWebSocketProtocol.send).
+# It keeps one frame alive between deliveries; the first slot starts as an object no
+# payload can be.
+_last_framed: list[Any] = [object(), b""]
+
+
 @implementer(ICarrier)
 class StompWebSocketProtocol(WebSocketServerProtocol):
     """
@@ -344,15 +350,24 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         size = len(data)
         if self._own_frames:
             # No extension is negotiated, so a text frame is a header and the payload,
-            # and this is the hot path of every delivery.
-            if write_batch.active:
-                write_batch.hold(self, frame_header(size) + data)
+            # and this is the hot path of every delivery.  The subscribers of a publication
+            # that share a subscription id are handed one bytes object, one after another:
+            # it is framed once (identity, not equality, so the check costs nothing).
+            last = _last_framed
+            if data is last[0]:
+                framed = last[1]
             else:
-                send_now(self._raw, self._socket, frame_header(size) + data)
+                framed = frame_header(size) + data
+                last[0] = data
+                last[1] = framed
+            if write_batch.active:
+                write_batch.hold(self, framed)
+            else:
+                send_now(self._raw, self._socket, framed)
         else:
             self.sendMessage(data, isBinary=False)
         budget = self._budget
-        if budget is not None:
+        if budget is not None and budget.paused:
             budget.written(size)
 
     def write_held(self, frames: list[bytes]) -> None:

@@ -227,12 +227,20 @@ class _Subscription:
     One SUBSCRIBE of one session.
     """
 
-    __slots__ = ("session", "id", "id_bytes", "route", "ack", "held", "floor", "__weakref__")
+    __slots__ = (
+        "session", "id", "id_bytes", "key", "route", "ack", "held", "floor", "__weakref__"
+    )
 
     def __init__(self, session: StompSession, sub_id: str, route: Route, ack: str) -> None:
         self.session = session
         self.id = sub_id
         self.id_bytes = escape_header(sub_id, session.version).encode("utf-8")
+        # Which of a publication's MESSAGE frames this subscription gets (L{_Encoded}): the
+        # frames differ by subscription id, and by the ack header that STOMP 1.2 clients
+        # acknowledging by hand need.
+        self.key: bytes | tuple[bytes] = (
+            self.id_bytes if ack == "auto" or session.version != "1.2" else (self.id_bytes,)
+        )
         self.route = route
         self.ack = ack
         # While stored events are replayed: the live publications that arrived meanwhile.
@@ -241,7 +249,16 @@ class _Subscription:
         self.floor = 0
 
     def deliver(self, publication: Publication) -> None:
-        self.session.deliver(self, publication)
+        # The hub calls this once per subscriber of every publication: what
+        # StompSession.deliver does, without the extra call.
+        held = self.held
+        if held is not None:
+            held.append(publication)
+            return
+        offset = publication.offset
+        if offset is not None and offset <= self.floor:
+            return  # replayed already (this process's feed was behind the store)
+        self.session._send_publication(self, publication)
 
 
 class _Transaction:
@@ -267,31 +284,64 @@ class _Transaction:
 _HELD_SEND_OVERHEAD = 64
 
 
-def _message_parts(publication: Publication) -> tuple[bytes, bytes]:
+# A publication's frames kept for more subscription ids than this are built per delivery.
+_MAX_KEPT_FRAMES = 32
+
+
+class _Encoded(dict):  # type: ignore[type-arg]
     """
-    Encode the bytes of a publication's C{MESSAGE} frame before the subscription id (from
-    the command to C{subscription:}, with C{x-stream-offset} for a durable conversation
-    event) and after it (the blank line, body and NUL), and cache them on the publication
+    What a publication's C{MESSAGE} frames share, kept on it (L{Publication.encoded}) by
+    its first subscriber for the others: the bytes before the subscription id (from the
+    command to C{subscription:}, with C{x-stream-offset} for a durable conversation event)
+    and after it (the blank line, body and NUL); and, by L{_Subscription.key}, the whole
+    frames already made, up to L{_MAX_KEPT_FRAMES} of them.  Subscribers that share an id
+    (C{sub-0}, the first subscription of every @stomp/stompjs client) share one frame
+    object, which their carriers may recognise (the WebSocket carrier frames it once).
+    """
+
+    __slots__ = ("head", "tail", "ack")
+
+    def __init__(self, publication: Publication) -> None:
+        super().__init__()
+        body = publication.body
+        # Destinations and message ids never contain characters that STOMP 1.1/1.2 escape
+        # (the router only accepts fixed names and UUIDs), so these bytes serve all versions.
+        head = (
+            b"MESSAGE\ndestination:%s\nmessage-id:%s\ncontent-type:application/json\n"
+            b"content-length:%d\n"
+            % (
+                publication.destination.encode("utf-8"),
+                publication.message_id.encode("ascii"),
+                len(body),
+            )
+        )
+        if publication.offset is not None:
+            # A durable conversation event: its place in the conversation's stream.
+            head += b"x-stream-offset:%d\n" % publication.offset
+        self.head = head + b"subscription:"
+        self.tail = b"\n\n" + body + b"\x00"
+        # STOMP 1.2 clients acknowledge by the MESSAGE's ack header.
+        self.ack = b"\nack:" + publication.message_id.encode("ascii")
+
+    def frame(self, subscription: _Subscription) -> bytes:
+        """The frame for C{subscription}, made and kept if it was not yet."""
+        key = subscription.key
+        if isinstance(key, tuple):
+            data = self.head + subscription.id_bytes + self.ack + self.tail
+        else:
+            data = self.head + key + self.tail
+        if len(self) < _MAX_KEPT_FRAMES:
+            self[key] = data
+        return data
+
+
+def _message_parts(publication: Publication) -> _Encoded:
+    """
+    Encode what a publication's C{MESSAGE} frames share and keep it on the publication
     (L{Publication.encoded}) for its other subscribers.
     """
-    body = publication.body
-    # Destinations and message ids never contain characters that STOMP 1.1/1.2 escape (the
-    # router only accepts fixed names and UUIDs), so these bytes serve all versions.
-    head = (
-        b"MESSAGE\ndestination:%s\nmessage-id:%s\ncontent-type:application/json\n"
-        b"content-length:%d\n"
-        % (
-            publication.destination.encode("utf-8"),
-            publication.message_id.encode("ascii"),
-            len(body),
-        )
-    )
-    if publication.offset is not None:
-        # A durable conversation event: its place in the conversation's stream.
-        head += b"x-stream-offset:%d\n" % publication.offset
-    head += b"subscription:"
-    parts = publication.encoded = (head, b"\n\n" + body + b"\x00")
-    return parts
+    encoded = publication.encoded = _Encoded(publication)
+    return encoded
 
 
 _AWAITING_CONNECT = 0
@@ -484,19 +534,19 @@ class StompSession:
         self._send_publication(subscription, publication)
 
     def _send_publication(self, subscription: _Subscription, publication: Publication) -> None:
+        # Once per subscriber of every publication: kept to a few lookups.
         if self._state != _CONNECTED:
             return
-        parts = publication.encoded
-        if parts is None:
+        encoded = publication.encoded
+        if encoded is None:
             # The first subscriber encodes for all (hub-wide "encode once").
-            parts = _message_parts(publication)
-        head, tail = parts
-        if subscription.ack != "auto" and self.version == "1.2":
-            # STOMP 1.2 clients acknowledge by the MESSAGE's ack header.
-            ack = b"\nack:" + publication.message_id.encode("ascii")
-            self._send_raw(head + subscription.id_bytes + ack + tail)
-        else:
-            self._send_raw(head + subscription.id_bytes + tail)
+            encoded = _message_parts(publication)
+        data = encoded.get(subscription.key)
+        if data is None:
+            data = encoded.frame(subscription)
+        self._last_write = self._clock.seconds()
+        self._services.counters.bytes_sent += len(data)
+        self._carrier.send(data)
 
     # ---------------------------------------------------------------- frame pump
 

@@ -7,6 +7,7 @@ an attribute they need is missing.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from pprint import pformat
@@ -612,6 +613,28 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         # Written at once without the own frames (the public API), else dropped.
         self.assertEqual(len(writes), 0 if connection.server._own_frames else 1)
         self.assertTrue(connection.server_transport.aborted)
+
+    def test_shared_payload_framed_per_payload(self) -> None:
+        """
+        Sessions handed one bytes object (one subscription id) each get it framed right,
+        and so do the next publications, short and long (a 2- and a 4-byte header).
+        """
+        connections = []
+        for sub_id in ("s", "s", "t"):
+            connection = self.connected()
+            connection.frame("SUBSCRIBE", {"id": sub_id, "destination": HEARTBEAT_TOPIC})
+            connections.append(connection)
+        bodies = [{"n": 1}, {"n": 2}, {"n": "x" * 300}, {"n": 3}, {"n": 3}]
+        for body in bodies:
+            self.services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": body})
+        expected = [json.dumps({"heartbeat": body}, separators=(",", ":")).encode()
+                    for body in bodies]
+        for connection, sub_id in zip(connections, ("s", "s", "t"), strict=True):
+            connection.pump.flush()
+            frames = connection.take()
+            self.assertEqual([f.body for f in frames], expected)
+            self.assertEqual({f.get("subscription") for f in frames}, {sub_id})
+
 
 class WebSocketPublicAPITests(WebSocketCarrierTests):
     """

@@ -6,6 +6,7 @@ a L{StringTransport} with a L{MemoryReactorClock}.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -787,6 +788,68 @@ class EncodeOnceTests(SynchronousTestCase):
         self.assertEqual([two.get("subscription"), three.get("subscription")], ["1", "2"])
         self.assertIsNone(two.get("ack"))
         self.assertEqual(three.get("ack"), three.get("message-id"))
+
+    def subscribed(self, services: Any, ids: list[str], ack: str = "auto",
+                   version: str = "1.2") -> list[tuple[Client, list[bytes]]]:
+        """One session per id, subscribed to the heart-beat topic; what each carrier sent."""
+        clients = []
+        for port, sub_id in enumerate(ids, 1):
+            client = Client(services, port)
+            # One user per session: a user may have only so many.
+            client.connect(mint(str(uuid.UUID(int=port))), **{"accept-version": version})
+            client.send("SUBSCRIBE", {"id": sub_id, "destination": HEARTBEAT_TOPIC,
+                                      "ack": ack})
+            sent: list[bytes] = []
+            original = client.protocol.send
+
+            def recording(data: bytes, sent: list[bytes] = sent,
+                          original: Any = original) -> None:
+                sent.append(data)
+                original(data)
+
+            client.protocol.send = recording  # type: ignore[method-assign]
+            clients.append((client, sent))
+        return clients
+
+    def test_shared_id_shares_frame(self) -> None:
+        """
+        Subscribers with the same subscription id are handed one bytes object (which a
+        carrier may frame once); another id, or the ack header of a STOMP 1.2 client that
+        acknowledges by hand, gets its own.
+        """
+        services = make_services(realistic_clock())
+        auto = self.subscribed(services, ["sub-0", "sub-0", "sub-1"])
+        (by_hand, by_hand_sent), = self.subscribed(services, ["sub-0"], ack="client")
+        (old, old_sent), = self.subscribed(services, ["sub-0"], ack="client", version="1.1")
+        services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": "x"}})
+        (first,), (second,), (other,) = (sent for _, sent in auto)
+        self.assertIs(first, second)
+        self.assertIsNot(first, other)
+        self.assertEqual(old_sent, [first], "STOMP 1.1 sends no ack header")
+        frames = [client.next() for client, _ in auto] + [by_hand.next(), old.next()]
+        self.assertEqual([f.get("subscription") for f in frames],
+                         ["sub-0", "sub-0", "sub-1", "sub-0", "sub-0"])
+        self.assertEqual([f.get("ack") for f in frames],
+                         [None, None, None, frames[3].get("message-id"), None])
+        self.assertEqual({f.body for f in frames}, {b'{"heartbeat":{"time":"x"}}'})
+
+    def test_many_ids(self) -> None:
+        """
+        A publication keeps the frames of a bounded number of subscription ids; subscribers
+        beyond those get theirs made for them, the same bytes.
+        """
+        from medichat.stomp.session import _MAX_KEPT_FRAMES
+
+        services = make_services(realistic_clock())
+        ids = [f"id-{n}" for n in range(_MAX_KEPT_FRAMES + 5)]
+        clients = self.subscribed(services, ids + ids)
+        services.hub.publish(HEARTBEAT_TOPIC, {"heartbeat": {"time": "x"}})
+        frames = [client.next() for client, _ in clients]
+        self.assertEqual([f.get("subscription") for f in frames], ids + ids)
+        self.assertEqual({f.body for f in frames}, {b'{"heartbeat":{"time":"x"}}'})
+        sent = [data for _, (data,) in clients]
+        kept = sum(1 for a, b in zip(sent[:len(ids)], sent[len(ids):], strict=True) if a is b)
+        self.assertEqual(kept, _MAX_KEPT_FRAMES)
 
 
 class FootprintTests(SynchronousTestCase):
