@@ -86,6 +86,7 @@ from medichat.stomp.session import StompConfig, StompServices
 from medichat.store import open_store
 from medichat.store.broadcast import DEFAULT_KEEPALIVE, PostgreSQLBroadcast
 from medichat.store.postgres import redact
+from medichat.store.scripts import DEFAULT_GROUP_TARGET, DEFAULT_GROUP_WINDOW, SQLStore
 from medichat.store.sqlite import SQLITE_FILE_NAME
 
 _log = Logger()
@@ -224,6 +225,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          "a number with s, m, h, d or y (years of 365.25 days); at least 2y "
          "[default: 5y].",
          _audit_retention],
+        ["group-window", None, DEFAULT_GROUP_WINDOW * 1000,
+         "Milliseconds from the start of one group commit of chat messages within which "
+         f"the next waits for more, unless {DEFAULT_GROUP_TARGET} are queued (0: never).",
+         lambda v: _non_negative_float("group-window", v)],
         ["event-poll-interval", None, DEFAULT_POLL_INTERVAL,
          "Seconds between the event feed's fallback reads of the events table.",
          lambda v: _positive_float("event-poll-interval", v)],
@@ -900,6 +905,8 @@ def makeService(
     data_dir = os.path.abspath(config["data-dir"])
     _log_start(config, data_dir)
     store = open_store(config["database"], data_dir, reactor)
+    if isinstance(store, SQLStore):
+        store.group_window = config["group-window"] / 1000
 
     checkers: Sequence[Any] = config.get("credCheckers") or _dev_checkers(
         data_dir, config["session-ttl"]

@@ -17,6 +17,7 @@ placeholders, which L{Dialect.sql} turns into the driver's own.
 from __future__ import annotations
 
 import importlib.resources
+import math
 import re
 import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -223,6 +225,16 @@ DEFAULT_SIDE_GROUP = 16
 """How many messages must be queued for a group to start beside one under way: fewer
 wait for it to end, so that groups stay large (every transaction costs a BEGIN, a COMMIT
 and a lock of the event counter) unless a backlog builds up."""
+
+DEFAULT_GROUP_WINDOW = 0.003
+"""Seconds from the start of one group within which the next may not start unless
+L{DEFAULT_GROUP_TARGET} messages are queued (L{SQLStore.group_window}): under a steady
+load the messages of those few milliseconds share a transaction, instead of each taking
+its own as soon as the one before has committed."""
+
+DEFAULT_GROUP_TARGET = 8
+"""How many queued messages start a group at once, whatever the window: a transaction's
+fixed cost is well shared by then, and waiting would only add latency."""
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"medichat", "big")
 """The advisory lock key that serialises migrations on PostgreSQL."""
@@ -1607,6 +1619,10 @@ class SQLStore:
     @ivar observer: when set (for metrics), called as each operation starts with the
         operation's name (the store method's), and returns what is called with its outcome
         (its result, or a L{Failure}) when it ends.
+    @ivar group_window: seconds from one group's start within which the next waits for
+        more messages (L{DEFAULT_GROUP_WINDOW}; 0 for never: each group as soon as it can).
+    @ivar group_target: queued messages that start a group without waiting for the
+        window's end (L{DEFAULT_GROUP_TARGET}).
     """
 
     kind: str = ""
@@ -1631,7 +1647,13 @@ class SQLStore:
         self.max_batch = DEFAULT_MAX_BATCH
         self.max_groups = 1
         self.side_group = DEFAULT_SIDE_GROUP
+        self.group_window = DEFAULT_GROUP_WINDOW
+        self.group_target = DEFAULT_GROUP_TARGET
         self._groups = 0
+        # When the last group started, and the call that starts the next once the window
+        # is over (while one is set).
+        self._group_started = -math.inf
+        self._window: IDelayedCall | None = None
         self._busy: set[str] = set()
         self.message_transactions = 0
 
@@ -1693,6 +1715,11 @@ class SQLStore:
         Refuse new operations and wait for those in flight; call before disconnecting.
         """
         self._running = False
+        if self._window is not None:
+            # Messages waiting for a window: commit them now.
+            self._window.cancel()
+            self._window = None
+            self._commit_queued()
         while self._in_flight:
             await gatherResults(list(self._in_flight))
 
@@ -1885,7 +1912,9 @@ class SQLStore:
 
         At most L{max_groups} message transactions are under way at a time; messages that
         arrive meanwhile queue, and when one is done, all of them (up to L{max_batch}) go
-        together in the next transaction (L{commit_messages}), in the order they arrived.
+        together in the next transaction (L{commit_messages}), in the order they arrived;
+        under a steady load the next waits for the end of L{group_window}, to take what
+        arrives in it (see L{_commit_queued}).
         With one group at a time (SQLite, which has one connection anyway) commit order is
         arrival order; with several (PostgreSQL), the conversations' row locks keep each
         conversation's messages in commit order, and the event counter makes positions
@@ -1906,6 +1935,10 @@ class SQLStore:
 
             waiting.addBoth(observed)
         self._message_queue.append((commit, waiting))
+        if self._window is not None and len(self._message_queue) >= self.group_target:
+            # Enough for a group: no need to wait for the window's end.
+            self._window.cancel()
+            self._window = None
         if self._committing is None:
             self._committing = Deferred()
             self._in_flight.add(self._committing)
@@ -1921,10 +1954,18 @@ class SQLStore:
         A conversation is in one group at a time: the messages of a conversation that a
         group under way holds wait for the next, so that each conversation's messages
         commit in the order they arrived.
+
+        With nothing under way, a group starts at once unless the last one started less
+        than L{group_window} ago and fewer than L{group_target} messages are queued: then
+        it starts when the window ends (or the target is reached), with whatever arrived
+        meanwhile.  A message after a quiet spell goes at once; under a steady load the
+        groups are what arrives in a window rather than one message each.
         """
         while self._message_queue and self._groups < self.max_groups and (
             self._groups == 0 or len(self._message_queue) >= self.side_group
         ):
+            if self._groups == 0 and self._lingering():
+                break
             group: list[tuple[MessageCommit, Deferred[MessageCommitted | None]]] = []
             waiting = []
             for queued in self._message_queue:
@@ -1939,6 +1980,7 @@ class SQLStore:
             conversations = {commit.message.conversation_id for commit, _ in group}
             self._busy |= conversations
             self._groups += 1
+            self._group_started = self._reactor.seconds()
             committing = Deferred.fromCoroutine(self._commit_group(group))
             if committing.called:
                 self._group_done(None, conversations, again=False)
@@ -1948,6 +1990,29 @@ class SQLStore:
             done, self._committing = self._committing, None
             self._in_flight.discard(done)
             done.callback(None)
+
+    def _lingering(self) -> bool:
+        """
+        Whether the next group waits for the window to end (see L{_commit_queued}); if it
+        does, the call that starts it then is set.  Never while the store is stopping.
+        """
+        if (
+            self.group_window <= 0
+            or len(self._message_queue) >= self.group_target
+            or not self._running
+        ):
+            return False
+        if self._window is not None:
+            return True
+        wait = self._group_started + self.group_window - self._reactor.seconds()
+        if wait <= 0:
+            return False
+        self._window = self._reactor.callLater(wait, self._window_over)
+        return True
+
+    def _window_over(self) -> None:
+        self._window = None
+        self._commit_queued()
 
     def _group_done(self, _: None, conversations: set[str], again: bool = True) -> None:
         self._groups -= 1
@@ -2307,6 +2372,8 @@ class SQLStore:
 
 __all__ = [
     "CONVERSATION_FIELDS",
+    "DEFAULT_GROUP_TARGET",
+    "DEFAULT_GROUP_WINDOW",
     "DEFAULT_MAX_BATCH",
     "MESSAGE_FIELDS",
     "MIGRATION_LOCK_KEY",

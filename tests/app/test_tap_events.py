@@ -1,15 +1,19 @@
 """
 Tests for the event options of L{medichat.app.tap}: C{--event-retention} and
 C{--event-poll-interval} (their wiring around the real store is in
-C{tests/e2e/test_event_wiring.py}).
+C{tests/e2e/test_event_wiring.py}); and the store's C{--group-window}.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from medichat.app.tap import Options
+from medichat.app.tap import Options, makeService
+from medichat.store.scripts import DEFAULT_GROUP_WINDOW
 
 
 class EventOptionTests(SynchronousTestCase):
@@ -40,3 +44,34 @@ class EventOptionTests(SynchronousTestCase):
                     usage.UsageError, Options().parseOptions, [f"--{option}", bad]
                 )
                 self.assertIn(f"--{option}", str(error))
+
+
+class GroupWindowOptionTests(SynchronousTestCase):
+    """
+    C{--group-window} sets the store's window, in milliseconds; 0 turns it off.
+    """
+
+    def window(self, *args: str) -> float:
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), *args])
+        service: Any = makeService(options, MemoryReactorClock())
+        return service.store.group_window  # type: ignore[no-any-return]
+
+    def test_default(self) -> None:
+        """By default the store's own default, 3 ms."""
+        self.assertEqual(self.window(), DEFAULT_GROUP_WINDOW)
+        self.assertEqual(DEFAULT_GROUP_WINDOW, 0.003)
+
+    def test_values(self) -> None:
+        """Milliseconds; 0 for none."""
+        self.assertEqual(self.window("--group-window", "1.5"), 0.0015)
+        self.assertEqual(self.window("--group-window", "0"), 0.0)
+
+    def test_bad(self) -> None:
+        """Negative or non-numeric values are usage errors naming the option."""
+        for bad in ("-1", "soon", "inf"):
+            with self.subTest(bad=bad):
+                error = self.assertRaises(
+                    usage.UsageError, Options().parseOptions, ["--group-window", bad]
+                )
+                self.assertIn("--group-window", str(error))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -774,3 +775,85 @@ class CountingReactor:
     def removeWriter(self, writer: Any) -> None:  # noqa: N802
         self.changes += 1
         self._real.removeWriter(writer)
+
+
+class GroupWindowTests(InlineTestCase):
+    """
+    The group window (L{SQLStore.group_window}): under a steady load a group waits for the
+    rest of the window to take what arrives in it; after a quiet spell, with enough
+    queued, or when the store stops, it does not wait.  On L{MemoryStore} and its clock.
+    """
+
+    started = MemoryGroupCommitTests.started
+    new_location = MemoryGroupCommitTests.new_location
+    make_store = MemoryGroupCommitTests.make_store
+    stored_conversation = MemoryGroupCommitTests.stored_conversation
+    all_messages = MemoryGroupCommitTests.all_messages
+
+    async def windowed(self) -> tuple[MemoryStore, Clock, Conversation, Transactions]:
+        """A started store with a 3 ms window and a target of 4, its clock, a conversation."""
+        store = await self.started()
+        assert isinstance(store, MemoryStore)
+        clock = store._reactor
+        assert isinstance(clock, Clock)
+        clock.advance(1_700_000_000)
+        self.assertEqual(store.group_window, 0.0, "a memory store waits for no clock")
+        store.group_window = 0.003
+        store.group_target = 4
+        conversation = await self.stored_conversation(store)
+        return store, clock, conversation, Transactions(store)
+
+    def post(self, store: SQLStore, conversation: Conversation, n: int) -> Deferred[Any]:
+        return store.commit_message(MessageCommit(a_message(conversation, T0 + n, f"m{n}")))
+
+    async def test_window_gathers(self) -> None:
+        """
+        The first message goes at once; two more within the window wait for its end and
+        go together, in order; after a quiet spell the next goes at once again.
+        """
+        store, clock, conversation, counted = await self.windowed()
+        first = self.post(store, conversation, 1)
+        self.assertTrue(first.called)
+        clock.advance(0.001)
+        second, third = self.post(store, conversation, 2), self.post(store, conversation, 3)
+        self.assertFalse(second.called or third.called)
+        self.assertEqual(len(counted.runs), 1)
+        clock.advance(0.002)
+        self.assertTrue(second.called and third.called)
+        self.assertEqual(len(counted.runs), 2, "the two in one transaction")
+        clock.advance(1)
+        self.assertTrue(self.post(store, conversation, 4).called)
+        self.assertEqual(len(counted.runs), 3)
+        stored = await self.all_messages(store, conversation)
+        self.assertEqual([m.message for m in stored], ["m1", "m2", "m3", "m4"])
+
+    async def test_target_starts_group(self) -> None:
+        """Once the target is queued the group goes without waiting for the window."""
+        store, clock, conversation, counted = await self.windowed()
+        self.post(store, conversation, 0)
+        waiting = [self.post(store, conversation, n) for n in range(1, 4)]
+        self.assertFalse(any(d.called for d in waiting))
+        waiting.append(self.post(store, conversation, 4))
+        self.assertTrue(all(d.called for d in waiting))
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual(clock.getDelayedCalls(), [], "the window's call is cancelled")
+
+    async def test_stop_commits_waiting(self) -> None:
+        """Stopping commits what waits for the window, without waiting for it."""
+        store, clock, conversation, counted = await self.windowed()
+        self.post(store, conversation, 1)
+        second = self.post(store, conversation, 2)
+        self.assertFalse(second.called)
+        await store.stop()
+        outcome = self.successResultOf(second)
+        self.assertEqual((outcome.message.message, outcome.created), ("m2", True))
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_no_window(self) -> None:
+        """With a window of 0 every group starts as soon as the one before has ended."""
+        store, clock, conversation, counted = await self.windowed()
+        store.group_window = 0
+        posted = [self.post(store, conversation, n) for n in range(3)]
+        self.assertTrue(all(d.called for d in posted))
+        self.assertEqual(len(counted.runs), 3)
