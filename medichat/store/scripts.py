@@ -232,9 +232,10 @@ L{DEFAULT_GROUP_TARGET} messages are queued (L{SQLStore.group_window}): under a 
 load the messages of those few milliseconds share a transaction, instead of each taking
 its own as soon as the one before has committed."""
 
-DEFAULT_GROUP_TARGET = 8
+DEFAULT_GROUP_TARGET = 4
 """How many queued messages start a group at once, whatever the window: a transaction's
-fixed cost is well shared by then, and waiting would only add latency."""
+fixed cost is well shared by then, and waiting would only add latency.  A group that took
+as many means a heavy load, and the next does not wait either."""
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"medichat", "big")
 """The advisory lock key that serialises migrations on PostgreSQL."""
@@ -1650,9 +1651,10 @@ class SQLStore:
         self.group_window = DEFAULT_GROUP_WINDOW
         self.group_target = DEFAULT_GROUP_TARGET
         self._groups = 0
-        # When the last group started, and the call that starts the next once the window
-        # is over (while one is set).
+        # When the last group started and how many messages it took, and the call that
+        # starts the next once the window is over (while one is set).
         self._group_started = -math.inf
+        self._last_group = 0
         self._window: IDelayedCall | None = None
         self._busy: set[str] = set()
         self.message_transactions = 0
@@ -1956,10 +1958,12 @@ class SQLStore:
         commit in the order they arrived.
 
         With nothing under way, a group starts at once unless the last one started less
-        than L{group_window} ago and fewer than L{group_target} messages are queued: then
-        it starts when the window ends (or the target is reached), with whatever arrived
-        meanwhile.  A message after a quiet spell goes at once; under a steady load the
-        groups are what arrives in a window rather than one message each.
+        than L{group_window} ago, took fewer than L{group_target} messages, and fewer than
+        that are queued: then it starts when the window ends (or the target is reached),
+        with whatever arrived meanwhile.  A message after a quiet spell goes at once;
+        under a steady load the groups are what arrives in a window rather than one
+        message each; and under a heavy one, where groups are large anyway, nothing waits
+        (with a bounded number of callers, waiting would only slow them all down).
         """
         while self._message_queue and self._groups < self.max_groups and (
             self._groups == 0 or len(self._message_queue) >= self.side_group
@@ -1981,6 +1985,7 @@ class SQLStore:
             self._busy |= conversations
             self._groups += 1
             self._group_started = self._reactor.seconds()
+            self._last_group = len(group)
             committing = Deferred.fromCoroutine(self._commit_group(group))
             if committing.called:
                 self._group_done(None, conversations, again=False)
@@ -1999,6 +2004,7 @@ class SQLStore:
         if (
             self.group_window <= 0
             or len(self._message_queue) >= self.group_target
+            or self._last_group >= self.group_target
             or not self._running
         ):
             return False

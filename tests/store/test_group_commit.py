@@ -828,7 +828,10 @@ class GroupWindowTests(InlineTestCase):
         self.assertEqual([m.message for m in stored], ["m1", "m2", "m3", "m4"])
 
     async def test_target_starts_group(self) -> None:
-        """Once the target is queued the group goes without waiting for the window."""
+        """
+        Once the target is queued the group goes without waiting for the window; and after
+        a group that large, under a heavy load, the next waits for nothing either.
+        """
         store, clock, conversation, counted = await self.windowed()
         self.post(store, conversation, 0)
         waiting = [self.post(store, conversation, n) for n in range(1, 4)]
@@ -837,6 +840,10 @@ class GroupWindowTests(InlineTestCase):
         self.assertTrue(all(d.called for d in waiting))
         self.assertEqual(len(counted.runs), 2)
         self.assertEqual(clock.getDelayedCalls(), [], "the window's call is cancelled")
+        self.assertTrue(self.post(store, conversation, 5).called)
+        self.assertEqual(len(counted.runs), 3)
+        clock.advance(0.001)
+        self.assertFalse(self.post(store, conversation, 6).called, "after a group of one")
 
     async def test_stop_commits_waiting(self) -> None:
         """Stopping commits what waits for the window, without waiting for it."""
