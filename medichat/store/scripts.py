@@ -230,7 +230,8 @@ DEFAULT_GROUP_WINDOW = 0.003
 """Seconds from the start of one group within which the next may not start unless
 L{DEFAULT_GROUP_TARGET} messages are queued (L{SQLStore.group_window}): under a steady
 load the messages of those few milliseconds share a transaction, instead of each taking
-its own as soon as the one before has committed."""
+its own as soon as the one before has committed.  The SQLite store's default; the
+PostgreSQL store has none."""
 
 DEFAULT_GROUP_TARGET = 4
 """How many queued messages start a group at once, whatever the window: a transaction's

@@ -58,9 +58,12 @@ class GroupWindowOptionTests(SynchronousTestCase):
         return service.store.group_window  # type: ignore[no-any-return]
 
     def test_default(self) -> None:
-        """By default the store's own default, 3 ms."""
+        """By default the store's own: 3 ms on SQLite, none on PostgreSQL."""
         self.assertEqual(self.window(), DEFAULT_GROUP_WINDOW)
         self.assertEqual(DEFAULT_GROUP_WINDOW, 0.003)
+        url = ("--database", "postgresql://u@127.0.0.1:1/x")
+        self.assertEqual(self.window(*url), 0.0)
+        self.assertEqual(self.window(*url, "--group-window", "2"), 0.002)
 
     def test_values(self) -> None:
         """Milliseconds; 0 for none."""
