@@ -249,8 +249,9 @@ class _Subscription:
         self.floor = 0
 
     def deliver(self, publication: Publication) -> None:
-        # The hub calls this once per subscriber of every publication: what
-        # StompSession.deliver does, without the extra call.
+        # The hub calls this once per subscriber of every publication (and the session
+        # for what it held while replaying, or its own publications): hold it while
+        # stored events are replayed, drop what the replay sent, else send it.
         held = self.held
         if held is not None:
             held.append(publication)
@@ -526,12 +527,7 @@ class StompSession:
         Send one publication to this session on one of its subscriptions (or hold it
         while that subscription replays stored events).
         """
-        if subscription.held is not None:
-            subscription.held.append(publication)
-            return
-        if publication.offset is not None and publication.offset <= subscription.floor:
-            return  # replayed already (this process's feed was behind the store)
-        self._send_publication(subscription, publication)
+        subscription.deliver(publication)
 
     def _send_publication(self, subscription: _Subscription, publication: Publication) -> None:
         # Once per subscriber of every publication: kept to a few lookups.

@@ -1720,8 +1720,6 @@ class SQLStore:
         self._running = False
         if self._window is not None:
             # Messages waiting for a window: commit them now.
-            self._window.cancel()
-            self._window = None
             self._commit_queued()
         while self._in_flight:
             await gatherResults(list(self._in_flight))
@@ -1938,10 +1936,6 @@ class SQLStore:
 
             waiting.addBoth(observed)
         self._message_queue.append((commit, waiting))
-        if self._window is not None and len(self._message_queue) >= self.group_target:
-            # Enough for a group: no need to wait for the window's end.
-            self._window.cancel()
-            self._window = None
         if self._committing is None:
             self._committing = Deferred()
             self._in_flight.add(self._committing)
@@ -2000,7 +1994,8 @@ class SQLStore:
     def _lingering(self) -> bool:
         """
         Whether the next group waits for the window to end (see L{_commit_queued}); if it
-        does, the call that starts it then is set.  Never while the store is stopping.
+        does, the call that starts it then is set, and if not, a call set before is
+        cancelled.  Never while the store is stopping.
         """
         if (
             self.group_window <= 0
@@ -2008,6 +2003,9 @@ class SQLStore:
             or self._last_group >= self.group_target
             or not self._running
         ):
+            if self._window is not None:
+                self._window.cancel()
+                self._window = None
             return False
         if self._window is not None:
             return True
