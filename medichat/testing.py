@@ -82,8 +82,6 @@ class MemoryStore(PresenceOperations, WebhookOperations, SQLStore):
         @param migrations: the migrations to apply at start; all of SQLite's unless given.
         """
         super().__init__(clock, migrations)
-        # Each group at once: a test's clock may never move.
-        self.group_window = 0.0
         self._given = database
         self._connection: sqlite3.Connection | None = None
         self._held: list[tuple[Script[Any], bool, Deferred[Any]]] | None = None

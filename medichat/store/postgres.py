@@ -106,10 +106,6 @@ class PostgreSQLStore(PresenceOperations, WebhookOperations, SQLStore):
         # Message groups commit side by side on all connections but one, which stays
         # free for reads (the event feed's, a GET's).
         self.max_groups = max(1, pool_size - 1)
-        # No group window: with groups side by side a message waits for a connection
-        # often enough, and near saturation a window cost more capacity than it saved
-        # CPU (docs/benchmarks.md, seventh session).
-        self.group_window = 0.0
 
     def start(self) -> Deferred[None]:
         """See L{IStore.start}."""

@@ -226,12 +226,14 @@ DEFAULT_SIDE_GROUP = 16
 wait for it to end, so that groups stay large (every transaction costs a BEGIN, a COMMIT
 and a lock of the event counter) unless a backlog builds up."""
 
-DEFAULT_GROUP_WINDOW = 0.003
+DEFAULT_GROUP_WINDOW = 0.0
 """Seconds from the start of one group within which the next may not start unless
 L{DEFAULT_GROUP_TARGET} messages are queued (L{SQLStore.group_window}): under a steady
 load the messages of those few milliseconds share a transaction, instead of each taking
-its own as soon as the one before has committed.  The SQLite store's default; the
-PostgreSQL store has none."""
+its own as soon as the one before has committed.  None by default, as PostgreSQL's
+C{commit_delay}: a window of 3 ms cuts the SQLite server's CPU per message by a fifth to
+a quarter at 800-1,200 messages a second, and costs capacity near saturation
+(C{docs/benchmarks.md}, seventh session)."""
 
 DEFAULT_GROUP_TARGET = 4
 """How many queued messages start a group at once, whatever the window: a transaction's
@@ -1622,7 +1624,7 @@ class SQLStore:
         operation's name (the store method's), and returns what is called with its outcome
         (its result, or a L{Failure}) when it ends.
     @ivar group_window: seconds from one group's start within which the next waits for
-        more messages (L{DEFAULT_GROUP_WINDOW}; 0 for never: each group as soon as it can).
+        more messages (L{DEFAULT_GROUP_WINDOW}: 0, never; each group as soon as it can).
     @ivar group_target: queued messages that start a group without waiting for the
         window's end (L{DEFAULT_GROUP_TARGET}).
     """

@@ -58,17 +58,18 @@ class GroupWindowOptionTests(SynchronousTestCase):
         return service.store.group_window  # type: ignore[no-any-return]
 
     def test_default(self) -> None:
-        """By default the store's own: 3 ms on SQLite, none on PostgreSQL."""
-        self.assertEqual(self.window(), DEFAULT_GROUP_WINDOW)
-        self.assertEqual(DEFAULT_GROUP_WINDOW, 0.003)
-        url = ("--database", "postgresql://u@127.0.0.1:1/x")
-        self.assertEqual(self.window(*url), 0.0)
-        self.assertEqual(self.window(*url, "--group-window", "2"), 0.002)
+        """None by default, on either store."""
+        self.assertEqual(DEFAULT_GROUP_WINDOW, 0.0)
+        self.assertEqual(self.window(), 0.0)
+        self.assertEqual(self.window("--database", "postgresql://u@127.0.0.1:1/x"), 0.0)
 
     def test_values(self) -> None:
-        """Milliseconds; 0 for none."""
+        """Milliseconds, on either store; 0 for none."""
+        self.assertEqual(self.window("--group-window", "3"), 0.003)
         self.assertEqual(self.window("--group-window", "1.5"), 0.0015)
         self.assertEqual(self.window("--group-window", "0"), 0.0)
+        url = ("--database", "postgresql://u@127.0.0.1:1/x")
+        self.assertEqual(self.window(*url, "--group-window", "2"), 0.002)
 
     def test_bad(self) -> None:
         """Negative or non-numeric values are usage errors naming the option."""

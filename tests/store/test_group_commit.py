@@ -797,7 +797,7 @@ class GroupWindowTests(InlineTestCase):
         clock = store._reactor
         assert isinstance(clock, Clock)
         clock.advance(1_700_000_000)
-        self.assertEqual(store.group_window, 0.0, "a memory store waits for no clock")
+        self.assertEqual(store.group_window, 0.0, "no window unless asked for")
         store.group_window = 0.003
         store.group_target = 4
         conversation = await self.stored_conversation(store)
