@@ -1916,8 +1916,8 @@ class SQLStore:
         At most L{max_groups} message transactions are under way at a time; messages that
         arrive meanwhile queue, and when one is done, all of them (up to L{max_batch}) go
         together in the next transaction (L{commit_messages}), in the order they arrived;
-        under a steady load the next waits for the end of L{group_window}, to take what
-        arrives in it (see L{_commit_queued}).
+        with a L{group_window} set (none by default), under a steady load the next waits
+        for the end of the window, to take what arrives in it (see L{_commit_queued}).
         With one group at a time (SQLite, which has one connection anyway) commit order is
         arrival order; with several (PostgreSQL), the conversations' row locks keep each
         conversation's messages in commit order, and the event counter makes positions
@@ -1954,13 +1954,14 @@ class SQLStore:
         group under way holds wait for the next, so that each conversation's messages
         commit in the order they arrived.
 
-        With nothing under way, a group starts at once unless the last one started less
-        than L{group_window} ago, took fewer than L{group_target} messages, and fewer than
-        that are queued: then it starts when the window ends (or the target is reached),
-        with whatever arrived meanwhile.  A message after a quiet spell goes at once;
-        under a steady load the groups are what arrives in a window rather than one
-        message each; and under a heavy one, where groups are large anyway, nothing waits
-        (with a bounded number of callers, waiting would only slow them all down).
+        With nothing under way, a group starts at once unless a L{group_window} is set (none
+        by default), the last group started less than that ago, took fewer than
+        L{group_target} messages, and fewer than that are queued: then it starts when the
+        window ends (or the target is reached), with whatever arrived meanwhile.  A
+        message after a quiet spell goes at once; under a steady load the groups are what
+        arrives in a window rather than one message each; and under a heavy one, where
+        groups are large anyway, nothing waits (with a bounded number of callers, waiting
+        would only slow them all down).
         """
         while self._message_queue and self._groups < self.max_groups and (
             self._groups == 0 or len(self._message_queue) >= self.side_group
