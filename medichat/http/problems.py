@@ -34,6 +34,7 @@ __all__ = [
     "hold_connection",
     "problem_for",
     "render_failure",
+    "whole_body",
     "write_problem",
 ]
 
@@ -183,7 +184,17 @@ def write_problem(request: IRequest, problem: Problem) -> bytes:
     request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
     for name, value in problem.headers:
         request.setHeader(name.encode("ascii"), value.encode("latin-1"))
-    return problem.body()
+    return whole_body(request, problem.body())
+
+
+def whole_body(request: IRequest, body: bytes) -> bytes:
+    """
+    Say C{body}'s length in C{request}'s answer, and return it.  twisted.web sets
+    C{Content-Length} itself only for a body that C{render} returns; one written later (a
+    coroutine's, through Klein) would go chunked, its last chunk a second write.
+    """
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def render_failure(request: IRequest, failure: Failure) -> bytes:

@@ -61,7 +61,13 @@ from medichat.errors import (
 from medichat.http.accesslog import remember_user
 from medichat.http.forwarded import Network, client_address
 from medichat.http.origins import OriginPolicy
-from medichat.http.problems import Problem, problem_for, render_failure, write_problem
+from medichat.http.problems import (
+    Problem,
+    problem_for,
+    render_failure,
+    whole_body,
+    write_problem,
+)
 from medichat.http.shapes import (
     access_page_json,
     conversation_json,
@@ -554,7 +560,10 @@ class RestAPI:
     def _json(self, request: IRequest, status: int, value: object) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return whole_body(
+            request,
+            json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+        )
 
     def _no_content(self, request: IRequest) -> bytes:
         request.setResponseCode(204)

@@ -7,6 +7,7 @@ real HTTP (treq), on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import treq
@@ -198,6 +199,50 @@ class FlowMixin(LiveServerMixin):
         code, _ = yield self.http("POST", f"/v1/conversation/{conversation['id']}/message",
                                   token, {"message": "still here"})
         self.assertEqual(code, 201)
+
+
+    @inlineCallbacks
+    def test_answers_have_lengths(self) -> Any:
+        """
+        On one kept-alive connection, a message POST (served without Klein), a coroutine
+        route's answer and a problem each say their length and come unchunked.
+        """
+        token = self.token(CUSTOMER, "c1", "customer")
+        code, conversation = yield self.http("POST", "/v1/conversation", token)
+        path = f"/api/v1/conversation/{conversation['id']}"
+        body = b'{"message": "length"}'
+        head = (f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n").encode()
+        requests = (
+            f"POST {path}/message HTTP/1.1\r\n".encode() + head
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+            + f"GET {path} HTTP/1.1\r\n".encode() + head + b"\r\n"
+            + b"GET /api/v1/conversation/nothing-here HTTP/1.1\r\n" + head
+            + b"Connection: close\r\n\r\n"
+        )
+        received = yield in_thread(_exchange, self.server.http_port, requests)
+        answers = []
+        while received:
+            status_and_headers, _, rest = received.partition(b"\r\n\r\n")
+            lines = status_and_headers.split(b"\r\n")
+            headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+            self.assertNotIn(b"transfer-encoding", headers)
+            length = int(headers[b"content-length"])
+            answers.append((int(lines[0].split(b" ")[1]), json.loads(rest[:length])))
+            received = rest[length:]
+        self.assertEqual([code for code, _ in answers], [201, 200, 404])
+        self.assertEqual(answers[0][1]["message"], "length")
+        self.assertEqual(answers[1][1]["id"], conversation["id"])
+
+
+def _exchange(port: int, requests: bytes) -> bytes:
+    """Send C{requests} on one connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(requests)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class SQLiteFlowTests(FlowMixin, TestCase):
