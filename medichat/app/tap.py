@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +38,6 @@ from medichat.app.metrics import LiveCollector, Metrics, MetricsResource
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
 from medichat.auth.realm import build_portal
-from medichat.carriers._fastpath import FastPaths, eager_sender
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.access import DEFAULT_AUDIT_RETENTION, AccessLogPruner, parse_retention
@@ -1054,8 +1052,7 @@ def makeService(
     )
     site = make_site(root, config["max-body"], clock=clock,
                      head_timeout=config["request-head-timeout"], access_log=access_log,
-                     rate_limit_hold=config["rate-limit-hold"],
-                     sender=partial(eager_sender, FastPaths.probe(not config["no-fast-paths"])))
+                     rate_limit_hold=config["rate-limit-hold"])
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 

@@ -1,12 +1,11 @@
 """
 Every use of Twisted's and Autobahn's private state, in one place.
 
-Five shortcuts make fan-out, idle sessions, new connections and HTTP answers cheap; each
-reads or writes state that the libraries do not promise to keep:
+Five shortcuts make fan-out, idle sessions and new connections cheap; each reads or writes
+state that the libraries do not promise to keep:
 
   - the eager send (L{send_now}): one C{send()} on the socket of a plain TCP transport
-    with nothing queued, instead of Twisted's queue-and-wait-for-writability; the STOMP
-    carriers use it for every frame, the HTTP channel for its answers (L{eager_sender});
+    with nothing queued, instead of Twisted's queue-and-wait-for-writability;
   - self-written RFC 6455 frame headers (L{frame_header}): each outbound STOMP frame goes
     to the transport as one unmasked text frame, past Autobahn's general send machinery;
   - the client heart-beat shortcut (L{is_client_heartbeat}): a 7-byte masked C{"\\n"}
@@ -210,19 +209,6 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
-
-
-def eager_sender(paths: FastPaths, transport: Any) -> Callable[[bytes], None] | None:
-    """
-    L{send_now} bound to C{transport}'s TCP connection and socket, for a protocol that is
-    not a carrier (the HTTP channel: C{medichat.http} may not import this module, so the
-    application hands it this function); L{None} where the eager send may not be used
-    (TLS, test doubles, C{--no-fast-paths}), and the protocol then uses C{write}.
-    """
-    sock = socket_of(transport, paths)
-    if sock is None:
-        return None
-    return partial(send_now, raw_transport(transport), sock)
 
 
 def frame_header(length: int) -> bytes:

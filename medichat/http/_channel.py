@@ -19,14 +19,6 @@ connection is slowed to the pace the server chooses instead of costing it a requ
 work for each refusal (issue 8: under a flood of C{POST /v1/conversation}, other users'
 latency).  L{medichat.http.problems.write_problem} marks such a request.
 
-An answer's head goes out with the first bytes of its body, in one write
-(L{MedichatChannel.keep_head}, which L{medichat.http.site.BoundedRequest} calls), instead
-of twisted.web's two; and where the application gives the channel an eager sender (the
-carriers' C{send()} on a plain TCP socket with nothing queued), that write is one
-C{send()} at once instead of Twisted's queue, watch for writability, send on the next turn
-of the loop and stop watching: two C{epoll_ctl} calls and a turn of the loop less per
-answer.
-
 At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request being
 received or answered finish (its answer says C{Connection: close}, and its connection
 closes after it), and fires when no HTTP connection is left, or after a bound.
@@ -34,7 +26,6 @@ closes after it), and fires when no HTTP connection is left, or after a bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -43,7 +34,6 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import Headers
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
 from medichat.http.problems import HOLD_ATTRIBUTE, Problem
@@ -54,21 +44,6 @@ __all__ = ["HTTPConnections", "MedichatChannel"]
 def _timeout_answer(head_timeout: float) -> bytes:
     detail = f"the request line and headers did not arrive within {head_timeout:g} s"
     return Problem.of(408, detail).raw_response()
-
-
-#: Given a channel's transport, a function that writes bytes to it, or L{None} to use the
-#: transport's C{write} (see L{MedichatChannel}).
-Sender = Callable[[Any], Callable[[bytes], None] | None]
-
-
-def _head(version: bytes, code: bytes, reason: bytes, headers: Headers) -> bytes:
-    """An answer's status line and headers, as L{HTTPChannel.writeHeaders} writes them."""
-    parts = [version, b" ", code, b" ", reason, b"\r\n"]
-    for name, values in headers.getAllRawHeaders():
-        for value in values:
-            parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 def _describe(address: object) -> str:
@@ -85,25 +60,16 @@ class MedichatChannel(HTTPChannel):
 
     _log = Logger()
 
-    def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0,
-                 sender: Sender | None = None) -> None:
+    def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0) -> None:
         """
         @param head_timeout: seconds the request line and headers may take.
         @param rate_limit_hold: seconds the connection reads nothing after a request
             that asked for it (L{medichat.http.problems.hold_connection}); 0 for
             never.
-        @param sender: called with the transport when the connection opens; what it
-            returns writes the answers (the eager send), or, if L{None}, the transport's
-            C{write} does.
         """
         super().__init__()
         self.head_timeout = head_timeout
         self.rate_limit_hold = rate_limit_hold
-        self._sender = sender
-        self._send: Callable[[bytes], None] | None = None
-        # Between keep_head and send_head: an answer's head is kept for its body.
-        self._keeping = False
-        self._kept_head: bytes | None = None
         self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None
         # Between requests: no request line has been completed, or, if one has, its
@@ -141,54 +107,7 @@ class MedichatChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if self._sender is not None:
-            self._send = self._sender(self.transport)
         self._start_deadline()
-
-    # Answers in one write
-
-    def keep_head(self) -> None:
-        """
-        Keep the next answer head (L{writeHeaders}) to go out with the body bytes written
-        after it, until L{send_head}.
-        """
-        self._keeping = True
-
-    def send_head(self) -> None:
-        """Stop keeping answer heads; write the one kept, if no body took it."""
-        self._keeping = False
-        head, self._kept_head = self._kept_head, None
-        if head is not None:
-            self.write(head)
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
-                     headers: Any) -> None:
-        if not isinstance(headers, Headers) or not (self._keeping or self._send):
-            super().writeHeaders(version, code, reason, headers)
-            return
-        head = _head(version, code, reason, headers)
-        if self._keeping:
-            self._kept_head = head
-        else:
-            self.write(head)
-
-    def write(self, data: bytes) -> None:
-        head = self._kept_head
-        if head is not None:
-            self._kept_head = None
-            data = head + data
-        if self._send is not None:
-            self._send(data)
-        else:
-            transport: Any = self.transport
-            transport.write(data)
-
-    def writeSequence(self, iovec: Sequence[bytes]) -> None:
-        if self._kept_head is None and self._send is None:
-            transport: Any = self.transport
-            transport.writeSequence(iovec)
-        else:
-            self.write(b"".join(iovec))
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head and data:

@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 
 from medichat._logcontext import request_id
 from medichat.errors import NotFound
-from medichat.http._channel import MedichatChannel, Sender
+from medichat.http._channel import MedichatChannel
 from medichat.http.accesslog import AccessLog, RequestIds
 from medichat.http.forwarded import client_address
 from medichat.http.origins import OriginPolicy
@@ -295,18 +295,6 @@ class BoundedRequest(Request):
             self._kept += len(chunk)
             super().handleContentChunk(chunk)
 
-    def write(self, data: bytes) -> None:
-        channel = self.channel
-        if self.startedWriting or not isinstance(channel, MedichatChannel):
-            super().write(data)
-            return
-        # The head and the body's first bytes, in one write (MedichatChannel.keep_head).
-        channel.keep_head()
-        try:
-            super().write(data)
-        finally:
-            channel.send_head()
-
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         types = self.requestHeaders.getRawHeaders(b"content-type")
         if types is not None and _JSON_CONTENT_TYPE.match(types[0]):
@@ -418,7 +406,7 @@ def _client(request: Request) -> str:
 
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
               head_timeout: float = 10.0, access_log: AccessLog | None = None,
-              rate_limit_hold: float = 1.0, sender: Sender | None = None) -> Site:
+              rate_limit_hold: float = 1.0) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
     whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
@@ -428,14 +416,12 @@ def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = No
     @param head_timeout: seconds a request line and its headers may take to arrive.
     @param access_log: logs each request; one that logs every request by default.
     @param rate_limit_hold: seconds a connection reads nothing after a 429 (0: never).
-    @param sender: how each connection writes its answers (L{MedichatChannel}); its
-        transport's C{write} if L{None}.
     """
     site = MedichatSite(
         root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
     )
     site.protocol = partial(  # type: ignore[assignment]
-        Channel, head_timeout, rate_limit_hold=rate_limit_hold, sender=sender
+        Channel, head_timeout, rate_limit_hold=rate_limit_hold
     )
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False

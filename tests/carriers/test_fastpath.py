@@ -20,7 +20,6 @@ from zope.interface import directlyProvides
 from medichat.carriers import _fastpath
 from medichat.carriers._fastpath import (
     FastPaths,
-    eager_sender,
     frame_header,
     is_client_heartbeat,
     send_now,
@@ -140,19 +139,6 @@ class SendNowTests(TestCase):
         self.assertIsNone(socket_of(transport, FastPaths.probe()))
         send_now(transport, None, b"abc")
         self.assertEqual(transport.value(), b"abc")
-
-    def test_eager_sender(self) -> None:
-        """
-        The sender handed to the HTTP channel sends at once on a plain TCP connection, and
-        is not given for other transports or with the shortcuts off.
-        """
-        transport, peer = _connection(self)
-        send = eager_sender(FastPaths.probe(), transport)
-        assert send is not None
-        send(b"HTTP/1.1 201 Created")
-        self.assertEqual(_read(peer), b"HTTP/1.1 201 Created")
-        self.assertIsNone(eager_sender(FastPaths.probe(enabled=False), transport))
-        self.assertIsNone(eager_sender(FastPaths.probe(), StringTransport()))
 
     def test_ssl_transport_has_no_socket(self) -> None:
         """A TCP connection that provides ISSLTransport is never written around."""

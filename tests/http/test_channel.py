@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-from functools import partial
 from typing import Any
 
 from twisted.internet import tcp
@@ -16,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver, MemoryReactor, StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect, makeFakeClient, makeFakeServer
@@ -25,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from medichat._connections import CappedFactory, ConnectionCap, raw_transport
-from medichat.carriers._fastpath import FastPaths, eager_sender, socket_of
+from medichat.carriers._fastpath import FastPaths, socket_of
 from medichat.errors import RateLimited
 from medichat.http._channel import HTTPConnections
 from medichat.http.problems import problem_for, write_problem
@@ -468,164 +467,3 @@ class DrainTests(SynchronousTestCase):
         setup = _Setup()
         self.successResultOf(setup.factory.drain(25))
         self.assertEqual(setup.clock.getDelayedCalls(), [])
-
-
-class _Streamed(Resource):
-    """An answer with no length (chunked), written in parts."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[Request] = []
-
-    def render_GET(self, request: Request) -> Any:
-        self.requests.append(request)
-        request.write(b"first")
-        return NOT_DONE_YET
-
-
-class _NoContent(Resource):
-    isLeaf = True
-
-    def render_DELETE(self, request: Request) -> bytes:
-        request.setResponseCode(204)
-        return b""
-
-
-class _Writes(StringTransport):
-    """Keeps each C{write} and C{writeSequence} call apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(data)
-        super().write(data)
-
-    def writeSequence(self, seq: Any) -> None:
-        self.calls.append(b"".join(seq))
-        super().writeSequence(seq)
-
-
-class _TCP(tcp.Connection):
-    """A TCP connection made by hand (no port or reactor made it), with addresses."""
-
-    def getPeer(self) -> IPv4Address:
-        return _ADDRESS
-
-    def getHost(self) -> IPv4Address:
-        return _ADDRESS
-
-
-class OneWriteTests(SynchronousTestCase):
-    """
-    An answer's head goes out with its body's first bytes in one write, or through the
-    sender the application gives the channel.
-    """
-
-    def _channel(self, sender: Any = None, transport: Any = None) -> tuple[Any, Any, _Streamed]:
-        streamed = _Streamed()
-        root = Resource()
-        root.putChild(b"ok", _Ok())
-        root.putChild(b"streamed", streamed)
-        root.putChild(b"gone", _NoContent())
-        site = make_site(root, 1000, clock=Clock(), sender=sender)
-        channel = site.buildProtocol(_ADDRESS)
-        transport = _Writes() if transport is None else transport
-        channel.makeConnection(transport)
-        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
-        return channel, transport, streamed
-
-    def test_head_and_body(self) -> None:
-        """A whole answer is one write."""
-        channel, transport, _ = self._channel()
-        channel.dataReceived(_HEAD)
-        self.assertEqual(len(transport.calls), 1)
-        code, headers, body = _answer(transport.calls[0])
-        self.assertEqual((code, body), (200, b"ok"))
-        self.assertEqual(headers[b"content-length"], b"2")
-
-    def test_head_only(self) -> None:
-        """HEAD and 204 answers have no body: the head is written by itself, once."""
-        channel, transport, _ = self._channel()
-        channel.dataReceived(b"HEAD /ok HTTP/1.1\r\nHost: medichat.test\r\n\r\n")
-        channel.dataReceived(b"DELETE /gone HTTP/1.1\r\nHost: medichat.test\r\n\r\n")
-        self.assertEqual(len(transport.calls), 2)
-        self.assertTrue(transport.calls[0].startswith(b"HTTP/1.1 200 OK\r\n"))
-        self.assertTrue(transport.calls[0].endswith(b"\r\n\r\n"))
-        self.assertTrue(transport.calls[1].startswith(b"HTTP/1.1 204 No Content\r\n"))
-        self.assertTrue(transport.calls[1].endswith(b"\r\n\r\n"))
-
-    def test_streamed(self) -> None:
-        """A chunked answer's head goes with its first chunk; later chunks follow in order."""
-        channel, transport, streamed = self._channel()
-        channel.dataReceived(b"GET /streamed HTTP/1.1\r\nHost: medichat.test\r\n\r\n")
-        self.assertEqual(len(transport.calls), 1)
-        self.assertTrue(transport.calls[0].endswith(b"\r\n\r\n5\r\nfirst\r\n"))
-        (request,) = streamed.requests
-        request.write(b"second")
-        request.finish()
-        code, headers, body = _answer(transport.value())
-        self.assertEqual((code, headers[b"transfer-encoding"], body),
-                         (200, b"chunked", b"firstsecond"))
-
-    def test_pipelined(self) -> None:
-        """Two requests in one read are answered in order, each in one write."""
-        channel, transport, _ = self._channel()
-        channel.dataReceived(_HEAD + b"GET /missing HTTP/1.1\r\nHost: medichat.test\r\n\r\n")
-        self.assertEqual(len(transport.calls), 2)
-        self.assertEqual(_answer(transport.calls[0])[0], 200)
-        self.assertEqual(_answer(transport.calls[1])[0], 404)
-
-    def test_sender(self) -> None:
-        """With a sender, the answer goes through it and not through the transport."""
-        sent: list[bytes] = []
-        offered: list[Any] = []
-
-        def sender(transport: Any) -> Any:
-            offered.append(transport)
-            return sent.append
-
-        channel, transport, streamed = self._channel(sender)
-        self.assertEqual(offered, [channel.transport])
-        channel.dataReceived(_HEAD)
-        channel.dataReceived(b"GET /streamed HTTP/1.1\r\nHost: medichat.test\r\n\r\n")
-        streamed.requests[0].finish()
-        self.assertEqual(transport.calls, [])
-        self.assertEqual(len(sent), 3)
-        self.assertEqual(_answer(sent[0])[2], b"ok")
-        self.assertEqual(_answer(b"".join(sent[1:]))[2], b"first")
-
-    def test_no_sender_for_transport(self) -> None:
-        """A sender that declines a transport leaves its answers to C{write}."""
-        channel, transport, _ = self._channel(lambda transport: None)
-        channel.dataReceived(_HEAD)
-        self.assertEqual(_answer(transport.calls[0])[2], b"ok")
-
-    def test_eager_on_tcp(self) -> None:
-        """
-        With the carriers' eager sender on a real TCP connection, the answer is on the
-        socket at once, without a turn of the loop; bytes already queued go first.
-        """
-        with socket.create_server(("127.0.0.1", 0)) as listening:
-            peer = socket.create_connection(listening.getsockname())
-            ours, _ = listening.accept()
-        self.addCleanup(ours.close)
-        self.addCleanup(peer.close)
-        peer.setblocking(False)
-        connection = _TCP(ours, None, reactor=MemoryReactor())
-        connection.connected = True
-        paths = FastPaths.probe()
-        channel, _, _ = self._channel(partial(eager_sender, paths), connection)
-        channel.dataReceived(_HEAD)
-        self.assertEqual(_answer(peer.recv(65536))[2], b"ok")
-        self.assertEqual(connection._tempDataLen, 0)
-        connection.write(b"queued")
-        channel.dataReceived(_HEAD)
-        self.assertRaises(BlockingIOError, peer.recv, 65536)
-        connection.doWrite()
-        received = peer.recv(65536)
-        self.assertTrue(received.startswith(b"queuedHTTP/1.1 200 OK\r\n"))
-        self.assertEqual(_answer(received[len(b"queued"):])[2], b"ok")
