@@ -7,7 +7,8 @@ C{{"node":"<sender>","seq":N,"messages":[m1,m2,...]}}, with the messages one pro
 in one reactor turn, in order, and C{seq} counting that process's payloads (so that no two
 are identical, which PostgreSQL would fold into one within a transaction).  A payload must
 stay under PostgreSQL's limit (L{MAX_PAYLOAD} bytes): the messages of a turn are split over
-as many payloads as needed, all sent in one transaction, so one commit (and one take of
+as many payloads as needed, all sent in one transaction, and that in one query (C{BEGIN},
+the C{pg_notify} calls, C{COMMIT}), so one round trip and one commit (and one take of
 the cluster-wide lock that C{NOTIFY} holds at commit) per turn at most, and never while
 the previous one is still under way.  A single message too big for any payload is refused.
 
@@ -50,6 +51,7 @@ from medichat.store.postgres import (
     _Slot,
     redact,
 )
+from medichat.store.scripts import Script, Statement
 
 _log = Logger()
 
@@ -203,16 +205,13 @@ class _ListenConnection(_Connection):
         self.close()
 
 
-def _notify_all(cursor: Any, channel: str, payloads: Sequence[str]) -> Deferred[None]:
+def _notify_all(channel: str, payloads: Sequence[str]) -> Script[None]:
     """
-    The transaction of one turn: each payload in order, committed together.
+    The transaction of one turn: each payload in order, committed together, in one round
+    trip (C{BEGIN}, the C{pg_notify} calls and C{COMMIT} in one query: see L{_drive}).
     """
-
-    async def run() -> None:
-        for payload in payloads:
-            await cursor.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
-    return Deferred.fromCoroutine(run())
+    for payload in payloads:
+        yield Statement("SELECT pg_notify(%s, %s)", (channel, payload), later=True)
 
 
 @implementer(IBroadcast)
@@ -449,8 +448,7 @@ class PostgreSQLBroadcast:
         outcome.addBoth(done)
 
     def _run_notify(self, payloads: Sequence[str]) -> Deferred[None]:
-        d: Deferred[None] = self._sender.runInteraction(_notify_all, self._channel, payloads)
-        return d
+        return self._sender.run_script(_notify_all(self._channel, payloads))
 
     def _send_timed_out(self, outcome: Deferred[None]) -> None:
         self._sender.close()

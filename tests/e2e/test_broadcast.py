@@ -139,11 +139,26 @@ class BroadcastTests(TestCase):
             errors = [e for e in logged if e["log_level"] == LogLevel.error]
             self.assertEqual(len(errors), 1)
             self.assertEqual(errors[0]["size"], MAX_PAYLOAD + 2)
+            connection = a._sender._connection
+            assert connection is not None
+            sent: list[str] = []
+            execute = connection.execute
+
+            def counted(cursor: Any, sql: str, params: Any) -> Deferred[None]:
+                sent.append(sql)
+                return execute(cursor, sql, params)
+
+            connection.execute = counted  # type: ignore[method-assign]
             chunks = [f"{i:04d}" + "ü" * 1000 for i in range(40)]  # 2 KB each, 80 KB in all
             for chunk in chunks:
                 self.assertTrue(a.send(chunk))
             await until(lambda: len(inbox.received) == len(chunks), "every chunk")
             self.assertEqual([m for _, m in inbox.received], chunks)
+            # The turn's several payloads, in one transaction, in one round trip.
+            self.assertEqual(len(sent), 1)
+            self.assertTrue(sent[0].startswith("BEGIN; SELECT pg_notify("))
+            self.assertTrue(sent[0].endswith("; COMMIT"))
+            self.assertGreater(sent[0].count("pg_notify"), 1)
 
         return Deferred.fromCoroutine(run())
 
@@ -243,15 +258,15 @@ class BroadcastTests(TestCase):
             await a.start()
             await b.start()
             sender = a._sender
-            original = sender.runInteraction
+            original = sender.run_script
             hung: list[Deferred[None]] = []
 
             def hang(*args: Any) -> Deferred[None]:
-                sender.runInteraction = original  # type: ignore[method-assign]
+                sender.run_script = original  # type: ignore[method-assign]
                 hung.append(Deferred())
                 return hung[0]
 
-            sender.runInteraction = hang  # type: ignore[method-assign]
+            sender.run_script = hang  # type: ignore[method-assign]
             a.send("lost")
             await until(lambda: a._in_flight is not None, "the turn to leave")
             await until(lambda: a._in_flight is None, "the turn to be given up")
