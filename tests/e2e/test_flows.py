@@ -200,7 +200,6 @@ class FlowMixin(LiveServerMixin):
                                   token, {"message": "still here"})
         self.assertEqual(code, 201)
 
-
     @inlineCallbacks
     def test_answers_have_lengths(self) -> Any:
         """
