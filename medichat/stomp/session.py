@@ -522,13 +522,6 @@ class StompSession:
 
     # ---------------------------------------------------------------- delivery
 
-    def deliver(self, subscription: _Subscription, publication: Publication) -> None:
-        """
-        Send one publication to this session on one of its subscriptions (or hold it
-        while that subscription replays stored events).
-        """
-        subscription.deliver(publication)
-
     def _send_publication(self, subscription: _Subscription, publication: Publication) -> None:
         # Once per subscriber of every publication: kept to a few lookups.
         if self._state != _CONNECTED:
@@ -844,7 +837,7 @@ class StompSession:
         subscription.floor = last
         held, subscription.held = subscription.held or [], None
         for publication in held:
-            self.deliver(subscription, publication)
+            subscription.deliver(publication)
 
     def _own_message_id(self) -> str:
         # The session's own publications (a replay, the current online count) are unique
@@ -861,7 +854,7 @@ class StompSession:
             self._own_message_id(),
         )
         self._counters.frames_sent["MESSAGE"] += 1
-        self.deliver(subscription, publication)
+        subscription.deliver(publication)
 
     def _on_unsubscribe(self, frame: Frame) -> Deferred[None] | None:
         self._take(self._services.rates.subscribe, "SUBSCRIBE/UNSUBSCRIBE")
