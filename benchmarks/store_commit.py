@@ -182,7 +182,11 @@ async def one_run(kind: str, server: str, concurrency: int, messages: int,
         else:
             await store.register_node("bench-node", micros(reactor.seconds()))
             presence = ClusterPresence(store, hub, "bench-node")
-        feed = EventFeed(store, hub, reactor, poll_interval=None)
+        try:
+            # As the server does: what this process commits is published as it commits.
+            feed = EventFeed(store, hub, reactor, poll_interval=None, hand_off=True)
+        except TypeError:  # a medichat from before the hand-off
+            feed = EventFeed(store, hub, reactor, poll_interval=None)
         await feed.start()
         try:
             # Presence in the store: the message's transaction reads it (as the
