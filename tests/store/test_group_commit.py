@@ -651,6 +651,46 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         self.assertEqual(len(trips), 5)
         self.assertEqual(len(await self.all_messages(store, two)), 9)
 
+    async def test_group_statement_prepared(self) -> None:
+        """
+        The statement that stores a group's messages of different conversations, whose
+        receipts come from the presence tables, has a text that differs only with the
+        number of messages: from its second use it runs as the session's prepared
+        statement, with the same outcome.  With the receipts given (their number is in
+        the text) it runs as it is.
+        """
+        store, connection = await self.one_connection()
+        one, two = [await self.stored_conversation(store) for _ in range(2)]
+        for conversation in (one, two):
+            await subscribed(store, conversation, NURSE)
+        sent = self.sent_by(connection)
+        clock = [T0]
+
+        async def group(received_by: tuple[str, ...] | None) -> list[str]:
+            clock[0] += 10
+            commits = [
+                MessageCommit(a_message(c, clock[0] + i, f"m{i}"), None, received_by)
+                for i, c in enumerate((one, two))
+            ]
+            del sent[:]
+            outcomes = await store._transaction(commit_messages(store._dialect, commits), True)
+            self.assertEqual([o.received for o in outcomes], [(NURSE,)] * 2)
+            return list(sent)
+
+        first = await group(None)
+        self.assertIn("WITH inserted AS (INSERT INTO messages", first[1])
+        for _ in range(2):  # the last time with every statement prepared already
+            trips = await group(None)
+        self.assertEqual(len(trips), 4)
+        self.assertTrue(trips[1].startswith("EXECUTE medichat_"), trips[1])
+        for _ in range(3):
+            trips = await group((NURSE,))
+        self.assertEqual(len(trips), 4)
+        self.assertIn("WITH inserted AS (INSERT INTO messages", trips[1])
+        self.assertEqual(len(await self.all_messages(store, two)), 6)
+        events = in_streams(await store.events_after(0, 100))
+        self.assertEqual([e.kind for e in events], ["message", "received"] * 12)
+
     async def test_held_statement_fails(self) -> None:
         """
         A statement sent with the next one that fails fails its transaction: nothing of
