@@ -61,7 +61,8 @@ class LiveCollector:
     @ivar feed: the event feed (C{published}, C{published_handed}, C{published_by_poll}).
     @ivar conversations: the conversation service (C{messages_committed}).
     @ivar presence: answers C{online_employees()}.
-    @ivar store: answers C{count_nodes()} with the cluster.
+    @ivar store: answers C{count_nodes()} with the cluster; counts
+        C{message_transactions}.
     @ivar broadcast: with PostgreSQL, the C{LISTEN} connection (C{connected},
         C{reconnects}); L{None} otherwise.
     @ivar node: with PostgreSQL, this process's node (C{removed_nodes}); L{None} otherwise.
@@ -162,6 +163,11 @@ class LiveCollector:
         yield CounterMetricFamily("medichat_messages_committed",
                                   "Chat messages this process committed to the store.",
                                   value=self.conversations.messages_committed)
+        yield CounterMetricFamily("medichat_message_transactions",
+                                  "Store transactions that committed chat messages: one "
+                                  "per group commit, and one per message of a failed "
+                                  "group retried on its own.",
+                                  value=self.store.message_transactions)
         yield CounterMetricFamily("medichat_events_published",
                                   "Durable conversation events the event feed published.",
                                   value=self.feed.published)

@@ -1633,6 +1633,9 @@ class SQLStore:
         more messages (L{DEFAULT_GROUP_WINDOW}: 0, never; each group as soon as it can).
     @ivar group_target: queued messages that start a group without waiting for the
         window's end (L{DEFAULT_GROUP_TARGET}).
+    @ivar message_transactions: transactions of chat messages run so far: one per group,
+        and one per message of a failed group committed again on its own (for metrics:
+        messages per transaction is how well group commit shares a commit's cost).
     """
 
     kind: str = ""

@@ -136,6 +136,11 @@ class LiveCollectorTests(_Process):
         await self.conversations.post_message(CUSTOMER, conversation.id, "hello")
         after = samples_of(self.metrics)
         self.assertEqual(value(after, "medichat_messages_committed_total"), 1)
+        self.assertEqual(
+            (value(after, "medichat_message_transactions_total") or 0)
+            - (value(before, "medichat_message_transactions_total") or 0),
+            1,
+        )
         # The conversationCreated of the employees' feed was published before.
         self.assertEqual(value(before, "medichat_events_published_total"), 1)
         self.assertEqual(value(after, "medichat_events_published_total"), 2)
