@@ -746,12 +746,15 @@ def common_arguments(parser: argparse.ArgumentParser, *, duration: float,
                         help="start the server with --metrics-listen on a loopback port and "
                              "scrape its /metrics every S seconds throughout, as Prometheus "
                              "would (default 0: no metrics)")
+    parser.add_argument("--server-option", action="append", default=[], metavar="OPTION",
+                        help="one more option for the server, as one word "
+                             "(--server-option=--group-window=2); repeatable")
 
 
 def server_options(options: argparse.Namespace, *extra: str) -> list[str]:
     """The server's command-line options for these benchmark options, plus C{extra}."""
     return [*extra, *(["--no-fast-paths"] if options.no_fast_paths else []),
-            *metrics_options(options)]
+            *metrics_options(options), *options.server_option]
 
 
 def metrics_options(options: argparse.Namespace) -> list[str]:
@@ -759,6 +762,38 @@ def metrics_options(options: argparse.Namespace) -> list[str]:
     if options.metrics_scrape > 0:
         return ["--metrics-listen", "tcp:0:interface=127.0.0.1"]
     return []
+
+
+async def metric_values(reactor: Any, port: int) -> dict[str, float]:
+    """
+    The server's samples without labels from its C{/metrics} (on C{port}), by name.
+    """
+    from twisted.web.client import Agent, readBody
+
+    response = await Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{port}/metrics".encode("ascii"))
+    body = await readBody(response)
+    values: dict[str, float] = {}
+    for line in body.decode("utf-8").splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            values[name] = float(value)
+    return values
+
+
+def group_figures(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+    """
+    Chat messages committed and their store transactions between two readings of
+    L{metric_values}, and the messages per transaction (the mean group size).
+    """
+    messages = b["medichat_messages_committed_total"] - a["medichat_messages_committed_total"]
+    transactions = (b["medichat_message_transactions_total"]
+                    - a["medichat_message_transactions_total"])
+    return {
+        "messages_committed": int(messages),
+        "message_transactions": int(transactions),
+        "messages_per_transaction": round(messages / transactions, 2) if transactions else None,
+    }
 
 
 class Scraper:

@@ -47,6 +47,7 @@ from _harness import (  # noqa: E402
     process_cpu,
     raise_nofile,
     run,
+    server_options,
     sleep,
     subscribe_frame,
     window_figures,
@@ -405,7 +406,7 @@ def main() -> int:
     }
     gc_log = tempfile.NamedTemporaryFile(prefix="medichat-gc-", suffix=".log", delete=False)
     gc_log.close()
-    server = Server([], keep=options.keep, repo=options.server_tree,
+    server = Server(server_options(options), keep=options.keep, repo=options.server_tree,
                     env={"MEDICHAT_GC_PAUSES": gc_log.name})
     abusers: list[Abuser] = []
 

@@ -41,7 +41,6 @@ from _harness import (  # noqa: E402
     idle_window,
     log,
     median_of,
-    metrics_options,
     noise_figures,
     open_population,
     percentile,
@@ -51,6 +50,7 @@ from _harness import (  # noqa: E402
     subscribe_frame,
     window_figures,
 )
+from _harness import server_options as common_server_options  # noqa: E402
 from treq.client import HTTPClient  # noqa: E402
 from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults  # noqa: E402
 from twisted.internet.task import LoopingCall  # noqa: E402
@@ -334,9 +334,7 @@ def main() -> int:
             return 1
         server_options = ["--database", database.url]
         report["database"] = database.redacted
-    if options.no_fast_paths:
-        server_options.append("--no-fast-paths")
-    server_options.extend(metrics_options(options))
+    server_options.extend(common_server_options(options))
     report["fast_paths"] = not options.no_fast_paths
     server = Server(server_options, keep=options.keep, repo=options.server_tree)
 

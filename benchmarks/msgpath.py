@@ -42,8 +42,10 @@ from _harness import (  # noqa: E402
     Snapshot,
     common_arguments,
     gc_pauses,
+    group_figures,
     idle_window,
     log,
+    metric_values,
     noise_figures,
     open_population,
     raise_nofile,
@@ -51,6 +53,7 @@ from _harness import (  # noqa: E402
     sleep,
     window_figures,
 )
+from _harness import server_options as common_server_options  # noqa: E402
 from conversations import (  # noqa: E402
     Conversation,
     Database,
@@ -362,8 +365,8 @@ def main() -> int:
             return 1
         server_options += ["--database", database.url]
         report["database"] = database.redacted
-    if options.no_fast_paths:
-        server_options.append("--no-fast-paths")
+    # With --metrics-scrape, each step also says how many messages a transaction took.
+    server_options += common_server_options(options)
     gc_file = tempfile.NamedTemporaryFile(prefix="medichat-gc-", suffix=".log", delete=False)
     gc_file.close()
     server = Server(server_options, keep=options.keep, repo=options.server_tree,
@@ -417,13 +420,19 @@ def main() -> int:
                 f"{options.duration:g}s measured")
             load.start(rate)
             await sleep(reactor, options.warmup)
+            # With metrics, the groups the store committed (read just outside the window).
+            port = server.metrics_port
+            metrics_a = await metric_values(reactor, port) if port is not None else None
             a, wall_a = Snapshot(server.pid, pids), time.time()
             await sleep(reactor, options.duration)
             b, wall_b = Snapshot(server.pid, pids), time.time()
+            metrics_b = await metric_values(reactor, port) if port is not None else None
             load.stop()
             await load.drain(reactor)
             step = _step_figures(rate, load, a, b, extra)
             step["gc"] = gc_pauses(gc_file.name, wall_a, wall_b)
+            if metrics_a is not None and metrics_b is not None:
+                step["groups"] = group_figures(metrics_a, metrics_b)
             steps.append(step)
             log(f"  {step['answered_per_s']}/s answered; POST p50/p99 "
                 f"{step['post_p50_ms']}/{step['post_p99_ms']} ms; delivery p50/p99 "
@@ -432,7 +441,9 @@ def main() -> int:
                 f"rss {step['server_rss_kib']} KiB; gc max {step['gc'].get('max_ms')} ms "
                 f"(cpu {step['gc'].get('max_cpu_ms')} ms) "
                 f"({step['gc'].get('over_5ms')} over 5 ms); other processes "
-                f"{step['other_processes_busy_cores']} cores")
+                f"{step['other_processes_busy_cores']} cores"
+                + (f"; {step['groups']['messages_per_transaction']} messages per transaction"
+                   if "groups" in step else ""))
             if not options.all_steps and (
                 step["lost"] or step["delivery_p99_ms"] is None
                 or step["delivery_p99_ms"] > options.p99_limit
