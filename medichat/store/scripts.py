@@ -20,7 +20,7 @@ import importlib.resources
 import math
 import re
 import sys
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from attrs import evolve, frozen
@@ -981,25 +981,31 @@ conversation after its triage moved (or L{None})."""
 
 def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[list[_Stored]]:
     """
-    L{_store_message} for each message, in order.  On PostgreSQL, consecutive messages of
-    different conversations go together in one statement (L{_store_together}): a group
-    of messages of as many conversations costs one round trip.  A conversation's second
-    message starts the next statement, since one statement cannot change a row twice
-    (its receipts, its triage) and must see the first one's changes.
+    L{_store_message} for each message, in order.  Consecutive messages of different
+    conversations go together: on PostgreSQL in one statement (L{_store_together}), so
+    that a group of messages of as many conversations costs one round trip; on SQLite in
+    three (L{_store_apart}), so that the database thread runs three statements for them,
+    not three each.  A conversation's second message starts the next segment, since one
+    statement cannot change a row twice (its receipts, its triage) and must see the first
+    one's changes.
     """
     segments: list[list[MessageCommit]] = []
     seen: set[str] = set()
     for commit in commits:
         conversation_id = commit.message.conversation_id
-        if not segments or conversation_id in seen or not dialect.modifying_ctes:
+        if not segments or conversation_id in seen:
             segments.append([])
             seen = set()
         segments[-1].append(commit)
         seen.add(conversation_id)
     stored: list[_Stored] = []
     for segment in segments:
-        if len(segment) > 1 and len({c.received_by is None for c in segment}) == 1:
+        if len(segment) > 1 and len({c.received_by is None for c in segment}) == 1 and (
+            dialect.modifying_ctes
+        ):
             stored += yield from _store_together(dialect, segment)
+        elif len(segment) > 1 and all(c.received_by is not None for c in segment):
+            stored += yield from _store_apart(dialect, segment)
         else:
             for commit in segment:
                 stored.append((yield from _store_message(dialect, commit)))
@@ -1036,31 +1042,16 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
             params += [m.conversation_id, m.user_id, m.created]
         moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
     else:
-        reached = [
-            (commit.message.conversation_id, user_id, commit.message.created)
-            for commit in commits
-            for user_id in sorted(set(commit.received_by or ()) - {commit.message.user_id})
-        ]
-        if reached:
-            values = ", ".join(["(?, 'received', ?, ?)"] * len(reached))
-            text += (
-                ", moved AS (INSERT INTO receipts (conversation_id, kind, user_id, at)"
-                f" VALUES {values}{receipts})"
-            )
-            for row in reached:
-                params += row
+        reached = _receipts_given(commits)
+        if reached is not None:
+            text += f", moved AS ({reached[0]})"
+            params += reached[1]
             moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
     values = ", ".join(["(?, CAST(? AS BIGINT), CAST(? AS BOOLEAN))"] * len(commits))
     returned = ", ".join("conversations." + c for c in _CONVERSATION_COLUMNS.split(", "))
     text += (
-        ", active AS (UPDATE conversations SET"
-        " last_activity = CASE WHEN conversations.last_activity < v.created"
-        " THEN v.created ELSE conversations.last_activity END,"
-        " status = CASE WHEN v.reopen THEN 'open' ELSE conversations.status END"
-        f" FROM (VALUES {values}) AS v (id, created, reopen)"
-        " WHERE conversations.id = v.id AND (conversations.last_activity < v.created"
-        " OR (v.reopen AND conversations.status <> 'open'))"
-        f" RETURNING {returned})"
+        f", activity (id, created, reopen) AS (VALUES {values}),"
+        f" active AS ({_ACTIVITY_UPDATE} RETURNING {returned})"
         " SELECT (SELECT json_agg(json_build_array(id, seq)) FROM inserted),"
         f" {moved},"
         f" (SELECT json_agg(json_build_array({_CONVERSATION_COLUMNS})) FROM active)"
@@ -1077,16 +1068,98 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
         # Not prepared: its text differs with the number of messages and of receipts.
         result = yield dialect.statement(text, *params)
     inserted, moved_rows, active_rows = result.rows[0]
+    return _stored_segment(commits, inserted, moved_rows or (), active_rows or ())
+
+
+def _store_apart(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[list[_Stored]]:
+    """
+    L{_store_message} for messages of different conversations at once, where one
+    statement cannot hold it all (SQLite): one multi-row C{INSERT} of the messages (their
+    C{seq}s taken in order), one of the receipts they move, one C{UPDATE ... FROM} of
+    their conversations' triage.  Every message's receipts come from
+    L{MessageCommit.received_by}.
+    """
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(commits))
+    params: list[object] = []
+    for commit in commits:
+        params += _message_insert(commit.message)[1]
+    inserted = yield dialect.prepared(f"{_INSERT_MESSAGES}{rows} RETURNING id, seq", *params)
+    moved: list[tuple[Any, ...]] = []
+    reached = _receipts_given(commits)
+    if reached is not None:
+        moved = (yield dialect.prepared(reached[0], *reached[1])).rows
+    values = ", ".join(["(?, ?, ?)"] * len(commits))
+    params = []
+    for commit in commits:
+        m = commit.message
+        params += [m.conversation_id, m.created, m.user_role == "customer"]
+    active = yield dialect.prepared(
+        f"WITH activity (id, created, reopen) AS (VALUES {values})"
+        f" {_ACTIVITY_UPDATE} RETURNING {_CONVERSATION_COLUMNS}",
+        *params,
+    )
+    return _stored_segment(commits, inserted.rows, moved, active.rows)
+
+
+_ACTIVITY_UPDATE = (
+    "UPDATE conversations SET"
+    " last_activity = CASE WHEN conversations.last_activity < activity.created"
+    " THEN activity.created ELSE conversations.last_activity END,"
+    " status = CASE WHEN activity.reopen THEN 'open' ELSE conversations.status END"
+    " FROM activity WHERE conversations.id = activity.id"
+    " AND (conversations.last_activity < activity.created"
+    " OR (activity.reopen AND conversations.status <> 'open'))"
+)
+"""L{_message_activity} for several conversations at once, from a table C{activity (id,
+created, reopen)}: each conversation's message time, and whether a customer wrote it."""
+
+
+def _receipts_given(commits: Sequence[MessageCommit]) -> tuple[str, list[object]] | None:
+    """
+    The one C{INSERT} that moves, at each message's time, the receipts of the users its
+    L{MessageCommit.received_by} names (its author aside), and returns the
+    C{(conversation_id, user_id)} of those it moved; L{None} if they reach nobody.
+    """
+    reached = [
+        (commit.message.conversation_id, user_id, commit.message.created)
+        for commit in commits
+        for user_id in sorted(set(commit.received_by or ()) - {commit.message.user_id})
+    ]
+    if not reached:
+        return None
+    values = ", ".join(["(?, 'received', ?, ?)"] * len(reached))
+    params: list[object] = []
+    for row in reached:
+        params += row
+    return (
+        f"INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES {values}"
+        + _MOVE_RECEIPT_ONLY_FORWARD
+        + " RETURNING conversation_id, user_id",
+        params,
+    )
+
+
+def _stored_segment(
+    commits: Sequence[MessageCommit],
+    inserted: Iterable[Sequence[Any]],
+    moved: Iterable[Sequence[Any]],
+    active: Iterable[Sequence[Any]],
+) -> list[_Stored]:
+    """
+    What L{_store_together} or L{_store_apart} stored, message by message, from the rows
+    they returned (in any order): the messages' C{(id, seq)}, the moved receipts'
+    C{(conversation_id, user_id)}, and the conversations whose triage moved.
+    """
     seqs = {str(message_id): int(seq) for message_id, seq in inserted}
     users: dict[str, list[str]] = {}
-    for conversation_id, user_id in moved_rows or ():
+    for conversation_id, user_id in moved:
         users.setdefault(str(conversation_id), []).append(str(user_id))
-    active = {str(row[0]): conversation_from_row(row) for row in active_rows or ()}
+    changed = {str(row[0]): conversation_from_row(row) for row in active}
     stored: list[_Stored] = []
     for commit in commits:
         m = commit.message
         received = tuple(sorted(users.get(m.conversation_id, ())))
-        stored.append((evolve(m, seq=seqs[m.id]), received, active.get(m.conversation_id)))
+        stored.append((evolve(m, seq=seqs[m.id]), received, changed.get(m.conversation_id)))
     return stored
 
 

@@ -50,27 +50,31 @@ class Transactions:
     C{_execute}.
 
     @ivar runs: C{(write, statements)} per transaction, in the order they started.
+    @ivar texts: the statements' SQL, per transaction, in the same order.
     """
 
     def __init__(self, store: SQLStore) -> None:
         self.runs: list[list[Any]] = []
+        self.texts: list[list[str]] = []
         execute = store._execute
 
         def counted(script: Script[Any], write: bool) -> Deferred[Any]:
             run = [write, 0]
             self.runs.append(run)
-            return execute(self._counting(script, run), write)
+            self.texts.append([])
+            return execute(self._counting(script, run, self.texts[-1]), write)
 
         store._execute = counted  # type: ignore[method-assign]
 
     @staticmethod
-    def _counting(script: Script[Any], run: list[Any]) -> Script[Any]:
+    def _counting(script: Script[Any], run: list[Any], texts: list[str]) -> Script[Any]:
         try:
             statement: Statement = next(script)
         except StopIteration as stop:
             return stop.value
         while True:
             run[1] += 1
+            texts.append(statement.sql)
             result: Result = yield statement
             try:
                 statement = script.send(result)
@@ -229,6 +233,48 @@ class GroupCommitMixin(_Base):
                 ("message", messages[4].id), ("received", "nurse-2"),
             ],
         )
+
+    async def test_group_statements(self) -> None:
+        """
+        The messages of a group in different conversations are stored together: one
+        C{INSERT} of the messages, one of their receipts and one change of their
+        conversations' activity for all of them (on PostgreSQL, all three in one
+        statement); a conversation's second message starts the next such segment.  Each
+        message gets its own outcome.
+        """
+        store = await self.started()
+        store.max_groups = 1
+        one, two, three = [await self.stored_conversation(store) for _ in range(3)]
+        messages = [
+            a_message(one, T0, "opening"),  # alone: nothing was under way
+            a_message(one, T0 + 1, "a"),
+            a_message(two, T0 + 2, "b"),
+            a_message(three, T0 + 3, "c", user_id=NURSE, role="employee"),
+            a_message(two, T0 + 4, "d"),
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store,
+            lambda: [store.commit_message(MessageCommit(m, None, (NURSE, "nurse-2")))
+                     for m in messages],
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertEqual(len(counted.runs), 2)
+        texts = counted.texts[1]
+        for marker in ("INSERT INTO messages", "INSERT INTO receipts",
+                       "UPDATE conversations SET last_activity"):
+            self.assertEqual(sum(marker in text for text in texts), 2, marker)
+        self.assertEqual([o.message.id for o in outcomes], [m.id for m in messages])
+        seqs = [o.message.seq for o in outcomes]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(
+            [o.received for o in outcomes],
+            [(NURSE, "nurse-2")] * 3 + [("nurse-2",), (NURSE, "nurse-2")],
+        )
+        self.assertEqual([m.message for m in await self.all_messages(store, two)], ["b", "d"])
+        conversation = await store.get_conversation(two.id)
+        assert conversation is not None
+        self.assertEqual(conversation.last_activity, T0 + 4)
 
     async def test_group_commit(self) -> None:
         """
