@@ -290,11 +290,23 @@ def conversation_updated_event(conversation: Conversation) -> dict[str, Any]:
     return {"conversationUpdated": {"id": conversation.id, **conversation.triage_json()}}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Made once: C{json.dumps} with any option makes an encoder per call, a third of its
+cost for an event's few fields."""
+
+
+def compact_json(value: Any) -> str:
+    """
+    C{value} as compact JSON text: no spaces, key order kept, non-ASCII as is.
+    """
+    return _COMPACT.encode(value)
+
+
 def event_json(event: dict[str, Any]) -> str:
     """
     An event's JSON text as published: compact, key order kept, non-ASCII as is.
     """
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(event)
 
 
 ACCESS_ACTIONS = (

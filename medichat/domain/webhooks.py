@@ -32,7 +32,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,7 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from medichat.interfaces import IStore, IWebhookSender
-from medichat.model import OutboxEntry, WebhookResponse, format_time, micros
+from medichat.model import OutboxEntry, WebhookResponse, compact_json, format_time, micros
 
 __all__ = [
     "EVENT_TYPE",
@@ -156,7 +155,7 @@ def event_body(entry: OutboxEntry) -> bytes:
             "recipientRole": entry.recipient_role,
         },
     }
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(event).encode("utf-8")
 
 
 def signed_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:

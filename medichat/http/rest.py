@@ -75,7 +75,7 @@ from medichat.http.shapes import (
     conversation_summary,
 )
 from medichat.interfaces import IStore
-from medichat.model import Status, User, micros
+from medichat.model import Status, User, compact_json, micros
 
 __all__ = ["RestAPI"]
 
@@ -562,7 +562,7 @@ class RestAPI:
         request.setHeader(b"Content-Type", b"application/json")
         return whole_body(
             request,
-            json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            compact_json(value).encode("utf-8"),
         )
 
     def _no_content(self, request: IRequest) -> bytes:

@@ -11,7 +11,6 @@ it, so a fan-out to many sessions costs little more than writing bytes.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from typing import Any
 
@@ -19,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from medichat.interfaces import IHub, ISubscriber
+from medichat.model import compact_json
 
 _log = Logger()
 
@@ -53,7 +53,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
     """
     Encode an event as compact UTF-8 JSON, keeping key order.
     """
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(event).encode("utf-8")
 
 
 @implementer(IHub)
