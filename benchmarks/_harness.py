@@ -784,8 +784,11 @@ async def metric_values(reactor: Any, port: int) -> dict[str, float]:
 def group_figures(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
     """
     Chat messages committed and their store transactions between two readings of
-    L{metric_values}, and the messages per transaction (the mean group size).
+    L{metric_values}, and the messages per transaction (the mean group size); empty for a
+    server that does not count its transactions (a build from before the metric).
     """
+    if "medichat_message_transactions_total" not in b:
+        return {}
     messages = b["medichat_messages_committed_total"] - a["medichat_messages_committed_total"]
     transactions = (b["medichat_message_transactions_total"]
                     - a["medichat_message_transactions_total"])

@@ -443,7 +443,7 @@ def main() -> int:
                 f"({step['gc'].get('over_5ms')} over 5 ms); other processes "
                 f"{step['other_processes_busy_cores']} cores"
                 + (f"; {step['groups']['messages_per_transaction']} messages per transaction"
-                   if "groups" in step else ""))
+                   if step.get("groups") else ""))
             if not options.all_steps and (
                 step["lost"] or step["delivery_p99_ms"] is None
                 or step["delivery_p99_ms"] > options.p99_limit
