@@ -14,10 +14,12 @@ delivered).  Per step: the rate achieved, POST and delivery p50/p99, losses, the
 CPU per message (C{/proc}), its RSS, its garbage-collection pauses (the server writes them
 when C{MEDICHAT_GC_PAUSES} is set, see C{medichat/_gcpauses.py}), and with PostgreSQL the
 single-client single-row INSERT transactions per second C{pgbench} gets on the same
-database in the same run.  Prints one JSON object.
+database in the same run; with C{--metrics-scrape}, the messages per store transaction
+(the mean group commit, from the server's C{/metrics}).  Prints one JSON object.
 
     python benchmarks/msgpath.py
     python benchmarks/msgpath.py --database postgresql://postgres@127.0.0.1:5432/postgres
+    python benchmarks/msgpath.py --metrics-scrape 600 --server-option=--group-window=2
 """
 
 from __future__ import annotations
