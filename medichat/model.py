@@ -16,7 +16,6 @@ import os
 import re
 import threading
 import unicodedata
-import uuid
 from typing import Any, Literal
 
 from attrs import Factory, field, frozen
@@ -592,12 +591,18 @@ _RFC3339 = re.compile(
 )
 
 
+_CANONICAL_UUID = re.compile(
+    "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def is_uuid(text: str) -> bool:
-    """C{True} if C{text} is a UUID in its canonical hyphenated form (any case)."""
-    try:
-        return str(uuid.UUID(text)) == text.lower()
-    except (ValueError, AttributeError, TypeError):
-        return False
+    """
+    C{True} if C{text} is a UUID in its canonical hyphenated form (any case): what
+    C{str(uuid.UUID(text)) == text.lower()} says, without making a L{uuid.UUID} (a
+    tenth of the time; every request naming a conversation asks).
+    """
+    return isinstance(text, str) and _CANONICAL_UUID.fullmatch(text) is not None
 
 
 # What a display name may not hold: C0 and C1 controls and DEL (terminal escapes, line
