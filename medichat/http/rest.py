@@ -560,10 +560,7 @@ class RestAPI:
     def _json(self, request: IRequest, status: int, value: object) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
-        return whole_body(
-            request,
-            compact_json(value).encode("utf-8"),
-        )
+        return whole_body(request, compact_json(value).encode("utf-8"))
 
     def _no_content(self, request: IRequest) -> bytes:
         request.setResponseCode(204)

@@ -1000,9 +1000,8 @@ def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
         seen.add(conversation_id)
     stored: list[_Stored] = []
     for segment in segments:
-        if len(segment) > 1 and len({c.received_by is None for c in segment}) == 1 and (
-            dialect.modifying_ctes
-        ):
+        uniform = len({c.received_by is None for c in segment}) == 1
+        if len(segment) > 1 and dialect.modifying_ctes and uniform:
             stored += yield from _store_together(dialect, segment)
         elif len(segment) > 1 and all(c.received_by is not None for c in segment):
             stored += yield from _store_apart(dialect, segment)
