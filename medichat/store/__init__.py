@@ -2,7 +2,7 @@
 Durable state behind L{medichat.interfaces.IStore}: SQLite (embedded, the default) or
 PostgreSQL (shared by any number of medichat processes).
 
-Only this package imports adbapi, sqlite3, txpostgres or psycopg2.  See docs/storage.md.
+Only this package imports sqlite3, txpostgres or psycopg2.  See docs/storage.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def open_store(
         (C{postgresql://user@host:port/dbname}, C{postgres://} too).
     @param data_dir: where the SQLite file (L{SQLITE_FILE_NAME}) lives; created at
         C{start} if missing.
-    @param reactor: the reactor; the stores read its time, run adbapi's thread or watch
+    @param reactor: the reactor; the stores read its time, run SQLite's thread or watch
         txpostgres's sockets with it.
     @param create: let C{start} make the database (the SQLite file and its directory, or
         medichat's tables); if C{False}, C{start} fails with

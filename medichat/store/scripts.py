@@ -5,7 +5,7 @@ logic of every L{IStore} operation.
 Each operation is written once, as a I{transaction script}: a generator that yields
 L{Statement}s and is sent back each one's L{Result}, and whose return value is the
 operation's.  A script does no I/O of its own, so the SQLite store drives it synchronously
-in adbapi's database thread and the PostgreSQL store drives it asynchronously over
+in its database thread and the PostgreSQL store drives it asynchronously over
 txpostgres, each inside one transaction.  What differs between the two SQL dialects is in
 L{Dialect}.
 

@@ -1,8 +1,8 @@
 """
-The embedded store: one SQLite file, through L{twisted.enterprise.adbapi}.
+The embedded store: one SQLite file, through C{sqlite3} in a thread of its own.
 
-The pool holds exactly one connection in one thread, so there is one writer and every
-operation runs in order, off the reactor thread.  The connection is in WAL mode (readers
+One connection in one thread (L{medichat.store._dbthread}), so there is one writer and
+every operation runs in order, off the reactor thread.  The connection is in WAL mode (readers
 never wait for the writer), with foreign keys enforced and a busy timeout for other
 processes (C{medichat-admin}) that write the same file.  Python's C{sqlite3} opens no
 transactions of its own here (C{isolation_level=None}); each operation begins one
@@ -17,7 +17,6 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +24,7 @@ from zope.interface import implementer
 
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.interfaces import IStore
+from medichat.store._dbthread import DatabaseThread
 from medichat.store.presence_scripts import PresenceOperations
 from medichat.store.scripts import SQLITE, Migration, Result, Script, SQLStore
 from medichat.store.webhook_scripts import WebhookOperations
@@ -89,7 +89,7 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         super().__init__(reactor, migrations, create=create)
         self.path = path
         self._busy_timeout = busy_timeout
-        self._pool: adbapi.ConnectionPool | None = None
+        self._pool: DatabaseThread | None = None
 
     def start(self) -> Deferred[None]:
         """See L{IStore.start}."""
@@ -107,22 +107,13 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         if not self._create and not os.path.exists(self.path):
             raise MissingDatabase(f"{self.path} holds no medichat database")
         _create_private(self.path)
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3",
-            self.path,
-            check_same_thread=False,
-            isolation_level=None,
-            cp_min=1,
-            cp_max=1,
-            cp_reactor=self._reactor,
-            cp_openfun=self._configure,
-        )
-        self._pool.start()
+        pool = self._pool = DatabaseThread(self._reactor, self._connect)
         try:
+            await pool.start().addErrback(translate_failure, self.path)
             outcome = await self._start_running()
         except BaseException:
-            pool, self._pool = self._pool, None
-            pool.close()
+            self._pool = None
+            await pool.close()
             raise
         _log.info(
             "SQLite store {path} at schema version {version}",
@@ -150,9 +141,21 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the SQLite store {self.path}: {e}") from e
 
+    def _connect(self) -> sqlite3.Connection:
+        """
+        Open and set up the connection (in the database thread, before its first use).
+        """
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._configure(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
     def _configure(self, connection: sqlite3.Connection) -> None:
         """
-        Set up a new connection (in the database thread, before its first use).
+        Set up a new connection.
         """
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode.lower() != "wal":
@@ -179,15 +182,20 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         try:
             # SQLite's advice for long-lived connections: let it refresh its statistics
             # before closing.  Not worth failing a shutdown over.
-            await pool.runOperation("PRAGMA optimize")
+            await pool.run(_execute_only, "PRAGMA optimize")
         except sqlite3.Error as e:
             _log.warn("SQLite store {path}: PRAGMA optimize failed: {e}", path=self.path, e=e)
-        pool.close()
+        await pool.close()
 
     def _execute(self, script: Script[T], write: bool) -> Deferred[T]:
         assert self._pool is not None
-        d: Deferred[T] = self._pool.runInteraction(run_script, script, write)
+        d: Deferred[T] = self._pool.run(run_script, script, write)
         return d.addErrback(translate_failure, self.path)
+
+
+def _execute_only(cursor: sqlite3.Cursor, sql: str) -> None:
+    """Run one statement that needs no transaction of its own (a C{PRAGMA})."""
+    cursor.execute(sql)
 
 
 def _create_private(path: str) -> None:
@@ -240,7 +248,8 @@ def run_script(cursor: Any, script: Script[T], write: bool) -> T:
     Run a transaction script on a cursor of a connection in autocommit mode
     (C{isolation_level=None}): begin the transaction, run each statement, return the
     script's value.  The caller commits when this returns and rolls back when it raises:
-    adbapi does, in the database thread; L{medichat.testing.MemoryStore} does, inline.
+    L{DatabaseThread} does, in the database thread; L{medichat.testing.MemoryStore} does,
+    inline.
     """
     cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:

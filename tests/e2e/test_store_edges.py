@@ -180,7 +180,7 @@ class OutageMixin(_StoreAPI):
                     f"SET default_transaction_read_only = {setting}"
                 )
         else:
-            await pool.runOperation(f"PRAGMA query_only = {int(read_only)}")
+            await pool.run(lambda cursor: cursor.execute(f"PRAGMA query_only = {int(read_only)}"))
 
     async def test_write_probe(self) -> None:
         """check_writable fails on a read-only store, and /health then answers 503."""
