@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """
 The floor under C{msgpath.py}: what one chat message costs a bare server built from the
-same stack (Twisted's reactor, twisted.web, Autobahn's WebSocket, SQLite through a
-one-thread adbapi pool), doing only a message's input and output, on this machine, now.
+same stack (Twisted's reactor, twisted.web, Autobahn's WebSocket, SQLite in one thread of
+its own, as medichat's store has it, or through a one-thread adbapi pool with C{--hop
+adbapi}, as medichat had it until the tenth session on issue 10), doing only a message's
+input and output, on this machine, now.
 
 Starts a child process with no medichat code in it.  It serves, on one port as medichat
 does, WebSocket connections at C{/ws/CONVERSATION/ROLE} (two per conversation: a customer
@@ -68,16 +70,22 @@ DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROLES = ("customer", "employee")
 
 
-def serve(database: str | None, direct: bool, postgresql: str | None = None) -> None:
+def serve(database: str | None, direct: bool, postgresql: str | None = None,
+          hop: str = "thread") -> None:
     """
     The child: the bare server; prints its port, then serves until killed.
 
     @param database: the SQLite file, or L{None} to store nothing (a message is answered
         and delivered as soon as it is made) unless C{postgresql} is given.
     @param postgresql: a libpq connection string: commit to PostgreSQL instead.
+    @param hop: how SQLite's thread is reached: C{"thread"} (a queue in, C{callFromThread}
+        out) or C{"adbapi"}.
     """
     import datetime
     import itertools
+    import queue
+    import sqlite3
+    import threading
     import uuid
 
     from autobahn.twisted.resource import WebSocketResource
@@ -85,6 +93,7 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None) -> 
     from twisted.enterprise import adbapi
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -129,10 +138,42 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None) -> 
             b"content-type:application/json\ncontent-length:%d\n\n%s\x00" % (
                 destination.encode(), next(frame_ids), len(body), body)
 
-    pool = None if database is None else adbapi.ConnectionPool(
-        "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1,
-        cp_openfun=lambda c: c.execute("PRAGMA journal_mode = WAL"),
-    )
+    class OwnThread:
+        """One connection in one thread: a queue in, C{callFromThread} out."""
+
+        def __init__(self, path: str) -> None:
+            self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            threading.Thread(target=self.loop, args=(path,), daemon=True).start()
+
+        def loop(self, path: str) -> None:
+            connection = sqlite3.connect(path, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode = WAL")
+            call = reactor.callFromThread  # type: ignore[attr-defined]
+            while True:
+                function, args, done = self.queue.get()
+                cursor = connection.cursor()
+                try:
+                    result = function(cursor, *args)
+                    connection.commit()
+                except BaseException:
+                    connection.rollback()
+                    call(done.errback, Failure())
+                else:
+                    call(done.callback, result)
+
+        def runInteraction(self, function: Any, *args: Any) -> Any:  # noqa: N802 - adbapi's
+            done: Deferred[Any] = Deferred()
+            self.queue.put((function, args, done))
+            return done
+
+    pool: Any = None
+    if database is not None and hop == "adbapi":
+        pool = adbapi.ConnectionPool(
+            "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1,
+            cp_openfun=lambda c: c.execute("PRAGMA journal_mode = WAL"),
+        )
+    elif database is not None:
+        pool = OwnThread(database)
     queued: list[tuple[dict[str, Any], Any]] = []
     committing = [False]
     connection: Any = None
@@ -348,12 +389,17 @@ def main() -> int:
     parser.add_argument("--pgbench-seconds", type=float, default=3.0,
                         help="with --store postgresql: length of each pgbench run, before "
                              "and after the windows (default %(default)s)")
+    parser.add_argument("--hop", choices=("thread", "adbapi"), default="thread",
+                        help="with --store sqlite: reach SQLite's thread through a queue "
+                             "and callFromThread, as medichat does (default), or through a "
+                             "one-thread adbapi pool, as medichat did before")
     parser.add_argument("--floor-database", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-postgresql", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     raise_nofile()
     if options.serve:
-        serve(options.floor_database, options.send == "direct", options.floor_postgresql)
+        serve(options.floor_database, options.send == "direct", options.floor_postgresql,
+              options.hop)
         return 0
     if options.store == "postgresql":
         report = measure_postgresql(options)
@@ -361,7 +407,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="medichat-floor-") as directory:
             database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
                 if options.store == "sqlite" else ()
-            with floor_server(__file__, *database, "--send", options.send) as (child, port):
+            with floor_server(__file__, *database, "--send", options.send,
+                              "--hop", options.hop) as (child, port):
                 report = measure(options, child.pid, port)
     print(json.dumps(report))
     return 0 if report["lost"] == 0 else 1
@@ -496,7 +543,8 @@ def measure(options: argparse.Namespace, pid: int, port: int,
             "server_cpu_pct_of_core": round(100 * used / seconds, 2),
             **window,
         })
-        print(f"bare stack ({options.store}, {options.send}): "
+        hop = f", {options.hop}" if options.store == "sqlite" else ""
+        print(f"bare stack ({options.store}{hop}, {options.send}): "
               f"{windows[-1]['answered_per_s']} messages/s, "
               f"{windows[-1]['server_cpu_us_per_message']} us CPU per message, "
               f"POST p99 {windows[-1]['post_p99_ms']} ms"
@@ -511,7 +559,7 @@ def measure(options: argparse.Namespace, pid: int, port: int,
     lost = (state["sent"] - state["answered"]) + state["refused"] + max(
         0, 3 * state["answered"] - delivered())
     return {"benchmark": "message_floor", "rate_per_s": options.rate, "send": options.send,
-            "store": options.store,
+            "store": options.store, "hop": options.hop if options.store == "sqlite" else None,
             "conversations": options.conversations,
             "http_connections": options.http_connections, "posted": state["sent"],
             "deliveries": delivered(), "lost": lost, "windows": windows}

@@ -160,8 +160,68 @@ class Counting:
         store._execute = counted
 
 
+class StatementTimes:
+    """
+    The database thread's CPU per SQLite statement, by statement text (C{--statements}):
+    wraps the cursor that L{medichat.store.sqlite.run_script} is given, so each
+    C{execute} and the C{fetchall} after it are timed with C{time.thread_time}.  The
+    C{BEGIN} counts as a statement; the C{COMMIT} (which C{fsync}s) is not included.
+    """
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        import medichat.store.sqlite as sqlite_store
+
+        self._module = sqlite_store
+        self._run_script = sqlite_store.run_script
+        times = self.times
+
+        class TimedCursor:
+            def __init__(self, cursor: Any) -> None:
+                self._cursor = cursor
+                self._last: list[float] = []
+
+            def execute(self, sql: str, params: Any = ()) -> Any:
+                started = time.thread_time()
+                result = self._cursor.execute(sql, params)
+                key = " ".join(sql.split())[:100]
+                self._last = times.setdefault(key, [0, 0.0])
+                self._last[0] += 1
+                self._last[1] += time.thread_time() - started
+                return result
+
+            def fetchall(self) -> Any:
+                started = time.thread_time()
+                rows = self._cursor.fetchall()
+                if self._last:
+                    self._last[1] += time.thread_time() - started
+                return rows
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._cursor, name)
+
+        run_script = self._run_script
+
+        def timed(cursor: Any, script: Any, write: bool) -> Any:
+            return run_script(TimedCursor(cursor), script, write)
+
+        sqlite_store.run_script = timed
+
+    def restore(self) -> None:
+        self._module.run_script = self._run_script
+
+    def table(self, top: int, messages: int) -> str:
+        rows = sorted(self.times.items(), key=lambda item: -item[1][1])[:top]
+        lines = ["| calls per message | µs per call | µs per message | statement |",
+                 "| --- | --- | --- | --- |"]
+        for sql, (calls, seconds) in rows:
+            lines.append(f"| {calls / messages:.2f} | {seconds / calls * 1e6:.1f} | "
+                         f"{seconds / messages * 1e6:.1f} | `{sql}` |")
+        return "\n".join(lines)
+
+
 async def one_run(kind: str, server: str, concurrency: int, messages: int,
-                  conversations: int) -> dict[str, Any]:
+                  conversations: int, statements: int = 0) -> dict[str, Any]:
     """
     Start a fresh store, post C{messages} with C{concurrency} posters, stop it.
     """
@@ -213,6 +273,7 @@ async def one_run(kind: str, server: str, concurrency: int, messages: int,
             service.post_message(customers[i], ids[i], "warm-up") for i in range(conversations)
         ])
         counting = Counting(store)
+        timing = StatementTimes() if statements and kind == "sqlite" else None
         pids = backend_pids(server, name) if name is not None else []
         per_poster = messages // concurrency
 
@@ -226,6 +287,10 @@ async def one_run(kind: str, server: str, concurrency: int, messages: int,
         wall = time.perf_counter() - wall0
         cpu, pg = own_cpu() - cpu0, pids_cpu(pids) - pg0
         total = per_poster * concurrency
+        if timing is not None:
+            timing.restore()
+            log(f"sqlite x{concurrency}, the database thread's CPU by statement "
+                f"(the {statements} costliest):\n" + timing.table(statements, total))
         feed.stop()
         return {
             "store": kind,
@@ -293,7 +358,8 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
         for kind in stores:
             for concurrency in [int(c) for c in options.concurrency.split(",")]:
                 result = await one_run(kind, options.server, concurrency,
-                                       options.messages, options.conversations)
+                                       options.messages, options.conversations,
+                                       options.statements)
                 results.append(result)
                 log(
                     f"repeat {repeat + 1}: {kind} x{concurrency}: "
@@ -315,6 +381,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pgbench-seconds", type=int, default=5)
+    parser.add_argument("--statements", type=int, default=0, metavar="N",
+                        help="SQLite: print the N statements that cost the database thread "
+                             "the most CPU, per run (timing them adds a little to each)")
     return parser.parse_args()
 
 
