@@ -85,7 +85,7 @@ class DatabaseThread:
             connection = self._connect()
         except BaseException:
             call(self._opened.errback, Failure())
-            call(self._closed.callback, None)
+            call(self._ended)
             return
         call(self._opened.callback, None)
         get = self._queue.get
@@ -112,4 +112,9 @@ class DatabaseThread:
                     cursor.close()
         finally:
             connection.close()
-            call(self._closed.callback, None)
+            call(self._ended)
+
+    def _ended(self) -> None:
+        # The thread's last act was to ask for this call: the join returns at once.
+        self._thread.join()
+        self._closed.callback(None)
