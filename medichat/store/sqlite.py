@@ -2,9 +2,9 @@
 The embedded store: one SQLite file, through C{sqlite3} in a thread of its own.
 
 One connection in one thread (L{medichat.store._dbthread}), so there is one writer and
-every operation runs in order, off the reactor thread.  The connection is in WAL mode (readers
-never wait for the writer), with foreign keys enforced and a busy timeout for other
-processes (C{medichat-admin}) that write the same file.  Python's C{sqlite3} opens no
+every operation runs in order, off the reactor thread.  The connection is in WAL mode
+(readers never wait for the writer), with foreign keys enforced and a busy timeout for
+other processes (C{medichat-admin}) that write the same file.  Python's C{sqlite3} opens no
 transactions of its own here (C{isolation_level=None}); each operation begins one
 explicitly, C{BEGIN IMMEDIATE} when it writes, so that it holds the write lock from its
 first statement and cannot deadlock on upgrading a read lock.

@@ -51,10 +51,7 @@ class DatabaseThreadTests(TestCase):
         self.assertEqual(self.rows(), [4])
 
     async def test_rolls_back_and_fails(self) -> None:
-        """
-        An interaction that raises is rolled back, its caller gets the error, and the
-        thread goes on with the next.
-        """
+        """An interaction that raises is rolled back and fails; the next one still runs."""
         database = await self.started()
 
         def insert_twice(cursor: sqlite3.Cursor) -> None:
@@ -72,10 +69,7 @@ class DatabaseThreadTests(TestCase):
         self.assertEqual(self.rows(), [2])
 
     async def test_order_and_thread(self) -> None:
-        """
-        Interactions run one after another in the order given, all in one thread that is
-        not the reactor's, and their outcomes arrive on the reactor's thread.
-        """
+        """Interactions run in order in one thread of their own; outcomes come back on ours."""
         database = await self.started()
         ran: list[tuple[int, int]] = []
 
