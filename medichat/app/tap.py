@@ -38,6 +38,7 @@ from medichat.app.metrics import LiveCollector, Metrics, MetricsResource
 from medichat.auth.checkers import JWTChecker, SessionCookieChecker
 from medichat.auth.devsecret import dev_secret_path, load_or_create_dev_secret
 from medichat.auth.realm import build_portal
+from medichat.carriers._fastpath import FastPaths
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.carriers.websocket import StompWebSocketFactory
 from medichat.domain.access import DEFAULT_AUDIT_RETENTION, AccessLogPruner, parse_retention
@@ -288,7 +289,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optFlags = [
         ["secure-cookies", None, "Always mark the session cookie Secure."],
         ["no-fast-paths", None,
-         "Use only the public Twisted and Autobahn API on the STOMP carriers (slower)."],
+         "Use only the public Twisted and Autobahn API on the STOMP carriers and for HTTP "
+         "answers (slower)."],
         ["allow-reassign", None,
          "Let an employee claim a conversation that another employee has (logged)."],
     ]
@@ -1050,9 +1052,16 @@ def makeService(
     access_log = AccessLog(
         enabled=config["access-log"] == "on", trusted_proxies=config["trusted-proxy"]
     )
+    # Answers sent at once (medichat.http._channel): measured to save the SQLite server
+    # CPU per message, and to cost the PostgreSQL one capacity at the edge of saturation
+    # (docs/benchmarks.md, eighth and eleventh sessions on issue 10).
+    eager_writer = (
+        FastPaths.probe(not config["no-fast-paths"]).writer_for
+        if store.kind == "sqlite" else None
+    )
     site = make_site(root, config["max-body"], clock=clock,
                      head_timeout=config["request-head-timeout"], access_log=access_log,
-                     rate_limit_hold=config["rate-limit-hold"])
+                     rate_limit_hold=config["rate-limit-hold"], eager_writer=eager_writer)
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 

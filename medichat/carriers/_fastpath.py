@@ -5,7 +5,8 @@ Five shortcuts make fan-out, idle sessions and new connections cheap; each reads
 state that the libraries do not promise to keep:
 
   - the eager send (L{send_now}): one C{send()} on the socket of a plain TCP transport
-    with nothing queued, instead of Twisted's queue-and-wait-for-writability;
+    with nothing queued, instead of Twisted's queue-and-wait-for-writability (for STOMP
+    frames, and for HTTP answers through L{FastPaths.writer_for});
   - self-written RFC 6455 frame headers (L{frame_header}): each outbound STOMP frame goes
     to the transport as one unmasked text frame, past Autobahn's general send machinery;
   - the client heart-beat shortcut (L{is_client_heartbeat}): a 7-byte masked C{"\\n"}
@@ -142,6 +143,15 @@ class FastPaths:
             heartbeat_shortcut=_STATE_OPEN is not None,
             quiet_open=quiet_open,
         )
+
+    def writer_for(self, transport: Any) -> Callable[[bytes], None] | None:
+        """
+        What writes to C{transport} with L{send_now}, or L{None} if the eager send cannot
+        be used on it (L{socket_of}): for HTTP answers (L{medichat.http._channel}).
+        """
+        raw = raw_transport(transport)
+        sock = socket_of(raw, self)
+        return None if sock is None else partial(send_now, raw, sock)
 
     def heartbeat_usable(self, protocol: Any) -> bool:
         """

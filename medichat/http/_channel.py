@@ -22,10 +22,18 @@ latency).  L{medichat.http.problems.write_problem} marks such a request.
 At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request being
 received or answered finish (its answer says C{Connection: close}, and its connection
 closes after it), and fires when no HTTP connection is left, or after a bound.
+
+An answer leaves in one C{send()} when it can (given a writer for the eager send of
+L{medichat.carriers._fastpath}, as the server does unless C{--no-fast-paths}): twisted.web hands the
+connection an answer's head and its body as two writes, which Twisted's transport queues,
+asks epoll to watch the socket for, sends on the next turn of the loop, and stops
+watching; the channel keeps the head until the body (or the request's end) comes, and
+sends both at once when nothing is queued before them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -38,7 +46,12 @@ from twisted.web.http import HTTPChannel
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
 from medichat.http.problems import HOLD_ATTRIBUTE, Problem
 
-__all__ = ["HTTPConnections", "MedichatChannel"]
+__all__ = ["EagerWriter", "HTTPConnections", "MedichatChannel"]
+
+EagerWriter = Callable[[Any], "Callable[[bytes], None] | None"]
+"""Given a connection's transport, what writes bytes to it at once, in order with what the
+transport holds (L{medichat.carriers._fastpath.FastPaths.writer_for}), or L{None} if it
+cannot."""
 
 
 def _timeout_answer(head_timeout: float) -> bytes:
@@ -60,16 +73,24 @@ class MedichatChannel(HTTPChannel):
 
     _log = Logger()
 
-    def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0) -> None:
+    def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0,
+                 eager_writer: EagerWriter | None = None) -> None:
         """
         @param head_timeout: seconds the request line and headers may take.
         @param rate_limit_hold: seconds the connection reads nothing after a request
             that asked for it (L{medichat.http.problems.hold_connection}); 0 for
             never.
+        @param eager_writer: gives the connection's eager writer (see the module), if it
+            has one; answers go through the transport when L{None}.
         """
         super().__init__()
         self.head_timeout = head_timeout
         self.rate_limit_hold = rate_limit_hold
+        self._eager_writer = eager_writer
+        # What writes at once (None: write through the transport), and an answer's head
+        # kept until its body.
+        self._send: Callable[[bytes], None] | None = None
+        self._head: bytes | None = None
         self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None
         # Between requests: no request line has been completed, or, if one has, its
@@ -107,7 +128,37 @@ class MedichatChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self._eager_writer is not None:
+            self._send = self._eager_writer(self.transport)
         self._start_deadline()
+
+    # Sending an answer
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self._send is None:
+            super().writeHeaders(version, code, reason, headers)
+            return
+        # Written as twisted.web writes it (a Headers instance is all Request passes).
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self._head = b"".join(head)
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        send = self._send
+        if send is None:
+            self.transport.write(data)  # type: ignore[union-attr]
+        elif data:
+            send(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head and data:
@@ -126,6 +177,9 @@ class MedichatChannel(HTTPChannel):
         # through dataReceived, which then starts the next deadline.
         self._awaiting_head = True
         self._head_started = False
+        if self._head is not None:
+            # An answer without a body (HEAD, 204, 304, or an empty one).
+            self.write(b"")
         super().requestDone(request)
         if getattr(request, HOLD_ATTRIBUTE, False):
             self._hold()
@@ -156,6 +210,7 @@ class MedichatChannel(HTTPChannel):
             self._hold_call = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._head = None
         self._cancel_deadline()
         self._cancel_hold()
         super().connectionLost(reason)

@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 
 from medichat._logcontext import request_id
 from medichat.errors import NotFound
-from medichat.http._channel import MedichatChannel
+from medichat.http._channel import EagerWriter, MedichatChannel
 from medichat.http.accesslog import AccessLog, RequestIds
 from medichat.http.forwarded import client_address
 from medichat.http.origins import OriginPolicy
@@ -406,7 +406,8 @@ def _client(request: Request) -> str:
 
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
               head_timeout: float = 10.0, access_log: AccessLog | None = None,
-              rate_limit_hold: float = 1.0) -> Site:
+              rate_limit_hold: float = 1.0, eager_writer: EagerWriter | None = None
+              ) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
     whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
@@ -416,12 +417,15 @@ def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = No
     @param head_timeout: seconds a request line and its headers may take to arrive.
     @param access_log: logs each request; one that logs every request by default.
     @param rate_limit_hold: seconds a connection reads nothing after a 429 (0: never).
+    @param eager_writer: lets connections send answers at once (see
+        L{medichat.http._channel}); L{None} writes them only through the transport.
     """
     site = MedichatSite(
         root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
     )
     site.protocol = partial(  # type: ignore[assignment]
-        Channel, head_timeout, rate_limit_hold=rate_limit_hold
+        Channel, head_timeout, rate_limit_hold=rate_limit_hold,
+        eager_writer=eager_writer,
     )
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False

@@ -165,6 +165,27 @@ class SendNowTests(TestCase):
         self.assertNotIn(b"plaintext secret", _read(peer))
 
 
+class WriterForTests(TestCase):
+    """
+    L{FastPaths.writer_for}: what the HTTP channel writes its answers with.
+    """
+
+    def test_plain_tcp(self) -> None:
+        """On a plain TCP transport it sends at once."""
+        transport, peer = _connection(self)
+        send = FastPaths(eager_send=True).writer_for(transport)
+        assert send is not None
+        send(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(_read(peer), b"HTTP/1.1 200 OK\r\n\r\n")
+        self.assertEqual(transport.dataBuffer, b"")
+
+    def test_none(self) -> None:
+        """With the eager send off, or on another transport, there is none."""
+        transport, _ = _connection(self)
+        self.assertIsNone(FastPaths().writer_for(transport))
+        self.assertIsNone(FastPaths(eager_send=True).writer_for(StringTransport()))
+
+
 class FrameTests(TestCase):
     """
     The self-written frame headers and the heart-beat recogniser.
