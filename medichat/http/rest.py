@@ -172,6 +172,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+"""What reads request bodies: made once (C{json.loads} with hooks makes one per call)."""
+
+
 def _string_field(body: Mapping[str, Any], name: str) -> str:
     if name not in body:
         raise BadRequest(f"{name}: required")
@@ -542,9 +546,12 @@ class RestAPI:
         except UnicodeDecodeError as e:
             raise BadRequest(f"body: not UTF-8 at byte {e.start}") from None
         try:
-            value = json.loads(
-                text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
-            )
+            if text.startswith("\ufeff"):
+                # As json.loads refuses it (the decoder itself does not check).
+                raise json.JSONDecodeError(
+                    "Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0
+                )
+            value = _BODY_DECODER.decode(text)
         except json.JSONDecodeError as e:
             raise BadRequest(
                 f"body: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"

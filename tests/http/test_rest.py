@@ -847,6 +847,9 @@ class ErrorTests(APITestCase):
             (b'{"message": NaN}', "body: NaN is not JSON"),
             (b'{"message": "a", "message": "b"}', "body: duplicate key 'message'"),
             (b'{"message": "\xff"}', "body: not UTF-8 at byte 13"),
+            ("\ufeff{\"message\": \"a\"}".encode(),
+             "body: malformed JSON at line 1, column 1: Unexpected UTF-8 BOM"
+             " (decode using utf-8-sig)"),
             (b'{"message": "\\ud800"}', "message: not valid Unicode (lone surrogate)"),
             (b'{"message": "a\\u0000b"}', "message: must not contain NUL characters"),
             (b"[" * 5000 + b"]" * 5000, "body: JSON nested too deeply"),
