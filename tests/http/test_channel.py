@@ -106,14 +106,20 @@ class _Setup:
         return client, client_transport, pump
 
 
-def _answer(received: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    head, _, body = received.partition(b"\r\n\r\n")
+def answer_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
+    """An answer's status code and headers (names in lower case), from its head."""
     lines = head.split(b"\r\n")
     code = int(lines[0].split(b" ")[1])
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
+    return code, headers
+
+
+def _answer(received: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    code, headers = answer_head(head)
     if headers.get(b"transfer-encoding") == b"chunked":
         chunks = []
         while True:

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from medichat.carriers._fastpath import FastPaths
 from medichat.http.site import make_site
+from tests.http.test_channel import answer_head
 
 _ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 _BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than a loopback socket takes at once
@@ -80,12 +81,7 @@ def _parse(received: bytes, heads: list[bool]) -> list[tuple[int, dict[bytes, by
     for head_only in heads:
         head, separator, received = received.partition(b"\r\n\r\n")
         assert separator, f"an incomplete answer head: {head!r}"
-        lines = head.split(b"\r\n")
-        code = int(lines[0].split(b" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
+        code, headers = answer_head(head)
         body = b""
         if head_only or code in (204, 304):
             pass
