@@ -23,12 +23,12 @@ At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request
 received or answered finish (its answer says C{Connection: close}, and its connection
 closes after it), and fires when no HTTP connection is left, or after a bound.
 
-An answer leaves in one C{send()} when it can (given a writer for the eager send of
-L{medichat.carriers._fastpath}, as the server does unless C{--no-fast-paths}): twisted.web hands the
-connection an answer's head and its body as two writes, which Twisted's transport queues,
-asks epoll to watch the socket for, sends on the next turn of the loop, and stops
-watching; the channel keeps the head until the body (or the request's end) comes, and
-sends both at once when nothing is queued before them.
+An answer leaves in one C{send()} when the channel is given a writer for the eager send
+of L{medichat.carriers._fastpath} (as the SQLite server does, unless C{--no-fast-paths}):
+twisted.web hands the connection an answer's head and its body as two writes, which
+Twisted's transport queues, asks epoll to watch the socket for, sends on the next turn of
+the loop, and stops watching; the channel keeps the head until the body (or the request's
+end) comes, and sends both at once when nothing is queued before them.
 """
 
 from __future__ import annotations
