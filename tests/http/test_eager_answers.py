@@ -211,9 +211,16 @@ class ChannelWriteTests(SynchronousTestCase):
 
 
 class _Collect(Protocol):
-    def __init__(self, done: Deferred[bytes]) -> None:
+    """Sends its requests at once, keeps what comes back until the server closes."""
+
+    def __init__(self, requests: bytes, done: Deferred[bytes]) -> None:
+        self.requests = requests
         self.done = done
         self.received = bytearray()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.requests)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -228,18 +235,7 @@ class _OneClient(ClientFactory):
         self.done: Deferred[bytes] = Deferred()
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        protocol = _Collect(self.done)
-        protocol.factory = self
-        requests = self.requests
-        original = protocol.connectionMade
-
-        def made() -> None:
-            original()
-            assert protocol.transport is not None
-            protocol.transport.write(requests)
-
-        protocol.connectionMade = made  # type: ignore[method-assign]
-        return protocol
+        return _Collect(self.requests, self.done)
 
 
 class LoopbackTests(TestCase):
