@@ -99,15 +99,17 @@ def floor_arguments(parser: argparse.ArgumentParser, *, duration: float, repeats
 
 
 @contextmanager
-def floor_server(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def floor_server(script: str, *args: str, wrapper: tuple[str, ...] = ()
+                 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """
     Run C{script} with C{--serve} and C{args} as a child process that prints the port it
     listens on, as the floor benchmarks' bare servers do; killed on leaving the block.
 
+    @param wrapper: a command that runs the child (C{valgrind ...}), if any.
     @return: the child and its port.
     """
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(script), "--serve", *args],
+        [*wrapper, sys.executable, os.path.abspath(script), "--serve", *args],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -309,8 +311,10 @@ class Server:
     """
 
     def __init__(self, options: list[str], *, keep: bool = False, repo: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()) -> None:
         self.options = options
+        # A command that runs twistd (C{valgrind ...}), if any.
+        self.wrapper = wrapper
         self.keep = keep
         # The source tree whose medichat the server runs (another worktree, to compare).
         self.repo = os.path.abspath(repo) if repo else REPO
@@ -345,7 +349,7 @@ class Server:
         if not os.path.exists(twistd):
             twistd = shutil.which("twistd") or "twistd"
         self.command = [
-            twistd, "-n", "--pidfile", "", "medichat",
+            *self.wrapper, twistd, "-n", "--pidfile", "", "medichat",
             "--data-dir", self.data_dir,
             "--listen", "tcp:0:interface=127.0.0.1:backlog=1024",
             *self.options,
