@@ -423,6 +423,18 @@ class Server:
 # ------------------------------------------------------------------------------ clients
 
 
+def request_bytes(port: int, method: str, path: str, token: str, body: bytes | None) -> bytes:
+    """An HTTP/1.1 request on a keep-alive connection, bearer token and JSON body if any."""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n")
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    else:
+        head += "Content-Length: 0\r\n"
+    return head.encode("ascii") + b"\r\n" + (body or b"")
+
+
+
 class BenchClient(WebSocketClientProtocol):
     """
     One STOMP session over WebSocket that hardly parses anything: it tells frames apart by

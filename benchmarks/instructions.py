@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import Server, floor_server, log  # noqa: E402
+from _harness import Server, floor_server, log, request_bytes  # noqa: E402
 
 TEXT = "how are you feeling today?"
 
@@ -131,13 +131,7 @@ class HTTP:
 
     def send(self, method: str, path: str, token: str, body: bytes | None = None) -> None:
         """Send a request; its answer is L{answer}'s."""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Authorization: Bearer {token}\r\n")
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        else:
-            head += "Content-Length: 0\r\n"
-        self.socket.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        self.socket.sendall(request_bytes(self.port, method, path, token, body))
 
     def answer(self) -> tuple[int, bytes]:
         """The status and body of the oldest request not yet answered."""

@@ -51,6 +51,7 @@ from _harness import (  # noqa: E402
     noise_figures,
     open_population,
     raise_nofile,
+    request_bytes,
     run,
     sleep,
     window_figures,
@@ -188,13 +189,7 @@ class HTTPPool(ClientFactory):
     def request(self, method: str, path: str, token: str, body: bytes | None,
                 record: Sent | None = None) -> Deferred[tuple[int, bytes]] | None:
         """Queue a request; with no C{record}, returns a Deferred of (status, body)."""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Authorization: Bearer {token}\r\n")
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        else:
-            head += "Content-Length: 0\r\n"
-        data = head.encode("ascii") + b"\r\n" + (body or b"")
+        data = request_bytes(self.port, method, path, token, body)
         done: Deferred[tuple[int, bytes]] | None = None if record is not None else Deferred()
         pending = _Pending(record, data, done)
         self.in_flight += 1
