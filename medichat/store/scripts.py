@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
-from attrs import evolve, frozen
+from attrs import define, evolve, frozen
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -62,7 +62,11 @@ T = TypeVar("T")
 _log = Logger()
 
 
-@frozen
+# Statement, Written and Result are made for every statement of every chat message, so
+# they are attrs classes without attrs' freezing, which sets each field through
+# object.__setattr__: 0.45 against 1.29 µs a Statement, 0.31 against 1.07 a Result
+# (timeit).  Nothing changes them once made.
+@define
 class Statement:
     """
     One SQL statement of a transaction script.
@@ -90,7 +94,7 @@ class Statement:
     later: bool = False
 
 
-@frozen
+@define
 class Written(Statement):
     """
     Not SQL: the durable events that the script has just written (L{_append_events}).
@@ -123,7 +127,7 @@ def _taking_written(script: Script[T], written: list[StoredEvent]) -> Script[T]:
         script.close()
 
 
-@frozen
+@define
 class Result:
     """
     What a L{Statement} gave back.
@@ -771,7 +775,7 @@ def _find_by_key(
 # The message transaction
 
 
-@frozen
+@define  # not frozen, as Statement (above): a few for every message
 class PendingEvent:
     """
     A durable event that the current transaction writes at its end (L{_append_events}).
