@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field, frozen
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -742,17 +742,17 @@ class ConversationService:
             L{validate_message}.
         @raise NotFound: (asynchronously) as L{check_participant}.
         """
-
-        async def post() -> Message:
+        # Checked here, failing the Deferred: one coroutine fewer on every message's way.
+        try:
             valid = self.validate_message(text)
             if not isinstance(conversation_id, str) or not is_uuid(conversation_id):
                 raise NotFound("no such conversation")
-            known = conversation_id.lower()
-            return await self._serialised(
-                known, lambda: self._commit_message(user, known, valid, idempotency_key)
-            )
-
-        return Deferred.fromCoroutine(post())
+        except Exception:
+            return fail()
+        known = conversation_id.lower()
+        return self._serialised(
+            known, lambda: self._commit_message(user, known, valid, idempotency_key)
+        )
 
     async def _commit_message(
         self, user: User, conversation_id: str, text: str, idempotency_key: str | None
