@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -387,6 +387,84 @@ class PostMessageTests(ServiceTestCase):
         stored = await self.store.list_messages(conversation.id, None, False, None)
         published = [e["message"]["id"] for e in recorder.events if "message" in e]
         self.assertEqual(published, [m.id for m in sorted(stored, key=lambda m: m.seq)])
+        self.assertEqual(self.service._locks, {})
+
+
+class SerialisedTests(ServiceTestCase):
+    """
+    L{ConversationService._serialised}: one turn at a time in each conversation, first
+    come first served, as under a lock; the queue goes when the last turn has run.
+    """
+
+    def work(self, log: list[str], name: str, gate: Deferred[int]) -> Any:
+        """A turn that logs its start and its end, and returns what C{gate} gives."""
+
+        async def turn() -> int:
+            log.append(f"{name} starts")
+            try:
+                return await gate
+            finally:
+                log.append(f"{name} ends")
+
+        return turn
+
+    async def test_in_order(self) -> None:
+        """
+        Turns of one conversation run one after the other, in the order asked, a failing
+        one included; another conversation's turn does not wait for them.
+        """
+        log: list[str] = []
+        gates: list[Deferred[int]] = [Deferred() for _ in range(3)]
+        turns = [
+            self.service._serialised("c", self.work(log, name, gate))
+            for name, gate in zip("abc", gates, strict=True)
+        ]
+        other = self.service._serialised("d", self.work(log, "x", succeed(0)))
+        self.assertEqual(log, ["a starts", "x starts", "x ends"])
+        self.assertEqual(self.successResultOf(other), 0)
+        gates[0].callback(1)
+        self.assertEqual(log[3:], ["a ends", "b starts"])
+        gates[1].errback(ValueError("b fails"))
+        self.assertEqual(log[5:], ["b ends", "c starts"])
+        self.assertEqual(list(self.service._locks), ["c"])
+        gates[2].callback(3)
+        self.assertEqual(self.successResultOf(turns[0]), 1)
+        self.failureResultOf(turns[1], ValueError)
+        self.assertEqual(self.successResultOf(turns[2]), 3)
+        self.assertEqual(self.service._locks, {})
+
+    async def test_cancel_waiting(self) -> None:
+        """A turn cancelled while it waits never runs; the ones after it do."""
+        log: list[str] = []
+        gate: Deferred[int] = Deferred()
+        first = self.service._serialised("c", self.work(log, "a", gate))
+        second = self.service._serialised("c", self.work(log, "b", succeed(2)))
+        third = self.service._serialised("c", self.work(log, "c", succeed(3)))
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        gate.callback(1)
+        self.assertEqual(log, ["a starts", "a ends", "c starts", "c ends"])
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(self.successResultOf(third), 3)
+        self.assertEqual(self.service._locks, {})
+
+    async def test_cancel_running(self) -> None:
+        """
+        Cancelling a turn that runs cancels its work, the first one's as a later one's
+        (which waited first); the next turn then runs.
+        """
+        log: list[str] = []
+        gates: list[Deferred[int]] = [Deferred() for _ in range(2)]
+        first = self.service._serialised("c", self.work(log, "a", gates[0]))
+        second = self.service._serialised("c", self.work(log, "b", gates[1]))
+        third = self.service._serialised("c", self.work(log, "c", succeed(3)))
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(log, ["a starts", "a ends", "b starts"])
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(log[3:], ["b ends", "c starts", "c ends"])
+        self.assertEqual(self.successResultOf(third), 3)
         self.assertEqual(self.service._locks, {})
 
 
