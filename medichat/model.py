@@ -532,9 +532,14 @@ def format_time(us: int) -> str:
     Every event and message shape holds a time, so this is on the path of every message:
     built from integer arithmetic (the date part remembered for the last day seen) rather
     than C{datetime.strftime}, with the same text; times outside 1970-9999 take the
-    general path.
+    general path.  The last time made is remembered too: a chat message's time is in its
+    event, its receipts' events, its conversation's new activity and its answer.
     """
+    global _last_time
     if type(us) is int and 0 <= us < _FAST_TIME_LIMIT:
+        last = _last_time
+        if last[0] == us:
+            return last[1]
         seconds, fraction = divmod(us, 1_000_000)
         days, second = divmod(seconds, 86_400)
         day = _last_day
@@ -545,8 +550,12 @@ def format_time(us: int) -> str:
         hour, second = divmod(second, 3600)
         minute, second = divmod(second, 60)
         if fraction:
-            return f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}Z"
-        return f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}Z"
+            text = f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}Z"
+        else:
+            text = f"{day[1]}{hour:02d}:{minute:02d}:{second:02d}Z"
+        # One tuple, replaced whole: a thread reading it meanwhile sees a pair that belongs.
+        _last_time = (us, text)
+        return text
     return _format_time_general(us)
 
 
@@ -558,6 +567,7 @@ def _format_time_general(us: int) -> str:
 
 
 _last_day: tuple[int, str] = (-1, "")
+_last_time: tuple[int, str] = (-1, "")
 
 
 def _remember_day(day: tuple[int, str]) -> None:

@@ -82,3 +82,19 @@ class FormatTimeTests(SynchronousTestCase):
         texts = [format_time(base + n * 1_000_001) for n in range(5)]
         self.assertEqual(texts[1], "2030-05-06T07:08:10.000001Z")
         self.assertEqual(len(calls), 1)
+
+    def test_last_time_remembered(self) -> None:
+        """
+        The time made last is given again as it was, without being made again; another
+        time is made afresh (also one that is equal but not an int).
+        """
+        self.patch(model, "_last_time", (-1, ""))
+        first = parse_time("2030-05-06T07:08:09.5Z")
+        self.assertEqual(format_time(first), "2030-05-06T07:08:09.500000Z")
+        self.assertEqual(model._last_time, (first, "2030-05-06T07:08:09.500000Z"))
+        self.patch(model, "_last_time", (first, "remembered"))
+        self.assertEqual(format_time(first), "remembered")
+        self.assertEqual(format_time(first + 1), "2030-05-06T07:08:09.500001Z")
+        self.assertEqual(format_time(first), "2030-05-06T07:08:09.500000Z")
+        self.patch(model, "_last_time", (0, "remembered"))
+        self.assertEqual(format_time(False), "1970-01-01T00:00:00Z")
