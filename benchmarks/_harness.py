@@ -434,7 +434,6 @@ def request_bytes(port: int, method: str, path: str, token: str, body: bytes | N
     return head.encode("ascii") + b"\r\n" + (body or b"")
 
 
-
 class BenchClient(WebSocketClientProtocol):
     """
     One STOMP session over WebSocket that hardly parses anything: it tells frames apart by

@@ -284,7 +284,6 @@ def _assigned_elsewhere(conversation: Conversation, releasing: bool = False) -> 
 # The service
 
 
-
 @implementer(IConversations)
 @define
 class ConversationService:
