@@ -75,7 +75,8 @@ def place(frames: list[tuple[str, str]]) -> str:
     name = os.path.basename(where)
     if "sqlite" in name:
         return "sqlite"
-    if name.startswith("libpython") or re.match(r"_\w+\.cpython-", name):
+    # An interpreter linked statically (Debian's python3.11) runs in its executable.
+    if name.startswith(("libpython", "python")) or re.match(r"_\w+\.cpython-", name):
         return "python"
     if name.startswith(("libc.", "libc-", "ld-linux")):
         return "libc"
