@@ -75,6 +75,8 @@ def place(frames: list[tuple[str, str]]) -> str:
     name = os.path.basename(where)
     if "sqlite" in name:
         return "sqlite"
+    if "psycopg" in name or name.startswith("libpq"):
+        return "psycopg2/libpq"
     # An interpreter linked statically (Debian's python3.11) runs in its executable.
     if name.startswith(("libpython", "python")) or re.match(r"_\w+\.cpython-", name):
         return "python"
@@ -147,6 +149,10 @@ def main() -> int:
                              "(default %(default)s)")
     parser.add_argument("--frequency", type=int, default=4000,
                         help="samples a second of CPU (default %(default)s)")
+    parser.add_argument("--database", default=None,
+                        help="postgresql://user@host:port[/db]: the store on PostgreSQL (a "
+                             "database made and dropped for the run, as msgpath.py and "
+                             "message_floor.py do); default: SQLite")
     parser.add_argument("--server-tree", default=None,
                         help="another source tree whose medichat to run (msgpath.py's option)")
     options = parser.parse_args()
@@ -158,12 +164,16 @@ def main() -> int:
     if options.floor:
         command = [sys.executable, os.path.join(HERE, "message_floor.py"), "--rate", rate,
                    "--duration", "3", "--repeats", str(options.steps)]
+        if options.database:
+            command += ["--store", "postgresql", "--database", options.database]
         server_mark, step_mark = "--serve", re.compile(r"bare stack .*messages/s")
     else:
         command = [sys.executable, os.path.join(HERE, "msgpath.py"),
                    "--rates", ",".join([rate] * options.steps), "--all-steps", "--warmup", "1"]
         if options.server_tree:
             command += ["--server-tree", options.server_tree]
+        if options.database:
+            command += ["--database", options.database]
         server_mark, step_mark = "twistd", re.compile(r"answered; POST")
     directory = tempfile.mkdtemp(prefix="medichat-perf-")
     data = os.path.join(directory, "perf.data")
@@ -224,6 +234,7 @@ def main() -> int:
         "benchmark": "cpu_split",
         "server": "floor" if options.floor else "medichat",
         "server_tree": options.server_tree,
+        "store": "postgresql" if options.database else "sqlite",
         "rate_per_s": options.rate,
         "answered_per_s": answered,
         "cpu_us_per_message": round(per_message, 1),
