@@ -80,3 +80,61 @@ class NewIdTests(SynchronousTestCase):
         parent = [model.new_id() for _ in range(50)]
         self.assertEqual(len(child), 50)
         self.assertFalse(set(child) & set(parent))
+
+
+class TimeOrderedIdTests(SynchronousTestCase):
+    """
+    L{model.new_time_id}: RFC 9562 version 7 UUIDs, ordered by the time they hold.
+    """
+
+    def test_uuid7(self) -> None:
+        """Each id is the canonical text of a version 7 UUID holding the time given."""
+        millis = 1_764_547_200_123  # 2025-12-01T00:00:00.123Z
+        for _ in range(2000):
+            text = model.new_time_id(millis)
+            parsed = uuid.UUID(text)
+            self.assertEqual((parsed.version, parsed.variant), (7, uuid.RFC_4122))
+            self.assertEqual(str(parsed), text)
+            self.assertEqual(parsed.int >> 80, millis)
+            self.assertTrue(model.is_uuid(text))
+
+    def test_random_bits(self) -> None:
+        """
+        Apart from the time, version and variant, an id is the 74 bits of the random
+        bytes it was made from, which are the same bytes version 4 ids take.
+        """
+        reads: list[bytes] = []
+
+        def urandom(size: int) -> bytes:
+            chunk = bytes((i * 53 + 7) % 256 for i in range(size))
+            reads.append(chunk)
+            return chunk
+
+        self.patch(model.os, "urandom", urandom)
+        ids = model._RandomIds()
+        made = uuid.UUID(ids.time_ordered(5))
+        random = int.from_bytes(reads[0][:16], "big")
+        time_version_variant = ((1 << 48) - 1 << 80) | (0xF << 76) | (0b11 << 62)
+        self.assertEqual(made.int & ~time_version_variant, random & ~time_version_variant)
+        self.assertEqual(made.int >> 80, 5)
+        self.assertEqual(len(reads), 1)
+
+    def test_ordered_by_time(self) -> None:
+        """An id made for a later millisecond sorts after one made for an earlier one,
+        as a UUID and as text."""
+        earlier = [model.new_time_id(1_000_000 + i) for i in range(0, 3000, 3)]
+        self.assertEqual(sorted(earlier), earlier)
+        self.assertEqual(sorted(earlier, key=uuid.UUID), earlier)
+
+    def test_unique_within_a_millisecond(self) -> None:
+        """Ids of the same millisecond differ (74 random bits)."""
+        made = {model.new_time_id(42) for _ in range(5000)}
+        self.assertEqual(len(made), 5000)
+
+    def test_out_of_range_times(self) -> None:
+        """A time before 1970 holds 0, one past what 48 bits hold holds their most; the
+        ids are still version 7 UUIDs."""
+        before = uuid.UUID(model.new_time_id(-5))
+        after = uuid.UUID(model.new_time_id(1 << 60))
+        self.assertEqual((before.int >> 80, before.version), (0, 7))
+        self.assertEqual((after.int >> 80, after.version), ((1 << 48) - 1, 7))

@@ -69,6 +69,7 @@ from medichat.model import (
     is_uuid,
     micros,
     new_id,
+    new_time_id,
     parse_time,
 )
 from medichat.pubsub.topics import conversation_topic
@@ -770,10 +771,12 @@ class ConversationService:
     async def _commit_message(
         self, user: User, conversation_id: str, text: str, idempotency_key: str | None
     ) -> Message:
+        created = self._now()
         message = Message(
-            id=new_id(),
+            # Time-ordered: the messages' index on their ids grows at its end.
+            id=new_time_id(created // 1000),
             conversation_id=conversation_id,
-            created=self._now(),
+            created=created,
             user_id=user.user_id,
             user_name=user.user_name,
             user_role=user.user_role,

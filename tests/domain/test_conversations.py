@@ -6,6 +6,7 @@ inline by L{medichat.testing.MemoryStore}) and the real in-process hub, on a L{C
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
@@ -278,6 +279,22 @@ class PostMessageTests(ServiceTestCase):
         }
         self.assertEqual(author.bodies, [compact(expected)])
         self.assertEqual(message.as_json(), expected["message"])
+
+    async def test_time_ordered_ids(self) -> None:
+        """
+        A message's id is a version 7 UUID holding its time to the millisecond, so that
+        later messages' ids sort after earlier ones' (the store's index on them grows at
+        its end).
+        """
+        conversation = await self.conversation()
+        first = await self.service.post_message(CUSTOMER, conversation.id, "one")
+        self.clock.advance(0.002)
+        second = await self.service.post_message(CUSTOMER, conversation.id, "two")
+        for message in (first, second):
+            parsed = uuid.UUID(message.id)
+            self.assertEqual((parsed.version, str(parsed)), (7, message.id))
+            self.assertEqual(parsed.int >> 80, message.created // 1000)
+        self.assertLess(first.id, second.id)
 
     async def test_auto_received(self) -> None:
         """Every other subscribed user gets the message marked received, after the message."""
