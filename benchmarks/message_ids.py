@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """
-What a chat message's id costs SQLite as its table grows: random (version 4) UUIDs, which
-land anywhere in the index on C{messages.id}, against time-ordered (version 7) ones, which
-land at its end, as C{medichat.model.new_time_id} makes them.
+What a chat message's id costs the store as its table grows: random (version 4) UUIDs,
+which land anywhere in the index on C{messages.id}, against time-ordered (version 7) ones,
+which land at its end, as C{medichat.model.new_time_id} makes them.
 
 For each kind (no server process): a new SQLite file with medichat's own migrations (WAL,
 foreign keys on, as the store has it), 200 conversations, C{--rows} messages already in
@@ -14,7 +14,17 @@ CPU of the C{INSERT} and of the C{COMMIT} (C{time.thread_time}), and the WAL pag
 commits wrote (the C{-wal} file's growth, with checkpoints off while measuring). Repeats
 C{--repeats} times, the kinds alternated, a new file each time.
 
+With C{--database URL}, on PostgreSQL instead: a database made for each run and dropped
+after it, medichat's PostgreSQL migrations, the same rows and groups through psycopg2 (one
+connection, autocommit off); after the rows are in, a C{CHECKPOINT}, so that the measured
+groups pay the full-page images that PostgreSQL writes for the first change of each page
+after a checkpoint, as a server does between its checkpoints.  Prints per message the
+backend's CPU (its C{/proc} figures: the server must run on this machine) for the
+C{INSERT} and the C{COMMIT} together, and the WAL bytes (C{pg_current_wal_lsn}).
+
     python benchmarks/message_ids.py --rows 200000
+    python benchmarks/message_ids.py --rows 200000 \\
+        --database postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -126,6 +136,66 @@ def measure(directory: str, time_ordered: bool, options: argparse.Namespace) -> 
     }
 
 
+def _backend_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_postgresql(url: str, time_ordered: bool, options: argparse.Namespace
+                       ) -> dict[str, Any]:
+    """L{measure} on a PostgreSQL database made for the run."""
+    from conversations import Database
+
+    db = Database(url)
+    db.create()
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(db.url)
+        try:
+            with connection.cursor() as cursor:
+                for migration in load_migrations("postgresql"):
+                    cursor.execute(migration.sql)
+                cursor.executemany(
+                    "INSERT INTO conversations (id, created, customer_id, customer_name)"
+                    " VALUES (%s, 0, %s, 'customer')",
+                    [(str(uuid.UUID(int=i)), f"customer-{i}") for i in range(CONVERSATIONS)],
+                )
+                connection.commit()
+                messages = Messages(time_ordered)
+
+                def group(n: int) -> None:
+                    sql = (_INSERT_MESSAGES + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n)
+                           + " RETURNING id, seq")
+                    cursor.execute(sql, messages.rows(n))
+                    cursor.fetchall()
+                    connection.commit()
+
+                for start in range(0, options.rows, 1000):
+                    group(min(1000, options.rows - start))
+                cursor.execute("CHECKPOINT")
+                cursor.execute("SELECT pg_backend_pid(), pg_current_wal_lsn()")
+                backend, before = cursor.fetchone()
+                connection.commit()
+                cpu = _backend_cpu(backend)
+                for _ in range(options.groups):
+                    group(options.group)
+                cpu = _backend_cpu(backend) - cpu
+                cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,))
+                wal = float(cursor.fetchone()[0])
+                connection.commit()
+        finally:
+            connection.close()
+    finally:
+        db.drop()
+    measured = options.groups * options.group
+    return {
+        "backend_us_per_message": round(cpu / measured * 1e6, 2),
+        "wal_bytes_per_message": round(wal / measured),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000,
@@ -135,6 +205,9 @@ def main() -> int:
     parser.add_argument("--group", type=int, default=8,
                         help="messages a transaction (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--database", default=None,
+                        help="postgresql://user@host:port[/db]: measure PostgreSQL (a "
+                             "database made and dropped for each run); default: SQLite")
     options = parser.parse_args()
     if options.rows < 0 or options.groups < 1 or options.group < 1 or options.repeats < 1:
         parser.error("--rows must not be negative; --groups, --group and --repeats positive")
@@ -142,12 +215,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="medichat-ids-") as directory:
         for _ in range(options.repeats):
             for kind, time_ordered in (("random_v4", False), ("time_ordered_v7", True)):
-                result = measure(directory, time_ordered, options)
+                if options.database:
+                    result = measure_postgresql(options.database, time_ordered, options)
+                else:
+                    result = measure(directory, time_ordered, options)
                 print(f"{kind}: {result}", file=sys.stderr)
                 runs[kind].append(result)
     report: dict[str, Any] = {
         "benchmark": "message_ids", "rows": options.rows, "groups": options.groups,
-        "group": options.group, "sqlite": sqlite3.sqlite_version, "runs": runs,
+        "group": options.group, "runs": runs,
+        "store": "postgresql" if options.database else f"sqlite {sqlite3.sqlite_version}",
     }
     for kind, results in runs.items():
         # Each figure as [least, median, most] over the repeats.
