@@ -122,9 +122,9 @@ class TimeOrderedIdTests(SynchronousTestCase):
     def test_ordered_by_time(self) -> None:
         """An id made for a later millisecond sorts after one made for an earlier one,
         as a UUID and as text."""
-        earlier = [model.new_time_id(1_000_000 + i) for i in range(0, 3000, 3)]
-        self.assertEqual(sorted(earlier), earlier)
-        self.assertEqual(sorted(earlier, key=uuid.UUID), earlier)
+        made = [model.new_time_id(1_000_000 + i) for i in range(0, 3000, 3)]
+        self.assertEqual(sorted(made), made)
+        self.assertEqual(sorted(made, key=uuid.UUID), made)
 
     def test_unique_within_a_millisecond(self) -> None:
         """Ids of the same millisecond differ (74 random bits)."""
