@@ -197,9 +197,15 @@ def main() -> int:
         if server is None:
             raise SystemExit("found no server process under the benchmark")
         log(f"sampling server {server} for {options.seconds:g} s")
-        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(options.frequency),
-                        "-g", "-p", str(server), "-o", data, "--", "sleep", str(options.seconds)],
-                       check=True, capture_output=True, timeout=options.seconds + 60)
+        sampled = subprocess.run(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(options.frequency), "-g",
+             "-p", str(server), "-o", data, "--", "sleep", str(options.seconds)],
+            capture_output=True, text=True, timeout=options.seconds + 60,
+        )
+        if sampled.returncode != 0 or not os.path.exists(data):
+            # Typically kernel.perf_event_paranoid above 1 for a user other than root.
+            raise SystemExit(f"perf record failed ({sampled.returncode}): "
+                             f"{sampled.stderr.strip()[-500:]}")
         bench.stderr.read()  # what the benchmark says of its remaining steps
         if bench.wait() != 0:
             raise SystemExit(f"the benchmark failed with {bench.returncode}")
