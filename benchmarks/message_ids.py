@@ -42,6 +42,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _harness import process_cpu  # noqa: E402
+
 from medichat.model import new_id, new_time_id  # noqa: E402
 from medichat.store.scripts import _INSERT_MESSAGES, load_migrations  # noqa: E402
 from medichat.store.sqlite import split_statements  # noqa: E402
@@ -136,12 +138,6 @@ def measure(directory: str, time_ordered: bool, options: argparse.Namespace) -> 
     }
 
 
-def _backend_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure_postgresql(url: str, time_ordered: bool, options: argparse.Namespace
                        ) -> dict[str, Any]:
     """L{measure} on a PostgreSQL database made for the run."""
@@ -178,10 +174,10 @@ def measure_postgresql(url: str, time_ordered: bool, options: argparse.Namespace
                 cursor.execute("SELECT pg_backend_pid(), pg_current_wal_lsn()")
                 backend, before = cursor.fetchone()
                 connection.commit()
-                cpu = _backend_cpu(backend)
+                cpu = process_cpu(backend)
                 for _ in range(options.groups):
                     group(options.group)
-                cpu = _backend_cpu(backend) - cpu
+                cpu = process_cpu(backend) - cpu
                 cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,))
                 wal = float(cursor.fetchone()[0])
                 connection.commit()
