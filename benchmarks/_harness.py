@@ -796,22 +796,43 @@ async def metric_values(reactor: Any, port: int) -> dict[str, float]:
     return values
 
 
-def group_figures(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+def group_figures(a: dict[str, float], b: dict[str, float],
+                  seconds: float | None = None) -> dict[str, Any]:
     """
     Chat messages committed and their store transactions between two readings of
     L{metric_values}, and the messages per transaction (the mean group size); empty for a
     server that does not count its transactions (a build from before the metric).
+
+    With SQLite (a build that counts them), also its database thread's figures: per
+    transaction (every operation of the store, not only messages), the milliseconds it
+    waited to start, ran and spent on the CPU; and, given the C{seconds} between the two
+    readings, the share of them the thread was busy.
     """
     if "medichat_message_transactions_total" not in b:
         return {}
     messages = b["medichat_messages_committed_total"] - a["medichat_messages_committed_total"]
     transactions = (b["medichat_message_transactions_total"]
                     - a["medichat_message_transactions_total"])
-    return {
+    figures: dict[str, Any] = {
         "messages_committed": int(messages),
         "message_transactions": int(transactions),
         "messages_per_transaction": round(messages / transactions, 2) if transactions else None,
     }
+    operations = (b.get("medichat_store_thread_operations_total", 0.0)
+                  - a.get("medichat_store_thread_operations_total", 0.0))
+    if operations > 0:
+        def moved(name: str) -> float:
+            key = f"medichat_store_thread_{name}_seconds_total"
+            return b[key] - a.get(key, 0.0)
+
+        figures["store_thread"] = {
+            "transactions": int(operations),
+            "wait_ms": round(moved("wait") / operations * 1000, 3),
+            "run_ms": round(moved("busy") / operations * 1000, 3),
+            "cpu_ms": round(moved("cpu") / operations * 1000, 3),
+            "busy_share": round(moved("busy") / seconds, 3) if seconds else None,
+        }
+    return figures
 
 
 class Scraper:

@@ -15,7 +15,10 @@ CPU per message (C{/proc}), its RSS, its garbage-collection pauses (the server w
 when C{MEDICHAT_GC_PAUSES} is set, see C{medichat/_gcpauses.py}), and with PostgreSQL the
 single-client single-row INSERT transactions per second C{pgbench} gets on the same
 database in the same run; with C{--metrics-scrape}, the messages per store transaction
-(the mean group commit, from the server's C{/metrics}).  Prints one JSON object.
+(the mean group commit, from the server's C{/metrics}) and, on SQLite, the database
+thread's figures: the share of the step it was busy, and per transaction the time it
+waited to start (for the thread to wake and take the GIL), ran, and spent on the CPU.
+Prints one JSON object.
 
     python benchmarks/msgpath.py
     python benchmarks/msgpath.py --database postgresql://postgres@127.0.0.1:5432/postgres
@@ -310,6 +313,15 @@ def pgbench_insert_tps(database: Database, seconds: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ measuring
 
 
+def _thread_text(figures: dict[str, Any] | None) -> str:
+    """The SQLite database thread's figures of a step, for the log line ("" without)."""
+    if not figures:
+        return ""
+    return (f"; database thread busy {figures['busy_share']}, per transaction "
+            f"{figures['wait_ms']} ms waiting to start, {figures['run_ms']} ms running "
+            f"({figures['cpu_ms']} ms CPU)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--conversations", type=int, default=200,
@@ -420,16 +432,18 @@ def main() -> int:
             # With metrics, the groups the store committed (read just outside the window).
             port = server.metrics_port
             metrics_a = await metric_values(reactor, port) if port is not None else None
+            metrics_a_at = time.monotonic()
             a, wall_a = Snapshot(server.pid, pids), time.time()
             await sleep(reactor, options.duration)
             b, wall_b = Snapshot(server.pid, pids), time.time()
             metrics_b = await metric_values(reactor, port) if port is not None else None
+            metrics_seconds = time.monotonic() - metrics_a_at
             load.stop()
             await load.drain(reactor)
             step = _step_figures(rate, load, a, b, extra)
             step["gc"] = gc_pauses(gc_file.name, wall_a, wall_b)
             if metrics_a is not None and metrics_b is not None:
-                step["groups"] = group_figures(metrics_a, metrics_b)
+                step["groups"] = group_figures(metrics_a, metrics_b, metrics_seconds)
             steps.append(step)
             log(f"  {step['answered_per_s']}/s answered; POST p50/p99 "
                 f"{step['post_p50_ms']}/{step['post_p99_ms']} ms; delivery p50/p99 "
@@ -440,7 +454,8 @@ def main() -> int:
                 f"({step['gc'].get('over_5ms')} over 5 ms); other processes "
                 f"{step['other_processes_busy_cores']} cores"
                 + (f"; {step['groups']['messages_per_transaction']} messages per transaction"
-                   if step.get("groups") else ""))
+                   if step.get("groups") else "")
+                + _thread_text(step.get("groups", {}).get("store_thread")))
             if not options.all_steps and (
                 step["lost"] or step["delivery_p99_ms"] is None
                 or step["delivery_p99_ms"] > options.p99_limit

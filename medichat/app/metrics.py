@@ -41,6 +41,27 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+def _database_thread(thread: Any) -> Iterator[Metric]:
+    """The counts of the SQLite store's database thread."""
+    yield CounterMetricFamily("medichat_store_thread_operations",
+                              "Transactions the SQLite store's database thread ran.",
+                              value=thread.operations)
+    yield CounterMetricFamily("medichat_store_thread_wait_seconds",
+                              "Seconds transactions waited from being queued for the SQLite "
+                              "database thread to their start there (behind the ones before "
+                              "them, then for the thread to wake and take the GIL).",
+                              value=thread.waited)
+    yield CounterMetricFamily("medichat_store_thread_busy_seconds",
+                              "Seconds the SQLite database thread spent running transactions, "
+                              "commits included (its rate: how busy the thread is).",
+                              value=thread.busy)
+    yield CounterMetricFamily("medichat_store_thread_cpu_seconds",
+                              "CPU seconds the SQLite database thread spent on transactions "
+                              "(busy seconds less these: waits inside, for the disk or the "
+                              "GIL).",
+                              value=thread.cpu)
+
+
 def _counter(name: str, documentation: str, labels: Sequence[str],
              values: dict[str, int] | dict[tuple[str, ...], int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=labels)
@@ -62,7 +83,8 @@ class LiveCollector:
     @ivar conversations: the conversation service (C{messages_committed}).
     @ivar presence: answers C{online_employees()}.
     @ivar store: answers C{count_nodes()} with the cluster; counts
-        C{message_transactions}.
+        C{message_transactions}; with SQLite, its C{database_thread} counts what that
+        thread does (L{medichat.store._dbthread.DatabaseThread}).
     @ivar broadcast: with PostgreSQL, the C{LISTEN} connection (C{connected},
         C{reconnects}); L{None} otherwise.
     @ivar node: with PostgreSQL, this process's node (C{removed_nodes}); L{None} otherwise.
@@ -168,6 +190,9 @@ class LiveCollector:
                                   "per group commit, and one per message of a failed "
                                   "group retried on its own.",
                                   value=self.store.message_transactions)
+        thread = getattr(self.store, "database_thread", None)
+        if thread is not None:
+            yield from _database_thread(thread)
         yield CounterMetricFamily("medichat_events_published",
                                   "Durable conversation events the event feed published.",
                                   value=self.feed.published)

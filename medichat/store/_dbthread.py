@@ -8,6 +8,12 @@ coordinator, its context propagation and a cursor wrapper, which cost about as m
 operation as the hop itself (C{docs/benchmarks.md}, tenth session).  This thread takes
 operations from a queue in the order they were given, runs each as one transaction on the
 connection, and hands the outcome back with C{callFromThread}.
+
+It counts what it does (L{DatabaseThread.operations} and the seconds beside it), for the
+metrics: how busy the thread is, and how long an operation waits to start.  Under load the
+wait is more than the operations queued before it: the thread, once woken, must take the
+GIL back from the reactor thread, which releases it at each system call and takes it again
+before a waiting thread has woken up (C{docs/benchmarks.md}, fourteenth session).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
+from time import perf_counter, thread_time
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -34,6 +41,17 @@ class DatabaseThread:
     @param reactor: provides C{IReactorThreads}: outcomes are delivered on its thread.
     @param connect: makes the connection (called in the new thread).
     @param name: the thread's name.
+
+    @ivar operations: operations run so far, committed or rolled back.
+    @ivar waited: seconds those operations spent from L{run} to their start in the thread:
+        behind the ones queued before them, then for the thread to wake and take the GIL.
+    @ivar busy: seconds the thread spent running them, their commits and rollbacks
+        included: over a span of time, how busy it was.
+    @ivar cpu: CPU seconds the thread spent on them; C{busy - cpu} is what they waited
+        for inside (the disk's C{fdatasync}, the GIL after each call into SQLite).
+
+    Only the thread writes them; the reactor thread reads them (a scrape), each an
+    up-to-date number, though not always of the same operation as the others.
     """
 
     def __init__(self, reactor: Any, connect: Callable[[], sqlite3.Connection],
@@ -45,6 +63,10 @@ class DatabaseThread:
         self._opened: Deferred[None] = Deferred()
         self._closed: Deferred[None] = Deferred()
         self._closing = False
+        self.operations = 0
+        self.waited = 0.0
+        self.busy = 0.0
+        self.cpu = 0.0
 
     def start(self) -> Deferred[None]:
         """
@@ -65,7 +87,7 @@ class DatabaseThread:
         if self._closing:
             raise RuntimeError("the database thread is closed")
         done: Deferred[T] = Deferred()
-        self._queue.put((interaction, args, done))
+        self._queue.put((interaction, args, done, perf_counter()))
         return done
 
     def close(self) -> Deferred[None]:
@@ -94,22 +116,31 @@ class DatabaseThread:
                 item = get()
                 if item is _STOP:
                     break
-                interaction, args, done = item
+                interaction, args, done, queued = item
+                started = perf_counter()
+                cpu = thread_time()
                 cursor = connection.cursor()
                 try:
-                    result = interaction(cursor, *args)
+                    outcome = interaction(cursor, *args)
                     connection.commit()
+                    deliver = done.callback
                 except BaseException:
-                    failure = Failure()
+                    outcome = Failure()
+                    deliver = done.errback
                     try:
                         connection.rollback()
                     except BaseException:
                         pass  # the operation's own error is what its caller hears
-                    call(done.errback, failure)
-                else:
-                    call(done.callback, result)
                 finally:
                     cursor.close()
+                # Counted before its caller hears of it: whoever reads the counts then
+                # finds the operation in them.
+                self.cpu += thread_time() - cpu
+                ended = perf_counter()
+                self.busy += ended - started
+                self.waited += started - queued
+                self.operations += 1
+                call(deliver, outcome)
         finally:
             connection.close()
             call(self._ended)

@@ -91,6 +91,14 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         self._busy_timeout = busy_timeout
         self._pool: DatabaseThread | None = None
 
+    @property
+    def database_thread(self) -> DatabaseThread | None:
+        """
+        The thread that runs the store's transactions, with its counts (for the metrics);
+        L{None} before L{start} and after L{stop}.
+        """
+        return self._pool
+
     def start(self) -> Deferred[None]:
         """See L{IStore.start}."""
         return Deferred.fromCoroutine(self._start())

@@ -6,6 +6,7 @@ while real STOMP-over-WebSocket clients (stomp.py) and real HTTP (treq) act.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import treq
@@ -208,6 +209,40 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         self.assertEqual(families["medichat_stomp_sessions_closed"], "counter")
         self.assertIn("process_resident_memory_bytes", families)
 
+    @inlineCallbacks
+    def test_database_thread(self) -> Any:
+        """
+        On SQLite, the database thread's counts: each transaction (a message's among
+        them) counted, with the seconds it waited, ran and spent on the CPU; each family
+        in docs/operations.md.
+        """
+        text, before = yield self.scrape()
+        token = self.token(CUSTOMER, "c1", "customer")
+        code, conversation = yield self.http("POST", "/v1/conversation", token)
+        self.assertEqual(code, 201)
+        code, _ = yield self.http("POST", f"/v1/conversation/{conversation['id']}/message",
+                                  token, {"message": "Hello"})
+        self.assertEqual(code, 201)
+        _, after = yield self.scrape()
+        names = ("operations", "wait_seconds", "busy_seconds", "cpu_seconds")
+        moved = {
+            name: value(after, f"medichat_store_thread_{name}_total")
+            - value(before, f"medichat_store_thread_{name}_total")
+            for name in names
+        }
+        # The conversation's and the message's transactions at least (and the
+        # authentication's or the feed's reads, if any).
+        self.assertGreaterEqual(moved["operations"], 2)
+        self.assertGreater(moved["busy_seconds"], 0)
+        self.assertGreater(moved["cpu_seconds"], 0)
+        self.assertGreaterEqual(moved["wait_seconds"], 0)
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__)))), "docs", "operations.md"), encoding="utf-8") as f:
+            documented = f.read()
+        missing = [name for name in names
+                   if f"`medichat_store_thread_{name}_total`" not in documented]
+        self.assertEqual(missing, [])
+
 
 class PostgreSQLMetricsTests(LiveServerMixin, TestCase):
     """
@@ -234,6 +269,8 @@ class PostgreSQLMetricsTests(LiveServerMixin, TestCase):
         self.assertEqual(value(first, "medichat_cluster_listen_connected"), 1)
         self.assertEqual(value(first, "medichat_cluster_listen_reconnects_total"), 0)
         self.assertEqual(value(first, "medichat_cluster_dead_nodes_removed_total"), 0)
+        # No SQLite thread here.
+        self.assertNotIn(("medichat_store_thread_operations_total", ()), first)
         # The node count and online employees come from the database: asked at each
         # scrape, reported from the previous answer, which may still be on its way when
         # the next scrape comes (its read waits for a free connection).

@@ -92,6 +92,32 @@ class DatabaseThreadTests(TestCase):
         self.assertNotIn(threading.get_ident(), threads)
         self.assertEqual(heard, [(n, threading.get_ident()) for n in range(20)])
 
+    async def test_counts(self) -> None:
+        """
+        Each operation, committed or rolled back, is counted with the seconds it waited,
+        ran and used the CPU, before its caller hears of it.
+        """
+        database = await self.started()
+        self.assertEqual(
+            (database.operations, database.waited, database.busy, database.cpu), (0, 0, 0, 0)
+        )
+
+        def insert(cursor: sqlite3.Cursor, n: int) -> int:
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("INSERT INTO t (n) VALUES (?)", (n,))
+            return database.operations
+
+        def counted(_: object) -> int:
+            return database.operations
+
+        self.assertEqual(await database.run(insert, 1), 0)
+        self.assertEqual(await database.run(insert, 2).addCallback(counted), 2)
+        failed = database.run(insert, 1).addCallbacks(counted, lambda _: database.operations)
+        self.assertEqual(await failed, 3)
+        self.assertGreater(database.busy, 0)
+        self.assertGreater(database.cpu, 0)
+        self.assertGreaterEqual(database.waited, 0)
+
     async def test_close_runs_what_was_queued(self) -> None:
         """close() lets what was queued before it run, then ends the thread."""
         database = DatabaseThread(reactor, self.connect)
