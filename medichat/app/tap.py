@@ -84,7 +84,7 @@ from medichat.stomp.codec import Limits
 from medichat.stomp.linger import Lingering
 from medichat.stomp.registry import RevocationObserver, SessionRegistry
 from medichat.stomp.session import StompConfig, StompServices
-from medichat.store import open_store
+from medichat.store import SQLiteStore, open_store
 from medichat.store.broadcast import DEFAULT_KEEPALIVE, PostgreSQLBroadcast
 from medichat.store.postgres import redact
 from medichat.store.scripts import DEFAULT_GROUP_TARGET, DEFAULT_GROUP_WINDOW, SQLStore
@@ -1094,6 +1094,9 @@ def makeService(
             broadcast=broadcast, node=node, connections=cap,
         ))
         store.observer = metrics.store_operation
+        if isinstance(store, SQLiteStore):
+            # For medichat_store_thread_*: a few clock reads per transaction, metrics only.
+            store.time_thread = True
         feed.lag_observer = metrics.event_lag
         observe_requests(site, metrics.http_request, RestAPI.router.url_map)
         metrics.setServiceParent(top)

@@ -9,8 +9,9 @@ operation as the hop itself (C{docs/benchmarks.md}, tenth session).  This thread
 operations from a queue in the order they were given, runs each as one transaction on the
 connection, and hands the outcome back with C{callFromThread}.
 
-It counts what it does (L{DatabaseThread.operations} and the seconds beside it), for the
-metrics: how busy the thread is, and how long an operation waits to start.  Under load the
+It counts what it does (L{DatabaseThread.operations}) and, when asked (C{timed}: the
+server has metrics), the seconds beside it: how busy the thread is, and how long an
+operation waits to start.  Under load the
 wait is more than the operations queued before it: the thread, once woken, must take the
 GIL back from the reactor thread, which releases it at each system call and takes it again
 before a waiting thread has woken up (C{docs/benchmarks.md}, fourteenth session).
@@ -41,6 +42,8 @@ class DatabaseThread:
     @param reactor: provides C{IReactorThreads}: outcomes are delivered on its thread.
     @param connect: makes the connection (called in the new thread).
     @param name: the thread's name.
+    @param timed: keep L{waited}, L{busy} and L{cpu} (two clock reads and two of the
+        thread's CPU time per operation); they stay 0 otherwise.
 
     @ivar operations: operations run so far, committed or rolled back.
     @ivar waited: seconds those operations spent from L{run} to their start in the thread:
@@ -55,7 +58,7 @@ class DatabaseThread:
     """
 
     def __init__(self, reactor: Any, connect: Callable[[], sqlite3.Connection],
-                 name: str = "medichat-sqlite") -> None:
+                 name: str = "medichat-sqlite", *, timed: bool = False) -> None:
         self._reactor = reactor
         self._connect = connect
         self._queue: SimpleQueue[Any] = SimpleQueue()
@@ -63,6 +66,7 @@ class DatabaseThread:
         self._opened: Deferred[None] = Deferred()
         self._closed: Deferred[None] = Deferred()
         self._closing = False
+        self.timed = timed
         self.operations = 0
         self.waited = 0.0
         self.busy = 0.0
@@ -87,7 +91,7 @@ class DatabaseThread:
         if self._closing:
             raise RuntimeError("the database thread is closed")
         done: Deferred[T] = Deferred()
-        self._queue.put((interaction, args, done, perf_counter()))
+        self._queue.put((interaction, args, done, perf_counter() if self.timed else 0.0))
         return done
 
     def close(self) -> Deferred[None]:
@@ -117,8 +121,9 @@ class DatabaseThread:
                 if item is _STOP:
                     break
                 interaction, args, done, queued = item
-                started = perf_counter()
-                cpu = thread_time()
+                if queued:
+                    started = perf_counter()
+                    cpu = thread_time()
                 cursor = connection.cursor()
                 try:
                     outcome = interaction(cursor, *args)
@@ -135,10 +140,11 @@ class DatabaseThread:
                     cursor.close()
                 # Counted before its caller hears of it: whoever reads the counts then
                 # finds the operation in them.
-                self.cpu += thread_time() - cpu
-                ended = perf_counter()
-                self.busy += ended - started
-                self.waited += started - queued
+                if queued:
+                    self.cpu += thread_time() - cpu
+                    ended = perf_counter()
+                    self.busy += ended - started
+                    self.waited += started - queued
                 self.operations += 1
                 call(deliver, outcome)
         finally:

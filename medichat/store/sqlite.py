@@ -90,6 +90,8 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         self.path = path
         self._busy_timeout = busy_timeout
         self._pool: DatabaseThread | None = None
+        # Whether the database thread keeps its times (the server's metrics want them).
+        self.time_thread = False
 
     @property
     def database_thread(self) -> DatabaseThread | None:
@@ -115,7 +117,8 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
         if not self._create and not os.path.exists(self.path):
             raise MissingDatabase(f"{self.path} holds no medichat database")
         _create_private(self.path)
-        pool = self._pool = DatabaseThread(self._reactor, self._connect)
+        pool = self._pool = DatabaseThread(self._reactor, self._connect,
+                                           timed=self.time_thread)
         try:
             await pool.start().addErrback(translate_failure, self.path)
             outcome = await self._start_running()

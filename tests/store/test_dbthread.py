@@ -24,8 +24,8 @@ class DatabaseThreadTests(TestCase):
         connection.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER NOT NULL UNIQUE)")
         return connection
 
-    async def started(self) -> DatabaseThread:
-        database = DatabaseThread(reactor, self.connect)
+    async def started(self, timed: bool = False) -> DatabaseThread:
+        database = DatabaseThread(reactor, self.connect, timed=timed)
         await database.start()
         self.addCleanup(database.close)
         return database
@@ -97,7 +97,7 @@ class DatabaseThreadTests(TestCase):
         Each operation, committed or rolled back, is counted with the seconds it waited,
         ran and used the CPU, before its caller hears of it.
         """
-        database = await self.started()
+        database = await self.started(timed=True)
         self.assertEqual(
             (database.operations, database.waited, database.busy, database.cpu), (0, 0, 0, 0)
         )
@@ -117,6 +117,19 @@ class DatabaseThreadTests(TestCase):
         self.assertGreater(database.busy, 0)
         self.assertGreater(database.cpu, 0)
         self.assertGreaterEqual(database.waited, 0)
+
+    async def test_untimed(self) -> None:
+        """Not timed (the default), operations are counted and the seconds stay 0."""
+        database = await self.started()
+
+        def nothing(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("SELECT 1")
+
+        await database.run(nothing)
+        await database.run(nothing)
+        self.assertEqual(
+            (database.operations, database.waited, database.busy, database.cpu), (2, 0, 0, 0)
+        )
 
     async def test_close_runs_what_was_queued(self) -> None:
         """close() lets what was queued before it run, then ends the thread."""
