@@ -807,7 +807,8 @@ def commit_messages(
          that two such transactions, in two processes, never deadlock);
       2. each message in turn, in order: L{_admit} (may it be stored at all? is it a
          replay?), a message with the key of an earlier one of the group being that
-         one's replay;
+         one's replay; then the employees' access-log rows of them all, in that order, in
+         one statement (L{_insert_access});
       3. the messages admitted, in order: L{_store_messages} (the message rows, the
          receipts they move, their conversations' triage);
       4. each of those in turn, in order: L{commit_message} (the rest of what it
@@ -829,11 +830,12 @@ def commit_messages(
     # A key that an earlier message of this group brings: its replay, without a look-up.
     keyed: dict[tuple[str, str, str], int] = {}
     replays: list[tuple[int, int]] = []
+    accesses: list[AccessEntry] = []
     for commit in commits:
         message, key = commit.message, commit.idempotency_key
         first = None if key is None else keyed.get((message.conversation_id, message.user_id, key))
         outcome = yield from _admit(
-            dialect, commit, customers.get(message.conversation_id), first is None
+            dialect, commit, customers.get(message.conversation_id), accesses, first is None
         )
         if outcome is True:
             if first is not None:
@@ -844,6 +846,7 @@ def commit_messages(
                     keyed[message.conversation_id, message.user_id, key] = len(outcomes)
             outcome = None
         outcomes.append(outcome)
+    yield from _insert_access(dialect, accesses)
     stored = yield from _store_messages(dialect, [commits[i] for i in admitted])
     events: list[PendingEvent] = []
     for i, (message, received, changed) in zip(admitted, stored, strict=True):
@@ -859,7 +862,11 @@ def commit_messages(
 
 
 def _admit(
-    dialect: Dialect, commit: MessageCommit, customer: str | None, look_up_key: bool = True
+    dialect: Dialect,
+    commit: MessageCommit,
+    customer: str | None,
+    accesses: list[AccessEntry],
+    look_up_key: bool = True,
 ) -> Script[MessageCommitted | None | Literal[True]]:
     """
     Whether a message may be stored, inside L{commit_messages} with its conversation's
@@ -867,7 +874,8 @@ def _admit(
 
       1. the poster must take part in the conversation; if not (or there is no such
          conversation), nothing is written and the outcome is L{None};
-      2. an employee's access is recorded (L{MessageCommit.access}; a replay's too);
+      2. an employee's access is to be recorded (L{MessageCommit.access}; a replay's
+         too): appended to C{accesses}, which L{commit_messages} writes;
       3. a replayed idempotency key writes nothing more: its outcome is the first
          message.
 
@@ -885,7 +893,7 @@ def _admit(
     ):
         return None
     if commit.access is not None:
-        yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
+        accesses.append(evolve(commit.access, customer_id=customer))
     key = commit.idempotency_key
     if key is not None and look_up_key:
         first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)

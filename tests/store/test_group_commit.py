@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from medichat.errors import DuplicateError, StoreUnavailable
 from medichat.model import (
+    AccessEntry,
     Conversation,
     Message,
     MessageCommit,
@@ -34,7 +35,14 @@ from medichat.store.scripts import Result, Script, SQLStore, Statement, commit_m
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
 from tests.store import test_store as scenario
-from tests.store.test_store import T0, StoreTestsMixin, a_message, in_streams, raw_write
+from tests.store.test_store import (
+    T0,
+    StoreTestsMixin,
+    a_conversation,
+    a_message,
+    in_streams,
+    raw_write,
+)
 
 if TYPE_CHECKING:
     _Base = StoreTestsMixin
@@ -275,6 +283,50 @@ class GroupCommitMixin(_Base):
         conversation = await store.get_conversation(two.id)
         assert conversation is not None
         self.assertEqual(conversation.last_activity, T0 + 4)
+
+    async def test_group_access_rows(self) -> None:
+        """
+        The access-log rows of a group's employee messages (a replay's too, none for a
+        customer's or for a message refused) are written in one statement, in the
+        messages' order, each with its conversation's customer.
+        """
+        store = await self.started()
+        store.max_groups = 1
+        one, two = [await self.stored_conversation(store) for _ in range(2)]
+        lone = a_message(one, T0, "opening")  # alone: nothing was under way
+        nurse = [a_message((two, one)[i], T0 + 1 + i, f"n{i}", NURSE, "employee")
+                 for i in range(2)]
+        # The first one's key again: a replay, still an access.
+        replay = evolve(nurse[0], id=new_id(), created=T0 + 3)
+        refused = a_message(a_conversation(), T0 + 5, "x", NURSE, "employee")
+
+        def access(message: Message) -> AccessEntry:
+            return AccessEntry(message.created, NURSE, "Nora", "employee", "message",
+                               message.conversation_id, None, "192.0.2.1")
+
+        commits = [
+            MessageCommit(lone, None, ()),
+            MessageCommit(nurse[0], "key", (), access=access(nurse[0])),
+            MessageCommit(a_message(two, T0 + 4, "c"), None, ()),
+            MessageCommit(nurse[1], None, (), access=access(nurse[1])),
+            MessageCommit(refused, None, (), access=access(refused)),
+            MessageCommit(replay, "key", (), access=access(replay)),
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(store, lambda: [store.commit_message(c) for c in commits])
+        outcomes = await self.outcomes(posted)
+        self.assertIsNone(outcomes[4])
+        self.assertEqual(outcomes[5].message.id, nurse[0].id)
+        self.assertEqual(len(counted.runs), 2)
+        self.assertEqual(
+            sum("INSERT INTO access_log" in text for text in counted.texts[1]), 1
+        )
+        logged = await store.access_log(descending=False)
+        self.assertEqual(
+            [(e.at, e.conversation_id, e.customer_id) for e in logged],
+            [(T0 + 1, two.id, two.customer_id), (T0 + 2, one.id, one.customer_id),
+             (T0 + 3, two.id, two.customer_id)],
+        )
 
     async def test_group_commit(self) -> None:
         """
