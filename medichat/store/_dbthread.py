@@ -11,10 +11,10 @@ connection, and hands the outcome back with C{callFromThread}.
 
 It counts what it does (L{DatabaseThread.operations}) and, when asked (C{timed}: the
 server has metrics), the seconds beside it: how busy the thread is, and how long an
-operation waits to start.  Under load the
-wait is more than the operations queued before it: the thread, once woken, must take the
-GIL back from the reactor thread, which releases it at each system call and takes it again
-before a waiting thread has woken up (C{docs/benchmarks.md}, fourteenth session).
+operation waits to start.  Under load the wait is more than the operations queued before
+it: the thread, once woken, must take the GIL back from the reactor thread, which releases
+it at each system call and takes it again before a waiting thread has woken up
+(C{docs/benchmarks.md}, fourteenth session).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class DatabaseThread:
         if self._closing:
             raise RuntimeError("the database thread is closed")
         done: Deferred[T] = Deferred()
-        self._queue.put((interaction, args, done, perf_counter() if self.timed else 0.0))
+        self._queue.put((interaction, args, done, perf_counter() if self.timed else None))
         return done
 
     def close(self) -> Deferred[None]:
@@ -121,7 +121,7 @@ class DatabaseThread:
                 if item is _STOP:
                     break
                 interaction, args, done, queued = item
-                if queued:
+                if queued is not None:
                     started = perf_counter()
                     cpu = thread_time()
                 cursor = connection.cursor()
@@ -140,7 +140,7 @@ class DatabaseThread:
                     cursor.close()
                 # Counted before its caller hears of it: whoever reads the counts then
                 # finds the operation in them.
-                if queued:
+                if queued is not None:
                     self.cpu += thread_time() - cpu
                     ended = perf_counter()
                     self.busy += ended - started

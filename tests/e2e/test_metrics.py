@@ -216,7 +216,7 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         them) counted, with the seconds it waited, ran and spent on the CPU; each family
         in docs/operations.md.
         """
-        text, before = yield self.scrape()
+        _, before = yield self.scrape()
         token = self.token(CUSTOMER, "c1", "customer")
         code, conversation = yield self.http("POST", "/v1/conversation", token)
         self.assertEqual(code, 201)
@@ -235,6 +235,7 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         self.assertGreaterEqual(moved["operations"], 2)
         self.assertGreater(moved["busy_seconds"], 0)
         self.assertGreater(moved["cpu_seconds"], 0)
+        self.assertIn(("medichat_store_thread_wait_seconds_total", ()), after)
         self.assertGreaterEqual(moved["wait_seconds"], 0)
         with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__)))), "docs", "operations.md"), encoding="utf-8") as f:
