@@ -134,10 +134,13 @@ class Result:
 
     @ivar rows: the rows it returned (empty for statements that return none).
     @ivar rowcount: how many rows it changed, as the driver counts them.
+    @ivar last_id: after an C{INSERT} of one row, its rowid where the driver tells it
+        (SQLite's C{lastrowid}); L{None} otherwise.
     """
 
     rows: list[tuple[Any, ...]]
     rowcount: int
+    last_id: int | None = None
 
 
 Script = Generator[Statement, Result, T]
@@ -1031,7 +1034,7 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
     results come back as three JSON arrays.  Either every message's receipts come from
     the presence tables or every one's from L{MessageCommit.received_by}.
     """
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(commits))
+    rows = ", ".join([_ONE_MESSAGE] * len(commits))
     params: list[object] = []
     for commit in commits:
         params += _message_insert(commit.message)[1]
@@ -1090,7 +1093,7 @@ def _store_apart(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[l
     their conversations' triage.  Every message's receipts come from
     L{MessageCommit.received_by}.
     """
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(commits))
+    rows = ", ".join([_ONE_MESSAGE] * len(commits))
     params: list[object] = []
     for commit in commits:
         params += _message_insert(commit.message)[1]
@@ -1204,8 +1207,10 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
         row = result.rows[0]
         seq, users, active = row[0], row[1], row[2:]
     else:
-        result = yield dialect.prepared(insert, *insert_params)
-        seq, users = result.rows[0][0], []
+        # The C{seq} is the row's rowid: no C{RETURNING}, which costs SQLite an ephemeral
+        # table for the row (docs/benchmarks.md, fourteenth session).
+        result = yield dialect.prepared(_INSERT_MESSAGES + _ONE_MESSAGE, *insert_params)
+        seq, users = result.last_id, []
         if receipts is not None:
             moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
             users = [row[0] for row in moved_rows.rows]
@@ -1224,10 +1229,14 @@ _INSERT_MESSAGES = (
 (L{_message_insert}'s parameters)."""
 
 
+_ONE_MESSAGE = "(?, ?, ?, ?, ?, ?, ?)"
+"""The row of one message in L{_INSERT_MESSAGES}."""
+
+
 def _message_insert(message: Message) -> tuple[str, list[object]]:
     """The C{INSERT} of a message, which returns its C{seq}."""
     return (
-        _INSERT_MESSAGES + "(?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        _INSERT_MESSAGES + _ONE_MESSAGE + " RETURNING seq",
         [
             message.id,
             message.conversation_id,

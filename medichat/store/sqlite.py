@@ -273,7 +273,7 @@ def run_script(cursor: Any, script: Script[T], write: bool) -> T:
             else:
                 cursor.execute(statement.sql, statement.params)
                 rows = cursor.fetchall() if cursor.description is not None else []
-                result = Result(rows, cursor.rowcount)
+                result = Result(rows, cursor.rowcount, cursor.lastrowid)
             statement = script.send(result)
     except StopIteration as stop:
         value: T = stop.value
