@@ -46,6 +46,15 @@ EMPLOYEE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+def operations_doc() -> str:
+    """The text of docs/operations.md, whose metrics table lists every family."""
+    import medichat
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
+    with open(os.path.join(root, "docs", "operations.md"), encoding="utf-8") as f:
+        return f.read()
+
+
 def samples_of(metrics: Metrics) -> Samples:
     """Every sample of a scrape, by name and sorted labels."""
     return {
@@ -441,8 +450,4 @@ class DocumentedTests(_Process):
         samples_of(self.metrics)
 
     def operations_doc(self) -> str:
-        import medichat
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(medichat.__file__)))
-        with open(os.path.join(root, "docs", "operations.md"), encoding="utf-8") as f:
-            return f.read()
+        return operations_doc()

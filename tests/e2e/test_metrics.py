@@ -6,7 +6,6 @@ while real STOMP-over-WebSocket clients (stomp.py) and real HTTP (treq) act.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import treq
@@ -19,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from tests._pg import create_test_database
 from tests._server import LiveServerMixin, in_thread
 from tests._stompclient import wait_for, wait_until, ws_connection
+from tests.app.test_metrics import operations_doc
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 EMPLOYEE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
@@ -237,9 +237,7 @@ class MetricsEndToEndTests(LiveServerMixin, TestCase):
         self.assertGreater(moved["cpu_seconds"], 0)
         self.assertIn(("medichat_store_thread_wait_seconds_total", ()), after)
         self.assertGreaterEqual(moved["wait_seconds"], 0)
-        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-                os.path.abspath(__file__)))), "docs", "operations.md"), encoding="utf-8") as f:
-            documented = f.read()
+        documented = operations_doc()
         missing = [name for name in names
                    if f"`medichat_store_thread_{name}_total`" not in documented]
         self.assertEqual(missing, [])
