@@ -24,8 +24,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from itertools import count
+from time import time
+from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 
 from medichat.http.forwarded import Network, client_address
@@ -92,7 +94,7 @@ class AccessLog:
         user: User | None = getattr(request, _USER_ATTRIBUTE, None)
         raw_path = getattr(request, "path", None) or request.uri.split(b"?", 1)[0]
         agent = request.getHeader(b"user-agent")
-        fields = {
+        fields: dict[str, Any] = {
             "request_id": getattr(request, "request_id", None) or "-",
             "method": _text(request.method, 16),
             "path": _text(raw_path, _MAX_PATH),
@@ -107,12 +109,24 @@ class AccessLog:
         # The line is made here, once, rather than from a format string naming every
         # field: twisted.logger's formatting (and the JSON log's flattening) of ten fields
         # took twice as long as the rest of the event.
-        line = (
+        fields["access"] = (
             f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B "
             f"{fields['duration_ms']}ms from {fields['client']} user {fields['user_id']} "
             f"({fields['user_role']}) [{fields['request_id']}]"
         )
-        _log.info("{access}", access=line, **fields)
+        # The event that _log.info("{access}", ...) would make, made here: Logger.emit
+        # first looks the level up among LogLevel's constants (sorting them) and copies
+        # the keyword arguments, 3.8 us a request against 0.5 for this
+        # (docs/benchmarks.md, fifteenth session).
+        fields.update(
+            log_logger=_log,
+            log_level=LogLevel.info,
+            log_namespace=_log.namespace,
+            log_source=_log.source,
+            log_format="{access}",
+            log_time=time(),
+        )
+        _log.observer(fields)
 
 
 __all__ = ["AccessLog", "RequestIds", "remember_user"]
