@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
-from attrs import define, evolve, field
+from attrs import define, field
 from klein import Klein
 from twisted.cred.portal import Portal
 from twisted.internet.defer import CancelledError, Deferred
@@ -443,7 +443,7 @@ class RestAPI:
         if isinstance(credentials, BearerToken):
             self._remember_bearer(credentials.token, user)
         # Where this request came from, for the access log of what the user then sees.
-        user = evolve(user, address=client_address(request, self.trusted_proxies))
+        user = user.at(client_address(request, self.trusted_proxies))
         remember_user(request, user)
         return user
 

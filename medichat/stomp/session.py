@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, evolve, field, frozen
+from attrs import define, field, frozen
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -671,7 +671,7 @@ class StompSession:
         if self._services.registry.session_count(user.user_id) >= most:
             raise StompError("too many sessions", f"at most {most} live sessions per user",
                              CLOSE_POLICY)
-        self.user = evolve(user, address=self.address)
+        self.user = user.at(self.address)
         self.version = version
         self._parser.limits = self._config.limits
         self._state = _CONNECTED
@@ -1045,7 +1045,7 @@ class StompSession:
         def valid(user: User) -> None:
             if self._state != _CONNECTED:
                 return
-            self.user = evolve(user, address=self.address)
+            self.user = user.at(self.address)
             self._timers.append(
                 self._services.wheel.call_later(self._config.revalidate_interval,
                                                 self._revalidate)

@@ -896,7 +896,7 @@ def _admit(
     ):
         return None
     if commit.access is not None:
-        accesses.append(evolve(commit.access, customer_id=customer))
+        accesses.append(commit.access.of_customer(customer))
     key = commit.idempotency_key
     if key is not None and look_up_key:
         first = yield from _find_by_key(dialect, message.conversation_id, message.user_id, key)
@@ -1173,7 +1173,7 @@ def _stored_segment(
     for commit in commits:
         m = commit.message
         received = tuple(sorted(users.get(m.conversation_id, ())))
-        stored.append((evolve(m, seq=seqs[m.id]), received, changed.get(m.conversation_id)))
+        stored.append((m.with_seq(seqs[m.id]), received, changed.get(m.conversation_id)))
     return stored
 
 
@@ -1218,7 +1218,7 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
         active = activity.rows[0] if activity.rows else (None,)
     changed = None if active[0] is None else conversation_from_row(active)
     received = tuple(sorted(str(user_id) for user_id in users))
-    return evolve(message, seq=int(seq)), received, changed
+    return message.with_seq(int(seq)), received, changed
 
 
 _INSERT_MESSAGES = (
@@ -1587,7 +1587,7 @@ def _record_message_access(dialect: Dialect, commit: MessageCommit) -> Script[No
         "SELECT customer_id FROM conversations WHERE id = ?", commit.message.conversation_id
     )
     customer = str(result.rows[0][0]) if result.rows else ""
-    yield from _record_access(dialect, evolve(commit.access, customer_id=customer))
+    yield from _record_access(dialect, commit.access.of_customer(customer))
 
 
 def _insert_access(dialect: Dialect, entries: Sequence[AccessEntry]) -> Script[None]:
