@@ -1189,9 +1189,9 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
     """
     message = commit.message
     insert, insert_params = _message_insert(message)
-    receipts = _receipts_insert(commit)
     update, update_params = _message_activity(message)
     if dialect.modifying_ctes:
+        receipts = _receipts_insert(commit)
         text = f"WITH inserted AS ({insert})"
         params = list(insert_params)
         moved = "ARRAY[]::text[]"
@@ -1211,7 +1211,15 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
         # table for the row (docs/benchmarks.md, fourteenth session).
         result = yield dialect.prepared(_INSERT_MESSAGES + _ONE_MESSAGE, *insert_params)
         seq, users = result.last_id, []
-        if receipts is not None:
+        reached = _one_reached(commit)
+        if reached is not None:
+            # Whether one receipt moved is the row count: no C{RETURNING} either.
+            moved_one = yield dialect.prepared(
+                _INSERT_RECEIPT + _MOVE_RECEIPT_ONLY_FORWARD,
+                message.conversation_id, "received", reached, message.created,
+            )
+            users = [reached] if moved_one.rowcount > 0 else []
+        elif (receipts := _receipts_insert(commit)) is not None:
             moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
             users = [row[0] for row in moved_rows.rows]
         activity = yield dialect.prepared(update, *update_params)
@@ -1257,6 +1265,21 @@ _MOVE_RECEIPT_ONLY_FORWARD = (
 
 _MOVE_RECEIPT = _MOVE_RECEIPT_ONLY_FORWARD + " RETURNING user_id"
 """Makes an C{INSERT INTO receipts} move receipts forward only, and name those it moved."""
+
+_INSERT_RECEIPT = "INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES (?, ?, ?, ?)"
+"""The C{INSERT} of one receipt, before L{_MOVE_RECEIPT_ONLY_FORWARD}: the driver's row
+count then says whether it moved (1) or not (0), as a row from C{RETURNING} would, which
+costs SQLite an ephemeral table a statement (docs/benchmarks.md, sixteenth session)."""
+
+
+def _one_reached(commit: MessageCommit) -> str | None:
+    """The one user whose receipt a message moves, if it names exactly one (its author
+    aside); L{None} if it reaches nobody, several, or whoever is subscribed."""
+    if commit.received_by is None:
+        return None
+    users = set(commit.received_by)
+    users.discard(commit.message.user_id)
+    return users.pop() if len(users) == 1 else None
 
 
 def _receipts_insert(commit: MessageCommit) -> tuple[str, list[object]] | None:
@@ -1420,16 +1443,11 @@ def _mark(
     yield from _lock_conversation(dialect, conversation_id)
     yield from _record_access(dialect, access)
     # One statement, so that two writers cannot both read the old time and both win;
-    # RETURNING gives a row only where a row was inserted or moved forward.
+    # it changes a row only where one was inserted or moved forward.
     result = yield dialect.statement(
-        "INSERT INTO receipts (conversation_id, kind, user_id, at) VALUES (?, ?, ?, ?)"
-        + _MOVE_RECEIPT,
-        conversation_id,
-        kind,
-        user_id,
-        at,
+        _INSERT_RECEIPT + _MOVE_RECEIPT_ONLY_FORWARD, conversation_id, kind, user_id, at
     )
-    if not result.rows:
+    if result.rowcount < 1:
         return False  # a receipt that does not move writes no event
     event = receipt_event(kind, user_id, at)
     yield from _append_events(dialect, [PendingEvent(conversation_id, kind, event, at)])
@@ -1446,7 +1464,8 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
     with their conversations' rows locked (L{_lock_conversations}).  Three statements
     however many events and conversations, and four with an event of the employees' feed
     (on PostgreSQL the first two are one, and the inserts go with the C{COMMIT}; on SQLite
-    the first is a plain C{UPDATE} for one conversation, an C{UPDATE ... FROM} for more).
+    the first is an C{UPDATE ... FROM} for several conversations, and for one the two
+    updates are plain and a C{SELECT} reads what they left: one statement more).
 
     The conversations' rows give the next offsets of their streams.  The global positions
     come last: the one row of C{event_counter} stays locked from here to the commit, so
@@ -1463,16 +1482,25 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
     offsets: dict[str, int] = {}
     last_position: int | None = None
     if len(counts) == 1 and not dialect.modifying_ctes:
-        # One conversation (a lone message) on SQLite: a plain UPDATE, which it runs for
-        # some 40,000 instructions less than the UPDATE ... FROM below
-        # (docs/benchmarks.md, fourteenth session).
+        # One conversation (a lone message) on SQLite: plain UPDATEs, which it runs for
+        # some 40,000 instructions less than the UPDATE ... FROM below, then one SELECT
+        # of what they left, for some 30,000 less than an ephemeral table for each
+        # RETURNING (docs/benchmarks.md, fourteenth and sixteenth sessions).  The
+        # transaction holds SQLite's write lock: nothing moves them in between.
         ((conversation_id, count),) = counts.items()
-        result = yield dialect.prepared(
-            "UPDATE conversations SET last_offset = last_offset + ? WHERE id = ?"
-            " RETURNING id, last_offset",
+        yield dialect.prepared(
+            "UPDATE conversations SET last_offset = last_offset + ? WHERE id = ?",
             count,
             conversation_id,
         )
+        yield dialect.prepared("UPDATE event_counter SET last = last + ? WHERE id = 1",
+                               len(events))
+        result = yield dialect.prepared(
+            "SELECT conversations.id, last_offset, last FROM event_counter"
+            " LEFT JOIN conversations ON conversations.id = ? WHERE event_counter.id = 1",
+            conversation_id,
+        )
+        last_position = int(result.rows[0][2])
     elif counts:
         # The cast types the count for PostgreSQL's PREPARE (a bare parameter in VALUES
         # would be text).
