@@ -92,6 +92,22 @@ class Conversation:
     assignee_name: str = ""
     last_activity: int = field(default=Factory(lambda self: self.created, takes_self=True))
 
+    def after_message(self, created: int, by_customer: bool) -> Conversation | None:
+        """
+        What a new message does to this conversation's triage: its last activity moves
+        forward to the message's time and, if a customer wrote it, a resolved conversation
+        opens again.  (The same rule as the SQL of L{medichat.store.scripts}'
+        C{_message_activity}, which the stores run where they do not use this.)
+
+        @return: the conversation after the message, or L{None} if neither changed.
+        """
+        status: Status = "open" if by_customer else self.status
+        if self.last_activity >= created and status == self.status:
+            return None
+        return Conversation(self.id, self.created, self.customer_id, self.customer_name,
+                            status, self.assignee_id, self.assignee_name,
+                            max(self.last_activity, created))
+
     def triage_json(self) -> dict[str, Any]:
         """
         What triage adds to the conversation's JSON: C{status}, C{assigneeId},

@@ -1,7 +1,7 @@
 """
 Tests for the value objects' direct copies (L{User.at}, L{Message.with_seq},
-L{AccessEntry.of_customer}): each must equal C{attrs.evolve} with the one field changed,
-whatever fields the class has.
+L{AccessEntry.of_customer}, L{Conversation.after_message}): each must equal
+C{attrs.evolve} with the fields it changes changed, whatever fields the class has.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from medichat.model import AccessEntry, Message, User
+from medichat.model import AccessEntry, Conversation, Message, User
 
 
 def _every_field_set(cls: type) -> Any:
@@ -49,3 +49,18 @@ class CopiesTests(SynchronousTestCase):
         entry = _every_field_set(AccessEntry)
         self.assertEqual(entry.of_customer("c"), attrs.evolve(entry, customer_id="c"))
         self.assertEqual(entry.of_customer(None), attrs.evolve(entry, customer_id=None))
+
+    def test_conversation_after_message(self) -> None:
+        """
+        L{Conversation.after_message} moves the last activity forward only, reopens for
+        a customer, keeps every other field, and is L{None} when neither moves.
+        """
+        conversation = attrs.evolve(_every_field_set(Conversation), last_activity=10)
+        self.assertEqual(conversation.after_message(20, False),
+                         attrs.evolve(conversation, last_activity=20))
+        self.assertEqual(conversation.after_message(20, True),
+                         attrs.evolve(conversation, last_activity=20, status="open"))
+        self.assertEqual(conversation.after_message(5, True),
+                         attrs.evolve(conversation, status="open"))
+        self.assertIsNone(conversation.after_message(10, False))
+        self.assertIsNone(attrs.evolve(conversation, status="open").after_message(5, True))

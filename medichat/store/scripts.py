@@ -825,9 +825,14 @@ def commit_messages(
     @return: each message's outcome, in order: what was committed, the first message for
         a replayed idempotency key, or L{None} if the poster may not post there.
     """
-    customers = yield from _lock_conversations(
-        dialect, {commit.message.conversation_id for commit in commits}
-    )
+    ids = {commit.message.conversation_id for commit in commits}
+    # SQLite works a lone message's triage out from the whole row (L{_store_message}).
+    known: dict[str, Conversation] = {}
+    if dialect.modifying_ctes:
+        customers = yield from _lock_conversations(dialect, ids)
+    else:
+        known = yield from _lock_whole_conversations(dialect, ids)
+        customers = {id_: conversation.customer_id for id_, conversation in known.items()}
     outcomes: list[MessageCommitted | None] = []
     admitted: list[int] = []
     # A key that an earlier message of this group brings: its replay, without a look-up.
@@ -850,7 +855,7 @@ def commit_messages(
             outcome = None
         outcomes.append(outcome)
     yield from _insert_access(dialect, accesses)
-    stored = yield from _store_messages(dialect, [commits[i] for i in admitted])
+    stored = yield from _store_messages(dialect, [commits[i] for i in admitted], known)
     events: list[PendingEvent] = []
     for i, (message, received, changed) in zip(admitted, stored, strict=True):
         outcomes[i] = yield from commit_message(
@@ -977,16 +982,36 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
 
     @return: the customer of each conversation that exists, by conversation id.
     """
+    rows = yield from _locked_rows(dialect, conversation_ids, "id, customer_id")
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
+def _lock_whole_conversations(
+    dialect: Dialect, conversation_ids: set[str]
+) -> Script[dict[str, Conversation]]:
+    """
+    L{_lock_conversations}, reading the whole rows.
+
+    @return: each conversation that exists, by id.
+    """
+    rows = yield from _locked_rows(dialect, conversation_ids, _CONVERSATION_COLUMNS)
+    return {str(row[0]): conversation_from_row(row) for row in rows}
+
+
+def _locked_rows(
+    dialect: Dialect, conversation_ids: set[str], columns: str
+) -> Script[list[tuple[Any, ...]]]:
+    """The C{columns} of the conversations that exist, locked in id order."""
     if not conversation_ids:
-        return {}
+        return []
     ordered = sorted(conversation_ids)
     marks = ", ".join("?" * len(ordered))
     result = yield dialect.prepared(
-        f"SELECT id, customer_id FROM conversations WHERE id IN ({marks}) ORDER BY id"
+        f"SELECT {columns} FROM conversations WHERE id IN ({marks}) ORDER BY id"
         + dialect.lock_row,
         *ordered,
     )
-    return {str(row[0]): str(row[1]) for row in result.rows}
+    return result.rows
 
 
 _Stored = tuple[Message, tuple[str, ...], Conversation | None]
@@ -994,7 +1019,9 @@ _Stored = tuple[Message, tuple[str, ...], Conversation | None]
 conversation after its triage moved (or L{None})."""
 
 
-def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[list[_Stored]]:
+def _store_messages(
+    dialect: Dialect, commits: Sequence[MessageCommit], known: dict[str, Conversation]
+) -> Script[list[_Stored]]:
     """
     L{_store_message} for each message, in order.  Consecutive messages of different
     conversations go together: on PostgreSQL in one statement (L{_store_together}), so
@@ -1003,6 +1030,9 @@ def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
     not three each.  A conversation's second message starts the next segment, since one
     statement cannot change a row twice (its receipts, its triage) and must see the first
     one's changes.
+
+    @param known: on SQLite, the rows of the messages' conversations as locked, kept up
+        to date here as their triage moves (L{_store_message} reads them).
     """
     segments: list[list[MessageCommit]] = []
     seen: set[str] = set()
@@ -1019,10 +1049,14 @@ def _store_messages(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
         if len(segment) > 1 and dialect.modifying_ctes and uniform:
             stored += yield from _store_together(dialect, segment)
         elif len(segment) > 1 and all(c.received_by is not None for c in segment):
-            stored += yield from _store_apart(dialect, segment)
+            apart = yield from _store_apart(dialect, segment)
+            for _, _, changed in apart:
+                if changed is not None:
+                    known[changed.id] = changed
+            stored += apart
         else:
             for commit in segment:
-                stored.append((yield from _store_message(dialect, commit)))
+                stored.append((yield from _store_message(dialect, commit, known)))
     return stored
 
 
@@ -1177,21 +1211,26 @@ def _stored_segment(
     return stored
 
 
-def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
+def _store_message(
+    dialect: Dialect, commit: MessageCommit, known: dict[str, Conversation]
+) -> Script[_Stored]:
     """
     Insert the message, move the C{received} receipts of the users it reaches, and move
     its conversation's triage (L{_message_activity}): three statements, which PostgreSQL
     runs as one (data-modifying C{WITH} queries touching three different tables, none of
     which reads what another writes), so that a message costs one round trip there.
+    SQLite works the triage out from the conversation's row in C{known}
+    (L{Conversation.after_message}) and writes it with a plain C{UPDATE}, or none.
 
     @return: the message with its C{seq}; the users whose receipt moved, in user id
         order; the conversation after its triage moved, or L{None} if it did not.
     """
     message = commit.message
     insert, insert_params = _message_insert(message)
-    update, update_params = _message_activity(message)
+    changed: Conversation | None
     if dialect.modifying_ctes:
         receipts = _receipts_insert(commit)
+        update, update_params = _message_activity(message)
         text = f"WITH inserted AS ({insert})"
         params = list(insert_params)
         moved = "ARRAY[]::text[]"
@@ -1206,6 +1245,7 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
         result = yield dialect.prepared(text, *params, *update_params)
         row = result.rows[0]
         seq, users, active = row[0], row[1], row[2:]
+        changed = None if active[0] is None else conversation_from_row(active)
     else:
         # The C{seq} is the row's rowid: no C{RETURNING}, which costs SQLite an ephemeral
         # table for the row (docs/benchmarks.md, fourteenth session).
@@ -1222,9 +1262,19 @@ def _store_message(dialect: Dialect, commit: MessageCommit) -> Script[_Stored]:
         elif (receipts := _receipts_insert(commit)) is not None:
             moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
             users = [row[0] for row in moved_rows.rows]
-        activity = yield dialect.prepared(update, *update_params)
-        active = activity.rows[0] if activity.rows else (None,)
-    changed = None if active[0] is None else conversation_from_row(active)
+        # The row is locked and this transaction's alone: no RETURNING, which costs SQLite
+        # an ephemeral table (docs/benchmarks.md, sixteenth session).
+        changed = known[message.conversation_id].after_message(
+            message.created, message.user_role == "customer"
+        )
+        if changed is not None:
+            yield dialect.prepared(
+                "UPDATE conversations SET last_activity = ?, status = ? WHERE id = ?",
+                changed.last_activity,
+                changed.status,
+                changed.id,
+            )
+            known[changed.id] = changed
     received = tuple(sorted(str(user_id) for user_id in users))
     return message.with_seq(int(seq)), received, changed
 
@@ -1330,7 +1380,8 @@ def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script
 def _message_activity(message: Message) -> tuple[str, list[object]]:
     """
     What a stored message does to its conversation's triage, as one statement (the
-    conversation locked): its last activity moves forward to the message's time and, if
+    conversation locked; SQLite's lone message runs L{Conversation.after_message}, the
+    same rule in Python, instead): its last activity moves forward to the message's time and, if
     a customer wrote it, a resolved conversation opens again.  It returns the
     conversation's row if either changed (which then gets a C{conversationUpdated}
     event), none otherwise.

@@ -387,6 +387,49 @@ class GroupCommitMixin(_Base):
             self.assertEqual(offsets, list(range(1, len(offsets) + 1)))
             self.assertIn(len(offsets), (10, 20))
 
+    async def test_triage_in_one_group(self) -> None:
+        """
+        In one transaction, each message's triage starts from what the one before left:
+        a customer reopens a resolved conversation and the nurse's next messages leave
+        it open, whether the message before went alone or beside other conversations'.
+        """
+        store = await self.started()
+        store.max_groups = 1
+        first, a, b, c = [await self.stored_conversation(store) for _ in range(4)]
+        for conversation in (a, b, c):
+            await store.set_status(conversation.id, "resolved", T0 + 1)
+        position = await store.last_event_position()
+        nurse: dict[str, Any] = {"user_id": NURSE, "role": "employee"}
+        messages = [
+            a_message(first, T0 + 2, "commits alone, while the others gather"),
+            a_message(a, T0 + 3, "reopens a"),
+            a_message(a, T0 + 4, "a alone again", **nurse),
+            a_message(a, T0 + 5, "a beside b and c", **nurse),
+            a_message(b, T0 + 6, "reopens b"),
+            a_message(c, T0 + 7, "reopens c"),
+            a_message(b, T0 + 8, "b alone, after b beside a and c", **nurse),
+        ]
+        counted = Transactions(store)
+        posted = self.concurrently(
+            store, lambda: [store.commit_message(MessageCommit(m)) for m in messages]
+        )
+        outcomes = await self.outcomes(posted)
+        self.assertTrue(all(o.created for o in outcomes))
+        self.assertEqual(counted.writes, 2)
+        for conversation, last in ((a, T0 + 5), (b, T0 + 8), (c, T0 + 7)):
+            stored = await store.get_conversation(conversation.id)
+            assert stored is not None
+            self.assertEqual((stored.status, stored.last_activity), ("open", last))
+        updated = [
+            (e.conversation_id, json.loads(e.body)["conversationUpdated"])
+            for e in await store.events_after(position, 100)
+            if e.kind == "conversationUpdated"
+        ]
+        self.assertEqual(
+            [(cid, body["status"], body["lastActivity"]) for cid, body in updated],
+            [(m.conversation_id, "open", format_time(m.created)) for m in messages],
+        )
+
     async def test_groups_side_by_side(self) -> None:
         """
         With up to three groups under way at a time, sixty concurrent messages in six

@@ -207,6 +207,26 @@ class TriageStoreTestsMixin(_Base):
         self.assertEqual(stored.last_activity, T0 + 10)
         self.assertEqual([e.kind for e in await store.events_after(position, 10)], ["message"])
 
+    async def test_reopen_keeps_last_activity(self) -> None:
+        """
+        A customer's message older than the last activity (a clock step back) still
+        reopens a resolved conversation, and leaves the last activity where it was.
+        """
+        store = await self.started()
+        conversation = await self.conversation(store)
+        await self.post(store, conversation, T0 + 10, NURSE, "employee")
+        await store.set_status(conversation.id, "resolved", T0 + 11)
+        position = await store.last_event_position()
+        await self.post(store, conversation, T0 + 5)
+        stored = await store.get_conversation(conversation.id)
+        assert stored is not None
+        self.assertEqual((stored.status, stored.last_activity), ("open", T0 + 10))
+        updated = feed(await store.events_after(position, 10))
+        self.assertEqual(
+            [(kind, body["status"], body["lastActivity"]) for kind, body in updated],
+            [("conversationUpdated", "open", format_time(T0 + 10))],
+        )
+
     # -- assignment
 
     async def test_claim_and_release(self) -> None:
