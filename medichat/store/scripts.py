@@ -826,13 +826,15 @@ def commit_messages(
         a replayed idempotency key, or L{None} if the poster may not post there.
     """
     ids = {commit.message.conversation_id for commit in commits}
-    # SQLite works a lone message's triage out from the whole row (L{_store_message}).
+    # SQLite works the triage of the messages of one conversation out from its whole row
+    # (L{_store_message}); reading whole rows for a group of several would cost more
+    # than it saves there.
     known: dict[str, Conversation] = {}
-    if dialect.modifying_ctes:
-        customers = yield from _lock_conversations(dialect, ids)
-    else:
+    if len(ids) == 1 and not dialect.modifying_ctes:
         known = yield from _lock_whole_conversations(dialect, ids)
         customers = {id_: conversation.customer_id for id_, conversation in known.items()}
+    else:
+        customers = yield from _lock_conversations(dialect, ids)
     outcomes: list[MessageCommitted | None] = []
     admitted: list[int] = []
     # A key that an earlier message of this group brings: its replay, without a look-up.
@@ -1031,8 +1033,8 @@ def _store_messages(
     statement cannot change a row twice (its receipts, its triage) and must see the first
     one's changes.
 
-    @param known: on SQLite, the rows of the messages' conversations as locked, kept up
-        to date here as their triage moves (L{_store_message} reads them).
+    @param known: on SQLite, the rows of conversations as locked, if read whole, kept up
+        to date as their triage moves (L{_store_message}).
     """
     segments: list[list[MessageCommit]] = []
     seen: set[str] = set()
@@ -1049,11 +1051,7 @@ def _store_messages(
         if len(segment) > 1 and dialect.modifying_ctes and uniform:
             stored += yield from _store_together(dialect, segment)
         elif len(segment) > 1 and all(c.received_by is not None for c in segment):
-            apart = yield from _store_apart(dialect, segment)
-            for _, _, changed in apart:
-                if changed is not None:
-                    known[changed.id] = changed
-            stored += apart
+            stored += yield from _store_apart(dialect, segment)
         else:
             for commit in segment:
                 stored.append((yield from _store_message(dialect, commit, known)))
@@ -1219,8 +1217,8 @@ def _store_message(
     its conversation's triage (L{_message_activity}): three statements, which PostgreSQL
     runs as one (data-modifying C{WITH} queries touching three different tables, none of
     which reads what another writes), so that a message costs one round trip there.
-    SQLite works the triage out from the conversation's row in C{known}
-    (L{Conversation.after_message}) and writes it with a plain C{UPDATE}, or none.
+    SQLite works the triage out from the conversation's row in C{known}, if there
+    (L{Conversation.after_message}), and writes it with a plain C{UPDATE}, or none.
 
     @return: the message with its C{seq}; the users whose receipt moved, in user id
         order; the conversation after its triage moved, or L{None} if it did not.
@@ -1262,19 +1260,23 @@ def _store_message(
         elif (receipts := _receipts_insert(commit)) is not None:
             moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
             users = [row[0] for row in moved_rows.rows]
-        # The row is locked and this transaction's alone: no RETURNING, which costs SQLite
-        # an ephemeral table (docs/benchmarks.md, sixteenth session).
-        changed = known[message.conversation_id].after_message(
-            message.created, message.user_role == "customer"
-        )
-        if changed is not None:
-            yield dialect.prepared(
-                "UPDATE conversations SET last_activity = ?, status = ? WHERE id = ?",
-                changed.last_activity,
-                changed.status,
-                changed.id,
-            )
-            known[changed.id] = changed
+        before = known.get(message.conversation_id)
+        if before is not None:
+            # The row is locked and this transaction's alone: no RETURNING, which costs
+            # SQLite an ephemeral table (docs/benchmarks.md, sixteenth session).
+            changed = before.after_message(message.created, message.user_role == "customer")
+            if changed is not None:
+                yield dialect.prepared(
+                    "UPDATE conversations SET last_activity = ?, status = ? WHERE id = ?",
+                    changed.last_activity,
+                    changed.status,
+                    changed.id,
+                )
+                known[changed.id] = changed
+        else:
+            update, update_params = _message_activity(message)
+            activity = yield dialect.prepared(update, *update_params)
+            changed = conversation_from_row(activity.rows[0]) if activity.rows else None
     received = tuple(sorted(str(user_id) for user_id in users))
     return message.with_seq(int(seq)), received, changed
 
