@@ -826,13 +826,12 @@ def commit_messages(
         a replayed idempotency key, or L{None} if the poster may not post there.
     """
     ids = {commit.message.conversation_id for commit in commits}
-    # SQLite works the triage of the messages of one conversation out from its whole row
-    # (L{_store_message}); reading whole rows for a group of several would cost more
-    # than it saves there.
-    known: dict[str, Conversation] = {}
+    # SQLite reads the whole row of one conversation (L{_Whole}); reading whole rows for a
+    # group of several would cost more than it saves there.
+    whole: _Whole | None = None
     if len(ids) == 1 and not dialect.modifying_ctes:
-        known = yield from _lock_whole_conversations(dialect, ids)
-        customers = {id_: conversation.customer_id for id_, conversation in known.items()}
+        whole = yield from _lock_whole(dialect, next(iter(ids)))
+        customers = {} if whole is None else {whole.row.id: whole.row.customer_id}
     else:
         customers = yield from _lock_conversations(dialect, ids)
     outcomes: list[MessageCommitted | None] = []
@@ -857,7 +856,7 @@ def commit_messages(
             outcome = None
         outcomes.append(outcome)
     yield from _insert_access(dialect, accesses)
-    stored = yield from _store_messages(dialect, [commits[i] for i in admitted], known)
+    stored = yield from _store_messages(dialect, [commits[i] for i in admitted], whole)
     events: list[PendingEvent] = []
     for i, (message, received, changed) in zip(admitted, stored, strict=True):
         outcomes[i] = yield from commit_message(
@@ -867,7 +866,7 @@ def commit_messages(
         original = outcomes[first]
         assert original is not None
         outcomes[i] = MessageCommitted(original.message, False)
-    yield from _append_events(dialect, events)
+    yield from _append_events(dialect, events, whole)
     return outcomes
 
 
@@ -941,7 +940,9 @@ def commit_message(
     own to publish takes C{events} too and appends a L{PendingEvent} to it (never writes
     C{events} itself): it is then written with the others, in order, at the end.  Its
     statements run for every message: write them with L{Dialect.prepared}, with
-    C{later=True} where the step does not read the result.
+    C{later=True} where the step does not read the result.  (On SQLite, the triage and
+    stream offset of a transaction of one conversation reach its row only at the end,
+    with the events, L{_Whole}: a step learns them from C{changed}, not from the row.)
 
     @param stored: the message with its C{seq}.
     @param received: the users whose C{received} receipt it moved, in user id order.
@@ -984,36 +985,53 @@ def _lock_conversations(dialect: Dialect, conversation_ids: set[str]) -> Script[
 
     @return: the customer of each conversation that exists, by conversation id.
     """
-    rows = yield from _locked_rows(dialect, conversation_ids, "id, customer_id")
-    return {str(row[0]): str(row[1]) for row in rows}
-
-
-def _lock_whole_conversations(
-    dialect: Dialect, conversation_ids: set[str]
-) -> Script[dict[str, Conversation]]:
-    """
-    L{_lock_conversations}, reading the whole rows.
-
-    @return: each conversation that exists, by id.
-    """
-    rows = yield from _locked_rows(dialect, conversation_ids, _CONVERSATION_COLUMNS)
-    return {str(row[0]): conversation_from_row(row) for row in rows}
-
-
-def _locked_rows(
-    dialect: Dialect, conversation_ids: set[str], columns: str
-) -> Script[list[tuple[Any, ...]]]:
-    """The C{columns} of the conversations that exist, locked in id order."""
     if not conversation_ids:
-        return []
+        return {}
     ordered = sorted(conversation_ids)
     marks = ", ".join("?" * len(ordered))
     result = yield dialect.prepared(
-        f"SELECT {columns} FROM conversations WHERE id IN ({marks}) ORDER BY id"
+        f"SELECT id, customer_id FROM conversations WHERE id IN ({marks}) ORDER BY id"
         + dialect.lock_row,
         *ordered,
     )
-    return result.rows
+    return {str(row[0]): str(row[1]) for row in result.rows}
+
+
+@define  # not frozen: the transaction moves it along
+class _Whole:
+    """
+    On SQLite, the one conversation of a message transaction, read whole as it begins
+    (L{_lock_whole}), with its stream's last offset and the event counter: the messages'
+    triage is worked out from it (L{_store_message}), and it goes back to the database
+    with the events' offsets and positions at the end (L{_append_events}), in two plain
+    C{UPDATE}s, instead of a statement with C{RETURNING} for each of the three, which
+    costs SQLite an ephemeral table each, and a C{SELECT} (docs/benchmarks.md, sixteenth
+    session).  Sound because the transaction holds SQLite's write lock from its
+    C{BEGIN IMMEDIATE}: nothing else moves the row or the counter meanwhile.
+
+    @ivar row: the conversation, as the transaction's messages leave it.
+    @ivar last_offset: its stream's last offset when read.
+    @ivar last_position: the event counter when read.
+    """
+
+    row: Conversation
+    last_offset: int
+    last_position: int
+
+
+def _lock_whole(dialect: Dialect, conversation_id: str) -> Script[_Whole | None]:
+    """L{_lock_conversations} of one conversation, reading it whole (L{_Whole}); L{None} if
+    there is no such conversation."""
+    result = yield dialect.prepared(
+        f"SELECT {_CONVERSATION_COLUMNS}, last_offset,"
+        " (SELECT last FROM event_counter WHERE id = 1) FROM conversations WHERE id = ?"
+        + dialect.lock_row,
+        conversation_id,
+    )
+    if not result.rows:
+        return None
+    row = result.rows[0]
+    return _Whole(conversation_from_row(row[:-2]), int(row[-2]), int(row[-1]))
 
 
 _Stored = tuple[Message, tuple[str, ...], Conversation | None]
@@ -1022,7 +1040,7 @@ conversation after its triage moved (or L{None})."""
 
 
 def _store_messages(
-    dialect: Dialect, commits: Sequence[MessageCommit], known: dict[str, Conversation]
+    dialect: Dialect, commits: Sequence[MessageCommit], whole: _Whole | None = None
 ) -> Script[list[_Stored]]:
     """
     L{_store_message} for each message, in order.  Consecutive messages of different
@@ -1033,8 +1051,7 @@ def _store_messages(
     statement cannot change a row twice (its receipts, its triage) and must see the first
     one's changes.
 
-    @param known: on SQLite, the rows of conversations as locked, if read whole, kept up
-        to date as their triage moves (L{_store_message}).
+    @param whole: on SQLite, the messages' one conversation, if read whole.
     """
     segments: list[list[MessageCommit]] = []
     seen: set[str] = set()
@@ -1054,7 +1071,7 @@ def _store_messages(
             stored += yield from _store_apart(dialect, segment)
         else:
             for commit in segment:
-                stored.append((yield from _store_message(dialect, commit, known)))
+                stored.append((yield from _store_message(dialect, commit, whole)))
     return stored
 
 
@@ -1210,15 +1227,15 @@ def _stored_segment(
 
 
 def _store_message(
-    dialect: Dialect, commit: MessageCommit, known: dict[str, Conversation]
+    dialect: Dialect, commit: MessageCommit, whole: _Whole | None = None
 ) -> Script[_Stored]:
     """
     Insert the message, move the C{received} receipts of the users it reaches, and move
     its conversation's triage (L{_message_activity}): three statements, which PostgreSQL
     runs as one (data-modifying C{WITH} queries touching three different tables, none of
     which reads what another writes), so that a message costs one round trip there.
-    SQLite works the triage out from the conversation's row in C{known}, if there
-    (L{Conversation.after_message}), and writes it with a plain C{UPDATE}, or none.
+    SQLite, given the conversation read whole, works the triage out in Python
+    (L{Conversation.after_message}) and leaves it to L{_append_events} to write.
 
     @return: the message with its C{seq}; the users whose receipt moved, in user id
         order; the conversation after its triage moved, or L{None} if it did not.
@@ -1260,19 +1277,10 @@ def _store_message(
         elif (receipts := _receipts_insert(commit)) is not None:
             moved_rows = yield dialect.prepared(receipts[0], *receipts[1])
             users = [row[0] for row in moved_rows.rows]
-        before = known.get(message.conversation_id)
-        if before is not None:
-            # The row is locked and this transaction's alone: no RETURNING, which costs
-            # SQLite an ephemeral table (docs/benchmarks.md, sixteenth session).
-            changed = before.after_message(message.created, message.user_role == "customer")
+        if whole is not None:
+            changed = whole.row.after_message(message.created, message.user_role == "customer")
             if changed is not None:
-                yield dialect.prepared(
-                    "UPDATE conversations SET last_activity = ?, status = ? WHERE id = ?",
-                    changed.last_activity,
-                    changed.status,
-                    changed.id,
-                )
-                known[changed.id] = changed
+                whole.row = changed
         else:
             update, update_params = _message_activity(message)
             activity = yield dialect.prepared(update, *update_params)
@@ -1511,14 +1519,17 @@ _COUNT_EVENTS = "UPDATE event_counter SET last = last + ? WHERE id = 1 RETURNING
 """Takes positions for events (its one parameter: how many); the last one taken."""
 
 
-def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[list[StoredEvent]]:
+def _append_events(
+    dialect: Dialect, events: Sequence[PendingEvent], whole: _Whole | None = None
+) -> Script[list[StoredEvent]]:
     """
     Write durable events, in order, in the current transaction; call at its very end,
     with their conversations' rows locked (L{_lock_conversations}).  Three statements
     however many events and conversations, and four with an event of the employees' feed
     (on PostgreSQL the first two are one, and the inserts go with the C{COMMIT}; on SQLite
-    the first is an C{UPDATE ... FROM} for several conversations, and for one the two
-    updates are plain and a C{SELECT} reads what they left: one statement more).
+    see L{_take_offsets}).  Given the transaction's one conversation read whole
+    (L{_Whole}), its row, with its triage, and the counter are written back instead
+    (L{_write_back}).
 
     The conversations' rows give the next offsets of their streams.  The global positions
     come last: the one row of C{event_counter} stays locked from here to the commit, so
@@ -1532,22 +1543,103 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
     for pending in events:
         if not pending.feed:
             counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
-    offsets: dict[str, int] = {}
+    if whole is not None:
+        offsets, last_position = yield from _write_back(dialect, whole, counts, len(events))
+    else:
+        offsets, last_position = yield from _take_offsets(dialect, counts, len(events))
+    position = last_position - len(events) + 1
+    stored = []
+    for pending in events:
+        offset = 0
+        if not pending.feed:
+            offset = offsets[pending.conversation_id]
+            offsets[pending.conversation_id] = offset + 1
+        stored.append(
+            StoredEvent(
+                position, pending.conversation_id, offset, pending.kind,
+                event_json(pending.event), pending.created,
+            )
+        )
+        position += 1
+    streamed = [e for e, pending in zip(stored, events, strict=True) if not pending.feed]
+    if streamed:
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(streamed))
+        params: list[object] = []
+        for e in streamed:
+            params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
+        yield dialect.prepared(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params, later=True
+        )
+    fed = [e for e, pending in zip(stored, events, strict=True) if pending.feed]
+    if fed:
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(fed))
+        params = []
+        for e in fed:
+            params.extend((e.position, e.conversation_id, e.kind, e.body, e.created))
+        yield dialect.prepared(
+            "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
+            f" VALUES {values}",
+            *params,
+            later=True,
+        )
+    yield Written("", events=tuple(stored))
+    return stored
+
+
+def _write_back(
+    dialect: Dialect, whole: _Whole, counts: dict[str, int], events: int
+) -> Script[tuple[dict[str, int], int]]:
+    """
+    L{_take_offsets} for a transaction whose one conversation was read whole (SQLite,
+    L{_Whole}): the conversation's row, its triage with its stream's new last offset, and
+    the counter, in two plain C{UPDATE}s.
+
+    @param counts: how many events of its stream the transaction writes (by conversation
+        id: its own, or none).
+    @param events: how many events it writes in all.
+    @return: the first offset of its new events (by conversation id), and the last
+        position taken.
+    """
+    row = whole.row
+    yield dialect.prepared(
+        "UPDATE conversations SET last_activity = ?, status = ?, last_offset = ? WHERE id = ?",
+        row.last_activity,
+        row.status,
+        whole.last_offset + counts.get(row.id, 0),
+        row.id,
+    )
+    last_position = whole.last_position + events
+    yield dialect.prepared("UPDATE event_counter SET last = ? WHERE id = 1", last_position)
+    return {row.id: whole.last_offset + 1}, last_position
+
+
+def _take_offsets(
+    dialect: Dialect, counts: dict[str, int], events: int
+) -> Script[tuple[dict[str, int], int]]:
+    """
+    Move the conversations' streams' last offsets on by C{counts} (by conversation id)
+    and the event counter by C{events}: on PostgreSQL in one statement; on SQLite an
+    C{UPDATE ... FROM} for several conversations, then the counter's; for one, two plain
+    C{UPDATE}s and a C{SELECT} of what they left.
+
+    @return: the first offset of each conversation's new events, and the last position
+        taken.
+    """
     last_position: int | None = None
+    result = _NOTHING
     if len(counts) == 1 and not dialect.modifying_ctes:
-        # One conversation (a lone message) on SQLite: plain UPDATEs, which it runs for
-        # some 40,000 instructions less than the UPDATE ... FROM below, then one SELECT
-        # of what they left, for some 30,000 less than an ephemeral table for each
-        # RETURNING (docs/benchmarks.md, fourteenth and sixteenth sessions).  The
-        # transaction holds SQLite's write lock: nothing moves them in between.
+        # One conversation on SQLite: plain UPDATEs, which it runs for some 40,000
+        # instructions less than the UPDATE ... FROM below, then one SELECT of what they
+        # left, for some 30,000 less than an ephemeral table for each RETURNING
+        # (docs/benchmarks.md, fourteenth and sixteenth sessions).  The transaction holds
+        # SQLite's write lock: nothing moves them in between.
         ((conversation_id, count),) = counts.items()
         yield dialect.prepared(
             "UPDATE conversations SET last_offset = last_offset + ? WHERE id = ?",
             count,
             conversation_id,
         )
-        yield dialect.prepared("UPDATE event_counter SET last = last + ? WHERE id = 1",
-                               len(events))
+        yield dialect.prepared("UPDATE event_counter SET last = last + ? WHERE id = 1", events)
         result = yield dialect.prepared(
             "SELECT conversations.id, last_offset, last FROM event_counter"
             " LEFT JOIN conversations ON conversations.id = ? WHERE event_counter.id = 1",
@@ -1575,57 +1667,20 @@ def _append_events(dialect: Dialect, events: Sequence[PendingEvent]) -> Script[l
                 " SELECT moved.id, moved.last_offset, counted.last"
                 " FROM counted LEFT JOIN moved ON TRUE",
                 *params,
-                len(events),
+                events,
             )
             last_position = int(result.rows[0][2])
         else:
             result = yield dialect.prepared(added, *params)
-    if counts:
-        # The first offset of each conversation's new events.
-        offsets = {
-            str(row[0]): int(row[1]) - counts[str(row[0])] + 1
-            for row in result.rows if row[0] is not None
-        }
+    # The first offset of each conversation's new events.
+    offsets = {
+        str(row[0]): int(row[1]) - counts[str(row[0])] + 1
+        for row in result.rows if row[0] is not None
+    }
     if last_position is None:
-        result = yield dialect.prepared(_COUNT_EVENTS, len(events))
-        last_position = int(result.rows[0][0])
-    position = last_position - len(events) + 1
-    stored = []
-    for pending in events:
-        offset = 0
-        if not pending.feed:
-            offset = offsets[pending.conversation_id]
-            offsets[pending.conversation_id] = offset + 1
-        stored.append(
-            StoredEvent(
-                position, pending.conversation_id, offset, pending.kind,
-                event_json(pending.event), pending.created,
-            )
-        )
-        position += 1
-    streamed = [e for e, pending in zip(stored, events, strict=True) if not pending.feed]
-    if streamed:
-        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(streamed))
-        params = []
-        for e in streamed:
-            params.extend((e.position, e.conversation_id, e.offset, e.kind, e.body, e.created))
-        yield dialect.prepared(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values}", *params, later=True
-        )
-    fed = [e for e, pending in zip(stored, events, strict=True) if pending.feed]
-    if fed:
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(fed))
-        params = []
-        for e in fed:
-            params.extend((e.position, e.conversation_id, e.kind, e.body, e.created))
-        yield dialect.prepared(
-            "INSERT INTO feed_events (position, conversation_id, kind, body, created)"
-            f" VALUES {values}",
-            *params,
-            later=True,
-        )
-    yield Written("", events=tuple(stored))
-    return stored
+        counted = yield dialect.prepared(_COUNT_EVENTS, events)
+        last_position = int(counted.rows[0][0])
+    return offsets, last_position
 
 
 def _prune_batch(dialect: Dialect, before: int, batch: int) -> Script[tuple[int, int]]:
