@@ -1003,11 +1003,11 @@ class _Whole:
     On SQLite, the one conversation of a message transaction, read whole as it begins
     (L{_lock_whole}), with its stream's last offset and the event counter: the messages'
     triage is worked out from it (L{_store_message}), and it goes back to the database
-    with the events' offsets and positions at the end (L{_append_events}), in two plain
-    C{UPDATE}s, instead of a statement with C{RETURNING} for each of the three, which
-    costs SQLite an ephemeral table each, and a C{SELECT} (docs/benchmarks.md, sixteenth
-    session).  Sound because the transaction holds SQLite's write lock from its
-    C{BEGIN IMMEDIATE}: nothing else moves the row or the counter meanwhile.
+    with the events' offsets and positions at the end (L{_append_events}) in two plain
+    C{UPDATE}s: no statement with C{RETURNING} (which costs SQLite an ephemeral table
+    each), nothing read back (docs/benchmarks.md, sixteenth session).  Sound because the
+    transaction holds SQLite's write lock from its C{BEGIN IMMEDIATE}: nothing else
+    moves the row or the counter meanwhile.
 
     @ivar row: the conversation, as the transaction's messages leave it.
     @ivar last_offset: its stream's last offset when read.
@@ -1390,9 +1390,10 @@ def _create_conversation(dialect: Dialect, conversation: Conversation) -> Script
 def _message_activity(message: Message) -> tuple[str, list[object]]:
     """
     What a stored message does to its conversation's triage, as one statement (the
-    conversation locked; SQLite's lone message runs L{Conversation.after_message}, the
-    same rule in Python, instead): its last activity moves forward to the message's time and, if
-    a customer wrote it, a resolved conversation opens again.  It returns the
+    conversation locked; SQLite, in a transaction of one conversation, applies the same
+    rule in Python instead, L{Conversation.after_message}): its last activity moves
+    forward to the message's time and, if a customer wrote it, a resolved conversation
+    opens again.  It returns the
     conversation's row if either changed (which then gets a C{conversationUpdated}
     event), none otherwise.
     """
