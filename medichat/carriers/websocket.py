@@ -107,14 +107,15 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     factory: StompWebSocketFactory
     transport: Any
     carrier_kind = "websocket"
-    _session: StompSession | None = None
-    _budget: WriteBudget | None = None
+    # What every delivery reads (L{send}) lives in slots, at fixed places in the object,
+    # rather than in its __dict__: Autobahn gives a protocol some 150 attributes, and a
+    # look-up in a dict that large is a cache miss of its own on each of thousands of
+    # connections a publication reaches.  Autobahn's own C{state} too (its writes land in
+    # the slot).
+    __slots__ = ("state", "_session", "_budget", "_socket", "_raw", "_own_frames",
+                 "_authenticated")
     _credentials: object | None = None
-    _socket: Any = None
-    _raw: Any = None
-    _own_frames = False
     _heartbeats = False
-    _authenticated = False
     _pings: TokenBucket | None = None
     _probe: Timer | None = None
     _ping_unanswered = False
@@ -122,6 +123,17 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     _discarding = False
     _discarded = 0
     _address: str | None = None
+
+    def __init__(self) -> None:
+        # Autobahn sets it as the connection opens; until then, not open.
+        self.state = WebSocketServerProtocol.STATE_CLOSED
+        self._session: StompSession | None = None
+        self._budget: WriteBudget | None = None
+        self._socket: Any = None
+        self._raw: Any = None
+        self._own_frames = False
+        self._authenticated = False
+        super().__init__()
 
     def connectionMade(self) -> None:
         factory = self.factory

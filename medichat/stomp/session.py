@@ -373,6 +373,13 @@ class StompSession:
         C{"websocket"}, C{"tcp"}), for metrics.
     """
 
+    # What every delivery reads and writes (L{_send_publication}) lives in slots, at
+    # fixed places in the object, the rest in its __dict__: a fan-out reaches thousands
+    # of sessions, and there a look-up in each one's dict is a cache miss of its own
+    # (docs/benchmarks.md, seventeenth session on issue 10).
+    __slots__ = ("_state", "_clock", "_services", "_carrier_send", "_last_write",
+                 "__dict__", "__weakref__")
+
     _log = Logger()
 
     # Derived rather than stored: an instance with 30 attributes or more no longer shares
@@ -396,6 +403,9 @@ class StompSession:
         address: str | None = None,
     ) -> None:
         self._carrier = carrier
+        # Bound once: looking C{send} up on a carrier at each delivery is a probe of its
+        # __dict__ (Autobahn's protocols have some 150 attributes).
+        self._carrier_send = carrier.send
         self._services = services
         # Why the session ends (one of CLOSE_CAUSES), set by whatever ends it first; and
         # whether it is counted among the open ones.
@@ -535,7 +545,7 @@ class StompSession:
             data = encoded.frame(subscription)
         self._last_write = self._clock.seconds()
         self._services.counters.bytes_sent += len(data)
-        self._carrier.send(data)
+        self._carrier_send(data)
 
     # ---------------------------------------------------------------- frame pump
 

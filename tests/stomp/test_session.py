@@ -807,7 +807,10 @@ class EncodeOnceTests(SynchronousTestCase):
                 sent.append(data)
                 original(data)
 
-            client.protocol.send = recording  # type: ignore[method-assign]
+            # The session binds its carrier's send once, when it is made.
+            session = client.protocol._session
+            assert session is not None
+            session._carrier_send = recording
             clients.append((client, sent))
         return clients
 
