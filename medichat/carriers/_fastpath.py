@@ -144,7 +144,7 @@ class FastPaths:
             quiet_open=quiet_open,
         )
 
-    def writer_for(self, transport: Any) -> Callable[[bytes], None] | None:
+    def writer_for(self, transport: Any) -> Callable[[bytes], object] | None:
         """
         What writes to C{transport} with L{send_now}, or L{None} if the eager send cannot
         be used on it (L{socket_of}): for HTTP answers (L{medichat.http._channel}).
@@ -184,7 +184,7 @@ def socket_of(transport: Any, paths: FastPaths) -> Any:
     return None
 
 
-def send_now(transport: Any, sock: Any, data: bytes) -> None:
+def send_now(transport: Any, sock: Any, data: bytes) -> bool:
     """
     Write C{data} to C{transport}, sending it at once when nothing is queued before it.
 
@@ -202,6 +202,10 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
         resolved once per connection), so that a write never passes through the wrapper
         that counts connections.
     @param sock: L{socket_of} the transport, or L{None} to always use C{write}.
+    @return: whether C{data} was sent whole at once.  Then the transport held nothing,
+        so it has not paused its producer (it pauses one only while its buffer is over
+        the high-water mark, and resumes it when the buffer empties): a carrier's
+        L{medichat.carriers._budget.WriteBudget} is not counting.
     """
     if (
         sock is not None
@@ -216,9 +220,10 @@ def send_now(transport: Any, sock: Any, data: bytes) -> None:
         except OSError:
             sent = 0
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data)
+    return False
 
 
 def frame_header(length: int) -> bytes:

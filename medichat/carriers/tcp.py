@@ -66,7 +66,8 @@ class StompTCPProtocol(Protocol):
     # ICarrier
 
     def send(self, data: bytes) -> None:
-        send_now(self._raw, self._socket, data)
+        if send_now(self._raw, self._socket, data):
+            return
         if self._budget is not None:
             self._budget.written(len(data))
 

@@ -374,8 +374,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 last[1] = framed
             if write_batch.active:
                 write_batch.hold(self, framed)
-            else:
-                send_now(self._raw, self._socket, framed)
+            elif send_now(self._raw, self._socket, framed):
+                return
         else:
             self.sendMessage(data, isBinary=False)
         budget = self._budget

@@ -48,7 +48,7 @@ from medichat.http.problems import HOLD_ATTRIBUTE, Problem
 
 __all__ = ["EagerWriter", "HTTPConnections", "MedichatChannel"]
 
-EagerWriter = Callable[[Any], "Callable[[bytes], None] | None"]
+EagerWriter = Callable[[Any], "Callable[[bytes], object] | None"]
 """Given a connection's transport, what writes bytes to it at once, in order with what the
 transport holds (L{medichat.carriers._fastpath.FastPaths.writer_for}), or L{None} if it
 cannot."""
@@ -89,7 +89,7 @@ class MedichatChannel(HTTPChannel):
         self._eager_writer = eager_writer
         # What writes at once (None: write through the transport), and an answer's head
         # kept until its body.
-        self._send: Callable[[bytes], None] | None = None
+        self._send: Callable[[bytes], object] | None = None
         self._head: bytes | None = None
         self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None

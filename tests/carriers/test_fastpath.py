@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import directlyProvides
 
 from medichat.carriers import _fastpath
+from medichat.carriers._budget import WriteBudget
 from medichat.carriers._fastpath import (
     FastPaths,
     frame_header,
@@ -119,7 +120,7 @@ class SendNowTests(TestCase):
         transport, peer = _connection(self)
         sock = socket_of(transport, FastPaths.probe())
         self.assertIsNotNone(sock)
-        send_now(transport, sock, b"MESSAGE")
+        self.assertTrue(send_now(transport, sock, b"MESSAGE"))
         self.assertEqual(_read(peer), b"MESSAGE")
         self.assertEqual(transport._tempDataLen, 0)
 
@@ -128,16 +129,38 @@ class SendNowTests(TestCase):
         transport, peer = _connection(self)
         sock = socket_of(transport, FastPaths.probe())
         transport.write(b"first,")
-        send_now(transport, sock, b"second")
+        self.assertFalse(send_now(transport, sock, b"second"))
         self.assertEqual(_read(peer), b"")
         transport.doWrite()
         self.assertEqual(_read(peer), b"first,second")
+
+    def test_paused_means_queued(self) -> None:
+        """
+        A transport pauses its producer (a carrier's L{WriteBudget}) only while it holds
+        bytes, so L{send_now} never sends at once then: a carrier whose bytes it sent at
+        once need not ask its budget to count them.
+        """
+        transport, peer = _connection(self)
+        budget = WriteBudget(transport, max_buffer=1 << 30)
+        sock = socket_of(transport, FastPaths.probe())
+        transport.write(b"x" * (transport.bufferSize + 1))
+        self.assertTrue(budget.paused)
+        self.assertFalse(send_now(transport, sock, b"more"))
+        received = b""
+        while transport.dataBuffer or transport._tempDataLen:
+            transport.doWrite()
+            received += _read(peer)
+        received += _read(peer)
+        self.assertEqual(len(received), transport.bufferSize + 1 + len(b"more"))
+        self.assertFalse(budget.paused)
+        self.assertTrue(send_now(transport, sock, b"again"))
+        self.assertEqual(_read(peer), b"again")
 
     def test_other_transports_write(self) -> None:
         """A transport that is not plain TCP (test doubles, TLS wrappers) gets write()."""
         transport = StringTransport()
         self.assertIsNone(socket_of(transport, FastPaths.probe()))
-        send_now(transport, None, b"abc")
+        self.assertFalse(send_now(transport, None, b"abc"))
         self.assertEqual(transport.value(), b"abc")
 
     def test_ssl_transport_has_no_socket(self) -> None:
@@ -160,7 +183,7 @@ class SendNowTests(TestCase):
         hello = _read(peer)
         self.assertTrue(hello)
         self.assertIsNone(socket_of(transport, FastPaths.probe()))
-        send_now(transport, sock, b"plaintext secret")
+        self.assertFalse(send_now(transport, sock, b"plaintext secret"))
         transport.doWrite()
         self.assertNotIn(b"plaintext secret", _read(peer))
 
