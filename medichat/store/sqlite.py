@@ -174,6 +174,7 @@ class SQLiteStore(PresenceOperations, WebhookOperations, SQLStore):
                 "SQLite store {path}: journal mode is {mode}, not WAL", path=self.path, mode=mode
             )
         connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA temp_store = MEMORY")
         # PRAGMA takes no parameters; this is an int we computed.
         connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 

@@ -943,6 +943,23 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
         # Foreign keys are per connection: the store's refuses an orphan receipt.
         await self.assertFailure(store.mark_read("no such conversation", "u", 1), StoreError)
 
+    async def test_connection_settings(self) -> None:
+        """
+        The store's connection checks foreign keys, waits for a lock rather than failing,
+        and keeps SQLite's temporary data (statement journals, sorts) in memory, not in
+        files it would create and delete as a group commit runs.
+        """
+        location = await self.new_location()
+        store = SQLiteStore(location, reactor, busy_timeout=2.5)
+        store.preflight()
+        connection = store._connect()
+        self.addCleanup(connection.close)
+        settings = [
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("foreign_keys", "busy_timeout", "temp_store", "journal_mode")
+        ]
+        self.assertEqual(settings, [1, 2500, 2, "wal"])
+
     async def test_unusable_location(self) -> None:
         """A data directory that cannot be created fails start with a clear StoreError."""
         blocker = self.mktemp()
