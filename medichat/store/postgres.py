@@ -212,16 +212,24 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
     that has no statement); C{COMMIT} follows the last; any failure rolls back.  A
     statement marked C{prepare} runs as C{EXECUTE} of the connection's prepared
     statement once it has one (L{_prepare}); one marked C{later} travels with the next
-    statement, or with the C{COMMIT} (L{_together}).
+    statement, or with the C{COMMIT} (L{_together}); one with a C{read_back} query
+    travels with the C{COMMIT} and that query, whose result the script gets.
     """
     cursor = connection.raw_cursor()
     began = False
+    # The script's last statement went with the COMMIT (Statement.read_back).
+    committed = False
     # Statements whose results the script does not read, to go with the next one.
     held: list[tuple[str, tuple[object, ...]]] = []
     try:
         try:
             statement = next(script)
             while True:
+                if committed:
+                    raise StoreError(
+                        "a transaction script went on after its last statement"
+                        f" ({statement.sql[:60]!r})"
+                    )
                 sql = statement.sql
                 if statement.prepare and statement.params:
                     execute = None
@@ -242,7 +250,14 @@ async def _drive(connection: _Connection, script: Script[T]) -> T:
                 # Without parameters psycopg2 leaves the text alone (a literal % stays).
                 sql = sql if began else "BEGIN; " + sql
                 began = True
-                await connection.execute(cursor, sql, params or None)
+                if statement.read_back is not None:
+                    await connection.execute(
+                        cursor, f"{sql}; COMMIT; {statement.read_back}", params or None
+                    )
+                    # Nothing left to roll back, should the script fail from here on.
+                    began, committed = False, True
+                else:
+                    await connection.execute(cursor, sql, params or None)
                 rows = cursor.fetchall() if cursor.description is not None else []
                 statement = script.send(Result(rows, cursor.rowcount))
         except StopIteration as stop:

@@ -17,6 +17,7 @@ placeholders, which L{Dialect.sql} turns into the driver's own.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 import re
 import sys
@@ -85,6 +86,13 @@ class Statement:
         with the C{COMMIT}, and give the script an empty L{Result} at once.  An error it
         raises fails the transaction all the same, one round trip later.  PostgreSQL
         does (one round trip less for each); SQLite runs it at once.
+    @ivar read_back: for the transaction's last statement (the script yields nothing
+        after it but L{Written}), a query without parameters that reads what it gave back
+        again once the transaction has committed: the statement keeps its result where
+        the session can read it after the commit (a setting of the session, say).  A
+        driver may send the statement, the C{COMMIT} and this query in one round trip and
+        give the script what the query read (PostgreSQL does); or run the statement as
+        any other and give the script its own result, which is the same.
     """
 
     sql: str
@@ -92,6 +100,7 @@ class Statement:
     several: bool = False
     prepare: bool = False
     later: bool = False
+    read_back: str | None = None
 
 
 @define
@@ -1525,12 +1534,12 @@ def _append_events(
 ) -> Script[list[StoredEvent]]:
     """
     Write durable events, in order, in the current transaction; call at its very end,
-    with their conversations' rows locked (L{_lock_conversations}).  Three statements
-    however many events and conversations, and four with an event of the employees' feed
-    (on PostgreSQL the first two are one, and the inserts go with the C{COMMIT}; on SQLite
-    see L{_take_offsets}).  Given the transaction's one conversation read whole
-    (L{_Whole}), its row, with its triage, and the counter are written back instead
-    (L{_write_back}).
+    with their conversations' rows locked (L{_lock_conversations}).  On PostgreSQL one
+    statement, which goes with the C{COMMIT} (L{_append_together}); on SQLite three
+    statements however many events and conversations, four with an event of the
+    employees' feed (see L{_take_offsets}), or, given the transaction's one conversation
+    read whole (L{_Whole}), its row, with its triage, and the counter written back
+    (L{_write_back}) and the events inserted.
 
     The conversations' rows give the next offsets of their streams.  The global positions
     come last: the one row of C{event_counter} stays locked from here to the commit, so
@@ -1540,6 +1549,11 @@ def _append_events(
     """
     if not events:
         return []
+    bodies = [event_json(pending.event) for pending in events]
+    if dialect.modifying_ctes:
+        stored = yield from _append_together(dialect, events, bodies)
+        yield Written("", events=tuple(stored))
+        return stored
     counts: dict[str, int] = {}
     for pending in events:
         if not pending.feed:
@@ -1548,20 +1562,7 @@ def _append_events(
         offsets, last_position = yield from _write_back(dialect, whole, counts, len(events))
     else:
         offsets, last_position = yield from _take_offsets(dialect, counts, len(events))
-    position = last_position - len(events) + 1
-    stored = []
-    for pending in events:
-        offset = 0
-        if not pending.feed:
-            offset = offsets[pending.conversation_id]
-            offsets[pending.conversation_id] = offset + 1
-        stored.append(
-            StoredEvent(
-                position, pending.conversation_id, offset, pending.kind,
-                event_json(pending.event), pending.created,
-            )
-        )
-        position += 1
+    stored = _positioned(events, bodies, offsets, last_position)
     streamed = [e for e, pending in zip(stored, events, strict=True) if not pending.feed]
     if streamed:
         values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(streamed))
@@ -1585,6 +1586,111 @@ def _append_events(
         )
     yield Written("", events=tuple(stored))
     return stored
+
+
+def _positioned(
+    events: Sequence[PendingEvent],
+    bodies: Sequence[str],
+    offsets: dict[str, int],
+    last_position: int,
+) -> list[StoredEvent]:
+    """
+    The events as stored, given their bodies, the first offset of each conversation's
+    new events (moved along here) and the last of their positions.
+    """
+    position = last_position - len(events) + 1
+    stored = []
+    for pending, body in zip(events, bodies, strict=True):
+        offset = 0
+        if not pending.feed:
+            offset = offsets[pending.conversation_id]
+            offsets[pending.conversation_id] = offset + 1
+        stored.append(
+            StoredEvent(
+                position, pending.conversation_id, offset, pending.kind, body, pending.created
+            )
+        )
+        position += 1
+    return stored
+
+
+_APPEND_EVENTS = (
+    "WITH pending (conversation_id, step, kind, body, created, feed, i) AS ("
+    "SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]),"
+    " CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BOOLEAN[])) WITH ORDINALITY),"
+    " added (id, events) AS ("
+    "SELECT conversation_id, count(*) FROM pending WHERE NOT feed GROUP BY conversation_id),"
+    " moved AS (UPDATE conversations SET last_offset = last_offset + added.events FROM added"
+    " WHERE conversations.id = added.id"
+    " RETURNING conversations.id, last_offset - added.events AS base),"
+    " counted AS (UPDATE event_counter SET last = last + CAST(? AS BIGINT) WHERE id = 1"
+    " RETURNING last, last - CAST(? AS BIGINT) AS base),"
+    f" streamed AS (INSERT INTO events ({_EVENT_COLUMNS})"
+    " SELECT counted.base + p.i, p.conversation_id, moved.base + p.step, p.kind, p.body,"
+    " p.created FROM pending p CROSS JOIN counted LEFT JOIN moved ON moved.id = p.conversation_id"
+    " WHERE NOT p.feed),"
+    " fed AS (INSERT INTO feed_events (position, conversation_id, kind, body, created)"
+    " SELECT counted.base + p.i, p.conversation_id, p.kind, p.body, p.created"
+    " FROM pending p CROSS JOIN counted WHERE p.feed)"
+    " SELECT set_config('medichat.appended', CAST(json_build_array("
+    "(SELECT last FROM counted), (SELECT json_agg(json_build_array(id, base)) FROM moved)"
+    ") AS TEXT), false)"
+)
+"""L{_append_together}'s statement: its parameters are the events' conversations, their
+1-based places among their conversation's new events (0 for the feed's), kinds, bodies,
+times and whether each is the feed's, as six arrays, then the number of events, twice.
+What it gives back, the last position taken and each conversation's last offset before,
+as JSON text (C{[last, [[id, offset], ...]]}), it also leaves in a setting of the session,
+where L{_APPENDED} reads it after the commit.  A streamed event whose conversation's row is not
+there gets no offset, which its column refuses: the transaction fails rather than lose
+it."""
+
+_APPENDED = "SHOW medichat.appended"
+"""What L{_APPEND_EVENTS} gave back, read again after the commit (L{Statement.read_back}):
+a setting of the session made in a transaction that commits outlives it.  C{SHOW} rather
+than C{SELECT current_setting(...)}: a utility command, which PostgreSQL neither analyses
+nor plans (25-45 against 60-80 µs of a backend's CPU on the eighteenth session's VM)."""
+
+
+def _append_together(
+    dialect: Dialect, events: Sequence[PendingEvent], bodies: Sequence[str]
+) -> Script[list[StoredEvent]]:
+    """
+    L{_append_events} on PostgreSQL: the streams' offsets and the counter moved on and
+    the events inserted in one statement (L{_APPEND_EVENTS}), whose text is the same
+    whatever the number of events (it is prepared once per connection), and which goes
+    with the C{COMMIT}, its result read back after it (L{Statement.read_back}): a
+    message transaction's last round trip, and the counter's row held locked only for
+    it, not also for the time its result takes to reach this process and the C{COMMIT}
+    to come back.
+    """
+    conversations: list[str] = []
+    steps: list[int] = []
+    counts: dict[str, int] = {}
+    for pending in events:
+        conversations.append(pending.conversation_id)
+        step = 0
+        if not pending.feed:
+            step = counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
+        steps.append(step)
+    result = yield Statement(
+        dialect.sql(_APPEND_EVENTS),
+        (
+            conversations,
+            steps,
+            [pending.kind for pending in events],
+            list(bodies),
+            [pending.created for pending in events],
+            [pending.feed for pending in events],
+            len(events),
+            len(events),
+        ),
+        prepare=True,
+        read_back=_APPENDED,
+    )
+    last_position, moved = json.loads(result.rows[0][0])
+    offsets = {str(conversation_id): int(base) + 1 for conversation_id, base in moved or ()}
+    return _positioned(events, bodies, offsets, int(last_position))
 
 
 def _write_back(
@@ -1619,21 +1725,21 @@ def _take_offsets(
 ) -> Script[tuple[dict[str, int], int]]:
     """
     Move the conversations' streams' last offsets on by C{counts} (by conversation id)
-    and the event counter by C{events}: on PostgreSQL in one statement; on SQLite an
-    C{UPDATE ... FROM} for several conversations, then the counter's; for one, two plain
-    C{UPDATE}s and a C{SELECT} of what they left.
+    and the event counter by C{events}, on SQLite: an C{UPDATE ... FROM} for several
+    conversations, then the counter's; for one, two plain C{UPDATE}s and a C{SELECT} of
+    what they left.  (PostgreSQL does it all in L{_append_together}.)
 
     @return: the first offset of each conversation's new events, and the last position
         taken.
     """
     last_position: int | None = None
     result = _NOTHING
-    if len(counts) == 1 and not dialect.modifying_ctes:
-        # One conversation on SQLite: plain UPDATEs, which it runs for some 40,000
-        # instructions less than the UPDATE ... FROM below, then one SELECT of what they
-        # left, for some 30,000 less than an ephemeral table for each RETURNING
-        # (docs/benchmarks.md, fourteenth and sixteenth sessions).  The transaction holds
-        # SQLite's write lock: nothing moves them in between.
+    if len(counts) == 1:
+        # One conversation: plain UPDATEs, which SQLite runs for some 40,000 instructions
+        # less than the UPDATE ... FROM below, then one SELECT of what they left, for
+        # some 30,000 less than an ephemeral table for each RETURNING (docs/benchmarks.md,
+        # fourteenth and sixteenth sessions).  The transaction holds SQLite's write lock:
+        # nothing moves them in between.
         ((conversation_id, count),) = counts.items()
         yield dialect.prepared(
             "UPDATE conversations SET last_offset = last_offset + ? WHERE id = ?",
@@ -1648,31 +1754,16 @@ def _take_offsets(
         )
         last_position = int(result.rows[0][2])
     elif counts:
-        # The cast types the count for PostgreSQL's PREPARE (a bare parameter in VALUES
-        # would be text).
-        values = ", ".join(["(?, CAST(? AS BIGINT))"] * len(counts))
+        values = ", ".join(["(?, ?)"] * len(counts))
         params: list[object] = []
         for conversation_id, count in counts.items():
             params.extend((conversation_id, count))
-        added = (
+        result = yield dialect.prepared(
             f"WITH added (id, events) AS (VALUES {values})"
             " UPDATE conversations SET last_offset = last_offset + added.events FROM added"
-            " WHERE conversations.id = added.id RETURNING conversations.id, last_offset"
+            " WHERE conversations.id = added.id RETURNING conversations.id, last_offset",
+            *params,
         )
-        if dialect.modifying_ctes:
-            # The offsets and the positions in one statement, one round trip: the
-            # conversations' rows are this transaction's already, so which of the two
-            # updates runs first does not matter.
-            result = yield dialect.prepared(
-                f"WITH moved AS ({added}), counted AS ({_COUNT_EVENTS})"
-                " SELECT moved.id, moved.last_offset, counted.last"
-                " FROM counted LEFT JOIN moved ON TRUE",
-                *params,
-                events,
-            )
-            last_position = int(result.rows[0][2])
-        else:
-            result = yield dialect.prepared(added, *params)
     # The first offset of each conversation's new events.
     offsets = {
         str(row[0]): int(row[1]) - counts[str(row[0])] + 1

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from medichat.errors import DuplicateError, StoreUnavailable
+from medichat.errors import DuplicateError, StoreError, StoreUnavailable
 from medichat.model import (
     AccessEntry,
     Conversation,
@@ -31,7 +31,16 @@ from medichat.model import (
     new_id,
 )
 from medichat.store import PostgreSQLStore
-from medichat.store.scripts import Result, Script, SQLStore, Statement, commit_messages
+from medichat.store.scripts import (
+    _APPENDED,
+    PendingEvent,
+    Result,
+    Script,
+    SQLStore,
+    Statement,
+    _append_events,
+    commit_messages,
+)
 from medichat.testing import MemoryStore
 from tests._inline import InlineTestCase
 from tests.store import test_store as scenario
@@ -41,6 +50,7 @@ from tests.store.test_store import (
     a_conversation,
     a_message,
     in_streams,
+    present,
     raw_write,
 )
 
@@ -722,8 +732,8 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         prepared = [sql for sql, execute in connection.prepared.items() if execute]
         # The message, its receipts and its activity, in one statement on PostgreSQL.
         self.assertTrue(any(sql.startswith("WITH inserted AS") for sql in prepared))
-        # The offsets and the positions, in one statement on PostgreSQL.
-        self.assertTrue(any(sql.startswith("WITH moved AS") for sql in prepared))
+        # The offsets, the positions and the events, in one statement on PostgreSQL.
+        self.assertTrue(any(sql.startswith("WITH pending ") for sql in prepared))
         self.assertNotIn(None, connection.prepared.values())
 
         def names() -> Script[list[str]]:
@@ -738,12 +748,11 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
 
     async def test_round_trips(self) -> None:
         """
-        A message with an idempotency key takes five round trips (the lock, the key's
+        A message with an idempotency key takes four round trips (the lock, the key's
         check, the message with its receipts and its conversation's activity in one
-        statement, the offsets and positions in one statement, the events with the
-        C{COMMIT}): the statements whose results nothing reads (its key, its events and
-        the employees' feed event) travel with the next one or the C{COMMIT}; and
-        everything is stored as before.
+        statement, then its key and its events with the C{COMMIT}, their offsets and
+        positions read back after it): the statements whose results nothing reads (its
+        key) travel with the next one; and everything is stored as before.
         """
         store, connection = await self.one_connection()
         conversation = await self.stored_conversation(store)
@@ -753,12 +762,16 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
             await store.commit_message(
                 MessageCommit(a_message(conversation, T0 + i, f"m{i}"), f"k{i}", (NURSE,))
             )
-        self.assertEqual(len(sent), 5)
+        self.assertEqual(len(sent), 4)
         self.assertTrue(sent[1].startswith("EXECUTE"))  # the key's check, prepared
         # The message, its receipts and its conversation's activity: one statement.
         self.assertEqual(sent[2].count("EXECUTE"), 1)
-        self.assertEqual(sent[3].count("EXECUTE"), 2)  # the key, with the offsets
-        self.assertEqual((sent[-1].count("EXECUTE"), sent[-1][-8:]), (2, "; COMMIT"))
+        # The key, with the events, the COMMIT and what they gave back.
+        self.assertEqual(sent[3].count("EXECUTE"), 2)
+        self.assertTrue(sent[3].endswith(f"; COMMIT; {_APPENDED}"), sent[3])
+        streamed = in_streams(await store.events_after(0, 100))
+        self.assertEqual([e.offset for e in streamed], list(range(1, len(streamed) + 1)))
+        self.assertEqual([e.kind for e in streamed].count("message"), 3)
         replay = await store.commit_message(
             MessageCommit(a_message(conversation, T0 + 9, "again"), "k1", (NURSE,))
         )
@@ -771,9 +784,9 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
     async def test_group_round_trips(self) -> None:
         """
         The messages of a group in different conversations are stored in one statement:
-        a group of three takes four round trips (the lock, the three messages with their
-        receipts and activity, the offsets and positions, the events with the
-        C{COMMIT}); a conversation's second message in the group starts another.
+        a group of three takes three round trips (the lock, the three messages with their
+        receipts and activity, the events with the C{COMMIT}); a conversation's second
+        message in the group starts another.
         """
         store, connection = await self.one_connection()
         one, two, three = [await self.stored_conversation(store) for _ in range(3)]
@@ -794,12 +807,12 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
 
         for _ in range(3):  # the last time with every statement prepared already
             trips = await group(one, two, three)
-        self.assertEqual(len(trips), 4)
+        self.assertEqual(len(trips), 3)
         self.assertIn("WITH inserted AS (INSERT INTO messages", trips[1])
         self.assertIn("VALUES (%s, %s, %s, %s, %s, %s, %s), (%s,", trips[1])
         for _ in range(3):
             trips = await group(two, three, two)
-        self.assertEqual(len(trips), 5)
+        self.assertEqual(len(trips), 4)
         self.assertEqual(len(await self.all_messages(store, two)), 9)
 
     async def test_group_statement_prepared(self) -> None:
@@ -832,11 +845,11 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
         self.assertIn("WITH inserted AS (INSERT INTO messages", first[1])
         for _ in range(2):  # the last time with every statement prepared already
             trips = await group(None)
-        self.assertEqual(len(trips), 4)
+        self.assertEqual(len(trips), 3)
         self.assertTrue(trips[1].startswith("EXECUTE medichat_"), trips[1])
         for _ in range(3):
             trips = await group((NURSE,))
-        self.assertEqual(len(trips), 4)
+        self.assertEqual(len(trips), 3)
         self.assertIn("WITH inserted AS (INSERT INTO messages", trips[1])
         self.assertEqual(len(await self.all_messages(store, two)), 6)
         events = in_streams(await store.events_after(0, 100))
@@ -862,6 +875,79 @@ class PostgreSQLGroupCommitTests(GroupCommitMixin, TestCase):
             return int(result.rows[0][0])
 
         self.assertEqual(await store._run(probes(), write=False), 0)
+
+    async def test_read_back(self) -> None:
+        """
+        A script's last statement with a C{read_back} query travels with the C{COMMIT}
+        and that query, in one round trip; the script gets what the query read, and what
+        the transaction wrote is committed.  A statement the script yields after it fails
+        the script with L{StoreError}, and nothing is rolled back.
+        """
+        store, connection = await self.one_connection()
+        dialect = store._dialect
+        await raw_write(store, "CREATE TABLE probe (id INTEGER PRIMARY KEY)")
+        sent = self.sent_by(connection)
+        read: list[object] = []
+
+        def script(i: int, then: Statement | None = None) -> Script[None]:
+            yield dialect.statement("INSERT INTO probe (id) VALUES (?)", i)
+            result = yield Statement(
+                "SELECT set_config('medichat.probe', %s, false)",
+                (f"value {i}",),
+                read_back="SHOW medichat.probe",
+            )
+            read.append(result.rows)
+            if then is not None:
+                yield then
+
+        await store._run(script(1), write=True)
+        self.assertEqual(read, [[("value 1",)]])
+        self.assertEqual(len(sent), 2)
+        self.assertEqual(
+            sent[1],
+            "SELECT set_config('medichat.probe', %s, false); COMMIT;"
+            " SHOW medichat.probe",
+        )
+        del sent[:]
+        failing = store._run(script(2, Statement("SELECT 1")), write=True)
+        error = await self.assertFailure(failing, StoreError)
+        self.assertIn("after its last statement", str(error))
+        self.assertEqual(read[-1], [("value 2",)])
+        self.assertEqual(len(sent), 2)
+
+        def probes() -> Script[list[int]]:
+            result = yield Statement("SELECT id FROM probe ORDER BY id")
+            return [int(row[0]) for row in result.rows]
+
+        self.assertEqual(await store._run(probes(), write=False), [1, 2])
+
+    async def test_events_fail_whole(self) -> None:
+        """
+        The statement that writes a transaction's events goes with its C{COMMIT}: should
+        it fail (an event of a conversation that is not there), nothing of the
+        transaction is committed and no position is taken.
+        """
+        store, _ = await self.one_connection()
+        dialect = store._dialect
+        conversation = await self.stored_conversation(store)
+        last = await store.last_event_position()
+
+        def script() -> Script[None]:
+            yield dialect.statement(
+                "UPDATE conversations SET status = 'resolved' WHERE id = ?", conversation.id
+            )
+            yield from _append_events(
+                dialect,
+                [
+                    PendingEvent(conversation.id, "read", {"read": {}}, T0),
+                    PendingEvent("no-such-conversation", "read", {"read": {}}, T0),
+                ],
+            )
+
+        await self.assertFailure(store._run(script(), write=True), StoreError)
+        self.assertEqual(present(await store.get_conversation(conversation.id)).status, "open")
+        self.assertEqual(await store.last_event_position(), last)
+        self.assertEqual(list(await store.conversation_events(conversation.id, 0, 10)), [])
 
     async def test_unpreparable_statement(self) -> None:
         """
