@@ -1641,9 +1641,9 @@ _APPEND_EVENTS = (
 times and whether each is the feed's, as six arrays, then the number of events, twice.
 What it gives back, the last position taken and each conversation's last offset before,
 as JSON text (C{[last, [[id, offset], ...]]}), it also leaves in a setting of the session,
-where L{_APPENDED} reads it after the commit.  A streamed event whose conversation's row is not
-there gets no offset, which its column refuses: the transaction fails rather than lose
-it."""
+where L{_APPENDED} reads it after the commit.  A streamed event whose conversation's row
+is not there gets no offset, which its column refuses: the transaction fails rather than
+lose it."""
 
 _APPENDED = "SHOW medichat.appended"
 """What L{_APPEND_EVENTS} gave back, read again after the commit (L{Statement.read_back}):
