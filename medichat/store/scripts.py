@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from medichat import rsql
 from medichat.errors import DuplicateError, MissingDatabase, StoreError, StoreUnavailable
 from medichat.model import (
+    CONVERSATION_FEED_KINDS,
     STATUSES,
     AccessEntry,
     Conversation,
@@ -1614,36 +1615,44 @@ def _positioned(
     return stored
 
 
+_FEED_KINDS_SQL = ", ".join(f"'{kind}'" for kind in sorted(CONVERSATION_FEED_KINDS))
+"""The kinds of the employees' feed's events, as a list of SQL literals."""
+
 _APPEND_EVENTS = (
-    "WITH pending (conversation_id, step, kind, body, created, feed, i) AS ("
-    "SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]),"
-    " CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BOOLEAN[])) WITH ORDINALITY),"
+    "WITH pending (conversation_id, kind, body, created, i) AS ("
+    "SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS TEXT[]),"
+    " CAST(? AS BIGINT[])) WITH ORDINALITY),"
+    " streaming AS (SELECT pending.*,"
+    " row_number() OVER (PARTITION BY conversation_id ORDER BY i) AS step"
+    f" FROM pending WHERE kind NOT IN ({_FEED_KINDS_SQL})),"
     " added (id, events) AS ("
-    "SELECT conversation_id, count(*) FROM pending WHERE NOT feed GROUP BY conversation_id),"
+    "SELECT conversation_id, count(*) FROM streaming GROUP BY conversation_id),"
     " moved AS (UPDATE conversations SET last_offset = last_offset + added.events FROM added"
     " WHERE conversations.id = added.id"
     " RETURNING conversations.id, last_offset - added.events AS base),"
-    " counted AS (UPDATE event_counter SET last = last + CAST(? AS BIGINT) WHERE id = 1"
-    " RETURNING last, last - CAST(? AS BIGINT) AS base),"
+    " counted AS (UPDATE event_counter SET last = last + (SELECT count(*) FROM pending)"
+    " WHERE id = 1 RETURNING last, last - (SELECT count(*) FROM pending) AS base),"
     f" streamed AS (INSERT INTO events ({_EVENT_COLUMNS})"
-    " SELECT counted.base + p.i, p.conversation_id, moved.base + p.step, p.kind, p.body,"
-    " p.created FROM pending p CROSS JOIN counted LEFT JOIN moved ON moved.id = p.conversation_id"
-    " WHERE NOT p.feed),"
+    " SELECT counted.base + s.i, s.conversation_id, moved.base + s.step, s.kind, s.body,"
+    " s.created FROM streaming s CROSS JOIN counted"
+    " LEFT JOIN moved ON moved.id = s.conversation_id),"
     " fed AS (INSERT INTO feed_events (position, conversation_id, kind, body, created)"
     " SELECT counted.base + p.i, p.conversation_id, p.kind, p.body, p.created"
-    " FROM pending p CROSS JOIN counted WHERE p.feed)"
+    f" FROM pending p CROSS JOIN counted WHERE p.kind IN ({_FEED_KINDS_SQL}))"
     " SELECT set_config('medichat.appended', CAST(json_build_array("
     "(SELECT last FROM counted), (SELECT json_agg(json_build_array(id, base)) FROM moved)"
     ") AS TEXT), false)"
 )
-"""L{_append_together}'s statement: its parameters are the events' conversations, their
-1-based places among their conversation's new events (0 for the feed's), kinds, bodies,
-times and whether each is the feed's, as six arrays, then the number of events, twice.
-What it gives back, the last position taken and each conversation's last offset before,
-as JSON text (C{[last, [[id, offset], ...]]}), it also leaves in a setting of the session,
-where L{_APPENDED} reads it after the commit.  A streamed event whose conversation's row
-is not there gets no offset, which its column refuses: the transaction fails rather than
-lose it."""
+"""L{_append_together}'s statement: its parameters are the events' conversations, kinds,
+bodies and times, as four arrays, in order.  An event of the employees' feed is one of a
+feed kind (L{CONVERSATION_FEED_KINDS}, which the two tables' C{CHECK}s keep apart); the
+others take offsets in their conversation's stream, in order, and every event a position,
+in order.  What it gives back, the last position taken and each conversation's last
+offset before, as JSON text (C{[last, [[id, offset], ...]]}), it also leaves in a setting
+of the session, where L{_APPENDED} reads it after the commit.  A streamed event whose
+conversation's row is not there gets no offset, which its column refuses: the
+transaction fails rather than lose it.  (Each value psycopg2 quotes into a statement costs
+the reactor some 11,000 instructions: what PostgreSQL can work out, it does.)"""
 
 _APPENDED = "SHOW medichat.appended"
 """What L{_APPEND_EVENTS} gave back, read again after the commit (L{Statement.read_back}):
@@ -1664,26 +1673,13 @@ def _append_together(
     it, not also for the time its result takes to reach this process and the C{COMMIT}
     to come back.
     """
-    conversations: list[str] = []
-    steps: list[int] = []
-    counts: dict[str, int] = {}
-    for pending in events:
-        conversations.append(pending.conversation_id)
-        step = 0
-        if not pending.feed:
-            step = counts[pending.conversation_id] = counts.get(pending.conversation_id, 0) + 1
-        steps.append(step)
     result = yield Statement(
         dialect.sql(_APPEND_EVENTS),
         (
-            conversations,
-            steps,
+            [pending.conversation_id for pending in events],
             [pending.kind for pending in events],
             list(bodies),
             [pending.created for pending in events],
-            [pending.feed for pending in events],
-            len(events),
-            len(events),
         ),
         prepare=True,
         read_back=_APPENDED,
