@@ -1096,23 +1096,15 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
     rows = ", ".join([_ONE_MESSAGE] * len(commits))
     params: list[object] = []
     for commit in commits:
-        params += _message_insert(commit.message)[1]
-    text = f"WITH inserted AS ({_INSERT_MESSAGES}{rows} RETURNING id, seq)"
+        params += _message_row(commit.message)
+    # As for one message (_store_message): the receipts and the triage read the messages'
+    # conversations, times, authors and roles from what the INSERT returns.
+    text = f"WITH inserted AS ({_INSERT_MESSAGES}{rows}{_INSERTED})"
     moved = "NULL::json"
     receipts = _MOVE_RECEIPT_ONLY_FORWARD + " RETURNING conversation_id, user_id"
     if commits[0].received_by is None:
         # Who is subscribed, on any node, read in this very statement.
-        values = ", ".join(["(?, ?, CAST(? AS BIGINT))"] * len(commits))
-        text += (
-            ", moved AS (INSERT INTO receipts (conversation_id, kind, user_id, at)"
-            " SELECT v.conversation_id, 'received', p.user_id, v.at"
-            f" FROM (VALUES {values}) AS v (conversation_id, author, at), presence_members p"
-            " WHERE p.conversation_id = v.conversation_id AND p.user_id <> v.author"
-            f"{receipts})"
-        )
-        for commit in commits:
-            m = commit.message
-            params += [m.conversation_id, m.user_id, m.created]
+        text += f", moved AS ({_PRESENCE_RECEIPTS}{receipts})"
         moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
     else:
         reached = _receipts_given(commits)
@@ -1120,18 +1112,12 @@ def _store_together(dialect: Dialect, commits: Sequence[MessageCommit]) -> Scrip
             text += f", moved AS ({reached[0]})"
             params += reached[1]
             moved = "(SELECT json_agg(json_build_array(conversation_id, user_id)) FROM moved)"
-    values = ", ".join(["(?, CAST(? AS BIGINT), CAST(? AS BOOLEAN))"] * len(commits))
-    returned = ", ".join("conversations." + c for c in _CONVERSATION_COLUMNS.split(", "))
     text += (
-        f", activity (id, created, reopen) AS (VALUES {values}),"
-        f" active AS ({_ACTIVITY_UPDATE} RETURNING {returned})"
+        f", active AS ({_INSERTED_ACTIVITY} RETURNING {_RETURNED_CONVERSATION})"
         " SELECT (SELECT json_agg(json_build_array(id, seq)) FROM inserted),"
         f" {moved},"
         f" (SELECT json_agg(json_build_array({_CONVERSATION_COLUMNS})) FROM active)"
     )
-    for commit in commits:
-        m = commit.message
-        params += [m.conversation_id, m.created, m.user_role == "customer"]
     if commits[0].received_by is None:
         # Its text differs only with the number of messages: a handful of shapes, each
         # worth preparing (planning this statement is most of what a backend spends on
@@ -1155,7 +1141,7 @@ def _store_apart(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[l
     rows = ", ".join([_ONE_MESSAGE] * len(commits))
     params: list[object] = []
     for commit in commits:
-        params += _message_insert(commit.message)[1]
+        params += _message_row(commit.message)
     inserted = yield dialect.prepared(f"{_INSERT_MESSAGES}{rows} RETURNING id, seq", *params)
     moved: list[tuple[Any, ...]] = []
     reached = _receipts_given(commits)
@@ -1173,6 +1159,45 @@ def _store_apart(dialect: Dialect, commits: Sequence[MessageCommit]) -> Script[l
     )
     return _stored_segment(commits, inserted.rows, moved, active.rows)
 
+
+_INSERTED = " RETURNING id, seq, conversation_id, created, user_id, user_role"
+"""Ends the C{INSERT} of messages in PostgreSQL's one statement of them (L{_store_message},
+L{_store_together}): what the receipts (L{_PRESENCE_RECEIPTS}, L{_GIVEN_RECEIPTS}) and the
+triage (L{_INSERTED_ACTIVITY}) read from C{inserted}."""
+
+_PRESENCE_RECEIPTS = (
+    "INSERT INTO receipts (conversation_id, kind, user_id, at)"
+    " SELECT i.conversation_id, 'received', p.user_id, i.created"
+    " FROM inserted i, presence_members p"
+    " WHERE p.conversation_id = i.conversation_id AND p.user_id <> i.user_id"
+)
+"""The C{received} receipts of whoever is subscribed to the conversations of the messages
+C{inserted} (on any node), their authors aside, at the messages' times; then
+L{_MOVE_RECEIPT_ONLY_FORWARD}."""
+
+_GIVEN_RECEIPTS = (
+    "INSERT INTO receipts (conversation_id, kind, user_id, at)"
+    " SELECT i.conversation_id, 'received', u.user_id, i.created"
+    " FROM inserted i, unnest(CAST(? AS TEXT[])) AS u (user_id)"
+)
+"""The C{received} receipts of the users its one parameter names, at the time of the one
+message C{inserted}; then L{_MOVE_RECEIPT_ONLY_FORWARD}."""
+
+_INSERTED_ACTIVITY = (
+    "UPDATE conversations SET"
+    " last_activity = CASE WHEN conversations.last_activity < i.created"
+    " THEN i.created ELSE conversations.last_activity END,"
+    " status = CASE WHEN i.user_role = 'customer' THEN 'open' ELSE conversations.status END"
+    " FROM inserted i WHERE conversations.id = i.conversation_id"
+    " AND (conversations.last_activity < i.created"
+    " OR (i.user_role = 'customer' AND conversations.status <> 'open'))"
+)
+"""L{_message_activity} for the messages C{inserted}, of as many conversations."""
+
+_RETURNED_CONVERSATION = ", ".join(
+    "conversations." + column for column in _CONVERSATION_COLUMNS.split(", ")
+)
+"""L{_CONVERSATION_COLUMNS} of C{conversations}, in a statement that reads other tables."""
 
 _ACTIVITY_UPDATE = (
     "UPDATE conversations SET"
@@ -1251,23 +1276,26 @@ def _store_message(
         order; the conversation after its triage moved, or L{None} if it did not.
     """
     message = commit.message
-    insert, insert_params = _message_insert(message)
+    insert_params = _message_row(message)
     changed: Conversation | None
     if dialect.modifying_ctes:
-        receipts = _receipts_insert(commit)
-        update, update_params = _message_activity(message)
-        text = f"WITH inserted AS ({insert})"
-        params = list(insert_params)
+        # The receipts and the triage read the message's conversation, time, author and
+        # role from what the INSERT returns: each value is quoted into the text once.
+        text = f"WITH inserted AS ({_INSERT_MESSAGES}{_ONE_MESSAGE}{_INSERTED})"
+        params: list[object] = list(insert_params)
         moved = "ARRAY[]::text[]"
-        if receipts is not None:
-            text += f", moved AS ({receipts[0]})"
-            params += receipts[1]
+        if commit.received_by is None:
+            text += f", moved AS ({_PRESENCE_RECEIPTS}{_MOVE_RECEIPT})"
+            moved = "ARRAY(SELECT user_id FROM moved ORDER BY user_id)"
+        elif users := sorted(set(commit.received_by) - {message.user_id}):
+            text += f", moved AS ({_GIVEN_RECEIPTS}{_MOVE_RECEIPT})"
+            params.append(users)
             moved = "ARRAY(SELECT user_id FROM moved ORDER BY user_id)"
         text += (
-            f", active AS ({update})"
+            f", active AS ({_INSERTED_ACTIVITY} RETURNING {_RETURNED_CONVERSATION})"
             f" SELECT inserted.seq, {moved}, active.* FROM inserted LEFT JOIN active ON TRUE"
         )
-        result = yield dialect.prepared(text, *params, *update_params)
+        result = yield dialect.prepared(text, *params)
         row = result.rows[0]
         seq, users, active = row[0], row[1], row[2:]
         changed = None if active[0] is None else conversation_from_row(active)
@@ -1304,27 +1332,24 @@ _INSERT_MESSAGES = (
     " (id, conversation_id, created, user_id, user_name, user_role, message) VALUES "
 )
 """The start of an C{INSERT} of messages; one C{(?, ?, ?, ?, ?, ?, ?)} row each
-(L{_message_insert}'s parameters)."""
+(L{_message_row}'s values)."""
 
 
 _ONE_MESSAGE = "(?, ?, ?, ?, ?, ?, ?)"
 """The row of one message in L{_INSERT_MESSAGES}."""
 
 
-def _message_insert(message: Message) -> tuple[str, list[object]]:
-    """The C{INSERT} of a message, which returns its C{seq}."""
-    return (
-        _INSERT_MESSAGES + _ONE_MESSAGE + " RETURNING seq",
-        [
-            message.id,
-            message.conversation_id,
-            message.created,
-            message.user_id,
-            message.user_name,
-            message.user_role,
-            message.message,
-        ],
-    )
+def _message_row(message: Message) -> list[object]:
+    """The values of a message's row in L{_INSERT_MESSAGES}, for one L{_ONE_MESSAGE}."""
+    return [
+        message.id,
+        message.conversation_id,
+        message.created,
+        message.user_id,
+        message.user_name,
+        message.user_role,
+        message.message,
+    ]
 
 
 _MOVE_RECEIPT_ONLY_FORWARD = (
