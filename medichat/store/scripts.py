@@ -1183,34 +1183,38 @@ _GIVEN_RECEIPTS = (
 """The C{received} receipts of the users its one parameter names, at the time of the one
 message C{inserted}; then L{_MOVE_RECEIPT_ONLY_FORWARD}."""
 
-_INSERTED_ACTIVITY = (
-    "UPDATE conversations SET"
-    " last_activity = CASE WHEN conversations.last_activity < i.created"
-    " THEN i.created ELSE conversations.last_activity END,"
-    " status = CASE WHEN i.user_role = 'customer' THEN 'open' ELSE conversations.status END"
-    " FROM inserted i WHERE conversations.id = i.conversation_id"
-    " AND (conversations.last_activity < i.created"
-    " OR (i.user_role = 'customer' AND conversations.status <> 'open'))"
+def _activity_from(source: str, conversation: str, created: str, reopen: str) -> str:
+    """
+    L{_message_activity} for several conversations at once: an C{UPDATE ... FROM}
+    C{source}, whose rows give each conversation's id (C{conversation}), its message's time
+    (C{created}) and whether a customer wrote it (C{reopen}), as SQL expressions.
+    """
+    return (
+        "UPDATE conversations SET"
+        f" last_activity = CASE WHEN conversations.last_activity < {created}"
+        f" THEN {created} ELSE conversations.last_activity END,"
+        f" status = CASE WHEN {reopen} THEN 'open' ELSE conversations.status END"
+        f" FROM {source} WHERE conversations.id = {conversation}"
+        f" AND (conversations.last_activity < {created}"
+        f" OR ({reopen} AND conversations.status <> 'open'))"
+    )
+
+
+_INSERTED_ACTIVITY = _activity_from(
+    "inserted i", "i.conversation_id", "i.created", "i.user_role = 'customer'"
 )
-"""L{_message_activity} for the messages C{inserted}, of as many conversations."""
+"""The triage of the messages C{inserted}, of as many conversations (PostgreSQL)."""
+
+_ACTIVITY_UPDATE = _activity_from(
+    "activity", "activity.id", "activity.created", "activity.reopen"
+)
+"""The triage of several conversations at once from a table C{activity (id, created,
+reopen)}: each conversation's message time, and whether a customer wrote it (SQLite)."""
 
 _RETURNED_CONVERSATION = ", ".join(
     "conversations." + column for column in _CONVERSATION_COLUMNS.split(", ")
 )
 """L{_CONVERSATION_COLUMNS} of C{conversations}, in a statement that reads other tables."""
-
-_ACTIVITY_UPDATE = (
-    "UPDATE conversations SET"
-    " last_activity = CASE WHEN conversations.last_activity < activity.created"
-    " THEN activity.created ELSE conversations.last_activity END,"
-    " status = CASE WHEN activity.reopen THEN 'open' ELSE conversations.status END"
-    " FROM activity WHERE conversations.id = activity.id"
-    " AND (conversations.last_activity < activity.created"
-    " OR (activity.reopen AND conversations.status <> 'open'))"
-)
-"""L{_message_activity} for several conversations at once, from a table C{activity (id,
-created, reopen)}: each conversation's message time, and whether a customer wrote it."""
-
 
 def _receipts_given(commits: Sequence[MessageCommit]) -> tuple[str, list[object]] | None:
     """
