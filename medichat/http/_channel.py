@@ -23,12 +23,13 @@ At shutdown, L{HTTPConnections.drain} closes idle connections, lets each request
 received or answered finish (its answer says C{Connection: close}, and its connection
 closes after it), and fires when no HTTP connection is left, or after a bound.
 
-An answer leaves in one C{send()} when the channel is given a writer for the eager send
-of L{medichat.carriers._fastpath} (as the SQLite server does, unless C{--no-fast-paths}):
-twisted.web hands the connection an answer's head and its body as two writes, which
-Twisted's transport queues, asks epoll to watch the socket for, sends on the next turn of
-the loop, and stops watching; the channel keeps the head until the body (or the request's
-end) comes, and sends both at once when nothing is queued before them.
+twisted.web hands the connection an answer's head, in pieces (some thirty for an API
+answer, each checked by the transport), and then its body.  The channel joins the head and
+keeps it until the body (or the request's end) comes, and writes both at once.  Given a
+writer for the eager send of L{medichat.carriers._fastpath} (as the SQLite server is,
+unless C{--no-fast-paths}), it sends them then and there in one C{send()} when nothing is
+queued before them, instead of through Twisted's transport, which queues them, asks epoll
+to watch the socket, sends on the next turn of the loop, and stops watching.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
 from medichat.http.problems import HOLD_ATTRIBUTE, Problem
@@ -135,10 +137,11 @@ class MedichatChannel(HTTPChannel):
     # Sending an answer
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        if self._send is None:
+        if not isinstance(headers, Headers):
+            # Pairs (twisted.web's old form, which it sanitises first): written at once.
             super().writeHeaders(version, code, reason, headers)
             return
-        # Written as twisted.web writes it (a Headers instance is all Request passes).
+        # Written as twisted.web writes it, kept until the body comes.
         head = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
@@ -151,10 +154,12 @@ class MedichatChannel(HTTPChannel):
         if head is not None:
             self._head = None
             data = head + data
+        if not data:
+            return
         send = self._send
         if send is None:
             self.transport.write(data)  # type: ignore[union-attr]
-        elif data:
+        else:
             send(data)
 
     def writeSequence(self, iovec: Any) -> None:

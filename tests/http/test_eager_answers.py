@@ -1,7 +1,7 @@
 """
 Tests for the eager answers of L{medichat.http._channel.MedichatChannel}: an answer's head
 is kept until its body comes and both leave in one write, through the eager writer when the
-connection has one; on a real loopback connection every kind of answer arrives whole and in
+connection has one, else through its transport; on a real loopback connection every kind of answer arrives whole and in
 order, however much of it the kernel takes at once.
 """
 
@@ -187,6 +187,34 @@ class ChannelWriteTests(SynchronousTestCase):
         self.assertEqual(sent, [])
         answers = _parse(transport.value(), [False, True])
         self.assertEqual([code for code, _, _ in answers], [200, 200])
+
+    def test_without_writer_one_write(self) -> None:
+        """
+        Without an eager writer too, an answer reaches the transport as one write: its
+        head joined, with its body.
+        """
+        clock = Clock()
+        writes: list[bytes] = []
+
+        class Counting(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                super().write(data)
+
+            def writeSequence(self, data: Any) -> None:
+                writes.extend(data)
+                super().writeSequence(data)
+
+        transport = Counting(peerAddress=_ADDRESS)
+        site = make_site(_Answers(clock), 1000, clock=clock)
+        channel = site.buildProtocol(_ADDRESS)
+        channel.makeConnection(transport)
+        channel.dataReceived(_request(b"GET", b"/json") + _request(b"GET", b"/none"))
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(b"".join(writes), transport.value())
+        answers = _parse(transport.value(), [False, False])
+        self.assertEqual([(code, body) for code, _, body in answers],
+                         [(200, b'{"ok":true}'), (204, b"")])
 
     def test_no_writer_for_this_transport(self) -> None:
         """A transport the writer cannot use (TLS, say) is written to as before."""
