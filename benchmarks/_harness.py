@@ -99,17 +99,18 @@ def floor_arguments(parser: argparse.ArgumentParser, *, duration: float, repeats
 
 
 @contextmanager
-def floor_server(script: str, *args: str, wrapper: tuple[str, ...] = ()
-                 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def floor_server(script: str, *args: str, wrapper: tuple[str, ...] = (),
+                 python: str | None = None) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """
     Run C{script} with C{--serve} and C{args} as a child process that prints the port it
     listens on, as the floor benchmarks' bare servers do; killed on leaving the block.
 
     @param wrapper: a command that runs the child (C{valgrind ...}), if any.
+    @param python: the interpreter that runs the child; this one's by default.
     @return: the child and its port.
     """
     child = subprocess.Popen(
-        [*wrapper, sys.executable, os.path.abspath(script), "--serve", *args],
+        [*wrapper, python or sys.executable, os.path.abspath(script), "--serve", *args],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -41,6 +41,7 @@ of issue 10's PostgreSQL goal.
 
     python benchmarks/message_floor.py --rate 500 --duration 5 --repeats 3
     python benchmarks/message_floor.py --store postgresql --rate 1000
+    python benchmarks/message_floor.py --rate 600 --server-python /tmp/pypy/bin/python
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from _harness import (  # noqa: E402
     floor_server,
     percentile,
     process_cpu,
+    process_times,
     raise_nofile,
 )
 
@@ -262,7 +264,7 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
                 "id": str(uuid.uuid4()),
                 "conversationId": conversation,
                 "userRole": ROLES[int(role)],
-                "created": datetime.datetime.now(datetime.UTC).isoformat(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),  # noqa: UP017 (3.9)
                 "message": text,
             }
             queued.append((message, request))
@@ -393,6 +395,10 @@ def main() -> int:
                         help="with --store sqlite: reach SQLite's thread through a queue "
                              "and callFromThread, as medichat does (default), or through a "
                              "one-thread adbapi pool, as medichat did before")
+    parser.add_argument("--server-python", default=None,
+                        help="the interpreter that runs the bare server (this one's by "
+                             "default), for instance a PyPy with Twisted and Autobahn "
+                             "installed; its serving side runs on Python 3.9 and later")
     parser.add_argument("--floor-database", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-postgresql", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -408,7 +414,8 @@ def main() -> int:
             database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
                 if options.store == "sqlite" else ()
             with floor_server(__file__, *database, "--send", options.send,
-                              "--hop", options.hop) as (child, port):
+                              "--hop", options.hop,
+                              python=options.server_python) as (child, port):
                 report = measure(options, child.pid, port)
     print(json.dumps(report))
     return 0 if report["lost"] == 0 else 1
@@ -427,7 +434,8 @@ def measure_postgresql(options: argparse.Namespace) -> dict[str, Any]:
     try:
         before = pgbench_insert_tps(database, options.pgbench_seconds)
         with floor_server(__file__, "--floor-postgresql", database.url,
-                          "--send", options.send) as (child, port):
+                          "--send", options.send,
+                          python=options.server_python) as (child, port):
             report = measure(options, child.pid, port, database.backend_pids())
         report["pgbench_before"] = before
         report["pgbench_after"] = pgbench_insert_tps(database, options.pgbench_seconds)
@@ -520,12 +528,14 @@ def measure(options: argparse.Namespace, pid: int, port: int,
     pump(time.monotonic() + 2.0)
     windows = []
     for _ in range(options.repeats):
-        cpu, answered, frames_before, at = process_cpu(pid), state["answered"], delivered(), \
-            time.monotonic()
+        (user, system), answered, frames_before, at = process_times(pid), state["answered"], \
+            delivered(), time.monotonic()
         backend_cpu = backends_cpu()
         del latencies[:]
         pump(at + options.duration)
-        used, seconds = process_cpu(pid) - cpu, time.monotonic() - at
+        user_after, system_after = process_times(pid)
+        user, system = user_after - user, system_after - system
+        used, seconds = user + system, time.monotonic() - at
         backend_used = backends_cpu() - backend_cpu
         count = state["answered"] - answered
         ordered = sorted(latencies)
@@ -540,6 +550,8 @@ def measure(options: argparse.Namespace, pid: int, port: int,
             "post_p99_ms": round(1000 * percentile(ordered, 0.99), 2) if ordered else None,
             "frames_per_s": round((delivered() - frames_before) / seconds, 1),
             "server_cpu_us_per_message": round(used * 1e6 / count, 1) if count else None,
+            # Of which in the kernel (system calls, and the loopback's receiving side).
+            "server_system_us_per_message": round(system * 1e6 / count, 1) if count else None,
             "server_cpu_pct_of_core": round(100 * used / seconds, 2),
             **window,
         })
@@ -559,6 +571,7 @@ def measure(options: argparse.Namespace, pid: int, port: int,
     lost = (state["sent"] - state["answered"]) + state["refused"] + max(
         0, 3 * state["answered"] - delivered())
     return {"benchmark": "message_floor", "rate_per_s": options.rate, "send": options.send,
+            "server_python": options.server_python or sys.executable,
             "store": options.store, "hop": options.hop if options.store == "sqlite" else None,
             "conversations": options.conversations,
             "http_connections": options.http_connections, "posted": state["sent"],
