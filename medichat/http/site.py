@@ -324,6 +324,7 @@ class Channel(MedichatChannel):
     _head_bytes = 0
     _head_lines = 0
     _host: Any = None
+    _peer: Any = None
 
     def getHost(self) -> Any:
         # Every request asks for the connection's local address, a getsockname() call
@@ -332,6 +333,14 @@ class Channel(MedichatChannel):
         if host is None:
             host = self._host = super().getHost()
         return host
+
+    def getPeer(self) -> Any:
+        # Likewise the client's address, which every request asks for (a new address
+        # object each time, through two wrappers).
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
 
     def lineReceived(self, line: bytes) -> None:
         if not self._in_head:

@@ -78,10 +78,12 @@ class _Echo(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[dict[bytes, list[bytes]], bytes]] = []
+        self.clients: list[Any] = []
 
     def render(self, request: Request) -> bytes:
         assert request.content is not None
         self.seen.append((dict(request.args or {}), request.content.read()))
+        self.clients.append(request.getClientAddress())
         return b"ok"
 
 
@@ -170,6 +172,25 @@ class RequestCostTests(SynchronousTestCase):
             pump.flush()
         self.assertEqual(len(self.echo.seen), 3)
         self.assertEqual(len(calls), 1)
+
+    def test_peer_address_read_once(self) -> None:
+        """The client's address is asked for once, not once per request, and is the same."""
+        client, transport, server_transport, pump = self.connect()
+        calls = []
+        real = server_transport.getPeer
+
+        def get_peer() -> Any:
+            calls.append(None)
+            return real()
+
+        server_transport.getPeer = get_peer
+        for _ in range(3):
+            transport.write(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            pump.flush()
+        self.assertEqual(len(self.echo.seen), 3)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(self.echo.clients), 3)
+        self.assertEqual(set(self.echo.clients), {real()})
 
 
 class UpgradeTests(SynchronousTestCase):
