@@ -95,6 +95,8 @@ class MedichatChannel(HTTPChannel):
         self._head: bytes | None = None
         self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None
+        # The head awaited has a deadline (its timer may outlive it: _end_deadline).
+        self._deadline_set = False
         # Between requests: no request line has been completed, or, if one has, its
         # headers have not.
         self._awaiting_head = True
@@ -105,9 +107,21 @@ class MedichatChannel(HTTPChannel):
     # The deadline
 
     def _start_deadline(self) -> None:
-        self._head_call = self.callLater(self.head_timeout, self._head_expired)
+        self._deadline_set = True
+        call = self._head_call
+        if call is not None and call.active():
+            # The timer of an earlier head, pushed back: cheaper than a new one for each
+            # request of a kept-alive connection (and the cancelled one it replaced).
+            call.reset(self.head_timeout)
+        else:
+            self._head_call = self.callLater(self.head_timeout, self._head_expired)
+
+    def _end_deadline(self) -> None:
+        """The head is in: its timer stays, for the next head, and does nothing meanwhile."""
+        self._deadline_set = False
 
     def _cancel_deadline(self) -> None:
+        self._deadline_set = False
         if self._head_call is not None:
             if self._head_call.active():
                 self._head_call.cancel()
@@ -116,7 +130,8 @@ class MedichatChannel(HTTPChannel):
     def _head_expired(self) -> None:
         self._head_call = None
         transport = self.transport
-        if not self._awaiting_head or transport is None:
+        if not self._deadline_set or not self._awaiting_head or transport is None:
+            self._deadline_set = False
             return
         if self._head_started and not getattr(transport, "disconnecting", False):
             self._log.info(
@@ -168,13 +183,13 @@ class MedichatChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._awaiting_head and data:
             self._head_started = True
-            if self._head_call is None:
+            if not self._deadline_set:
                 self._start_deadline()
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
-        self._cancel_deadline()
+        self._end_deadline()
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:

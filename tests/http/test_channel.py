@@ -213,6 +213,37 @@ class HeadDeadlineTests(SynchronousTestCase):
         self.assertEqual(_answer(client.received)[0], 408)
         self.assertTrue(client.closed)
 
+    def test_keep_alive_soon(self) -> None:
+        """
+        A request that starts before the previous one's deadline would have come has its
+        own full deadline from its first byte, and the previous one's does not fire.
+        """
+        setup = _Setup(head_timeout=10)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD)
+        pump.flush()
+        setup.clock.advance(5)
+        client.received = b""
+        transport.write(_HEAD[:5])
+        pump.flush()
+        setup.clock.advance(9.9)
+        pump.flush()
+        self.assertEqual(client.received, b"")
+        self.assertFalse(client.closed)
+        transport.write(_HEAD[5:])
+        pump.flush()
+        setup.clock.advance(30)
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 200)
+        self.assertFalse(client.closed)
+        client.received = b""
+        transport.write(_HEAD[:5])
+        pump.flush()
+        setup.clock.advance(10)
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 408)
+        self.assertTrue(client.closed)
+
     def test_slow_answer(self) -> None:
         """The deadline covers the head only: a slow answer is not cut off."""
         setup = _Setup(head_timeout=10)
