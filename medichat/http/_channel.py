@@ -189,7 +189,12 @@ class MedichatChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
-        self._end_deadline()
+        if self.requests and self.requests[-1].requestHeaders.hasHeader(b"upgrade"):
+            # A WebSocket handshake: the connection leaves twisted.web with it, and its
+            # channel should not be kept by a timer until the deadline comes.
+            self._cancel_deadline()
+        else:
+            self._end_deadline()
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:

@@ -225,3 +225,7 @@ class UpgradeTests(SynchronousTestCase):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), client.received[:80])
         self.assertIsNot(server.wrappedProtocol, channel)
         self.assertEqual(channel.requests, [])
+        # Nor does a timer of the channel's (its request head's deadline) keep it.
+        self.assertEqual(
+            [call for call in clock.getDelayedCalls()
+             if getattr(call.func, "__self__", None) is channel], [])
