@@ -95,6 +95,8 @@ class MedichatChannel(HTTPChannel):
         self._head: bytes | None = None
         self._hold_call: IDelayedCall | None = None
         self._head_call: IDelayedCall | None = None
+        # The idle timeout's timer (setTimeout).
+        self._idle_call: IDelayedCall | None = None
         # The head awaited has a deadline (its timer may outlive it: _end_deadline).
         self._deadline_set = False
         # Between requests: no request line has been completed, or, if one has, its
@@ -103,6 +105,42 @@ class MedichatChannel(HTTPChannel):
         # Some byte of the awaited head has arrived.
         self._head_started = False
         self._draining = False
+
+    # The idle timeout
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        As L{TimeoutMixin.setTimeout}, with one timer kept.  twisted.web turns the idle
+        timeout off while it handles a request and on again once it is answered, which
+        made a timer and cancelled it for every request: off, the timer now stays and
+        does nothing should it come due; on again, it is pushed back.  It is cancelled
+        when the connection is lost or taken over (L{_cancel_idle}).
+        """
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            return previous
+        call = self._idle_call
+        if call is not None and call.active():
+            call.reset(period)
+        else:
+            self._idle_call = self.callLater(period, self._idle_expired)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """As L{TimeoutMixin.resetTimeout}: the idle timeout, if on, starts again."""
+        call = self._idle_call
+        if call is not None and self.timeOut is not None and call.active():
+            call.reset(self.timeOut)
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        if self.timeOut is not None:
+            self.timeoutConnection()
+
+    def _cancel_idle(self) -> None:
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     # The deadline
 
@@ -191,8 +229,10 @@ class MedichatChannel(HTTPChannel):
         self._awaiting_head = False
         if self.requests and self.requests[-1].requestHeaders.hasHeader(b"upgrade"):
             # A WebSocket handshake: the connection leaves twisted.web with it, and its
-            # channel should not be kept by a timer until the deadline comes.
+            # channel should not be kept by a timer until it comes due (an idle timer is
+            # made again should the handshake fail and the connection stay HTTP).
             self._cancel_deadline()
+            self._cancel_idle()
         else:
             self._end_deadline()
         super().allHeadersReceived()
@@ -236,6 +276,7 @@ class MedichatChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._head = None
+        self._cancel_idle()
         self._cancel_deadline()
         self._cancel_hold()
         super().connectionLost(reason)

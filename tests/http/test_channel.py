@@ -86,13 +86,16 @@ class _Client(Protocol):
 class _Setup:
     """A site on a clock, behind the connection cap, and clients connected to it."""
 
-    def __init__(self, head_timeout: float = 10.0, limit: int = 100) -> None:
+    def __init__(self, head_timeout: float = 10.0, limit: int = 100,
+                 idle_timeout: float | None = None) -> None:
         self.clock = Clock()
         self.held = _Held()
         root = Resource()
         root.putChild(b"ok", _Ok())
         root.putChild(b"held", self.held)
         site = make_site(root, 1000, clock=self.clock, head_timeout=head_timeout)
+        if idle_timeout is not None:
+            site.timeOut = idle_timeout
         self.cap = ConnectionCap(limit, self.clock)
         self.factory = HTTPConnections(site, self.cap, self.clock)
 
@@ -255,6 +258,77 @@ class HeadDeadlineTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(_answer(client.received)[0], 200)
         self.assertFalse(client.closed)
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    twisted.web's idle timeout, whose timer the channel keeps from one request to the
+    next: the same closings as Twisted's own, and no timer left on a connection that is
+    gone.
+    """
+
+    def timers(self, setup: _Setup, channel: Any) -> list[Any]:
+        return [call for call in setup.clock.getDelayedCalls()
+                if getattr(call.func, "__self__", None) is channel]
+
+    def test_idle_closed(self) -> None:
+        """A kept-alive connection idle for the timeout after its answer is closed."""
+        setup = _Setup(idle_timeout=60)
+        client, transport, pump = setup.connect()
+        setup.clock.advance(5)
+        transport.write(_HEAD)
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 200)
+        setup.clock.advance(59.9)
+        pump.flush()
+        self.assertFalse(client.closed)
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.assertTrue(client.closed)
+
+    def test_long_answer(self) -> None:
+        """An answer that takes longer than the timeout is not cut off; idleness counts after it."""
+        setup = _Setup(idle_timeout=60)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD.replace(b"/ok", b"/held"))
+        pump.flush()
+        setup.clock.advance(100)
+        pump.flush()
+        self.assertFalse(client.closed)
+        setup.held.answer()
+        pump.flush()
+        self.assertEqual(_answer(client.received)[0], 200)
+        setup.clock.advance(59.9)
+        pump.flush()
+        self.assertFalse(client.closed)
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.assertTrue(client.closed)
+
+    def test_requests_keep_it_open(self) -> None:
+        """Requests closer together than the timeout keep the connection open."""
+        setup = _Setup(idle_timeout=60)
+        client, transport, pump = setup.connect()
+        for _ in range(5):
+            transport.write(_HEAD)
+            pump.flush()
+            setup.clock.advance(50)
+            pump.flush()
+        self.assertFalse(client.closed)
+        self.assertEqual(client.received.count(b"HTTP/1.1 200 "), 5)
+
+    def test_no_timer_left(self) -> None:
+        """A connection closed leaves no timer of its channel's behind."""
+        setup = _Setup(idle_timeout=60)
+        client, transport, pump = setup.connect()
+        transport.write(_HEAD)
+        pump.flush()
+        [connection] = setup.factory.protocols
+        channel = connection.wrappedProtocol
+        self.assertNotEqual(self.timers(setup, channel), [])
+        transport.loseConnection()
+        pump.flush()
+        self.assertEqual(self.timers(setup, channel), [])
 
 
 class _Limited(Resource):
