@@ -1,8 +1,8 @@
 """
 Tests for the eager answers of L{medichat.http._channel.MedichatChannel}: an answer's head
 is kept until its body comes and both leave in one write, through the eager writer when the
-connection has one, else through its transport; on a real loopback connection every kind of answer arrives whole and in
-order, however much of it the kernel takes at once.
+connection has one, else through its transport; on a real loopback connection every kind
+of answer arrives whole and in order, however much of it the kernel takes at once.
 """
 
 from __future__ import annotations
