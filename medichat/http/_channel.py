@@ -108,7 +108,7 @@ class MedichatChannel(HTTPChannel):
 
     # The idle timeout
 
-    def setTimeout(self, period: float | None) -> float | None:
+    def setTimeout(self, period: int | None) -> int | None:
         """
         As L{TimeoutMixin.setTimeout}, with one timer kept.  twisted.web turns the idle
         timeout off while it handles a request and on again once it is answered, which
