@@ -271,6 +271,16 @@ class IdleTimeoutTests(SynchronousTestCase):
         return [call for call in setup.clock.getDelayedCalls()
                 if getattr(call.func, "__self__", None) is channel]
 
+    def closed_after(self, setup: _Setup, client: _Client, pump: IOPump,
+                     seconds: float) -> None:
+        """The connection, open now, is still open just before C{seconds}, closed at them."""
+        setup.clock.advance(seconds - 0.1)
+        pump.flush()
+        self.assertFalse(client.closed)
+        setup.clock.advance(0.1)
+        pump.flush()
+        self.assertTrue(client.closed)
+
     def test_idle_closed(self) -> None:
         """A kept-alive connection idle for the timeout after its answer is closed."""
         setup = _Setup(idle_timeout=60)
@@ -279,12 +289,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         transport.write(_HEAD)
         pump.flush()
         self.assertEqual(_answer(client.received)[0], 200)
-        setup.clock.advance(59.9)
-        pump.flush()
-        self.assertFalse(client.closed)
-        setup.clock.advance(0.1)
-        pump.flush()
-        self.assertTrue(client.closed)
+        self.closed_after(setup, client, pump, 60)
 
     def test_long_answer(self) -> None:
         """An answer that takes longer than the timeout is not cut off; idleness counts after it."""
@@ -298,12 +303,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         setup.held.answer()
         pump.flush()
         self.assertEqual(_answer(client.received)[0], 200)
-        setup.clock.advance(59.9)
-        pump.flush()
-        self.assertFalse(client.closed)
-        setup.clock.advance(0.1)
-        pump.flush()
-        self.assertTrue(client.closed)
+        self.closed_after(setup, client, pump, 60)
 
     def test_requests_keep_it_open(self) -> None:
         """Requests closer together than the timeout keep the connection open."""
