@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _harness import Server, log  # noqa: E402
-from instructions import Medichat, waves  # noqa: E402
+from instructions import Medichat, load_options, parse_load_options, waves  # noqa: E402
 
 # Runs in the server's process before twistd: the twistd command follows it in sys.argv.
 BOOTSTRAP = r"""
@@ -111,24 +111,10 @@ def summary(path: str, messages: int, top: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--messages", type=int, default=1000,
-                        help="messages counted (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=30,
-                        help="messages in each conversation before counting starts "
-                             "(default %(default)s)")
-    parser.add_argument("--in-flight", type=int, default=1,
-                        help="conversations posted to at once, one message each per wave "
-                             "(default %(default)s)")
-    parser.add_argument("--server-tree", default=None,
-                        help="run the server from this checkout instead of this one")
-    parser.add_argument("--server-option", action="append", default=[],
-                        help="one more option for the server, as one word; repeatable")
+    load_options(parser, messages=1000)
     parser.add_argument("--top", type=int, default=30,
                         help="functions listed per thread (default %(default)s)")
-    options = parser.parse_args()
-    if options.in_flight < 1 or options.messages < options.in_flight or options.warmup < 0:
-        parser.error("--in-flight must be positive, --messages at least as many, and "
-                     "--warmup not negative")
+    options = parse_load_options(parser)
     directory = tempfile.mkdtemp(prefix="medichat-calls-")
     out = os.path.join(directory, "profile")
     server = Server(["--message-rate", "100000000", *options.server_option],

@@ -321,9 +321,9 @@ def _top(threads: list[tuple[str, int]], messages: int, count: int) -> list[dict
             for name, n in ranked]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--messages", type=int, default=200,
+def load_options(parser: argparse.ArgumentParser, messages: int) -> None:
+    """The options of the waves' load (L{waves}) and of the server, shared with C{calls.py}."""
+    parser.add_argument("--messages", type=int, default=messages,
                         help="messages counted (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=30,
                         help="messages in each conversation before counting starts "
@@ -332,20 +332,31 @@ def main() -> int:
                         help="conversations, each with one POST in flight: the messages "
                              "go in waves of this many, which the store may commit "
                              "together (default %(default)s: one at a time)")
-    parser.add_argument("--floor", action="store_true",
-                        help="count the bare stack of message_floor.py instead")
     parser.add_argument("--server-tree", default=None,
                         help="run the medichat of this source tree; default: this one")
     parser.add_argument("--server-option", action="append", default=[],
                         help="one more option for the server, as one word; repeatable")
-    parser.add_argument("--top", type=int, default=25,
-                        help="functions listed (default %(default)s)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep callgrind's files (for callgrind_annotate) and say where")
+
+
+def parse_load_options(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line, refusing a load that L{waves} cannot post."""
     options = parser.parse_args()
     if options.in_flight < 1 or options.messages < options.in_flight or options.warmup < 0:
         parser.error("--in-flight must be positive, --messages at least as many, and "
                      "--warmup not negative")
+    return options
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    load_options(parser, messages=200)
+    parser.add_argument("--floor", action="store_true",
+                        help="count the bare stack of message_floor.py instead")
+    parser.add_argument("--top", type=int, default=25,
+                        help="functions listed (default %(default)s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep callgrind's files (for callgrind_annotate) and say where")
+    options = parse_load_options(parser)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         parser.error("needs valgrind (Debian's package valgrind)")
     directory = tempfile.mkdtemp(prefix="medichat-callgrind-")
