@@ -10,13 +10,17 @@ header), and plain HTTP at the WebSocket endpoint (426).
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from twisted.web.resource import IResource, Resource, _IEncodingResource
+from twisted.web.server import Request, Site, version
 
 from medichat._logcontext import request_id
 from medichat.errors import NotFound
@@ -235,6 +239,38 @@ def build_root(
     return _HeaderGuard(resource)
 
 
+class HTTPDate:
+    """
+    The C{Date} header's value now, as twisted.web writes it (L{datetimeToString}), made
+    once a second rather than for every answer.
+
+    @ivar clock: the wall clock, in seconds since the epoch.
+    """
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
+        # One attribute, replaced whole: a second and its text always belong together.
+        self._last: tuple[int, bytes] = (-1, b"")
+
+    def __call__(self) -> bytes:
+        second = int(self.clock())
+        last = self._last
+        if last[0] == second:
+            return last[1]
+        text = datetimeToString(second)
+        self._last = (second, text)
+        return text
+
+
+http_date = HTTPDate()
+"""The C{Date} of every answer of the site's requests (L{BoundedRequest.process})."""
+
+
+def _path_segment(segment: bytes) -> bytes:
+    """A segment of a request's path, percent-decoded as twisted.web decodes it."""
+    return unquote_to_bytes(segment) if b"%" in segment else segment
+
+
 _JSON_CONTENT_TYPE = re.compile(rb"[ \t]*application/json(?:[ \t;]|\Z)", re.IGNORECASE)
 """
 A C{Content-Type} that is certainly C{application/json}, whatever its parameters: neither
@@ -270,6 +306,13 @@ class BoundedRequest(Request):
         self._kept = 0
 
     def process(self) -> None:
+        """
+        What L{Request.process} does (the default headers, the path's segments, the
+        resource found and rendered), with an id for the request, and with the C{Date}
+        header's text made once a second (L{HTTPDate}) and only the segments that hold a
+        C{%} percent-decoded: twisted.web formats the time and runs the decoder on every
+        segment of every request.
+        """
         site = getattr(self.channel, "site", None)
         if isinstance(site, MedichatSite):
             self.request_id = site.request_ids.next()
@@ -278,7 +321,23 @@ class BoundedRequest(Request):
         # Callbacks and coroutines started from here run in a copy of this context.
         token = request_id.set(self.request_id)
         try:
-            super().process()
+            self.site = self.channel.site  # type: ignore[attr-defined]
+            self.setHeader(b"Server", version)
+            self.setHeader(b"Date", http_date())
+            self.prepath = []
+            self.postpath = [_path_segment(s) for s in self.path[1:].split(b"/")]
+            if self.path == b"*":
+                self._handleStar()
+                return
+            try:
+                resource = self.site.getResourceFor(self)
+                if _IEncodingResource.providedBy(resource):
+                    encoder = resource.getEncoder(self)
+                    if encoder is not None:
+                        self._encoder = encoder
+                self.render(resource)
+            except BaseException:
+                self.processingFailed(Failure())
         finally:
             request_id.reset(token)
 

@@ -14,11 +14,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.http import datetimeToString
 from twisted.web.test.requesthelper import DummyChannel
 
 from medichat._connections import ConnectionCap
 from medichat.http._channel import HTTPConnections
-from medichat.http.site import BoundedRequest, build_root, make_site, normalise_base_path
+from medichat.http import site as site_module
+from medichat.http.site import (
+    BoundedRequest,
+    HTTPDate,
+    build_root,
+    make_site,
+    normalise_base_path,
+)
 from tests._stomp import make_services
 from tests.carriers._memory import ws_factory
 from tests.http.test_channel import _answer, _Client
@@ -79,11 +87,13 @@ class _Echo(Resource):
         super().__init__()
         self.seen: list[tuple[dict[bytes, list[bytes]], bytes]] = []
         self.clients: list[Any] = []
+        self.paths: list[list[bytes]] = []
 
     def render(self, request: Request) -> bytes:
         assert request.content is not None
         self.seen.append((dict(request.args or {}), request.content.read()))
         self.clients.append(request.getClientAddress())
+        self.paths.append(list(request.postpath or []))
         return b"ok"
 
 
@@ -155,6 +165,55 @@ class RequestCostTests(SynchronousTestCase):
                 b"--zz--\r\n")
         self.assertEqual(self.post(b"multipart/form-data; boundary=zz", body), (200, b"ok"))
         self.assertEqual(self.echo.seen[0][0], {b"a": [b"1"]})
+
+    def get(self, transport: Any, client: Any, pump: IOPump, path: bytes = b"/x"
+            ) -> dict[bytes, bytes]:
+        """One GET on a connection already open; its answer's headers."""
+        client.received = b""
+        transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        pump.flush()
+        code, headers, _ = _answer(client.received)
+        self.assertEqual(code, 200)
+        return headers
+
+    def test_date_made_once_a_second(self) -> None:
+        """
+        Every answer has twisted.web's Server header and its Date, whose text is made
+        once a second, not once a request.
+        """
+        start = 1_764_000_000
+        now = [start + 0.25]
+        made: list[float] = []
+
+        def counted(seconds: float) -> bytes:
+            made.append(seconds)
+            return datetimeToString(seconds)
+
+        self.patch(site_module, "datetimeToString", counted)
+        self.patch(site_module, "http_date", HTTPDate(lambda: now[0]))
+        client, transport, _, pump = self.connect()
+        dates = []
+        for offset in (0.25, 0.5, 0.99, 1.0, 1.5):
+            now[0] = start + offset
+            headers = self.get(transport, client, pump)
+            self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
+            dates.append(headers[b"date"])
+        self.assertEqual(
+            dates, [datetimeToString(start)] * 3 + [datetimeToString(start + 1)] * 2)
+        self.assertEqual(made, [start, start + 1])
+
+    def test_date_now(self) -> None:
+        """The site's own Date is the wall clock's second, as twisted.web's is."""
+        client, transport, _, pump = self.connect()
+        before = datetimeToString()
+        date = self.get(transport, client, pump)[b"date"]
+        self.assertIn(date, (before, datetimeToString()))
+
+    def test_path_segments_decoded(self) -> None:
+        """Segments are percent-decoded as twisted.web decodes them; others kept."""
+        client, transport, _, pump = self.connect()
+        self.get(transport, client, pump, b"/a%20b/c/%2F%zz/")
+        self.assertEqual(self.echo.paths, [[b"a b", b"c", b"/%zz", b""]])
 
     def read_once(self, name: str) -> tuple[list[Any], Any]:
         """
