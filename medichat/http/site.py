@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
-from twisted.web.resource import IResource, Resource, _IEncodingResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
 from medichat._logcontext import request_id
@@ -311,7 +311,9 @@ class BoundedRequest(Request):
         resource found and rendered), with an id for the request, and with the C{Date}
         header's text made once a second (L{HTTPDate}) and only the segments that hold a
         C{%} percent-decoded: twisted.web formats the time and runs the decoder on every
-        segment of every request.
+        segment of every request.  Unlike twisted.web's, it does not look for a content
+        encoding on the resource (its private C{_IEncodingResource}): no resource of the
+        site has one (twisted.web's gzip wrapper is not used).
         """
         site = getattr(self.channel, "site", None)
         if isinstance(site, MedichatSite):
@@ -321,21 +323,17 @@ class BoundedRequest(Request):
         # Callbacks and coroutines started from here run in a copy of this context.
         token = request_id.set(self.request_id)
         try:
+            if self.path == b"*":
+                # A request for the server as a whole (OPTIONS *): twisted.web's answer.
+                super().process()
+                return
             self.site = self.channel.site  # type: ignore[attr-defined]
             self.setHeader(b"Server", version)
             self.setHeader(b"Date", http_date())
             self.prepath = []
             self.postpath = [_path_segment(s) for s in self.path[1:].split(b"/")]
-            if self.path == b"*":
-                self._handleStar()
-                return
             try:
-                resource = self.site.getResourceFor(self)
-                if _IEncodingResource.providedBy(resource):
-                    encoder = resource.getEncoder(self)
-                    if encoder is not None:
-                        self._encoder = encoder
-                self.render(resource)
+                self.render(self.site.getResourceFor(self))
             except BaseException:
                 self.processingFailed(Failure())
         finally:

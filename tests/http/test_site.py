@@ -12,14 +12,14 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
+from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.http import datetimeToString
 from twisted.web.test.requesthelper import DummyChannel
 
 from medichat._connections import ConnectionCap
-from medichat.http._channel import HTTPConnections
 from medichat.http import site as site_module
+from medichat.http._channel import HTTPConnections
 from medichat.http.site import (
     BoundedRequest,
     HTTPDate,
@@ -214,6 +214,24 @@ class RequestCostTests(SynchronousTestCase):
         client, transport, _, pump = self.connect()
         self.get(transport, client, pump, b"/a%20b/c/%2F%zz/")
         self.assertEqual(self.echo.paths, [[b"a b", b"c", b"/%zz", b""]])
+
+    def test_server_as_a_whole(self) -> None:
+        """
+        A request for the server as a whole (C{*}) gets twisted.web's own answer (200 to
+        OPTIONS, 405 to anything else), with the same default headers; no resource
+        sees it.
+        """
+        client, transport, _, pump = self.connect()
+        for method, expected in ((b"OPTIONS", 200), (b"GET", 405)):
+            client.received = b""
+            transport.write(method + b" * HTTP/1.1\r\nHost: h\r\n\r\n")
+            pump.flush()
+            code, headers, _ = _answer(client.received)
+            self.assertEqual((code, headers[b"content-length"]), (expected, b"0"))
+            self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
+            self.assertIn(b"date", headers)
+        self.assertEqual(headers[b"allow"], b"OPTIONS")
+        self.assertEqual(self.echo.seen, [])
 
     def read_once(self, name: str) -> tuple[list[Any], Any]:
         """
