@@ -50,6 +50,7 @@ from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 from medichat._logcontext import request_id
+from medichat._persecond import PerSecond
 
 LOG_FORMATS = ("text", "json")
 """The values of C{--log-format}."""
@@ -80,13 +81,11 @@ def json_file_observer(out_file: IO[Any]) -> ILogObserver:
 class _SecondsText:
     """
     twisted.logger's L{formatTime} in its default format (to the second), remembering
-    the text of the last second it made.
+    the text of the last second it made (L{PerSecond}).
     """
 
     def __init__(self) -> None:
-        # One attribute, replaced whole, so a thread that logs at the same time reads a
-        # second and its text that belong together.
-        self._last: tuple[int, str] | None = None
+        self._text = PerSecond(formatTime)
 
     def __call__(self, when: float | None) -> str:
         if when is None:
@@ -95,13 +94,7 @@ class _SecondsText:
         # microsecond first (so 0.9999999 is second 1, and -0.0000001 is second 0).
         fraction, whole = math.modf(when)
         micro = round(fraction * 1_000_000)
-        second = int(whole) + (micro >= 1_000_000) - (micro < 0)
-        last = self._last
-        if last is not None and last[0] == second:
-            return last[1]
-        text = formatTime(second)
-        self._last = (second, text)
-        return text
+        return self._text(int(whole) + (micro >= 1_000_000) - (micro < 0))
 
 
 _seconds_text = _SecondsText()

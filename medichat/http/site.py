@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -23,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site, version
 
 from medichat._logcontext import request_id
+from medichat._persecond import PerSecond
 from medichat.errors import NotFound
 from medichat.http._channel import EagerWriter, MedichatChannel
 from medichat.http.accesslog import AccessLog, RequestIds
@@ -242,24 +244,17 @@ def build_root(
 class HTTPDate:
     """
     The C{Date} header's value now, as twisted.web writes it (L{datetimeToString}), made
-    once a second rather than for every answer.
+    once a second rather than for every answer (L{PerSecond}).
 
     @ivar clock: the wall clock, in seconds since the epoch.
     """
 
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        # One attribute, replaced whole: a second and its text always belong together.
-        self._last: tuple[int, bytes] = (-1, b"")
+        self._text = PerSecond(datetimeToString)
 
     def __call__(self) -> bytes:
-        second = int(self.clock())
-        last = self._last
-        if last[0] == second:
-            return last[1]
-        text = datetimeToString(second)
-        self._last = (second, text)
-        return text
+        return self._text(int(self.clock()))
 
 
 http_date = HTTPDate()
