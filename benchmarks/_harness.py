@@ -125,6 +125,57 @@ def floor_server(script: str, *args: str, wrapper: tuple[str, ...] = (),
         child.wait()
 
 
+HTTPRequest = tuple[bytes, bytes, dict[bytes, bytes], bytes]
+"""A request as L{split_requests} gives it: method, path, headers (names in lower case),
+body."""
+
+
+def split_requests(buffer: bytes) -> tuple[list[HTTPRequest], bytes]:
+    """
+    The complete HTTP/1.1 requests at the start of C{buffer}, each head split at once
+    and its body taken by its C{Content-Length}, and what is left after them: the floors'
+    HTTP without twisted.web (C{--server protocol}, C{--http protocol}).  A C{GET} (a
+    WebSocket handshake: the floors take no other) ends the list, left whole at the start
+    of what is left for the caller to hand over.
+    """
+    requests: list[HTTPRequest] = []
+    while not buffer.startswith(b"GET "):
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            break
+        lines = buffer[:end].split(b"\r\n")
+        method, path, _ = lines[0].split(b" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        start = end + 4
+        stop = start + int(headers.get(b"content-length", b"0"))
+        if len(buffer) < stop:
+            break
+        requests.append((method, path, headers, buffer[start:stop]))
+        buffer = buffer[stop:]
+    return requests, buffer
+
+
+_REASONS = {201: b"Created", 400: b"Bad Request"}
+
+
+def http_answer(code: int, body: bytes) -> bytes:
+    """
+    An answer to a L{split_requests} request (201 or 400), with the headers twisted.web
+    would write for it: C{Server}, C{Date}, a JSON C{Content-Type}, C{Content-Length}.
+    """
+    from twisted.web.http import datetimeToString
+    from twisted.web.server import version
+
+    return (
+        b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (code, _REASONS[code], version, datetimeToString(), len(body), body)
+    )
+
+
 def process_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in KiB."""
     found = {}

@@ -30,6 +30,10 @@ thread), as one JSON object; at the end it checks that every POST was answered a
 delivery arrived.  Compare with C{msgpath.py}'s C{server_cpu_us_per_message} at the same
 rate.
 
+With C{--http protocol} no twisted.web serves the POSTs: a plain L{Protocol} parses each
+request itself and hands a WebSocket handshake's connection to Autobahn's protocol (the
+floor without twisted.web's per-request work).
+
 With C{--store postgresql} the messages go to PostgreSQL instead (a database
 C{medichat_bench_<hex>} made on C{--database} for the run and dropped after it), through
 one txpostgres connection: a group is one round trip, the message rows and the receipt
@@ -42,6 +46,7 @@ of issue 10's PostgreSQL goal.
     python benchmarks/message_floor.py --rate 500 --duration 5 --repeats 3
     python benchmarks/message_floor.py --store postgresql --rate 1000
     python benchmarks/message_floor.py --rate 600 --server-python /tmp/pypy/bin/python
+    python benchmarks/message_floor.py --rate 2500 --http protocol
 """
 
 from __future__ import annotations
@@ -61,10 +66,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import (  # noqa: E402
     floor_arguments,
     floor_server,
+    http_answer,
     percentile,
     process_cpu,
     process_times,
     raise_nofile,
+    split_requests,
 )
 
 TEXT = "how are you feeling today?"
@@ -73,7 +80,7 @@ ROLES = ("customer", "employee")
 
 
 def serve(database: str | None, direct: bool, postgresql: str | None = None,
-          hop: str = "thread") -> None:
+          hop: str = "thread", http: str = "twisted.web") -> None:
     """
     The child: the bare server; prints its port, then serves until killed.
 
@@ -82,6 +89,9 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
     @param postgresql: a libpq connection string: commit to PostgreSQL instead.
     @param hop: how SQLite's thread is reached: C{"thread"} (a queue in, C{callFromThread}
         out) or C{"adbapi"}.
+    @param http: C{"twisted.web"} (a L{Site}, Autobahn's resource for the WebSockets), or
+        C{"protocol"}: a plain L{Protocol} that parses each request itself and hands a
+        WebSocket handshake's connection to Autobahn's protocol.
     """
     import datetime
     import itertools
@@ -95,6 +105,7 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
     from twisted.enterprise import adbapi
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
     from twisted.python.failure import Failure
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -227,13 +238,8 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
         committing[0] = False
         if queued:
             commit()
-        for message, request in batch:
-            body = json.dumps(message).encode()
-            request.setResponseCode(201)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+        for message, answer in batch:
+            answer(201, json.dumps(message).encode())
             conversation = message["conversationId"]
             event = json.dumps({"type": "message", "data": message}).encode()
             destination = f"/v1/topic/conversation/{conversation}"
@@ -248,29 +254,64 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
                     "received": message["created"]}}).encode()
                 author.deliver(frame(destination, received))
 
+    def post(path: bytes, body: bytes, answer: Any) -> None:
+        try:
+            _, _, conversation, role = path.decode().split("/")
+            text = json.loads(body)["message"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(text)
+        except (ValueError, KeyError, TypeError):
+            answer(400, b"{}")
+            return
+        message = {
+            "id": str(uuid.uuid4()),
+            "conversationId": conversation,
+            "userRole": ROLES[int(role)],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),  # noqa: UP017 (3.9)
+            "message": text,
+        }
+        queued.append((message, answer))
+        if not committing[0]:
+            commit()
+
+    def web_answer(request: Any, code: int, body: bytes) -> None:
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
     class Post(Resource):
         isLeaf = True
 
         def render_POST(self, request: Any) -> Any:  # noqa: N802 - twisted.web's name
-            try:
-                _, _, conversation, role = request.path.decode().split("/")
-                text = json.loads(request.content.read())["message"]
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(text)
-            except (ValueError, KeyError, TypeError):
-                request.setResponseCode(400)
-                return b"{}"
-            message = {
-                "id": str(uuid.uuid4()),
-                "conversationId": conversation,
-                "userRole": ROLES[int(role)],
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),  # noqa: UP017 (3.9)
-                "message": text,
-            }
-            queued.append((message, request))
-            if not committing[0]:
-                commit()
+            post(request.path, request.content.read(),
+                 lambda code, body: web_answer(request, code, body))
             return NOT_DONE_YET
+
+    class PlainHTTP(Protocol):
+        """Keep-alive POSTs with a Content-Length, parsed whole; WebSockets to Autobahn."""
+
+        def __init__(self) -> None:
+            self.buffer = b""
+
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            requests, self.buffer = split_requests(self.buffer + data)
+            for _, path, _, body in requests:
+                post(path, body, self.answer)
+            if self.buffer.startswith(b"GET "):
+                self.upgrade()
+
+        def upgrade(self) -> None:
+            transport: Any = self.transport
+            protocol = ws_factory.buildProtocol(transport.getPeer())
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            protocol.dataReceived(self.buffer)
+
+        def answer(self, code: int, body: bytes) -> None:
+            if self.transport is not None:
+                self.transport.write(http_answer(code, body))
 
     class JSONRequest(Request):
         # As medichat's requests do: a JSON body is no form, so twisted.web need not parse
@@ -285,14 +326,20 @@ def serve(database: str | None, direct: bool, postgresql: str | None = None,
         def log(self, request: Any) -> None:
             pass
 
+    ws_factory = WebSocketServerFactory()
+    ws_factory.protocol = Subscriber
+
     def ready(_: Any) -> None:
-        factory = WebSocketServerFactory()
-        factory.protocol = Subscriber
-        root = Resource()
-        root.putChild(b"ws", WebSocketResource(factory))
-        root.putChild(b"c", Post())
+        site: Any
+        if http == "protocol":
+            site = Factory.forProtocol(PlainHTTP)
+        else:
+            root = Resource()
+            root.putChild(b"ws", WebSocketResource(ws_factory))
+            root.putChild(b"c", Post())
+            site = Quiet(root)
         port = reactor.listenTCP(  # type: ignore[attr-defined]
-            0, Quiet(root), backlog=1024, interface="127.0.0.1"
+            0, site, backlog=1024, interface="127.0.0.1"
         )
         print(port.getHost().port, flush=True)
 
@@ -399,13 +446,17 @@ def main() -> int:
                         help="the interpreter that runs the bare server (this one's by "
                              "default), for instance a PyPy with Twisted and Autobahn "
                              "installed; its serving side runs on Python 3.9 and later")
+    parser.add_argument("--http", choices=("twisted.web", "protocol"), default="twisted.web",
+                        help="serve the POSTs and WebSocket handshakes with twisted.web "
+                             "(default), or with a plain Protocol that parses each request "
+                             "itself (the floor without twisted.web's per-request work)")
     parser.add_argument("--floor-database", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-postgresql", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     raise_nofile()
     if options.serve:
         serve(options.floor_database, options.send == "direct", options.floor_postgresql,
-              options.hop)
+              options.hop, options.http)
         return 0
     if options.store == "postgresql":
         report = measure_postgresql(options)
@@ -414,7 +465,7 @@ def main() -> int:
             database = ("--floor-database", os.path.join(directory, "floor.sqlite")) \
                 if options.store == "sqlite" else ()
             with floor_server(__file__, *database, "--send", options.send,
-                              "--hop", options.hop,
+                              "--hop", options.hop, "--http", options.http,
                               python=options.server_python) as (child, port):
                 report = measure(options, child.pid, port)
     print(json.dumps(report))
@@ -434,7 +485,7 @@ def measure_postgresql(options: argparse.Namespace) -> dict[str, Any]:
     try:
         before = pgbench_insert_tps(database, options.pgbench_seconds)
         with floor_server(__file__, "--floor-postgresql", database.url,
-                          "--send", options.send,
+                          "--send", options.send, "--http", options.http,
                           python=options.server_python) as (child, port):
             report = measure(options, child.pid, port, database.backend_pids())
         report["pgbench_before"] = before
