@@ -1052,16 +1052,15 @@ def makeService(
     access_log = AccessLog(
         enabled=config["access-log"] == "on", trusted_proxies=config["trusted-proxy"]
     )
+    fast_paths = FastPaths.probe(not config["no-fast-paths"])
     # Answers sent at once (medichat.http._channel): measured to save the SQLite server
     # CPU per message, and to cost the PostgreSQL one capacity at the edge of saturation
     # (docs/benchmarks.md, eighth and eleventh sessions on issue 10).
-    eager_writer = (
-        FastPaths.probe(not config["no-fast-paths"]).writer_for
-        if store.kind == "sqlite" else None
-    )
+    eager_writer = fast_paths.writer_for if store.kind == "sqlite" else None
     site = make_site(root, config["max-body"], clock=clock,
                      head_timeout=config["request-head-timeout"], access_log=access_log,
-                     rate_limit_hold=config["rate-limit-hold"], eager_writer=eager_writer)
+                     rate_limit_hold=config["rate-limit-hold"], eager_writer=eager_writer,
+                     whole_requests=fast_paths.whole_request_handover())
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 

@@ -1,8 +1,8 @@
 """
 Every use of Twisted's and Autobahn's private state, in one place.
 
-Five shortcuts make fan-out, idle sessions and new connections cheap; each reads or writes
-state that the libraries do not promise to keep:
+Six shortcuts make fan-out, idle sessions, new connections and HTTP requests cheap; each
+reads or writes state that the libraries do not promise to keep:
 
   - the eager send (L{send_now}): one C{send()} on the socket of a plain TCP transport
     with nothing queued, instead of Twisted's queue-and-wait-for-writability (for STOMP
@@ -18,9 +18,14 @@ state that the libraries do not promise to keep:
     an empty C{CONFIG_ATTRS}, so the list Autobahn formats is empty;
   - Autobahn's timers on our clock (L{timers_on_wheel}): Autobahn schedules its handshake
     timers through a private batched timer on txaio's global reactor; the carrier replaces
-    it with the server's L{TimerWheel}, so they run on the injected clock and stop with it.
+    it with the server's L{TimerWheel}, so they run on the injected clock and stop with it;
+  - requests read whole (L{WholeRequestHandover}): an HTTP POST that arrives in one read is
+    read in one pass (L{medichat.http._whole}) rather than a line at a time by twisted.web's
+    channel, which is then told what it would have done itself once the request was in:
+    whether it may take one (no bytes buffered, no request in progress), and that one is
+    being handled (its idle timeout off, raw mode).
 
-The first four are what C{--no-fast-paths} turns off; the fifth only moves timers.
+All but the fifth are what C{--no-fast-paths} turns off; the fifth only moves timers.
 L{FastPaths.probe} runs when a carrier factory is made.  It checks that every attribute a
 shortcut needs exists on the installed versions' classes (and, for the eager send, on a
 real transport instance); a shortcut whose attributes are missing is switched off, with one
@@ -44,6 +49,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 
 from medichat._connections import raw_transport
 from medichat._timers import Timer, TimerWheel
@@ -64,6 +70,9 @@ CONFIG_ATTRIBUTE = "CONFIG_ATTRS"
 
 #: The Autobahn factory attribute that L{timers_on_wheel} replaces.
 TIMER_ATTRIBUTE = "_batched_timer"
+
+#: What L{WholeRequestHandover} reads and writes on twisted.web's HTTPChannel.
+CHANNEL_ATTRIBUTES = ("_buffer", "_handlingRequest", "_savedTimeOut", "line_mode")
 
 _STATE_OPEN = getattr(WebSocketProtocol, "STATE_OPEN", None)
 
@@ -108,12 +117,15 @@ class FastPaths:
     @ivar heartbeat_shortcut: the WebSocket carrier recognises client heart-beats itself.
     @ivar quiet_open: the WebSocket carrier copies Autobahn's options onto a new
         connection itself (L{copy_config}).
+    @ivar whole_requests: HTTP channels may read a request that arrives whole themselves
+        (L{WholeRequestHandover}).
     """
 
     eager_send: bool = False
     own_frames: bool = False
     heartbeat_shortcut: bool = False
     quiet_open: bool = False
+    whole_requests: bool = False
 
     @classmethod
     def probe(cls, enabled: bool = True) -> FastPaths:
@@ -137,12 +149,24 @@ class FastPaths:
         )
         if not quiet_open:
             _warn_once("quiet open", [CONFIG_ATTRIBUTE], "Autobahn's WebSocketServerProtocol")
+        channel = HTTPChannel()
+        missing_channel = [name for name in CHANNEL_ATTRIBUTES if not hasattr(channel, name)]
+        if missing_channel:
+            _warn_once("requests read whole", missing_channel, "twisted.web's HTTPChannel")
         return cls(
             eager_send=not missing_tcp,
             own_frames=not missing_frames,
             heartbeat_shortcut=_STATE_OPEN is not None,
             quiet_open=quiet_open,
+            whole_requests=not missing_channel,
         )
+
+    def whole_request_handover(self) -> WholeRequestHandover | None:
+        """
+        What lets HTTP channels read requests that arrive whole
+        (L{medichat.http._channel}), or L{None} if they may not.
+        """
+        return WholeRequestHandover() if self.whole_requests else None
 
     def writer_for(self, transport: Any) -> Callable[[bytes], object] | None:
         """
@@ -166,6 +190,35 @@ class FastPaths:
             self.heartbeat_shortcut = False
             return False
         return True
+
+
+class WholeRequestHandover:
+    """
+    What an HTTP channel that reads a request whole (L{medichat.http._whole}) asks of
+    twisted.web's L{HTTPChannel} state, instead of its line-at-a-time reading.
+    """
+
+    def ready(self, channel: Any) -> bool:
+        """
+        Whether C{channel} may read a new request whole: it keeps its connection, no
+        request is in progress, and its line reader holds no bytes and is reading lines.
+        """
+        return bool(
+            channel.persistent and not channel.requests and channel.line_mode
+            and not channel._buffer and not channel._handlingRequest
+        )
+
+    def begin(self, channel: Any) -> None:
+        """
+        What C{channel} does once a request's body is in, before the request runs
+        (C{allContentReceived}): its idle timeout off until the answer is done, the
+        request being handled, and raw mode, so that bytes arriving meanwhile wait for
+        it (C{requestDone} turns all three back).
+        """
+        if channel.timeOut:
+            channel._savedTimeOut = channel.setTimeout(None)
+        channel._handlingRequest = True
+        channel.setRawMode()
 
 
 def socket_of(transport: Any, paths: FastPaths) -> Any:

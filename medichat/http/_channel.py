@@ -30,12 +30,18 @@ writer for the eager send of L{medichat.carriers._fastpath} (as the SQLite serve
 unless C{--no-fast-paths}), it sends them then and there in one C{send()} when nothing is
 queued before them, instead of through Twisted's transport, which queues them, asks epoll
 to watch the socket, sends on the next turn of the loop, and stops watching.
+
+Given what hands a request over to twisted.web's channel state (L{WholeRequests}, from
+L{medichat.carriers._fastpath}, unless C{--no-fast-paths}), a POST that arrives whole in
+one read, head and body, is read in one pass (L{medichat.http._whole}) rather than a line
+at a time; any other request, and any POST that pass declines, is read by twisted.web as
+before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -44,16 +50,31 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
+from medichat.http._whole import WholeRequest, whole_post
 from medichat.http.problems import HOLD_ATTRIBUTE, Problem
 
-__all__ = ["EagerWriter", "HTTPConnections", "MedichatChannel"]
+__all__ = ["EagerWriter", "HTTPConnections", "MedichatChannel", "WholeRequests"]
 
 EagerWriter = Callable[[Any], "Callable[[bytes], object] | None"]
 """Given a connection's transport, what writes bytes to it at once, in order with what the
 transport holds (L{medichat.carriers._fastpath.FastPaths.writer_for}), or L{None} if it
 cannot."""
+
+
+class WholeRequests(Protocol):
+    """
+    What a channel that reads a request whole needs of twisted.web's channel state
+    (L{medichat.carriers._fastpath.WholeRequestHandover}).
+    """
+
+    def ready(self, channel: Any) -> bool:
+        """Whether C{channel} may read a new request whole now."""
+
+    def begin(self, channel: Any) -> None:
+        """Put C{channel} in the state of one whose request is in and being handled."""
 
 
 def _timeout_answer(head_timeout: float) -> bytes:
@@ -76,7 +97,8 @@ class MedichatChannel(HTTPChannel):
     _log = Logger()
 
     def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0,
-                 eager_writer: EagerWriter | None = None) -> None:
+                 eager_writer: EagerWriter | None = None,
+                 whole_requests: WholeRequests | None = None) -> None:
         """
         @param head_timeout: seconds the request line and headers may take.
         @param rate_limit_hold: seconds the connection reads nothing after a request
@@ -84,11 +106,14 @@ class MedichatChannel(HTTPChannel):
             never.
         @param eager_writer: gives the connection's eager writer (see the module), if it
             has one; answers go through the transport when L{None}.
+        @param whole_requests: lets the channel read a POST that arrives whole itself
+            (see the module); twisted.web reads every request when L{None}.
         """
         super().__init__()
         self.head_timeout = head_timeout
         self.rate_limit_hold = rate_limit_hold
         self._eager_writer = eager_writer
+        self._whole_requests = whole_requests
         # What writes at once (None: write through the transport), and an answer's head
         # kept until its body.
         self._send: Callable[[bytes], object] | None = None
@@ -219,11 +244,44 @@ class MedichatChannel(HTTPChannel):
         self.write(b"".join(iovec))
 
     def dataReceived(self, data: bytes) -> None:
+        whole = self._whole_requests
+        if (whole is not None and self._awaiting_head and not self._head_started
+                and data[:5] == b"POST " and whole.ready(self)):
+            request = whole_post(data, self.MAX_LENGTH, self.totalHeadersSize, self.maxHeaders)
+            if request is not None:
+                self._read_whole(request, whole)
+                return
         if self._awaiting_head and data:
             self._head_started = True
             if not self._deadline_set:
                 self._start_deadline()
         super().dataReceived(data)
+
+    def _read_whole(self, whole_request: WholeRequest, whole: WholeRequests) -> None:
+        """
+        What twisted.web's channel does with a POST it reads a line at a time, done at
+        once: the idle timeout pushed back, the request made with its headers, its cookies
+        and its persistence, its body, then the channel handling it, and the request run.
+        """
+        self.resetTimeout()
+        # The head is in: its deadline has nothing left to wait for.
+        self._awaiting_head = False
+        self._end_deadline()
+        factory: Any = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        headers = request.requestHeaders
+        for name, value in whole_request.headers:
+            headers.addRawHeader(name, value)
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, b"HTTP/1.1")
+        request.gotLength(len(whole_request.body))
+        request.handleContentChunk(whole_request.body)
+        whole.begin(self)
+        request.requestReceived(b"POST", whole_request.target, b"HTTP/1.1")
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False

@@ -26,7 +26,7 @@ from twisted.web.server import Request, Site, version
 from medichat._logcontext import request_id
 from medichat._persecond import PerSecond
 from medichat.errors import NotFound
-from medichat.http._channel import EagerWriter, MedichatChannel
+from medichat.http._channel import EagerWriter, MedichatChannel, WholeRequests
 from medichat.http.accesslog import AccessLog, RequestIds
 from medichat.http.forwarded import client_address
 from medichat.http.origins import OriginPolicy
@@ -467,8 +467,8 @@ def _client(request: Request) -> str:
 
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
               head_timeout: float = 10.0, access_log: AccessLog | None = None,
-              rate_limit_hold: float = 1.0, eager_writer: EagerWriter | None = None
-              ) -> Site:
+              rate_limit_hold: float = 1.0, eager_writer: EagerWriter | None = None,
+              whole_requests: WholeRequests | None = None) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
     whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
@@ -480,13 +480,15 @@ def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = No
     @param rate_limit_hold: seconds a connection reads nothing after a 429 (0: never).
     @param eager_writer: lets connections send answers at once (see
         L{medichat.http._channel}); L{None} writes them only through the transport.
+    @param whole_requests: lets connections read a POST that arrives whole themselves
+        (see L{medichat.http._channel}); L{None} leaves every request to twisted.web.
     """
     site = MedichatSite(
         root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
     )
     site.protocol = partial(  # type: ignore[assignment]
         Channel, head_timeout, rate_limit_hold=rate_limit_hold,
-        eager_writer=eager_writer,
+        eager_writer=eager_writer, whole_requests=whole_requests,
     )
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False

@@ -66,7 +66,8 @@ class ProbeTests(TestCase):
         """The installed Twisted and Autobahn have everything every shortcut needs."""
         self.assertEqual(FastPaths.probe(),
                          FastPaths(eager_send=True, own_frames=True, heartbeat_shortcut=True,
-                                   quiet_open=True))
+                                   quiet_open=True, whole_requests=True))
+        self.assertIsNotNone(FastPaths.probe().whole_request_handover())
         self.assertEqual(len(self.events), 0)
 
     def test_disabled(self) -> None:
@@ -96,6 +97,19 @@ class ProbeTests(TestCase):
         self.patch(_fastpath, "FRAME_ATTRIBUTES", ("_gone",))
         self.assertFalse(FastPaths.probe().own_frames)
         self.assertEqual(len(self.events), 1)
+
+    def test_missing_channel_attribute(self) -> None:
+        """
+        A twisted.web without what the handover of a request read whole needs turns that
+        off: HTTP channels get no handover, and twisted.web reads every request.
+        """
+        self.patch(_fastpath, "CHANNEL_ATTRIBUTES", (*_fastpath.CHANNEL_ATTRIBUTES, "_gone"))
+        paths = FastPaths.probe()
+        self.assertFalse(paths.whole_requests)
+        self.assertIsNone(paths.whole_request_handover())
+        self.assertTrue(paths.eager_send and paths.own_frames)
+        self.assertEqual(len(self.events), 1)
+        self.assertIn("_gone", self.events[0]["missing"])
 
     def test_heartbeat_attributes_checked_on_open(self) -> None:
         """A protocol without the frame-parser attributes turns the shortcut off for good."""

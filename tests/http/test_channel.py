@@ -6,6 +6,7 @@ the cap on open connections, and draining HTTP connections at shutdown.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Any
 
@@ -26,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from medichat._connections import CappedFactory, ConnectionCap, raw_transport
 from medichat.carriers._fastpath import FastPaths, socket_of
 from medichat.errors import RateLimited
+from medichat.http import site as site_module
 from medichat.http._channel import HTTPConnections
 from medichat.http.problems import problem_for, write_problem
 from medichat.http.site import make_site
@@ -578,3 +580,177 @@ class DrainTests(SynchronousTestCase):
         setup = _Setup()
         self.successResultOf(setup.factory.drain(25))
         self.assertEqual(setup.clock.getDelayedCalls(), [])
+
+
+class _Recorder(Resource):
+    """Records what each request looks like to a resource, and answers it; or holds it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Any, ...]] = []
+        self.hold = False
+        self.held: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        assert request.content is not None
+        self.seen.append((
+            request.method, request.uri, request.path, request.clientproto,
+            sorted(request.requestHeaders.getAllRawHeaders()), request.content.read(),
+            request.args, request.received_cookies, request.prepath, request.postpath,
+        ))
+        if self.hold:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return b"seen %d" % len(self.seen)
+
+
+class WholeRequestTests(SynchronousTestCase):
+    """
+    A POST that arrives whole is read in one pass (L{medichat.http._whole}) when the
+    channel is given the handover of L{FastPaths}: the resource sees the same request and
+    the client gets the same answer as when twisted.web reads it a line at a time;
+    anything else is twisted.web's, as before.
+    """
+
+    def setUp(self) -> None:
+        self.lines = 0
+        real = site_module.Channel.lineReceived
+
+        def counted(channel: Any, line: bytes) -> None:
+            self.lines += 1
+            real(channel, line)
+
+        self.patch(site_module.Channel, "lineReceived", counted)
+
+    def open(self, whole: bool, idle_timeout: float | None = None
+             ) -> tuple[_Recorder, _Client, FakeTransport, IOPump, Clock]:
+        clock = Clock()
+        recorder = _Recorder()
+        handover = FastPaths.probe().whole_request_handover() if whole else None
+        self.assertEqual(handover is not None, whole)
+        site = make_site(recorder, 1000, clock=clock, whole_requests=handover)
+        site.timeOut = idle_timeout
+        self.patch(site_module, "http_date", lambda: b"Tue, 01 Dec 2026 00:00:00 GMT")
+        factory = HTTPConnections(site, ConnectionCap(10, clock), clock)
+        server = factory.buildProtocol(_ADDRESS)
+        assert server is not None
+        client = _Client()
+        client_transport = makeFakeClient(client)
+        pump = connect(server, makeFakeServer(server), client, client_transport,
+                       greet=False, clock=clock)
+        return recorder, client, client_transport, pump, clock
+
+    def both(self, *writes: bytes) -> tuple[list[Any], bytes, bool]:
+        """
+        The same bytes (each element one read) to a channel with the handover and to one
+        without: what their resources saw and what their clients got (the request ids
+        set aside), which must agree; and whether the first one's connection closed.
+        """
+        results = []
+        for whole in (True, False):
+            recorder, client, transport, pump, _ = self.open(whole)
+            for data in writes:
+                transport.write(data)
+                pump.flush()
+            answer = re.sub(rb"X-Request-Id: [^\r]*", b"X-Request-Id: -", client.received)
+            results.append((recorder.seen, answer, client.closed))
+        self.assertEqual(results[0], results[1])
+        return results[0]
+
+    def post(self, *headers: bytes, body: bytes = b'{"message": "hi"}',
+             target: bytes = b"/api/v1/conversation/c/message?x=1") -> bytes:
+        lines = [b"POST " + target + b" HTTP/1.1", b"Host: medichat.test", *headers,
+                 b"Content-Length: %d" % len(body)]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    def test_read_whole(self) -> None:
+        """
+        A whole POST, and the next on the same connection, reach the resource as
+        twisted.web would have read them, and their answers are the same bytes; no line
+        of theirs goes through the line reader.
+        """
+        first = self.post(b"Content-Type: application/json", b"Cookie: a=1; b=2",
+                          b"authorization:  Bearer x.y.z ")
+        seen, answer, closed = self.both(first, self.post(body=b""))
+        self.assertEqual(len(seen), 2)
+        self.assertEqual(seen[0][0:4], (b"POST", b"/api/v1/conversation/c/message?x=1",
+                                        b"/api/v1/conversation/c/message", b"HTTP/1.1"))
+        self.assertEqual(seen[0][7], {b"a": b"1", b"b": b"2"})
+        self.assertEqual(answer.count(b"HTTP/1.1 200 OK"), 2)
+        self.assertFalse(closed)
+        self.lines = 0
+        recorder, client, transport, pump, _ = self.open(True)
+        transport.write(first)
+        pump.flush()
+        self.assertEqual((len(recorder.seen), self.lines), (1, 0))
+
+    def test_then_line_by_line(self) -> None:
+        """After a request read whole, one twisted.web reads (a GET) is read as before."""
+        seen, answer, _ = self.both(self.post(), _HEAD, self.post())
+        self.assertEqual([s[0] for s in seen], [b"POST", b"GET", b"POST"])
+        self.assertEqual(answer.count(b"HTTP/1.1 200 OK"), 3)
+
+    def test_declined_alike(self) -> None:
+        """
+        What the one pass declines (split over reads, two in one read, a form, a folded
+        header, a malformed one) is read by twisted.web, with its outcome.
+        """
+        post = self.post()
+        for writes in [
+            (post[:20], post[20:]),
+            (post + post,),
+            (self.post(b"Transfer-Encoding: chunked", body=b""),),
+            (self.post(b"X-A: 1", b" folded", b"Content-Type: application/x-www-form-urlencoded",
+                       body=b"a=1"),),
+            (self.post(b"Bad Name: 1"),),
+        ]:
+            self.both(*writes)
+        self.assertGreater(self.lines, 0)
+
+    def test_closes_when_asked(self) -> None:
+        """C{Connection: close} is honoured: answered, then closed."""
+        seen, answer, closed = self.both(self.post(b"Connection: close"))
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(closed)
+
+    def test_bytes_while_handled(self) -> None:
+        """
+        A request that comes while one read whole is still being answered waits for it
+        (twisted.web's raw mode and buffer), then is read and answered in turn.
+        """
+        recorder, client, transport, pump, _ = self.open(True)
+        recorder.hold = True
+        transport.write(self.post())
+        pump.flush()
+        transport.write(_HEAD)
+        pump.flush()
+        self.assertEqual(len(recorder.seen), 1)
+        recorder.hold = False
+        recorder.held[0].write(b"done")
+        recorder.held[0].finish()
+        pump.flush()
+        self.assertEqual([s[0] for s in recorder.seen], [b"POST", b"GET"])
+        self.assertEqual(client.received.count(b"HTTP/1.1 200 OK"), 2)
+
+    def test_idle_timeout_kept(self) -> None:
+        """
+        The idle timeout is off while a request read whole is handled, and counts again
+        from its answer, as for any request.
+        """
+        recorder, client, transport, pump, clock = self.open(True, idle_timeout=30)
+        recorder.hold = True
+        transport.write(self.post())
+        pump.flush()
+        clock.advance(60)
+        pump.flush()
+        self.assertFalse(client.closed)
+        recorder.held[0].finish()
+        pump.flush()
+        clock.advance(29)
+        pump.flush()
+        self.assertFalse(client.closed)
+        clock.advance(2)
+        pump.flush()
+        self.assertTrue(client.closed)
