@@ -10,6 +10,8 @@ import re
 import socket
 from typing import Any
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -754,3 +756,33 @@ class WholeRequestTests(SynchronousTestCase):
         clock.advance(2)
         pump.flush()
         self.assertTrue(client.closed)
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @example([(b"X-A", b"a\x00b")], b"ab", b"/api/x", True)
+    @example([(b"X-A", b"a\rb")], b"ab", b"/api/x", True)
+    @example([(b"x-b", b"a\nb")], b"", b"/api/x", True)
+    @example([(b"Bad Name", b"1")], b"ab", b"/api/x", True)
+    @example([(b"Content-Length", b"2")], b"ab", b"/api/x", True)
+    @given(
+        st.lists(st.tuples(
+            st.sampled_from([b"X-A", b"x-b", b"Content-Type", b"Cookie", b"Connection",
+                             b"Content-Length", b"Bad Name", b"", b"X:Y", b"Expect"]),
+            st.one_of(st.binary(max_size=12),
+                      st.sampled_from([b" v\t", b"a\x00b", b"a\rb", b"a\nb", b"1", b""])),
+        ), max_size=5),
+        st.binary(max_size=20),
+        st.sampled_from([b"/api/x", b"/a%20b?q=1", b"/\xff", b"*", b"/a b"]),
+        st.booleans(),
+    )
+    def test_same_outcome(self, headers: list[tuple[bytes, bytes]], body: bytes,
+                          target: bytes, length: bool) -> None:
+        """
+        Any POST in one read, well formed or not, gets the same request to the resource
+        and the same answer bytes, read whole or a line at a time.
+        """
+        lines = [b"POST " + target + b" HTTP/1.1", b"Host: h"]
+        lines += [name + b":" + value for name, value in headers]
+        if length:
+            lines.append(b"Content-Length: %d" % len(body))
+        self.both(b"\r\n".join(lines) + b"\r\n\r\n" + body)
