@@ -31,6 +31,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
+from twisted.web.http import datetimeToString
+from twisted.web.server import version
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -166,9 +168,6 @@ def http_answer(code: int, body: bytes) -> bytes:
     An answer to a L{split_requests} request (201 or 400), with the headers twisted.web
     would write for it: C{Server}, C{Date}, a JSON C{Content-Type}, C{Content-Length}.
     """
-    from twisted.web.http import datetimeToString
-    from twisted.web.server import version
-
     return (
         b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"

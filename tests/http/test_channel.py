@@ -91,13 +91,16 @@ class _Setup:
     """A site on a clock, behind the connection cap, and clients connected to it."""
 
     def __init__(self, head_timeout: float = 10.0, limit: int = 100,
-                 idle_timeout: float | None = None) -> None:
+                 idle_timeout: float | None = None, root: Resource | None = None,
+                 whole_requests: Any = None) -> None:
         self.clock = Clock()
         self.held = _Held()
-        root = Resource()
-        root.putChild(b"ok", _Ok())
-        root.putChild(b"held", self.held)
-        site = make_site(root, 1000, clock=self.clock, head_timeout=head_timeout)
+        if root is None:
+            root = Resource()
+            root.putChild(b"ok", _Ok())
+            root.putChild(b"held", self.held)
+        site = make_site(root, 1000, clock=self.clock, head_timeout=head_timeout,
+                         whole_requests=whole_requests)
         if idle_timeout is not None:
             site.timeOut = idle_timeout
         self.cap = ConnectionCap(limit, self.clock)
@@ -628,21 +631,13 @@ class WholeRequestTests(SynchronousTestCase):
 
     def open(self, whole: bool, idle_timeout: float | None = None
              ) -> tuple[_Recorder, _Client, FakeTransport, IOPump, Clock]:
-        clock = Clock()
         recorder = _Recorder()
         handover = FastPaths.probe().whole_request_handover() if whole else None
         self.assertEqual(handover is not None, whole)
-        site = make_site(recorder, 1000, clock=clock, whole_requests=handover)
-        site.timeOut = idle_timeout
         self.patch(site_module, "http_date", lambda: b"Tue, 01 Dec 2026 00:00:00 GMT")
-        factory = HTTPConnections(site, ConnectionCap(10, clock), clock)
-        server = factory.buildProtocol(_ADDRESS)
-        assert server is not None
-        client = _Client()
-        client_transport = makeFakeClient(client)
-        pump = connect(server, makeFakeServer(server), client, client_transport,
-                       greet=False, clock=clock)
-        return recorder, client, client_transport, pump, clock
+        setup = _Setup(idle_timeout=idle_timeout, root=recorder, whole_requests=handover)
+        client, client_transport, pump = setup.connect()
+        return recorder, client, client_transport, pump, setup.clock
 
     def both(self, *writes: bytes) -> tuple[list[Any], bytes, bool]:
         """
