@@ -273,6 +273,13 @@ of the form types twisted.web looks for.
 """
 
 
+_EMAIL_LINE_BREAK = re.compile(rb"[\x0b\x0c\x1c-\x1e\x85]")
+"""
+Bytes that the email package, which twisted.web has parse a form's C{Content-Type},
+takes for line breaks in a header and refuses (C{\r} and C{\n} never reach it).
+"""
+
+
 class BoundedRequest(Request):
     """
     A request that keeps at most C{max_body + 1} bytes of its body, and has an id.
@@ -285,7 +292,8 @@ class BoundedRequest(Request):
     find form data for C{request.args}, which medichat never reads: about a tenth of a
     message POST's CPU.  A request whose type is plainly C{application/json} (every body
     the API accepts, as clients send it) skips that; any other type is still parsed as
-    before, so a malformed multipart body is still refused the same way.
+    before, so a malformed multipart body is still refused the same way, except for a
+    type that the email package would raise for (see L{requestReceived}).
 
     @ivar request_id: set when the request is dispatched, sent back as C{X-Request-Id},
         and named in its log events (L{medichat.http.accesslog}).
@@ -349,8 +357,12 @@ class BoundedRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         types = self.requestHeaders.getRawHeaders(b"content-type")
-        if types is not None and _JSON_CONTENT_TYPE.match(types[0]):
-            # The email package would find application/json: no form to parse.
+        if types is not None and (_JSON_CONTENT_TYPE.match(types[0])
+                                  or _EMAIL_LINE_BREAK.search(types[0])):
+            # The email package would find application/json: no form to parse.  Or it
+            # would raise (ValueError) for what it takes as a line break in the type,
+            # and the connection would close unanswered: not a form medichat reads
+            # anyway, so the API answers it (415).
             self._parsePOSTFormSubmission = False
         super().requestReceived(command, path, version)
 

@@ -759,6 +759,7 @@ class WholeRequestTests(SynchronousTestCase):
     @example([(b"x-b", b"a\nb")], b"", b"/api/x", True)
     @example([(b"Bad Name", b"1")], b"ab", b"/api/x", True)
     @example([(b"Content-Length", b"2")], b"ab", b"/api/x", True)
+    @example([(b"Content-Type", b"a\x0bb")], b"ab", b"/api/x", True)
     @given(
         st.lists(st.tuples(
             st.sampled_from([b"X-A", b"x-b", b"Content-Type", b"Cookie", b"Connection",

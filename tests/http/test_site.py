@@ -159,6 +159,18 @@ class RequestCostTests(SynchronousTestCase):
                                        b"application/jsonx"])
         self.assertEqual(self.echo.seen[0], ({b"a": [b"1"], b"b": [b"2"]}, b"a=1&b=2"))
 
+    def test_type_the_email_package_refuses(self) -> None:
+        """
+        A type holding a byte the email package takes for a line break (it would raise,
+        and the connection close unanswered) is not parsed: the request reaches the
+        resource, which answers it.
+        """
+        for byte in b"\x0b\x0c\x1c\x1d\x1e\x85":
+            content_type = b"multipart/form-data;" + bytes([byte]) + b" boundary=zz"
+            self.assertEqual(self.post(content_type, b"a=1"), (200, b"ok"))
+        self.assertEqual(self.parsed, [])
+        self.assertEqual(self.echo.seen, [({}, b"a=1")] * 6)
+
     def test_multipart_parsed(self) -> None:
         """A multipart form still fills the args."""
         body = (b"--zz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
