@@ -1046,9 +1046,8 @@ def makeService(
         trusted_proxies=tuple(config["trusted-proxy"]),
         readiness=readiness,
     )
-    root = build_root(
-        config["base-path"], rest.resource(), WebSocketResource(ws_factory), origins
-    )
+    api = rest.resource()
+    root = build_root(config["base-path"], api, WebSocketResource(ws_factory), origins)
     access_log = AccessLog(
         enabled=config["access-log"] == "on", trusted_proxies=config["trusted-proxy"]
     )
@@ -1060,7 +1059,8 @@ def makeService(
     site = make_site(root, config["max-body"], clock=clock,
                      head_timeout=config["request-head-timeout"], access_log=access_log,
                      rate_limit_hold=config["rate-limit-hold"], eager_writer=eager_writer,
-                     whole_requests=fast_paths.whole_request_handover())
+                     whole_requests=fast_paths.whole_request_handover(),
+                     direct=(config["base-path"], api))
     cap = ConnectionCap(config["max-connections"], clock)
     http = HTTPConnections(site, cap, clock)
 

@@ -53,6 +53,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from medichat._connections import CappedFactory, ConnectionCap, CountedConnection
+from medichat.http._direct import DirectRoute
 from medichat.http._whole import WholeRequest, whole_post
 from medichat.http.problems import HOLD_ATTRIBUTE, Problem
 
@@ -98,7 +99,8 @@ class MedichatChannel(HTTPChannel):
 
     def __init__(self, head_timeout: float = 10.0, rate_limit_hold: float = 1.0,
                  eager_writer: EagerWriter | None = None,
-                 whole_requests: WholeRequests | None = None) -> None:
+                 whole_requests: WholeRequests | None = None,
+                 direct: DirectRoute | None = None) -> None:
         """
         @param head_timeout: seconds the request line and headers may take.
         @param rate_limit_hold: seconds the connection reads nothing after a request
@@ -108,12 +110,15 @@ class MedichatChannel(HTTPChannel):
             has one; answers go through the transport when L{None}.
         @param whole_requests: lets the channel read a POST that arrives whole itself
             (see the module); twisted.web reads every request when L{None}.
+        @param direct: answers the chat message POSTs that the channel reads whole
+            (L{medichat.http._direct}); twisted.web's request answers them when L{None}.
         """
         super().__init__()
         self.head_timeout = head_timeout
         self.rate_limit_hold = rate_limit_hold
         self._eager_writer = eager_writer
         self._whole_requests = whole_requests
+        self._direct = direct
         # What writes at once (None: write through the transport), and an answer's head
         # kept until its body.
         self._send: Callable[[bytes], object] | None = None
@@ -267,6 +272,16 @@ class MedichatChannel(HTTPChannel):
         # The head is in: its deadline has nothing left to wait for.
         self._awaiting_head = False
         self._end_deadline()
+        direct = self._direct
+        if direct is not None:
+            postpath = direct.match(whole_request)
+            if postpath is not None:
+                request = direct.make(self, whole_request)
+                self.requests.append(request)
+                self.persistent = self.checkPersistence(request, b"HTTP/1.1")
+                whole.begin(self)
+                direct.run(request, postpath)
+                return
         factory: Any = self.requestFactory
         if INonQueuedRequestFactory.providedBy(factory):
             request = factory(self)

@@ -20,9 +20,9 @@ import re
 
 from attrs import frozen
 
-__all__ = ["WholeRequest", "whole_post"]
+__all__ = ["TOKEN", "WholeRequest", "whole_post"]
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 """A header name twisted.web takes as it is (RFC 9110's token)."""
 
 _TARGET = re.compile(rb"[\x21-\xb0]+\Z")
@@ -36,12 +36,15 @@ _LEFT_TO_TWISTED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 class WholeRequest:
     """
     A C{POST} read whole: its target, its headers as twisted.web stores them (names as
-    sent, values stripped of spaces and tabs), its body.
+    sent, values stripped of spaces and tabs), its body; and, found on the way, its
+    first C{Content-Type} and whether its head is all ASCII.
     """
 
     target: bytes
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    content_type: bytes | None = None
+    ascii: bool = False
 
 
 def whole_post(data: bytes, max_line: int, max_head: int, max_headers: int
@@ -60,7 +63,8 @@ def whole_post(data: bytes, max_line: int, max_head: int, max_headers: int
     # Every line, and the head as a whole, within the channel's limits.
     if end < 0 or end > max_head or end > max_line:
         return None
-    lines = data[:end].split(b"\r\n")
+    head = data[:end]
+    lines = head.split(b"\r\n")
     if len(lines) - 1 > max_headers:
         return None
     request_line = lines[0].split(b" ")
@@ -69,9 +73,10 @@ def whole_post(data: bytes, max_line: int, max_head: int, max_headers: int
         return None
     headers = []
     length = None
+    content_type = None
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.match(name) is None:
+        if not colon or TOKEN.match(name) is None:
             return None
         lower = name.lower()
         value = value.strip(b" \t")
@@ -81,7 +86,10 @@ def whole_post(data: bytes, max_line: int, max_head: int, max_headers: int
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
+        elif lower == b"content-type" and content_type is None:
+            content_type = value
         headers.append((name, value))
     if length is None or len(data) != end + 4 + length:
         return None
-    return WholeRequest(request_line[1], tuple(headers), data[end + 4:])
+    return WholeRequest(request_line[1], tuple(headers), data[end + 4:], content_type,
+                        head.isascii())

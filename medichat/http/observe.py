@@ -108,16 +108,22 @@ def observe_requests(site: Site, observer: RequestObserver, url_map: Map) -> Non
     before the answer (or that became a WebSocket) is not reported.
     """
     templates = RouteTemplates.of(url_map)
-    make = site.requestFactory
 
-    def make_request(*args: Any, **kwargs: Any) -> Any:
-        request = make(*args, **kwargs)
-        answered = observer()
+    def observed(make: Callable[..., Any]) -> Callable[..., Any]:
+        def make_request(*args: Any, **kwargs: Any) -> Any:
+            request = make(*args, **kwargs)
+            answered = observer()
 
-        def report(_: object) -> None:
-            answered(route_of(request, templates), _method_of(request), int(request.code))
+            def report(_: object) -> None:
+                answered(route_of(request, templates), _method_of(request), int(request.code))
 
-        request.notifyFinish().addCallbacks(report, lambda _: None)
-        return request
+            request.notifyFinish().addCallbacks(report, lambda _: None)
+            return request
 
-    site.requestFactory = make_request  # type: ignore[assignment]
+        return make_request
+
+    site.requestFactory = observed(site.requestFactory)  # type: ignore[assignment]
+    direct = getattr(site, "direct", None)
+    if direct is not None:
+        # The chat messages' POSTs answered without twisted.web's request.
+        direct.request_factory = observed(direct.request_factory)

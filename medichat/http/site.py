@@ -27,6 +27,7 @@ from medichat._logcontext import request_id
 from medichat._persecond import PerSecond
 from medichat.errors import NotFound
 from medichat.http._channel import EagerWriter, MedichatChannel, WholeRequests
+from medichat.http._direct import JSON_CONTENT_TYPE, DirectRoute
 from medichat.http.accesslog import AccessLog, RequestIds
 from medichat.http.forwarded import client_address
 from medichat.http.origins import OriginPolicy
@@ -266,13 +267,6 @@ def _path_segment(segment: bytes) -> bytes:
     return unquote_to_bytes(segment) if b"%" in segment else segment
 
 
-_JSON_CONTENT_TYPE = re.compile(rb"[ \t]*application/json(?:[ \t;]|\Z)", re.IGNORECASE)
-"""
-A C{Content-Type} that is certainly C{application/json}, whatever its parameters: neither
-of the form types twisted.web looks for.
-"""
-
-
 _EMAIL_LINE_BREAK = re.compile(rb"[\x0b\x0c\x1c-\x1e\x85]")
 """
 Bytes that the email package, which twisted.web has parse a form's C{Content-Type},
@@ -357,7 +351,7 @@ class BoundedRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         types = self.requestHeaders.getRawHeaders(b"content-type")
-        if types is not None and (_JSON_CONTENT_TYPE.match(types[0])
+        if types is not None and (JSON_CONTENT_TYPE.match(types[0])
                                   or _EMAIL_LINE_BREAK.search(types[0])):
             # The email package would find application/json: no form to parse.  Or it
             # would raise (ValueError) for what it takes as a line break in the type,
@@ -457,6 +451,8 @@ class MedichatSite(Site):
 
     @ivar access_log: logs each finished request.
     @ivar request_ids: makes the requests' ids.
+    @ivar direct: the chat message POSTs answered without twisted.web's request
+        (L{medichat.http._direct}), if any.
     """
 
     def __init__(self, root: IResource, *, access_log: AccessLog, clock: IReactorTime | None
@@ -464,6 +460,7 @@ class MedichatSite(Site):
         super().__init__(root, reactor=clock)
         self.access_log = access_log
         self.request_ids = RequestIds()
+        self.direct: DirectRoute | None = None
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         started = getattr(request, "started", None)
@@ -480,7 +477,8 @@ def _client(request: Request) -> str:
 def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = None,
               head_timeout: float = 10.0, access_log: AccessLog | None = None,
               rate_limit_hold: float = 1.0, eager_writer: EagerWriter | None = None,
-              whole_requests: WholeRequests | None = None) -> Site:
+              whole_requests: WholeRequests | None = None,
+              direct: tuple[str, IResource] | None = None) -> Site:
     """
     The HTTP site: bounded request bodies, a deadline for request heads, problem+json for
     whatever twisted.web refuses itself, no tracebacks shown, request ids, the access log.
@@ -494,13 +492,18 @@ def make_site(root: IResource, max_body: int, *, clock: IReactorTime | None = No
         L{medichat.http._channel}); L{None} writes them only through the transport.
     @param whole_requests: lets connections read a POST that arrives whole themselves
         (see L{medichat.http._channel}); L{None} leaves every request to twisted.web.
+    @param direct: the API's base path and resource, for the chat message POSTs that
+        connections read whole (L{medichat.http._direct}); L{None} leaves them to
+        twisted.web's request.
     """
     site = MedichatSite(
         root, access_log=access_log if access_log is not None else AccessLog(), clock=clock
     )
+    if direct is not None and whole_requests is not None:
+        site.direct = DirectRoute(direct[0], direct[1], http_date, max_body)
     site.protocol = partial(  # type: ignore[assignment]
         Channel, head_timeout, rate_limit_hold=rate_limit_hold,
-        eager_writer=eager_writer, whole_requests=whole_requests,
+        eager_writer=eager_writer, whole_requests=whole_requests, direct=site.direct,
     )
     site.requestFactory = partial(BoundedRequest, max_body=max_body)  # type: ignore[assignment]
     site.displayTracebacks = False

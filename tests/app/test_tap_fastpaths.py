@@ -12,6 +12,8 @@ from twisted.trial.unittest import TestCase
 
 from medichat.app.tap import Options, makeService
 from medichat.carriers._fastpath import FastPaths
+from medichat.http._direct import DirectRoute
+from tests.http.test_direct import whole
 
 
 class NoFastPathsTests(TestCase):
@@ -62,3 +64,27 @@ class NoFastPathsTests(TestCase):
         """The PostgreSQL server leaves its HTTP answers to the transport."""
         writer = self._eager_writer("--database", "postgresql://nobody@127.0.0.1:1/none")
         self.assertIsNone(writer)
+
+    def _site(self, *args: str) -> Any:
+        service = self._service(*args)
+        (http,) = [listener._factory for listener in service.listeners
+                   if listener._what != "STOMP/TCP"]
+        return http.wrappedFactory
+
+    def test_message_posts_direct(self) -> None:
+        """
+        Chat messages' POSTs read whole are answered without twisted.web's request at
+        the base path, on either store, unless told not to.
+        """
+        for args in [(), ("--database", "postgresql://nobody@127.0.0.1:1/none")]:
+            site = self._site(*args)
+            route = site.protocol.keywords["direct"]
+            self.assertIsInstance(route, DirectRoute)
+            self.assertIs(site.direct, route)
+            self.assertIsNotNone(route.match(whole(b"/api/v1/conversation/c1/message")))
+        route = self._site("--base-path", "/chat/api").direct
+        self.assertIsNone(route.match(whole(b"/api/v1/conversation/c1/message")))
+        self.assertIsNotNone(route.match(whole(b"/chat/api/v1/conversation/c1/message")))
+        site = self._site("--no-fast-paths")
+        self.assertIsNone(site.direct)
+        self.assertIsNone(site.protocol.keywords["direct"])

@@ -32,14 +32,22 @@ class WholePostTests(SynchronousTestCase):
     """
 
     def test_read(self) -> None:
-        """Target, headers (names as sent, values stripped of spaces and tabs), body."""
-        data = _post(b"Host: h", b"Authorization:  Bearer x.y.z\t", b"X-Empty:")
+        """
+        Target, headers (names as sent, values stripped of spaces and tabs), body; the
+        first C{Content-Type}, and whether the head is ASCII.
+        """
+        data = _post(b"Host: h", b"Authorization:  Bearer x.y.z\t", b"X-Empty:",
+                     b"content-type:  a/b ", b"Content-Type: c/d")
         self.assertEqual(
             _read(data),
             WholeRequest(b"/api/x", ((b"Host", b"h"), (b"Authorization", b"Bearer x.y.z"),
-                                     (b"X-Empty", b""), (b"Content-Length", b"17")),
-                         b'{"message": "hi"}'),
+                                     (b"X-Empty", b""), (b"content-type", b"a/b"),
+                                     (b"Content-Type", b"c/d"), (b"Content-Length", b"17")),
+                         b'{"message": "hi"}', b"a/b", True),
         )
+        read = _read(_post("X-Name: Zoë".encode()))
+        assert read is not None
+        self.assertEqual((read.content_type, read.ascii), (None, False))
 
     def test_empty_body(self) -> None:
         """A body of no bytes, said so."""
