@@ -107,13 +107,18 @@ class _Setup:
         self.factory = HTTPConnections(site, self.cap, self.clock)
 
     def connect(self) -> tuple[_Client, FakeTransport, IOPump]:
-        server = self.factory.buildProtocol(_ADDRESS)
-        assert server is not None
-        client = _Client()
-        client_transport = makeFakeClient(client)
-        pump = connect(server, makeFakeServer(server), client, client_transport,
-                       greet=False, clock=self.clock)
-        return client, client_transport, pump
+        return connect_client(self.factory, self.clock)
+
+
+def connect_client(factory: Factory, clock: Clock) -> tuple[_Client, FakeTransport, IOPump]:
+    """A client connected to C{factory} in memory, its transport, and their pump."""
+    server = factory.buildProtocol(_ADDRESS)
+    assert server is not None
+    client = _Client()
+    client_transport = makeFakeClient(client)
+    pump = connect(server, makeFakeServer(server), client, client_transport,
+                   greet=False, clock=clock)
+    return client, client_transport, pump
 
 
 def answer_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:

@@ -21,7 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport, IOPump, connect, makeFakeClient, makeFakeServer
+from twisted.test.iosim import FakeTransport, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import Request as HTTPRequest
 from twisted.web.http_headers import Headers
@@ -49,7 +49,7 @@ from medichat.http.site import build_root, make_site
 from medichat.pubsub.hub import InProcessHub
 from medichat.testing import MemoryStore
 from tests._feed import started_feed
-from tests.http.test_channel import _Client
+from tests.http.test_channel import _Client, connect_client
 
 _ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 _DATE = b"Tue, 01 Dec 2026 00:00:00 GMT"
@@ -276,13 +276,7 @@ class _Site:
         self.factory = HTTPConnections(self.site, ConnectionCap(10, self.clock), self.clock)
 
     def connect(self) -> tuple[_Client, FakeTransport, IOPump]:
-        server = self.factory.buildProtocol(_ADDRESS)
-        assert server is not None
-        client = _Client()
-        client_transport = makeFakeClient(client)
-        pump = connect(server, makeFakeServer(server), client, client_transport,
-                       greet=False, clock=self.clock)
-        return client, client_transport, pump
+        return connect_client(self.factory, self.clock)
 
     def log(self) -> list[dict[str, Any]]:
         """The access log's events, without their times and request ids."""
@@ -372,6 +366,15 @@ class SameOutcomeTests(SynchronousTestCase):
         self.assertEqual(recorder.kinds[0], DirectRequest)
         self.assertNotEqual(recorder.kinds[1], DirectRequest)
 
+    def held(self, direct: bool) -> tuple[_Recorder, _Site, _Client, FakeTransport, IOPump]:
+        """A site whose resource holds its requests, and one posted to it, held."""
+        recorder = _Recorder("later")
+        site = _Site(self, recorder, direct)
+        client, transport, pump = site.connect()
+        transport.write(_post())
+        pump.flush()
+        return recorder, site, client, transport, pump
+
     def test_answered_later(self) -> None:
         """
         An answer written after the request's turn; a request that comes meanwhile waits
@@ -379,11 +382,7 @@ class SameOutcomeTests(SynchronousTestCase):
         """
         outcomes = []
         for direct in (True, False):
-            recorder = _Recorder("later")
-            site = _Site(self, recorder, direct)
-            client, transport, pump = site.connect()
-            transport.write(_post())
-            pump.flush()
+            recorder, site, client, transport, pump = self.held(direct)
             transport.write(_post())
             pump.flush()
             self.assertEqual(len(recorder.held), 1)
@@ -405,11 +404,7 @@ class SameOutcomeTests(SynchronousTestCase):
         """A request being answered when the server drains says C{Connection: close}."""
         outcomes = []
         for direct in (True, False):
-            recorder = _Recorder("later")
-            site = _Site(self, recorder, direct)
-            client, transport, pump = site.connect()
-            transport.write(_post())
-            pump.flush()
+            recorder, site, client, transport, pump = self.held(direct)
             site.factory.drain(10)
             recorder.held[0].write(b"done")
             recorder.held[0].finish()
