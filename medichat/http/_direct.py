@@ -36,7 +36,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, version
 
 from medichat._logcontext import request_id
-from medichat.http._whole import TOKEN, WholeRequest
+from medichat.http._whole import CR, LF, TOKEN, WholeRequest
 
 __all__ = ["DirectHeaders", "DirectRequest", "DirectRoute"]
 
@@ -79,7 +79,7 @@ def canonical_name(name: bytes | str) -> bytes:
 
 def _value(value: bytes | str) -> bytes:
     raw = value.encode("utf-8") if isinstance(value, str) else value
-    if b"\r" in raw or b"\n" in raw:
+    if CR in raw or LF in raw:
         # As twisted.web sanitises a value: no line break can end the header early.
         raw = b" ".join(raw.splitlines())
     return raw
@@ -251,7 +251,7 @@ class DirectRequest:
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # What setRawHeaders(name, [value]) does, at once.
         key = _KEYS.get(name) or _checked_key(name)
-        if type(value) is not bytes or b"\r" in value or b"\n" in value:
+        if type(value) is not bytes or CR in value or LF in value:
             value = _value(value)
         self.responseHeaders._raw[key] = [value]
 

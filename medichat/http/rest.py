@@ -266,7 +266,7 @@ def _is_message_post(request: IRequest) -> bool:
         and postpath[1] == b"conversation"
         and postpath[3] == b"message"
         and postpath[2] != b""
-        and b"/" not in postpath[2]
+        and 0x2F not in postpath[2]  # "/", as a number (see medichat.http._whole.CR)
     )
 
 
