@@ -15,9 +15,9 @@ status line, the same access-log line and metrics, the same request id in the lo
 context, and the channel left as twisted.web's own request leaves it.  The channel makes
 one (L{DirectRoute}) for a whole POST to that route whose target and headers hold
 nothing twisted.web or the resources in front of the API would do anything with (no
-C{%}, no query, no byte outside ASCII), and gives it the API's resource as twisted.web
-would have found it.  Every other request, and every other route, is twisted.web's and
-Klein's as before.
+C{%}, no query, no byte outside ASCII, a C{Content-Type} that is JSON or none), and gives
+it the API's resource as twisted.web would have found it.  Every other request, and
+every other route, is twisted.web's and Klein's as before.
 """
 
 from __future__ import annotations
