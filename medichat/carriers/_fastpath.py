@@ -62,7 +62,7 @@ TCP_ATTRIBUTES = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconne
 #: What the outbound frame shortcut needs from Autobahn's protocol class.
 FRAME_ATTRIBUTES = ("STATE_OPEN", "sendMessage")
 
-#: What L{is_client_heartbeat} reads on an open Autobahn protocol instance.
+#: What L{is_client_heartbeat} and L{is_pong} read on an open Autobahn protocol instance.
 HEARTBEAT_ATTRIBUTES = ("state", "current_frame", "inside_message", "data")
 
 #: The Autobahn protocol attribute that L{copy_config} empties.
@@ -307,7 +307,32 @@ def is_client_heartbeat(protocol: Any, data: bytes) -> bool:
         and data[1] == 0x81
         and data[0] in (0x81, 0x82)
         and data[6] ^ data[2] == 0x0A
-        and protocol.state == _STATE_OPEN
+        and _between_frames(protocol)
+    )
+
+
+def is_pong(protocol: Any, data: bytes, payload: bytes) -> bool:
+    """
+    Whether C{data}, just received by an open Autobahn server C{protocol}, is exactly one
+    masked pong frame carrying C{payload} (at most 125 bytes): the answer to the server's
+    liveness ping, which Autobahn's own parser need not see either.  Taken on the same
+    conditions as a heart-beat: Autobahn has no frame, message or unparsed bytes in
+    progress.
+    """
+    size = len(payload)
+    if len(data) != 6 + size or data[0] != 0x8A or data[1] != 0x80 | size:
+        return False
+    # Unmasked as one integer: the 4-byte mask repeats over the payload.
+    mask = int.from_bytes((data[2:6] * (size // 4 + 1))[:size], "big")
+    return (
+        int.from_bytes(data[6:], "big") ^ mask == int.from_bytes(payload, "big")
+        and _between_frames(protocol)
+    )
+
+
+def _between_frames(protocol: Any) -> bool:
+    return bool(
+        protocol.state == _STATE_OPEN
         and protocol.current_frame is None
         and not protocol.inside_message
         and not protocol.data

@@ -46,6 +46,7 @@ from medichat.carriers._fastpath import (
     copy_config,
     frame_header,
     is_client_heartbeat,
+    is_pong,
     send_now,
     socket_of,
     timers_on_wheel,
@@ -59,6 +60,9 @@ SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
 #: The payload of the server's liveness pings.
 PROBE = b"medichat"
+
+#: The whole ping frame (final, opcode 9, unmasked), as the fast paths send it.
+_PROBE_FRAME = bytes((0x89, len(PROBE))) + PROBE
 
 #: Bytes of data frames a client may still send after the server's close frame (what it
 #: had in flight) before it is dropped.
@@ -206,6 +210,11 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         ):
             session.heartbeat_received()
             return
+        if self._ping_unanswered and self._heartbeats and is_pong(self, data, PROBE):
+            # The answer to the liveness ping (L{_probe_due}), on its own as it nearly
+            # always arrives: what Autobahn would call, without its frame machinery.
+            self.onPong(PROBE)
+            return
         super().dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -297,7 +306,15 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
             return
         self._ping_unanswered = True
-        self.sendPing(PROBE)
+        if self._own_frames:
+            # A prebuilt frame sent at once, as a delivery is (L{send}), rather than
+            # through Autobahn's framing and Twisted's queued write.
+            if write_batch.active:
+                write_batch.hold(self, _PROBE_FRAME)
+            else:
+                send_now(self._raw, self._socket, _PROBE_FRAME)
+        else:
+            self.sendPing(PROBE)
         budget = self._budget
         if budget is not None:
             budget.written(len(PROBE) + _CONTROL_HEADER)

@@ -211,7 +211,8 @@ def connect_ws(factory: StompWebSocketFactory, headers: dict[str, str] | None = 
     return MemoryConnection(client, server, client_transport, server_transport, pump, True)
 
 
-def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+def masked_frame(opcode: int, payload: bytes, fin: bool = True,
+                 mask: bytes = b"\x12\x34\x56\x78") -> bytes:
     """One client-to-server WebSocket frame (masked, RFC 6455 section 5.2)."""
     size = len(payload)
     first = (0x80 if fin else 0) | opcode
@@ -221,7 +222,6 @@ def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         head = struct.pack("!BBH", first, 0x80 | 126, size)
     else:
         head = struct.pack("!BBQ", first, 0x80 | 127, size)
-    mask = b"\x12\x34\x56\x78"
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + body
 

@@ -297,6 +297,53 @@ class WebSocketCarrierTests(CarrierScenariosMixin, TestCase):
         taken = protocol.trafficStats.incomingWebSocketFrames == frames_before
         self.assertEqual(taken, self.fast_paths)
 
+    def test_ping_and_pong_shortcut(self) -> None:
+        """
+        With fast paths on, the liveness ping is the carrier's own frame and the client's
+        pong never reaches Autobahn; either way the client (a real Autobahn one) reads a
+        ping and its answer keeps the session.
+        """
+        services = make_services(self.clock)
+        factory = self.make_factory(services, ping_interval=30)
+        connection = self.open(factory)
+        connection.message(_connect_frame())
+        connection.take()
+        protocol = connection.server
+        # Autobahn counts the bytes that pass through it, control frames included.
+        stats = protocol.trafficStats
+        read_before = stats.incomingOctetsWireLevel
+        written_before = stats.outgoingOctetsWireLevel
+        self.step(connection, 30)
+        self.assertEqual(connection.client.pings, 1)
+        self.assertFalse(protocol._ping_unanswered)
+        # The class's own setting: the fallback tests ask for fast paths, and get none.
+        shortcut = type(self).fast_paths
+        self.assertEqual(stats.incomingOctetsWireLevel == read_before, shortcut)
+        self.assertEqual(stats.outgoingOctetsWireLevel == written_before, shortcut)
+        self.step(connection, 60)
+        self.assertEqual(connection.client.pings, 3)
+        self.assertFalse(connection.closed)
+
+    def test_pong_of_another_payload(self) -> None:
+        """
+        A pong that is not the probe's echo (a client's unsolicited one, RFC 6455 section
+        5.5.3) goes through Autobahn and still counts as an answer, as before.
+        """
+        services = make_services(self.clock)
+        factory = self.make_factory(services, ping_interval=30)
+        connection = self.open(factory)
+        connection.message(_connect_frame())
+        connection.take()
+        connection.client.answer_pings = False
+        self.step(connection, 30)
+        protocol = connection.server
+        self.assertTrue(protocol._ping_unanswered)
+        connection.client.sendPong(b"alive")
+        connection.pump.flush()
+        self.assertFalse(protocol._ping_unanswered)
+        self.step(connection, 30)
+        self.assertFalse(connection.closed)
+
     def test_drain_waits_for_close(self) -> None:
         """drain() fires once every connection has finished its close handshake."""
         connection = self.connected()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import ssl, tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -23,12 +25,14 @@ from medichat.carriers._fastpath import (
     FastPaths,
     frame_header,
     is_client_heartbeat,
+    is_pong,
     send_now,
     socket_of,
 )
 from medichat.carriers.tcp import StompTCPFactory
 from medichat.stomp.codec import FrameError, FrameParser
 from tests._stomp import make_services
+from tests.carriers._memory import masked_frame
 
 
 def _connection(case: TestCase) -> tuple[tcp.Connection, socket.socket]:
@@ -223,6 +227,15 @@ class WriterForTests(TestCase):
         self.assertIsNone(FastPaths(eager_send=True).writer_for(StringTransport()))
 
 
+class _IdleAutobahn:
+    """What the frame recognisers read of an open Autobahn protocol between frames."""
+
+    state = 3
+    current_frame: object = None
+    inside_message = False
+    data = b""
+
+
 class FrameTests(TestCase):
     """
     The self-written frame headers and the heart-beat recogniser.
@@ -237,18 +250,35 @@ class FrameTests(TestCase):
     def test_heartbeat_recognised(self) -> None:
         """A masked one-byte EOL frame is a heart-beat only when Autobahn is idle."""
 
-        class Idle:
-            state = 3
-            current_frame = None
-            inside_message = False
-            data = b""
-
         beat = bytes((0x81, 0x81, 1, 2, 3, 4, 0x0A ^ 1))
-        protocol = Idle()
+        protocol = _IdleAutobahn()
         self.assertTrue(is_client_heartbeat(protocol, beat))
         self.assertFalse(is_client_heartbeat(protocol, beat[:6] + b"x"))
         protocol.data = b"\x81"
         self.assertFalse(is_client_heartbeat(protocol, beat))
+
+    @given(st.binary(min_size=4, max_size=4), st.binary(max_size=125))
+    def test_pong_recognised(self, mask: bytes, payload: bytes) -> None:
+        """
+        A masked pong frame is recognised by its payload, whatever its mask; any other
+        frame, a pong with another payload, or a pong while Autobahn is inside a frame is
+        left to Autobahn.
+        """
+        protocol = _IdleAutobahn()
+        pong = masked_frame(0xA, payload, mask=mask)
+        self.assertTrue(is_pong(protocol, pong, payload))
+        other = bytes(b ^ 1 for b in payload) if payload else b"x"
+        self.assertFalse(is_pong(protocol, pong, other))
+        for frame in (masked_frame(0x9, payload, mask=mask),  # a ping
+                      masked_frame(0xA, payload, fin=False, mask=mask),
+                      masked_frame(0xA, payload + b"x", mask=mask),
+                      pong[:-1], pong + b"\x8a", bytes((0x8A, len(payload))) + payload):
+            self.assertFalse(is_pong(protocol, frame, payload), frame)
+        for name, busy in [("state", 2), ("current_frame", object()),
+                           ("inside_message", True), ("data", b"\x81")]:
+            setattr(protocol, name, busy)
+            self.assertFalse(is_pong(protocol, pong, payload), name)
+            delattr(protocol, name)
 
 
 class ParserStateTests(TestCase):

@@ -1,8 +1,8 @@
 """
 End to end, over real loopback sockets: the carriers' fast paths keep every byte in order
 when the kernel's buffer fills, the heart-beat shortcut notes life without disturbing
-Autobahn, the WebSocket close handshake ends with an orderly TCP close (FIN, not RST), and
-STOMP/TCP connections use keepalive.
+Autobahn, liveness pings are answered past it too, the WebSocket close handshake ends with
+an orderly TCP close (FIN, not RST), and STOMP/TCP connections use keepalive.
 """
 
 from __future__ import annotations
@@ -76,13 +76,13 @@ class SendNowTests(TestCase):
         self.assertEqual(data, b"".join(_chunk(i) for i in range(CHUNKS)))
 
 
-def _connected_ws(server: Any, user: str) -> Any:
+def _connected_ws(server: Any, user: str, heart_beat: str = "1000,0") -> Any:
     import websocket
 
     token = jwt.encode({"sub": user}, server.secret, algorithm="HS256")
     ws = websocket.create_connection(server.ws_url, timeout=5,
                                      header=[f"Authorization: Bearer {token}"])
-    ws.send("CONNECT\naccept-version:1.2\nheart-beat:1000,0\n\n\x00")
+    ws.send(f"CONNECT\naccept-version:1.2\nheart-beat:{heart_beat}\n\n\x00")
     connected = ws.recv()
     assert connected.startswith("CONNECTED\n"), connected
     return ws
@@ -142,6 +142,52 @@ def _disconnect_and_close(server: Any) -> tuple[int, bytes]:
         return code, ws.sock.recv(1)
     finally:
         ws.shutdown()
+
+
+def _answer_pings(ws: Any, count: int) -> list[bytes]:
+    """Read C{count} pings (websocket-client answers each as it reads it); their payloads."""
+    import websocket
+
+    payloads = []
+    while len(payloads) < count:
+        opcode, frame = ws.recv_data_frame(True)
+        assert opcode == websocket.ABNF.OPCODE_PING, (opcode, frame.data)
+        payloads.append(frame.data)
+    return payloads
+
+
+class LivenessPingTests(TestCase):
+    """
+    A session without heart-beats is pinged; the client's pongs keep it, taken by the
+    carrier itself.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_pings_answered(self) -> Any:
+        """Three pings, each answered; Autobahn's frame machinery saw none of the pongs."""
+        server = yield start_server(self, "--ws-ping-interval", "0.5")
+        ws = yield in_thread(_connected_ws, server, "u3", "0,0")
+        self.addCleanup(in_thread, ws.close)
+        (session,) = server.service.registry.sessions_of("u3")
+        protocol = session._carrier
+        wire = protocol.trafficStats.incomingOctetsWireLevel
+        payloads = yield in_thread(_answer_pings, ws, 3)
+        self.assertEqual(payloads, [b"medichat"] * 3)
+        for _ in range(200):
+            if not protocol._ping_unanswered:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(protocol._ping_unanswered)
+        self.assertEqual(protocol.trafficStats.incomingOctetsWireLevel, wire)
+        yield in_thread(ws.send, "SUBSCRIBE\nid:1\ndestination:/v1/topic/online-employees\n"
+                        "receipt:r\n\n\x00")
+        message = yield in_thread(ws.recv)
+        receipt = yield in_thread(ws.recv)
+        self.assertTrue(message.startswith("MESSAGE\n"), message)
+        self.assertTrue(receipt.startswith("RECEIPT\nreceipt-id:r"), receipt)
+        self.assertEqual(server.service.registry.sessions_of("u3"), {session})
 
 
 class CleanCloseTests(TestCase):
