@@ -389,21 +389,27 @@ def main() -> int:
             report["pgbench_before"] = pgbench_insert_tps(database, options.pgbench_seconds)
 
         assert server.port is not None
-        pool = HTTPPool(reactor, server.port, options.http_connections)
-        await pool.open()
+        setup = HTTPPool(reactor, server.port, 1)
+        await setup.open()
         base = "/api"
         log(f"creating {options.conversations} conversations")
         conversations: list[Conversation] = []
         for number in range(options.conversations):
             customer = server.token(str(uuid.uuid4()), f"customer-{number}", "customer")
             employee = server.token(str(uuid.uuid4()), f"nurse-{number}", "employee")
-            done = pool.request("POST", f"{base}/v1/conversation", customer, None)
+            done = setup.request("POST", f"{base}/v1/conversation", customer, None)
             assert done is not None
             status, body = await done
             if status != 201:
                 raise RuntimeError(f"POST /v1/conversation: {status} {body[:300]!r}")
             conversations.append(Conversation(json.loads(body)["id"], customer, employee))
+        setup.close()
 
+        # The load's connections are opened once the sessions are: opened earlier, they
+        # would sit idle through the sessions' opening and the settling, close to the
+        # server's keep-alive limit (--request-head-timeout, 10 s), and one closed by the
+        # server just as a POST went out on it would count as a message lost.
+        pool = HTTPPool(reactor, server.port, options.http_connections)
         population = Population(reactor, server.port, concurrency=options.concurrency)
         load = Load(reactor, base, pool, conversations)
         population.message_handler = load.on_message
@@ -418,6 +424,7 @@ def main() -> int:
             setattr(conversations[number], role, client)
         population.start_heartbeats(population.client_send_interval(10000))
         await sleep(reactor, options.settle)
+        await pool.open()
 
         pids = database.backend_pids() if database is not None else ()
         extra = "postgres_backends" if database is not None else None
