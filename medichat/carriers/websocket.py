@@ -308,11 +308,9 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self._ping_unanswered = True
         if self._own_frames:
             # A prebuilt frame sent at once, as a delivery is (L{send}), rather than
-            # through Autobahn's framing and Twisted's queued write.
-            if write_batch.active:
-                write_batch.hold(self, _PROBE_FRAME)
-            else:
-                send_now(self._raw, self._socket, _PROBE_FRAME)
+            # through Autobahn's framing and Twisted's queued write.  A control frame may
+            # go between any two data frames, so it never waits for a write batch.
+            send_now(self._raw, self._socket, _PROBE_FRAME)
         else:
             self.sendPing(PROBE)
         budget = self._budget
