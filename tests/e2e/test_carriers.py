@@ -88,6 +88,17 @@ def _connected_ws(server: Any, user: str, heart_beat: str = "1000,0") -> Any:
     return ws
 
 
+@inlineCallbacks
+def _still_serves(test: TestCase, ws: Any) -> Any:
+    """The session still answers: a SUBSCRIBE gets its first MESSAGE and its RECEIPT."""
+    yield in_thread(ws.send, "SUBSCRIBE\nid:1\ndestination:/v1/topic/online-employees\n"
+                    "receipt:r\n\n\x00")
+    message = yield in_thread(ws.recv)
+    receipt = yield in_thread(ws.recv)
+    test.assertTrue(message.startswith("MESSAGE\n"), message)
+    test.assertTrue(receipt.startswith("RECEIPT\nreceipt-id:r"), receipt)
+
+
 class HeartbeatShortcutTests(TestCase):
     """
     A client heart-beat frame is consumed by the WebSocket carrier itself.
@@ -114,12 +125,7 @@ class HeartbeatShortcutTests(TestCase):
         self.assertGreater(session._last_read, before)
         # Consumed by the carrier: Autobahn's frame machinery never saw it.
         self.assertEqual(protocol.trafficStats.incomingOctetsWireLevel, wire)
-        yield in_thread(ws.send, "SUBSCRIBE\nid:1\ndestination:/v1/topic/online-employees\n"
-                        "receipt:r\n\n\x00")
-        message = yield in_thread(ws.recv)
-        receipt = yield in_thread(ws.recv)
-        self.assertTrue(message.startswith("MESSAGE\n"), message)
-        self.assertTrue(receipt.startswith("RECEIPT\nreceipt-id:r"), receipt)
+        yield _still_serves(self, ws)
 
 
 def _disconnect_and_close(server: Any) -> tuple[int, bytes]:
@@ -181,12 +187,7 @@ class LivenessPingTests(TestCase):
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertFalse(protocol._ping_unanswered)
         self.assertEqual(protocol.trafficStats.incomingOctetsWireLevel, wire)
-        yield in_thread(ws.send, "SUBSCRIBE\nid:1\ndestination:/v1/topic/online-employees\n"
-                        "receipt:r\n\n\x00")
-        message = yield in_thread(ws.recv)
-        receipt = yield in_thread(ws.recv)
-        self.assertTrue(message.startswith("MESSAGE\n"), message)
-        self.assertTrue(receipt.startswith("RECEIPT\nreceipt-id:r"), receipt)
+        yield _still_serves(self, ws)
         self.assertEqual(server.service.registry.sessions_of("u3"), {session})
 
 
