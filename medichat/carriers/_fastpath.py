@@ -331,6 +331,7 @@ def is_pong(protocol: Any, data: bytes, payload: bytes) -> bool:
 
 
 def _between_frames(protocol: Any) -> bool:
+    """Whether the open Autobahn C{protocol} has no frame, message or bytes in progress."""
     return bool(
         protocol.state == _STATE_OPEN
         and protocol.current_frame is None
