@@ -15,6 +15,8 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket import protocol as autobahn_protocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
@@ -24,6 +26,7 @@ from medichat._writebatch import write_batch
 from medichat.carriers import _fastpath
 from medichat.carriers._fastpath import timers_on_wheel
 from medichat.carriers.tcp import keep_alive
+from medichat.carriers.websocket import PROBE
 from medichat.pubsub.topics import HEARTBEAT_TOPIC, ONLINE_EMPLOYEES_TOPIC
 from medichat.stomp.codec import Frame, encode_frame
 from medichat.stomp.session import StompServices
@@ -722,3 +725,132 @@ class WebSocketMissingAttributeTests(WebSocketCarrierTests):
         self.assertFalse(self.factory.fast_paths.heartbeat_shortcut)
         self.fast_paths = False
         return connection
+
+
+# What a client may send a WebSocket session that its server pings: the probe's pong and
+# other control frames (a ping with the probe's payload, a pong that is not final),
+# heart-beat EOLs, a whole STOMP frame, the two halves of a fragmented one (in any order,
+# so also a continuation with nothing to continue), a STOMP frame over three messages (an
+# EOL among them is content), and a close frame.
+_CLIENT_FRAMES = st.sampled_from([
+    masked_frame(0xA, PROBE),
+    masked_frame(0xA, PROBE, mask=b"\x00\x00\x00\x00"),
+    masked_frame(0xA, PROBE, fin=False),
+    masked_frame(0xA, b"alive"),
+    masked_frame(0xA, b""),
+    masked_frame(0x9, PROBE),
+    masked_frame(0x9, b"hi"),
+    masked_frame(1, b"\n"),
+    masked_frame(2, b"\n"),
+    masked_frame(1, encode_frame("SUBSCRIBE", [("id", "s1"), ("destination", HEARTBEAT_TOPIC),
+                                               ("receipt", "r1")])),
+    masked_frame(1, b"SUBSCRIBE\nid:s2\n", fin=False),
+    masked_frame(0, b"destination:" + HEARTBEAT_TOPIC.encode() + b"\nreceipt:r2\n\n\x00"),
+    masked_frame(1, b"\n", fin=False),
+    masked_frame(1, b"SUBSCRIBE\nid:s3\ndestination:" + HEARTBEAT_TOPIC.encode()
+                 + b"\nreceipt:r3\n"),
+    masked_frame(1, b"\x00"),
+    masked_frame(8, struct.pack("!H", 1000)),
+])
+
+
+class _PingedSession:
+    """A session without heart-beats on the WebSocket carrier, just pinged."""
+
+    def __init__(self, fast_paths: bool) -> None:
+        self.clock = MemoryReactorClock()
+        self.services = make_services(self.clock)
+        factory = ws_factory(self.services, fast_paths=fast_paths, ping_interval=30)
+        self.raw = RawWebSocket(factory)
+        self.raw.send(1, _connect_frame())
+        assert self.raw.transport.value().startswith(b"\x81"), self.raw.transport.value()
+        self.raw.transport.clear()  # the CONNECTED frame names a session id of its own
+        self.clock.advance(30)
+
+    def state(self) -> tuple[object, ...]:
+        """Everything written since CONNECTED, and how the connection and session stand."""
+        server = self.raw.server
+        return (self.raw.transport.value(), server.state, server._ping_unanswered,
+                self.raw.transport.disconnecting, len(self.services.registry.sessions()))
+
+
+def _chunks(frames: list[tuple[bytes, bool]], cuts: list[int]) -> list[bytes]:
+    """
+    The reads that bring C{frames}: each marked C{True} alone (as the shortcuts take
+    them), the others joined to the frames before them; then each of C{cuts} splits a
+    read in two.
+    """
+    reads: list[bytes] = []
+    for frame, alone in frames:
+        if alone or not reads:
+            reads.append(frame)
+            if alone:
+                reads.append(b"")
+        else:
+            reads[-1] += frame
+    reads = [read for read in reads if read]
+    for cut in cuts:
+        if not reads:
+            break
+        index = cut % len(reads)
+        at = (cut // 7) % len(reads[index])
+        if at:
+            read = reads[index]
+            reads[index:index + 1] = [read[:at], read[at:]]
+    return reads
+
+
+class ShortcutEquivalenceTests(TestCase):
+    """
+    The WebSocket carrier's input shortcuts (client heart-beats, the probe's pong) change
+    nothing but the cost: whatever a pinged client sends, however the bytes are cut, a
+    server with fast paths writes the same bytes and ends in the same state as one with
+    Autobahn's parser alone.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(frames=st.lists(st.tuples(_CLIENT_FRAMES, st.booleans()), max_size=8),
+           cuts=st.lists(st.integers(0, 10_000), max_size=3))
+    def test_same_outcome(self, frames: list[tuple[bytes, bool]], cuts: list[int]) -> None:
+        self.assert_same(_chunks(frames, cuts))
+
+    def test_heartbeat_inside_fragmented_message(self) -> None:
+        """An EOL message while a fragmented one is under way is a protocol error."""
+        self.assert_same([masked_frame(1, b"SUBSCRIBE\nid:s2\n", fin=False),
+                          masked_frame(1, b"\n")])
+
+    def test_pong_bytes_inside_a_frame(self) -> None:
+        """Bytes that look like the probe's pong but end a frame's payload are content."""
+        pong = masked_frame(0xA, PROBE)
+        frame = masked_frame(2, b"x" * 20 + pong, mask=b"\x00\x00\x00\x00")
+        self.assert_same([frame[:-len(pong)], frame[-len(pong):],
+                          masked_frame(1, b"\n"), masked_frame(0xA, PROBE)])
+
+    def test_pong_bytes_inside_a_ping(self) -> None:
+        """The same inside a control frame, which starts no message."""
+        pong = masked_frame(0xA, PROBE)
+        ping = masked_frame(9, b"yy" + pong, mask=b"\x00\x00\x00\x00")
+        self.assert_same([ping[:-len(pong)], ping[-len(pong):]])
+
+    def test_pong_bytes_after_a_header_byte(self) -> None:
+        """Bytes that look like the probe's pong after a frame's first byte are its rest."""
+        self.assert_same([b"\x81", masked_frame(0xA, PROBE), b"\x00\x00",
+                          masked_frame(0xA, PROBE)])
+
+    def assert_same(self, reads: list[bytes]) -> None:
+        """
+        A pinged session given C{reads} writes the same and ends the same with fast paths
+        as without, and again at the next probe.
+        """
+        fast, public = _PingedSession(True), _PingedSession(False)
+        self.assertTrue(fast.raw.server._own_frames and fast.raw.server._heartbeats)
+        self.assertEqual(fast.state(), public.state())
+        self.assertEqual(fast.state()[0], bytes((0x89, len(PROBE))) + PROBE)
+        for session in (fast, public):
+            for read in reads:
+                session.raw.server.dataReceived(read)
+        self.assertEqual(fast.state(), public.state())
+        # The next probe: the session is dropped, or pinged again, alike.
+        for session in (fast, public):
+            session.clock.advance(30)
+        self.assertEqual(fast.state(), public.state())
