@@ -114,7 +114,8 @@ class FastPaths:
 
     @ivar eager_send: L{send_now} may write to a plain TCP socket directly.
     @ivar own_frames: the WebSocket carrier writes its own frame headers.
-    @ivar heartbeat_shortcut: the WebSocket carrier recognises client heart-beats itself.
+    @ivar heartbeat_shortcut: the WebSocket carrier recognises client heart-beats, and
+        the pongs that answer its liveness pings, itself.
     @ivar quiet_open: the WebSocket carrier copies Autobahn's options onto a new
         connection itself (L{copy_config}).
     @ivar whole_requests: HTTP channels may read a request that arrives whole themselves
