@@ -103,6 +103,10 @@ class _Connection(Protocol):
 
     def send(self, pending: _Pending) -> None:
         self.current = pending
+        if pending.record is not None:
+            # On the wire: a POST still unanswered when the step's tally is made is lost
+            # (its status stays "sent"); one never sent was the generator's backlog.
+            pending.record.status = "sent"
         self.transport.write(pending.data)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -455,7 +459,10 @@ def main() -> int:
             log(f"  {step['answered_per_s']}/s answered; POST p50/p99 "
                 f"{step['post_p50_ms']}/{step['post_p99_ms']} ms; delivery p50/p99 "
                 f"{step['delivery_p50_ms']}/{step['delivery_p99_ms']} ms; lost "
-                f"{step['lost']}; {step['server_cpu_us_per_message']} us CPU/message; "
+                f"{step['lost']}"
+                + (f" (and {step['unsent']} never sent: the generator's backlog)"
+                   if step["unsent"] else "")
+                + f"; {step['server_cpu_us_per_message']} us CPU/message; "
                 f"rss {step['server_rss_kib']} KiB; gc max {step['gc'].get('max_ms')} ms "
                 f"(cpu {step['gc'].get('max_cpu_ms')} ms) "
                 f"({step['gc'].get('over_5ms')} over 5 ms); other processes "
@@ -464,14 +471,15 @@ def main() -> int:
                    if step.get("groups") else "")
                 + _thread_text(step.get("groups", {}).get("store_thread")))
             if not options.all_steps and (
-                step["lost"] or step["delivery_p99_ms"] is None
+                step["lost"] or step["unsent"] or step["delivery_p99_ms"] is None
                 or step["delivery_p99_ms"] > options.p99_limit
             ):
                 break
         if database is not None:
             report["pgbench_after"] = pgbench_insert_tps(database, options.pgbench_seconds)
         population.stop_heartbeats()
-        good = [s for s in steps if not s["lost"] and s["delivery_p99_ms"] is not None
+        good = [s for s in steps if not s["lost"] and not s["unsent"]
+                and s["delivery_p99_ms"] is not None
                 and s["delivery_p99_ms"] <= options.p99_limit]
         report["sustained_per_s"] = max((s["answered_per_s"] for s in good), default=None)
         report["clients"] = population.summary()
@@ -502,14 +510,18 @@ def _step_figures(rate: float, load: Load, a: Snapshot, b: Snapshot,
     response = latency_figures(
         [r.responded - r.sent for r in committed if r.responded is not None])
     not_delivered = sum(1 for r in committed if r.delivered is None)
+    # Still queued in the generator when the drain ended: never written to a connection,
+    # so not lost by the server, but a sign of overload (the step fails all the same).
+    unsent = sum(1 for r in records if r.status is None)
     server_cpu = figures["server_cpu_s"]
     result = {
         "rate_per_s": rate,
         "posted": len(records),
         "statuses": statuses,
         "answered_per_s": round(len(answered) / seconds, 1),
-        "lost": (len(records) - len(committed)) + not_delivered,
+        "lost": (len(records) - len(committed) - unsent) + not_delivered,
         "not_delivered": not_delivered,
+        "unsent": unsent,
         "post_p50_ms": response["p50_ms"],
         "post_p99_ms": response["p99_ms"],
         "delivery_p50_ms": delivery["p50_ms"],
