@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -24,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from medichat.auth.devsecret import load_or_create_dev_secret
 from tests._pg import CONNECT_TIMEOUT, create_test_database_now
 from tests._stompclient import disconnect_all, wait_for, wait_until, ws_connection
-from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
+from tests.e2e.test_startup import TIMEOUT, _command, _free_port, _read, _start_logged
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 NURSE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
@@ -36,12 +35,12 @@ class _Server:
 
     def __init__(self, workdir: str, data_dir: str, database: str) -> None:
         self.port = _free_port()
-        self.process = subprocess.Popen(
+        self.log = os.path.join(workdir, f"medichat-{self.port}.log")
+        self.process = _start_logged(
             [*_command("twist", workdir), "--data-dir", data_dir, "--database", database,
              "--listen", f"tcp:{self.port}:interface=127.0.0.1",
              "--node-ttl", str(TTL), "--close-spread", "0.5"],
-            cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            workdir, self.log,
         )
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -51,7 +50,7 @@ class _Server:
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.kill()
-                    raise AssertionError(self.process.communicate()[0]) from None
+                    raise AssertionError(_read(self.log)) from None
                 time.sleep(0.2)
 
     def get(self, path: str, token: str | None = None) -> Any:
@@ -71,7 +70,7 @@ class _Server:
     def kill(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
-            self.process.communicate(timeout=TIMEOUT)
+            self.process.wait(timeout=TIMEOUT)
 
 
 class ClusterTests(SynchronousTestCase):
@@ -166,7 +165,8 @@ class ClusterTests(SynchronousTestCase):
         )
         stopped = time.monotonic()
         self.b.process.send_signal(signal.SIGTERM)
-        output, _ = self.b.process.communicate(timeout=TIMEOUT)
+        self.b.process.wait(timeout=TIMEOUT)
+        output = _read(self.b.log)
         self.assertLess(time.monotonic() - stopped, TTL + 5)
         self.assertNotIn("Traceback", output)
         self.assertIn("medichat draining", output)

@@ -59,6 +59,23 @@ def _taken_port() -> Iterator[int]:
         blocker.close()
 
 
+def _start_logged(args: list[str], workdir: str, log: str) -> subprocess.Popen[bytes]:
+    """
+    Start a process that runs while the test does, its output (stdout and stderr) going
+    to the file C{log}: not to a pipe, which nobody reads meanwhile and which, once full
+    (64 KiB of log lines), would stop the process at its next write.
+    """
+    with open(log, "w") as output:
+        return subprocess.Popen(args, cwd=workdir, env=_env(), stdout=output,
+                                stderr=subprocess.STDOUT)
+
+
+def _read(path: str) -> str:
+    """The text of a file (a process's log so far)."""
+    with open(path) as f:
+        return f.read()
+
+
 def _free_port() -> int:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

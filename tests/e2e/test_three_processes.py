@@ -20,7 +20,6 @@ import queue
 import signal
 import socket
 import struct
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -29,12 +28,13 @@ from typing import Any
 import jwt
 import psycopg2
 import websocket
+from stomp.exception import ConnectFailedException
 from twisted.trial.unittest import SynchronousTestCase
 
 from medichat.auth.devsecret import load_or_create_dev_secret
 from tests._pg import CONNECT_TIMEOUT, create_test_database_now
 from tests._stompclient import disconnect_all, wait_for, ws_connection
-from tests.e2e.test_startup import TIMEOUT, _command, _env, _free_port
+from tests.e2e.test_startup import TIMEOUT, _command, _free_port, _read, _start_logged
 
 CUSTOMER = "0be8c544-9518-4bce-8519-0eee0356989f"
 NURSE = "3d43c23b-c637-4a7a-a780-28c2c29f1194"
@@ -52,14 +52,18 @@ class _Process:
 
     def __init__(self, workdir: str, data_dir: str, database: str) -> None:
         self.port = _free_port()
-        self.process = subprocess.Popen(
+        self.log = os.path.join(workdir, f"medichat-{self.port}.log")
+        self.process = _start_logged(
             [*_command("twist", workdir), "--data-dir", data_dir, "--database", database,
              "--listen", f"tcp:{self.port}:interface=127.0.0.1",
              "--node-ttl", str(TTL), "--close-spread", "0.3",
              "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)],
-            cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            workdir, self.log,
         )
+
+    def output(self) -> str:
+        """What the process has written so far."""
+        return _read(self.log)
 
     def wait_ready(self) -> None:
         """Return once C{/readyz} answers 200; fail with the process's output otherwise."""
@@ -67,7 +71,7 @@ class _Process:
         while self.status("/readyz")[0] != 200:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.kill()
-                raise AssertionError(self.process.communicate()[0])
+                raise AssertionError(self.output())
             time.sleep(0.1)
 
     def status(self, path: str) -> tuple[int, Any]:
@@ -96,7 +100,7 @@ class _Process:
         """End the process with SIGKILL, by its PID, if it still runs."""
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
-        self.process.communicate(timeout=TIMEOUT)
+        self.process.wait(timeout=TIMEOUT)
 
 
 class ThreeProcessTests(SynchronousTestCase):
@@ -145,7 +149,17 @@ class ThreeProcessTests(SynchronousTestCase):
     def subscribe(self, server: _Process, token: str, **headers: str) -> tuple[Any, Any]:
         """A stomp.py WebSocket client on C{server}, subscribed to the conversation."""
         conn, recorder = ws_connection(server.port, header={"Authorization": f"Bearer {token}"})
-        conn.connect(wait=True)
+        try:
+            conn.connect(wait=True)
+        except ConnectFailedException:
+            errors = []
+            while not recorder.errors.empty():
+                frame = recorder.errors.get()
+                errors.append((frame.headers, frame.body))
+            raise AssertionError(
+                f"no CONNECTED from the process on port {server.port}; ERROR frames: "
+                f"{errors}; its output:\n{server.output()[-4000:]}"
+            ) from None
         self.clients.append(conn)
         conn.subscribe(self.topic, id="c", receipt="r", headers=headers)
         self.assertEqual(wait_for(recorder.receipts), "r")
@@ -373,7 +387,8 @@ class ThreeProcessTests(SynchronousTestCase):
         first = json.loads(wait_for(customer.messages, timeout=TTL / 2).body)
         self.assertEqual(first, {"userDisconnected": {"userId": NURSE}})
         self.assertLess(time.monotonic() - stopped, TTL)
-        output, _ = self.b.process.communicate(timeout=SHUTDOWN_TIMEOUT + 2)
+        self.b.process.wait(timeout=SHUTDOWN_TIMEOUT + 2)
+        output = self.b.output()
         # Twisted ends a process stopped by a signal with that signal, once it has stopped
         # cleanly (as tests/e2e/test_startup.py checks): the status a supervisor expects.
         self.assertEqual(self.b.process.returncode, -signal.SIGTERM, output)
